@@ -1,0 +1,48 @@
+"""sparke: prompt-aware diversity guidance (SPARKE) for diffusers pipelines, and diversity metrics.
+
+The core (scores, bank, direction) imports only torch, numpy and safetensors; the diffusers plug-in and the
+other adapters load on first use, so ``import sparke`` stays light.
+"""
+
+from importlib import import_module
+
+from .core import (
+    Bank,
+    BankFileError,
+    cond_rke,
+    cond_vendi,
+    diversity_direction,
+    in_batch_similarity,
+    novelty_direction,
+    rke,
+    vendi,
+)
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it, imported on first access
+_LAZY = {
+    "SPARKE": "sparke.guidance",
+    "IndexedBank": "sparke.core.indexed",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sparke' has no attribute {name!r}")
+
+
+__all__ = [
+    "Bank",
+    "BankFileError",
+    "IndexedBank",
+    "SPARKE",
+    "cond_rke",
+    "cond_vendi",
+    "diversity_direction",
+    "in_batch_similarity",
+    "novelty_direction",
+    "rke",
+    "vendi",
+]

@@ -1,0 +1,337 @@
+"""The memory bank: features of everything generated so far, with their prompt features.
+
+Rows live in one preallocated buffer that grows geometrically, so ``add`` is amortised O(1) per row and
+``bank.x`` is always a contiguous view, oldest row first. With a capacity the buffer holds up to twice the
+capacity; evicted rows are dropped from the front and the live rows are moved back to the start only when
+the buffer end is reached, once per ``capacity`` additions.
+
+The bank also keeps, per kernel setting that has been asked for, the sum of squared kernel entries over its
+own pairs: the normaliser of the guidance direction, kept up to date in O(m n d) per ``add`` of m rows
+instead of O(n^2 d) per guided step.
+
+Files are one safetensors file (no pickle): tensors ``x`` and optionally ``y``, and string metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from ._checks import as_features, check_kernel, check_objective, check_rows_match, check_sigma
+from .direction import bank_pair_sum, diversity_direction
+from .kernels import squared_kernel_sum
+
+FORMAT = "sparke.bank"
+FORMAT_VERSION = 1
+_DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+class BankFileError(ValueError):
+    """A bank file that cannot be loaded; the message names the file and the problem."""
+
+
+class Bank:
+    """Rows of image features x: (n, d) and optional prompt features y: (n, e), oldest first.
+
+    ``capacity`` bounds n (oldest rows evicted first); ``dtype`` is the storage type (float16/bfloat16 halve
+    the memory; the scores and directions still compute in float32). ``metadata`` is a free-form JSON-able
+    dict saved with the bank (model id, feature space, kernel, bandwidths, ...).
+    """
+
+    def __init__(
+        self,
+        capacity: int | None = None,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        if capacity is not None and (not isinstance(capacity, int) or capacity < 1):
+            raise ValueError(f"capacity: must be a positive integer or None, got {capacity!r}")
+        if dtype not in _DTYPES.values():
+            raise ValueError(f"dtype: must be one of {', '.join(_DTYPES)}, got {dtype}")
+        self.capacity = capacity
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        self._x: torch.Tensor | None = None
+        self._y: torch.Tensor | None = None
+        self._start = 0
+        self._count = 0
+        self._has_y: bool | None = None
+        self._pair_sums: dict[str, float] = {}
+
+    # -- reading ---------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._count
+
+    def __repr__(self) -> str:
+        return (
+            f"Bank(n={self._count}, dim_x={self.dim_x}, dim_y={self.dim_y}, capacity={self.capacity}, "
+            f"dtype={self.dtype}, device={self.device})"
+        )
+
+    @property
+    def dim_x(self) -> int | None:
+        return None if self._x is None else self._x.shape[1]
+
+    @property
+    def dim_y(self) -> int | None:
+        return None if self._y is None else self._y.shape[1]
+
+    @property
+    def x(self) -> torch.Tensor:
+        """(n, d) view of the image features, oldest first; (0, 0) before the first ``add``."""
+        if self._x is None:
+            return torch.zeros((0, 0), device=self.device, dtype=self.dtype)
+        return self._x[self._start : self._start + self._count]
+
+    @property
+    def y(self) -> torch.Tensor | None:
+        """(n, e) view of the prompt features, oldest first, or None for a bank without prompts."""
+        if self._y is None:
+            return None
+        return self._y[self._start : self._start + self._count]
+
+    # -- writing ---------------------------------------------------------------------------------------------
+    def add(self, x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray | None = None) -> None:
+        """Append rows x: (m, d) and, for a prompt-aware bank, their prompt features y: (m, e)."""
+        x = as_features(x, "x", min_rows=0)
+        if y is not None:
+            y = as_features(y, "y", min_rows=0)
+            check_rows_match(x, y, "x", "y")
+        if self._has_y is not None and self._has_y != (y is not None):
+            raise ValueError(
+                "y: this bank "
+                + ("stores prompt features: pass y" if self._has_y else "has no prompt features: pass y=None")
+            )
+        if self._x is not None and x.shape[1] != self.dim_x:
+            raise ValueError(f"x: has {x.shape[1]} feature columns but the bank holds {self.dim_x}")
+        if y is not None and self._y is not None and y.shape[1] != self.dim_y:
+            raise ValueError(f"y: has {y.shape[1]} feature columns but the bank holds {self.dim_y}")
+        if x.shape[0] == 0:
+            return
+        self._has_y = y is not None
+        if self.capacity is not None and x.shape[0] > self.capacity:
+            x = x[-self.capacity :]
+            y = None if y is None else y[-self.capacity :]
+        x = x.to(self.device, self.dtype)
+        y = None if y is None else y.to(self.device, self.dtype)
+        self._update_pair_sums(x, y)
+        m = x.shape[0]
+        if self.capacity is not None and self._count + m > self.capacity:
+            evict = self._count + m - self.capacity
+            self._start += evict
+            self._count -= evict
+        self._reserve(m, x.shape[1], None if y is None else y.shape[1])
+        stop = self._start + self._count
+        self._x[stop : stop + m] = x
+        if y is not None:
+            self._y[stop : stop + m] = y
+        self._count += m
+
+    def _reserve(self, m: int, dim_x: int, dim_y: int | None) -> None:
+        """Make room for m more rows after the live ones: grow geometrically (to at most twice the capacity),
+        and once at that size move the live rows back to the front."""
+        size = 0 if self._x is None else self._x.shape[0]
+        if self._start + self._count + m <= size:
+            return
+        limit = None if self.capacity is None else 2 * self.capacity
+        if limit is None or size < limit:
+            size = max(self._count + m, 2 * size, 16)
+            size = size if limit is None else min(size, limit)
+        self._x = self._moved(self._x, size, dim_x)
+        if dim_y is not None:
+            self._y = self._moved(self._y, size, dim_y)
+        self._start = 0
+
+    def _moved(self, old: torch.Tensor | None, size: int, dim: int) -> torch.Tensor:
+        fresh = torch.empty((size, dim), device=self.device, dtype=self.dtype)
+        if old is not None and self._count:
+            fresh[: self._count] = old[self._start : self._start + self._count]
+        return fresh
+
+    def _update_pair_sums(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
+        """Keep every tracked pair sum exact across this add and the evictions it causes."""
+        if not self._pair_sums:
+            return
+        m = x.shape[0]
+        evict = 0 if self.capacity is None else max(0, self._count + m - self.capacity)
+        old_x, old_y = self.x, self.y
+        kept_x = old_x[evict:]
+        kept_y = None if old_y is None else old_y[evict:]
+        gone_x = old_x[:evict]
+        gone_y = None if old_y is None else old_y[:evict]
+        for key in list(self._pair_sums):
+            kernel, sigma_x, sigma_y, conditional = _parse_key(key)
+
+            def pairs(a, b, ay, by, same=False, _k=kernel, _sx=sigma_x, _sy=sigma_y, _c=conditional):
+                if a.shape[0] == 0 or b.shape[0] == 0:
+                    return 0.0
+                a, b = a.float(), b.float()
+                ay = ay.float() if _c else None
+                by = by.float() if _c else None
+                return squared_kernel_sum(a, b, ay, by, kernel=_k, sigma_x=_sx, sigma_y=_sy, same=same)
+
+            value = self._pair_sums[key]
+            # remove the evicted rows' pairs: with everything old, counted twice, minus their own double count
+            value -= 2.0 * pairs(gone_x, old_x, gone_y, old_y) - pairs(gone_x, gone_x, gone_y, gone_y, True)
+            value += 2.0 * pairs(x, kept_x, y, kept_y) + pairs(x, x, y, y, True)
+            self._pair_sums[key] = value
+
+    # -- guidance --------------------------------------------------------------------------------------------
+    def pair_sum(
+        self,
+        *,
+        kernel: str = "gaussian",
+        sigma_x: float = 1.0,
+        sigma_y: float = 1.0,
+        conditional: bool = True,
+    ) -> float:
+        """sum over the bank's own pairs of k_x^2 (times k_y^2 when conditional): computed once, then kept."""
+        check_kernel(kernel)
+        sigma_x, sigma_y = check_sigma(sigma_x, "sigma_x"), check_sigma(sigma_y, "sigma_y")
+        conditional = conditional and self._y is not None
+        key = _key(kernel, sigma_x, sigma_y if conditional else None)
+        if key not in self._pair_sums:
+            bx, by = self.x, self.y if conditional else None
+            self._pair_sums[key] = bank_pair_sum(
+                bx, by, kernel=kernel, sigma_x=sigma_x, sigma_y=sigma_y, max_work=1 << 62
+            )[0]
+        return self._pair_sums[key]
+
+    def direction(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None = None,
+        *,
+        objective: str = "cond-rke",
+        kernel: str = "gaussian",
+        sigma_x: float = 1.0,
+        sigma_y: float = 1.0,
+    ) -> torch.Tensor:
+        """``diversity_direction`` of a batch x: (B, d), y: (B, e) against this bank, with the kept pair sum."""
+        check_objective(objective)
+        conditional = objective.startswith("cond-")
+        pair_sum = None
+        if objective in ("rke", "cond-rke") and len(self):
+            if conditional and self._y is None:
+                raise ValueError(f"objective: {objective!r} needs a bank with prompt features")
+            pair_sum = self.pair_sum(kernel=kernel, sigma_x=sigma_x, sigma_y=sigma_y, conditional=conditional)
+        bank_y = self.y if conditional else None
+        return diversity_direction(
+            x,
+            y if conditional else None,
+            self.x if len(self) else None,
+            bank_y,
+            objective=objective,
+            kernel=kernel,
+            sigma_x=sigma_x,
+            sigma_y=sigma_y,
+            pair_sum=pair_sum,
+        )
+
+    # -- files -----------------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the bank to one safetensors file, atomically (temporary file in the same folder + rename)."""
+        path = Path(path)
+        tensors = {"x": self.x.contiguous().cpu()}
+        if self._y is not None:
+            tensors["y"] = self.y.contiguous().cpu()
+        meta = {
+            "format": FORMAT,
+            "format_version": str(FORMAT_VERSION),
+            "count": str(len(self)),
+            "dim_x": json.dumps(self.dim_x),
+            "dim_y": json.dumps(self.dim_y),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "capacity": json.dumps(self.capacity),
+            "pair_sums": json.dumps(self._pair_sums),
+            "user": json.dumps(self.metadata),
+        }
+        if self._x is None:
+            tensors = {"x": torch.zeros((0, 0), dtype=self.dtype)}
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=meta)
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> Bank:
+        """Read a bank written by ``save``; raises ``BankFileError`` naming what is wrong with the file."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such bank file")
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as handle:
+                meta = handle.metadata() or {}
+                if meta.get("format") != FORMAT:
+                    raise BankFileError(f"{path}: not a sparke bank file (no '{FORMAT}' format tag)")
+                version = meta.get("format_version")
+                if version != str(FORMAT_VERSION):
+                    raise BankFileError(
+                        f"{path}: unknown bank format version {version!r} (this sparke reads {FORMAT_VERSION})"
+                    )
+                names = set(handle.keys())
+                x = handle.get_tensor("x") if "x" in names else None
+                y = handle.get_tensor("y") if "y" in names else None
+        except SafetensorError as error:
+            raise BankFileError(f"{path}: truncated or corrupt bank file ({error})") from None
+        except (OSError, RuntimeError) as error:
+            raise BankFileError(f"{path}: truncated or corrupt bank file ({error})") from None
+        if x is None:
+            raise BankFileError(f"{path}: bank file has no 'x' tensor")
+        try:
+            count = int(meta["count"])
+            dim_x, dim_y = json.loads(meta["dim_x"]), json.loads(meta["dim_y"])
+            capacity = json.loads(meta["capacity"])
+            user = json.loads(meta["user"])
+            pair_sums = json.loads(meta.get("pair_sums", "{}"))
+            dtype = _DTYPES[meta["dtype"]]
+        except (KeyError, ValueError) as error:
+            raise BankFileError(f"{path}: bank metadata is incomplete or corrupt ({error})") from None
+        if x.shape[0] != count or (count and x.shape[1] != dim_x):
+            raise BankFileError(
+                f"{path}: x has shape {tuple(x.shape)} but the metadata says {count} x {dim_x}"
+            )
+        if y is not None and y.shape[0] != x.shape[0]:
+            raise BankFileError(
+                f"{path}: x has {x.shape[0]} rows but y has {y.shape[0]}; the file is inconsistent"
+            )
+        if y is not None and y.shape[1] != dim_y:
+            raise BankFileError(f"{path}: y has {y.shape[1]} columns but the metadata says {dim_y}")
+        if count and not (bool(torch.isfinite(x).all()) and (y is None or bool(torch.isfinite(y).all()))):
+            raise BankFileError(f"{path}: bank rows contain NaN or Inf values")
+        bank = cls(capacity, device=device, dtype=dtype, metadata=user)
+        if count:
+            bank.add(x, y)
+            bank._pair_sums = {k: float(v) for k, v in pair_sums.items()}
+        return bank
+
+
+def _key(kernel: str, sigma_x: float, sigma_y: float | None) -> str:
+    return json.dumps([kernel, sigma_x, sigma_y])
+
+
+def _parse_key(key: str) -> tuple[str, float, float, bool]:
+    kernel, sigma_x, sigma_y = json.loads(key)
+    return kernel, sigma_x, 1.0 if sigma_y is None else sigma_y, sigma_y is not None
