@@ -1,0 +1,180 @@
+"""Feature spaces for guidance: the latents, the clean-sample estimate x0, or an image encoder.
+
+Features are always (B, d) float32 rows, L2-normalised, differentiable with respect to the latents:
+- ``"latent"``: the flattened current latents (the paper's choice; no network involved);
+- ``"x0"``: the flattened estimate of the clean latents from the model output under the scheduler's
+  parametrisation (epsilon, v-prediction, sample, flow matching), the model output held fixed;
+- a callable ``encoder(images) -> (B, ...)``: x0 decoded by ``pipe.vae`` into images (B, 3, H, W) in [-1, 1]
+  (diffusers' convention; pixel-space pipelines with ``vae=None`` pass x0 through unchanged), then encoded.
+  Gradients flow back through the encoder and the decoder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["decode", "encode_to_latents", "features", "unit_rows", "x0_estimate"]
+
+Space = str | Callable[[torch.Tensor], Any]
+
+
+def unit_rows(z: torch.Tensor) -> torch.Tensor:
+    """(B, ...) -> (B, d) flattened rows scaled to unit L2 norm (float32)."""
+    return F.normalize(z.flatten(1).float(), dim=1, eps=1e-12)
+
+
+def _index(scheduler: Any, timestep: Any) -> int:
+    """Position of `timestep` in the scheduler's sigma/timestep arrays for the current step() call."""
+    idx = getattr(scheduler, "step_index", None)
+    if idx is not None:
+        return int(idx)
+    begin = getattr(scheduler, "begin_index", None)
+    if begin is not None:
+        return int(begin)
+    if hasattr(scheduler, "index_for_timestep"):
+        return int(scheduler.index_for_timestep(timestep))
+    t = torch.as_tensor(timestep).to(scheduler.timesteps.device)
+    hits = (scheduler.timesteps == t).nonzero()
+    return int(hits[0]) if len(hits) else 0
+
+
+def _is_flow(scheduler: Any) -> bool:
+    config = scheduler.config
+    if config.get("prediction_type") == "flow_prediction" or config.get("use_flow_sigmas"):
+        return True
+    return "FlowMatch" in type(scheduler).__name__
+
+
+def _ddpm_style_sigma(scheduler: Any) -> bool:
+    # Euler, Heun, LMS, KDPM2...: `sample` is x0 + sigma * eps (not variance preserving); their initial
+    # noise has standard deviation sigma_max > 1, unlike the VP schedulers (DDIM, DPM-Solver, UniPC: 1.0).
+    return float(torch.as_tensor(getattr(scheduler, "init_noise_sigma", 1.0)).max()) > 1.0 + 1e-6
+
+
+def x0_estimate(
+    scheduler: Any, sample: torch.Tensor, model_output: torch.Tensor, timestep: Any
+) -> torch.Tensor:
+    """Clean-sample estimate from `sample` (differentiable) and `model_output` (held fixed), same shape.
+
+    Parametrisation from ``scheduler.config.prediction_type`` and the scheduler family: flow matching
+    (x0 = x - sigma v), sigma-space Euler/Heun (x0 = x - sigma eps), or variance-preserving
+    (x0 = (x - sqrt(1 - abar) eps) / sqrt(abar)); "sample" prediction is x0 itself, made to pass the latent
+    gradient straight through (d x0 / d x = I) so that guidance in this space is not a no-op.
+    """
+    out = model_output.detach().to(sample.dtype)
+    kind = scheduler.config.get("prediction_type", "epsilon")
+    if kind == "sample":
+        return out + (sample - sample.detach())
+    if _is_flow(scheduler):
+        sigma = scheduler.sigmas[_index(scheduler, timestep)].to(sample.device, sample.dtype)
+        return sample - sigma * out
+    if _ddpm_style_sigma(scheduler) and hasattr(scheduler, "sigmas"):
+        sigma = scheduler.sigmas[_index(scheduler, timestep)].to(sample.device, sample.dtype)
+        if kind == "epsilon":
+            return sample - sigma * out
+        if kind == "v_prediction":
+            return sample / (sigma**2 + 1) - out * sigma / (sigma**2 + 1) ** 0.5
+        raise ValueError(f"x0 space: unsupported prediction_type {kind!r} for {type(scheduler).__name__}")
+    if hasattr(scheduler, "sigmas") and hasattr(scheduler, "_sigma_to_alpha_sigma_t"):
+        # DPM-Solver family: VP sample, with its own (possibly Karras) sigma schedule
+        s = scheduler.sigmas[_index(scheduler, timestep)].to(sample.device, sample.dtype)
+        alpha_t, sigma_t = scheduler._sigma_to_alpha_sigma_t(s)
+    else:
+        t = int(torch.as_tensor(timestep).flatten()[0])
+        abar = scheduler.alphas_cumprod[max(t, 0)].to(sample.device, sample.dtype)
+        alpha_t, sigma_t = abar.sqrt(), (1 - abar).sqrt()
+    if kind == "epsilon":
+        return (sample - sigma_t * out) / alpha_t
+    if kind == "v_prediction":
+        return alpha_t * sample - sigma_t * out
+    raise ValueError(f"x0 space: unsupported prediction_type {kind!r} for {type(scheduler).__name__}")
+
+
+def _is_packed(pipe: Any, latents: torch.Tensor) -> bool:
+    return latents.ndim == 3 and hasattr(pipe, "_unpack_latents")
+
+
+def _image_size(pipe: Any, height: int | None, width: int | None) -> tuple[int, int]:
+    default = getattr(pipe, "default_sample_size", 64) * getattr(pipe, "vae_scale_factor", 8)
+    return int(height or default), int(width or default)
+
+
+def decode(
+    pipe: Any, latents: torch.Tensor, *, height: int | None = None, width: int | None = None
+) -> torch.Tensor:
+    """Latents in the pipeline's layout -> images (B, 3, H, W) float32 in about [-1, 1], differentiable.
+
+    ``pipe.vae is None`` (pixel-space pipelines): identity. Flux's packed latents are unpacked with the call's
+    height/width (default: the pipeline's default size).
+    """
+    vae = getattr(pipe, "vae", None)
+    if vae is None:
+        return latents.float()
+    if _is_packed(pipe, latents):
+        h, w = _image_size(pipe, height, width)
+        latents = pipe._unpack_latents(latents, h, w, pipe.vae_scale_factor)
+    scale = getattr(vae.config, "scaling_factor", 1.0) or 1.0
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    z = latents / scale + shift
+    images = vae.decode(z.to(vae.dtype), return_dict=False)[0]
+    return images.float()
+
+
+def encode_to_latents(pipe: Any, images: torch.Tensor) -> torch.Tensor:
+    """Images (B, 3, H, W) in [-1, 1] -> latents in the pipeline's layout (the mean of the VAE posterior)."""
+    vae = getattr(pipe, "vae", None)
+    if vae is None:
+        return images
+    posterior = vae.encode(images.to(vae.device, vae.dtype)).latent_dist
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    scale = getattr(vae.config, "scaling_factor", 1.0) or 1.0
+    z = (posterior.mean - shift) * scale
+    if hasattr(pipe, "_pack_latents"):
+        b, c, h, w = z.shape
+        z = pipe._pack_latents(z, b, c, h, w)
+    return z
+
+
+def _as_tensor(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    for name in ("image_embeds", "pooler_output", "last_hidden_state"):
+        value = getattr(out, name, None)
+        if isinstance(value, torch.Tensor):
+            return value
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise TypeError(f"image encoder returned {type(out).__name__}; expected a tensor (B, ...)")
+
+
+def encode_images(encoder: Callable[[torch.Tensor], Any], images: torch.Tensor) -> torch.Tensor:
+    """Run an image encoder on (B, 3, H, W) images; accepts tensors or transformers outputs."""
+    return _as_tensor(encoder(images))
+
+
+def features(
+    space: Space,
+    pipe: Any,
+    latents: torch.Tensor,
+    *,
+    model_output: torch.Tensor | None = None,
+    scheduler: Any = None,
+    timestep: Any = None,
+    height: int | None = None,
+    width: int | None = None,
+) -> torch.Tensor:
+    """(B, d) unit feature rows of `latents` in `space`; without `model_output` the latents count as clean.
+
+    Differentiable with respect to `latents` (the model output is held fixed).
+    """
+    clean = latents
+    if space != "latent" and model_output is not None:
+        clean = x0_estimate(scheduler, latents, model_output, timestep)
+    if space in ("latent", "x0"):
+        return unit_rows(clean)
+    images = decode(pipe, clean, height=height, width=width)
+    return unit_rows(encode_images(space, images))
