@@ -25,6 +25,9 @@ __all__ = [
     "clip_tokenizer",
     "control_image",
     "dit_class_labels",
+    "final_latents",
+    "pipeline_state",
+    "same_state",
     "t5_tokenizer",
     "tiny_controlnet",
     "tiny_dit",
@@ -535,3 +538,56 @@ def call_kwargs(
         kw["image"] = control_image(_SIZE[name], seed)
     kw.update(extra)
     return kw
+
+
+def final_latents(out: Any) -> torch.Tensor:
+    """The tensor of a pipeline output (`.images`, or the first element of a tuple)."""
+    images = out.images if hasattr(out, "images") else out[0]
+    return torch.as_tensor(images)
+
+
+def pipeline_state(pipe: Any) -> dict[str, Any]:
+    """What a plug-in must leave unchanged: scheduler identity, class and state, configs, hooks, callbacks."""
+    sched = pipe.scheduler
+    modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+    hooks = 0
+    for module in modules:
+        for sub in module.modules():
+            hooks += len(sub._forward_pre_hooks) + len(sub._forward_hooks) + len(sub._backward_hooks)
+    return {
+        "scheduler_id": id(sched),
+        "scheduler_class": type(sched),
+        "scheduler_instance_attrs": sorted(vars(sched)),
+        "scheduler_state": {k: v for k, v in vars(sched).items() if k != "_internal_dict"},
+        "scheduler_config": dict(sched.config),
+        "pipe_config": {k: v for k, v in pipe.config.items()},
+        "hooks": hooks,
+        "callback_tensor_inputs": list(getattr(pipe, "_callback_tensor_inputs", []) or []),
+        "grad_params": sum(p.grad is not None for m in modules for p in m.parameters()),
+        "training": [m.training for m in modules],
+    }
+
+
+def same_state(a: Any, b: Any) -> bool:
+    """Deep equality that compares tensors and arrays by value (and dtype/shape)."""
+    import numpy as np
+
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (
+            isinstance(a, torch.Tensor)
+            and isinstance(b, torch.Tensor)
+            and a.shape == b.shape
+            and a.dtype == b.dtype
+            and torch.equal(a, b)
+        )
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and np.array_equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_state(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return (
+            type(a) is type(b)
+            and len(a) == len(b)
+            and all(same_state(x, y) for x, y in zip(a, b, strict=True))
+        )
+    return bool(a == b)

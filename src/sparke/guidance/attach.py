@@ -34,6 +34,9 @@ Example, in-batch repulsion (particle guidance in its simplest form):
         out = pipe(prompt=["a cat"] * 4)
     run.final_latents  # what the last scheduler.step returned
 
+Attachments nest: an inner ``attach`` wraps the outer one's patched ``step``, so methods compose (the
+innermost ``on_step`` runs first) and each restores exactly what it found.
+
 ``on_model_input(index, args, kwargs) -> (args, kwargs) | None`` is an optional forward pre-hook on the
 denoiser (``pipe.unet`` or ``pipe.transformer``), for methods that change the conditioning rather than the
 latents (CADS adds noise to ``kwargs["encoder_hidden_states"]``); ``index`` is the current denoising step.
@@ -174,10 +177,9 @@ class Attachment:
     # -- context manager -------------------------------------------------------------------------------------
     def __enter__(self) -> Attachment:
         scheduler = self.scheduler
-        if "step" in vars(scheduler):
-            raise RuntimeError("this pipeline's scheduler already has guidance attached (nested attach?)")
         self._state = _snapshot(scheduler)
-        real_step = scheduler.step  # bound method of the class
+        # the class's bound method, or an outer attachment's patched step: attachments nest (and compose)
+        real_step = scheduler.step
 
         @functools.wraps(real_step)
         def step(*args: Any, **kwargs: Any) -> Any:
