@@ -131,7 +131,7 @@ class Attachment:
         self.on_step = on_step
         self.on_model_input = on_model_input
         self.step_calls = 0  # raw scheduler.step() calls
-        self.index = 0  # denoising steps completed
+        self.steps = 0  # denoising steps begun (Heun's last step is a single first-order call)
         self.num_steps: int | None = None
         self.final_latents: torch.Tensor | None = None
         self._state: dict[str, Any] | None = None
@@ -144,11 +144,14 @@ class Attachment:
         if self.num_steps is None:
             self.num_steps = _num_steps(scheduler)
         starting = not _second_order_pending(scheduler)
+        if starting:
+            self.steps += 1
         if starting and self.on_step is not None:
             n = self.num_steps
+            index = self.steps - 1
             step = Step(
-                index=self.index,
-                fraction=self.index / max(n - 1, 1),
+                index=index,
+                fraction=index / max(n - 1, 1),
                 num_steps=n,
                 latents=sample,
                 model_output=model_output,
@@ -167,9 +170,12 @@ class Attachment:
         out = real_step(model_output, timestep, sample, *args, **kwargs)
         prev = out[0] if isinstance(out, tuple) else out.prev_sample
         self.final_latents = prev.detach()
-        if not _second_order_pending(scheduler):
-            self.index += 1
         return out
+
+    @property
+    def index(self) -> int:
+        """The current denoising step: the one the next model evaluation belongs to."""
+        return self.steps - 1 if _second_order_pending(self.scheduler) else self.steps
 
     def _pre_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         return self.on_model_input(self.index, args, kwargs)

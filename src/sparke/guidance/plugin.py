@@ -159,7 +159,7 @@ class SPARKE:
         with attach(pipe, (lambda step: self._on_step(call, step)) if active else None) as run:
             out = pipe(**kwargs)
         call.stats.step_calls = run.step_calls
-        call.stats.steps = run.index
+        call.stats.steps = run.steps
         if run.step_calls == 0 or run.final_latents is None:
             raise RuntimeError(
                 f"{type(pipe).__name__} never called pipe.scheduler.step(): SPARKE attaches to the scheduler "
