@@ -181,9 +181,9 @@ class Bank:
             def pairs(a, b, ay, by, same=False, _k=kernel, _sx=sigma_x, _sy=sigma_y, _c=conditional):
                 if a.shape[0] == 0 or b.shape[0] == 0:
                     return 0.0
-                a, b = a.float(), b.float()
-                ay = ay.float() if _c else None
-                by = by.float() if _c else None
+                a, b = _compute_type(a), _compute_type(b)
+                ay = _compute_type(ay) if _c else None
+                by = _compute_type(by) if _c else None
                 return squared_kernel_sum(a, b, ay, by, kernel=_k, sigma_x=_sx, sigma_y=_sy, same=same)
 
             value = self._pair_sums[key]
@@ -335,3 +335,8 @@ def _key(kernel: str, sigma_x: float, sigma_y: float | None) -> str:
 def _parse_key(key: str) -> tuple[str, float, float, bool]:
     kernel, sigma_x, sigma_y = json.loads(key)
     return kernel, sigma_x, 1.0 if sigma_y is None else sigma_y, sigma_y is not None
+
+
+def _compute_type(rows: torch.Tensor) -> torch.Tensor:
+    """Half-precision storage computes in float32; float32 and float64 as stored."""
+    return rows.float() if rows.dtype in (torch.float16, torch.bfloat16) else rows

@@ -109,13 +109,14 @@ def bank_pair_sum(
     kernel: str,
     sigma_x: float,
     sigma_y: float,
-    max_work: int = EXACT_PAIR_SUM_BUDGET,
+    max_work: int | None = None,
 ) -> tuple[float, bool]:
-    """sum over bank pairs of k_x^2 (times k_y^2): exact when n^2 d <= max_work, else a random-pair estimate.
+    """sum over bank pairs of k_x^2 (times k_y^2): exact when n^2 d <= max_work (default 2^36), else a random-pair estimate.
 
     Returns (value, exact).
     """
     n, d = bank_x.shape
+    max_work = EXACT_PAIR_SUM_BUDGET if max_work is None else max_work
     if n == 0:
         return 0.0, True
     if bank_x.dtype in (torch.float16, torch.bfloat16):

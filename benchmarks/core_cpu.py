@@ -1,0 +1,75 @@
+"""CPU timings of the core (issue 2): exact scores at n = 20,000, d = 512 and the Cond-RKE direction at
+n = 100,000, d = 16,384, B = 4 (float32). Prints seconds and peak extra memory; no assertions.
+
+    python benchmarks/core_cpu.py [--n-scores 20000] [--n-bank 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import time
+
+import torch
+
+import sparke
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def timed(label: str, fn) -> float:
+    start = time.perf_counter()
+    value = fn()
+    seconds = time.perf_counter() - start
+    print(f"{label:<42} {seconds:8.2f} s   value {value if isinstance(value, float) else '-'}")
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n-scores", type=int, default=20_000)
+    parser.add_argument("--d-scores", type=int, default=512)
+    parser.add_argument("--n-bank", type=int, default=100_000)
+    parser.add_argument("--d-bank", type=int, default=16_384)
+    args = parser.parse_args()
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(args.n_scores, args.d_scores, generator=gen), dim=1)
+    y = torch.nn.functional.normalize(torch.randn(args.n_scores, 32, generator=gen), dim=1)
+    base = peak_rss_gib()
+    timed(f"rke gaussian n={args.n_scores} d={args.d_scores}", lambda: sparke.rke(x, sigma=0.8))
+    timed("cond_rke gaussian", lambda: sparke.cond_rke(x, y, sigma_x=0.8, sigma_y=0.3))
+    timed("vendi cosine (d x d dual)", lambda: sparke.vendi(x, kernel="cosine"))
+    timed("cond_vendi cosine", lambda: sparke.cond_vendi(x, y, kernel="cosine"))
+    timed("in_batch_similarity", lambda: sparke.in_batch_similarity(x))
+    print(f"peak extra memory of the scores: {peak_rss_gib() - base:.2f} GiB")
+    del x, y
+
+    n, d = args.n_bank, args.d_bank
+    bank_x = torch.empty(n, d)
+    for start in range(0, n, 8192):
+        rows = torch.randn(min(8192, n - start), d, generator=gen)
+        bank_x[start : start + rows.shape[0]] = torch.nn.functional.normalize(rows, dim=1)
+    bank_y = torch.nn.functional.normalize(torch.randn(n, 384, generator=gen), dim=1)
+    batch = torch.nn.functional.normalize(torch.randn(4, d, generator=gen), dim=1)
+    batch_y = bank_y[:4].clone()
+    print(f"bank: {n} x {d} float32 = {bank_x.numel() * 4 / 2**30:.1f} GiB")
+    base = peak_rss_gib()
+    for repeat in range(3):
+        timed(
+            f"diversity_direction cond-rke (pair_sum given) #{repeat}",
+            lambda: sparke.diversity_direction(
+                batch, batch_y, bank_x, bank_y, sigma_x=0.8, sigma_y=0.3, pair_sum=float(n)
+            )
+            is None
+            or 0.0,
+        )
+    print(f"peak extra memory of the direction: {peak_rss_gib() - base:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()

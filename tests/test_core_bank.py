@@ -1,0 +1,174 @@
+"""The memory bank: growth, eviction order, round trip through its file, and every way a file can be bad."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import sparke
+from sparke.core.bank import FORMAT, BankFileError
+
+
+def rows(start: int, count: int, d: int = 3) -> torch.Tensor:
+    """Row i holds the value i in every column: the order of the rows stays readable."""
+    return torch.arange(start, start + count, dtype=torch.float32).unsqueeze(1).repeat(1, d)
+
+
+def test_add_keeps_order_and_grows_geometrically():
+    bank = sparke.Bank()
+    reallocations = 0
+    storage = None
+    for start in range(0, 1000, 3):
+        bank.add(rows(start, 3), rows(start, 3, 2))
+        if bank._x.data_ptr() != storage:
+            reallocations += 1
+            storage = bank._x.data_ptr()
+    assert len(bank) == 1002
+    assert torch.equal(bank.x[:, 0], torch.arange(1002.0))
+    assert torch.equal(bank.y[:, 1], torch.arange(1002.0))
+    assert reallocations <= 8  # 16, 32, ..., 1024: geometric, never once per add
+    assert bank.dim_x == 3 and bank.dim_y == 2
+
+
+def test_capacity_evicts_oldest_first_and_stays_contiguous():
+    bank = sparke.Bank(capacity=10)
+    copies = 0
+    storage = None
+    for start in range(0, 500, 4):
+        bank.add(rows(start, 4))
+        if bank._x.data_ptr() != storage:
+            copies += 1
+            storage = bank._x.data_ptr()
+        assert len(bank) == min(start + 4, 10)
+        assert torch.equal(bank.x[:, 0], torch.arange(max(0, start + 4 - 10), start + 4, dtype=torch.float32))
+        assert bank.x.is_contiguous()
+    assert bank._x.shape[0] <= 20
+    assert bank.y is None
+
+
+def test_add_more_rows_than_capacity_keeps_the_newest():
+    bank = sparke.Bank(capacity=5)
+    bank.add(rows(0, 12))
+    assert torch.equal(bank.x[:, 0], torch.arange(7.0, 12.0))
+
+
+def test_round_trip(tmp_path):
+    bank = sparke.Bank(capacity=50, dtype=torch.float16, metadata={"model": "tiny-sd", "sigma_x": 0.8})
+    bank.add(torch.randn(30, 4), torch.randn(30, 2))
+    bank.pair_sum(kernel="gaussian", sigma_x=0.8, sigma_y=0.3)
+    path = tmp_path / "bank.safetensors"
+    bank.save(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["bank.safetensors"]  # no temporary file left behind
+    loaded = sparke.Bank.load(path)
+    assert torch.equal(loaded.x, bank.x) and torch.equal(loaded.y, bank.y)
+    assert loaded.dtype == torch.float16 and loaded.capacity == 50
+    assert loaded.metadata == {"model": "tiny-sd", "sigma_x": 0.8}
+    assert loaded._pair_sums == bank._pair_sums
+    loaded.add(torch.randn(2, 4), torch.randn(2, 2))
+    assert len(loaded) == 32
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "bank.safetensors"
+    first = sparke.Bank()
+    first.add(torch.ones(3, 2))
+    first.save(path)
+    before = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    import sparke.core.bank as bank_module
+
+    monkeypatch.setattr(bank_module, "save_file", crash)
+    second = sparke.Bank()
+    second.add(torch.zeros(9, 2))
+    with pytest.raises(KeyboardInterrupt):
+        second.save(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["bank.safetensors"]
+
+
+def saved(tmp_path):
+    bank = sparke.Bank()
+    bank.add(torch.randn(6, 3), torch.randn(6, 2))
+    path = tmp_path / "bank.safetensors"
+    bank.save(path)
+    return path
+
+
+def test_not_a_bank_file(tmp_path):
+    path = tmp_path / "model.safetensors"
+    save_file({"weight": torch.zeros(2)}, str(path))
+    with pytest.raises(BankFileError, match="not a sparke bank"):
+        sparke.Bank.load(path)
+    text = tmp_path / "notes.safetensors"
+    text.write_text("hello")
+    with pytest.raises(BankFileError, match="corrupt"):
+        sparke.Bank.load(text)
+
+
+def test_truncated_file(tmp_path):
+    path = saved(tmp_path)
+    data = path.read_bytes()
+    for cut in (len(data) - 5, 40, 6):
+        path.write_bytes(data[:cut])
+        with pytest.raises(BankFileError, match="truncated or corrupt"):
+            sparke.Bank.load(path)
+
+
+def test_row_counts_disagree(tmp_path):
+    path = tmp_path / "bank.safetensors"
+    meta = {
+        "format": FORMAT,
+        "format_version": "1",
+        "count": "4",
+        "dim_x": "3",
+        "dim_y": "2",
+        "dtype": "float32",
+        "capacity": "null",
+        "pair_sums": "{}",
+        "user": "{}",
+    }
+    save_file({"x": torch.zeros(4, 3), "y": torch.zeros(5, 2)}, str(path), metadata=meta)
+    with pytest.raises(BankFileError, match="x has 4 rows but y has 5"):
+        sparke.Bank.load(path)
+
+
+def test_unknown_format_version(tmp_path):
+    path = tmp_path / "bank.safetensors"
+    save_file({"x": torch.zeros(2, 3)}, str(path), metadata={"format": FORMAT, "format_version": "9"})
+    with pytest.raises(BankFileError, match="unknown bank format version '9'"):
+        sparke.Bank.load(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such bank file"):
+        sparke.Bank.load(tmp_path / "absent.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("action", "name"),
+    [
+        (lambda b: b.add(torch.zeros(3)), "x"),
+        (lambda b: b.add(torch.full((2, 3), float("nan"))), "x"),
+        (lambda b: b.add(torch.zeros(2, 4), torch.zeros(2, 2)), "x"),
+        (lambda b: b.add(torch.zeros(2, 3), torch.zeros(3, 2)), "y"),
+        (lambda b: b.add(torch.zeros(2, 3)), "y"),
+        (lambda b: b.add(torch.zeros(2, 3), torch.zeros(2, 5)), "y"),
+    ],
+)
+def test_bad_rows_name_the_argument(action, name):
+    bank = sparke.Bank()
+    bank.add(torch.zeros(1, 3), torch.zeros(1, 2))
+    with pytest.raises(ValueError, match=rf"^{name}:"):
+        action(bank)
+    assert len(bank) == 1
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(ValueError, match="^capacity:"):
+        sparke.Bank(capacity=0)
+    with pytest.raises(ValueError, match="^dtype:"):
+        sparke.Bank(dtype=torch.int64)
