@@ -16,8 +16,8 @@ DEFAULT_BLOCK = 2048
 
 def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """|a_i - b_j|^2 for a: (m, d), b: (n, d) -> (m, n), clamped at 0 against rounding."""
-    sq = a.pow(2).sum(1, keepdim=True) + b.pow(2).sum(1).unsqueeze(0) - 2.0 * (a @ b.T)
-    return sq.clamp_min(0.0)
+    sq = torch.addmm(b.pow(2).sum(1).unsqueeze(0), a, b.T, alpha=-2.0).add_(a.pow(2).sum(1, keepdim=True))
+    return sq.clamp_min_(0.0)
 
 
 def unit_rows(x: torch.Tensor) -> torch.Tensor:
@@ -65,18 +65,26 @@ def squared_kernel_sum(
             ya, yb = unit_rows(ya), unit_rows(yb)
     for start in range(0, xa.shape[0], block):
         stop = min(start + block, xa.shape[0])
+        # symmetric: only the columns from this block on; the blocks right of the diagonal count twice
+        first = start if same else 0
+        cols_x = xb[first:]
+        cols_y = None if yb is None else yb[first:]
         if kernel == "gaussian":
-            log_sq = squared_distances(xa[start:stop], xb) / (-sigma_x * sigma_x)
+            log_sq = squared_distances(xa[start:stop], cols_x).div_(-sigma_x * sigma_x)
             if ya is not None:
-                log_sq += squared_distances(ya[start:stop], yb) / (-sigma_y * sigma_y)
+                log_sq += squared_distances(ya[start:stop], cols_y).div_(-sigma_y * sigma_y)
             if same:
-                log_sq[:, start:stop].diagonal().fill_(0.0)
-            sq = torch.exp(log_sq)
+                log_sq[:, : stop - start].diagonal().fill_(0.0)
+            sq = log_sq.exp_()
         else:
-            sq = (xa[start:stop] @ xb.T).square_()
+            sq = (xa[start:stop] @ cols_x.T).square_()
             if ya is not None:
-                sq *= (ya[start:stop] @ yb.T).square_()
+                sq *= (ya[start:stop] @ cols_y.T).square_()
             if same:
-                sq[:, start:stop].diagonal().fill_(1.0)
-        total += sq.sum(dtype=torch.float64)
+                sq[:, : stop - start].diagonal().fill_(1.0)
+        if same:
+            total += sq[:, : stop - start].sum(dtype=torch.float64)
+            total += 2.0 * sq[:, stop - start :].sum(dtype=torch.float64)
+        else:
+            total += sq.sum(dtype=torch.float64)
     return float(total)
