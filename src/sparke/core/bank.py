@@ -73,6 +73,7 @@ class Bank:
         self._count = 0
         self._has_y: bool | None = None
         self._pair_sums: dict[str, float] = {}
+        self._workspace = None  # fast.Workspace of the order-2 direction: cached row norms, scratch buffers
 
     # -- reading ---------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -226,6 +227,13 @@ class Bank:
         """``diversity_direction`` of a batch x: (B, d), y: (B, e) against this bank, with the kept pair sum."""
         check_objective(objective)
         conditional = objective.startswith("cond-")
+        if objective in ("rke", "cond-rke"):
+            # the fast path: cached row norms, no per-step allocation, half-precision rows read as stored
+            from .fast import bank_direction
+
+            return bank_direction(
+                self, x, y, objective=objective, kernel=kernel, sigma_x=sigma_x, sigma_y=sigma_y
+            )
         pair_sum = None
         if objective in ("rke", "cond-rke") and len(self):
             if conditional and self._y is None:

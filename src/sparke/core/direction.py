@@ -170,29 +170,12 @@ def _order2_terms(x, y, rows_x, rows_y, kernel, sigma_x, sigma_y, same=False):
 
 
 def _order2_direction(x, y, bank_x, bank_y, kernel, sigma_x, sigma_y, pair_sum):
-    weight_sum = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-    weighted_rows = torch.zeros_like(x)
-    cross = torch.zeros((), dtype=torch.float64, device=x.device)
-    for start in range(0, bank_x.shape[0], CHUNK):
-        rows_x = bank_x[start : start + CHUNK].to(x.dtype)
-        rows_y = None if bank_y is None else bank_y[start : start + CHUNK].to(x.dtype)
-        wsum, wrows, sq = _order2_terms(x, y, rows_x, rows_y, kernel, sigma_x, sigma_y)
-        weight_sum += wsum
-        weighted_rows += wrows
-        cross += sq.sum(dtype=torch.float64)
-    # The batch against itself; the b = b term adds nothing to the gradient and exactly 1 to F.
-    wsum, wrows, sq = _order2_terms(x, y, x, y, kernel, sigma_x, sigma_y, same=True)
-    weight_sum += wsum
-    weighted_rows += wrows
-    total = pair_sum + 2.0 * float(cross) + float(sq.sum(dtype=torch.float64))
-    if kernel == "gaussian":
-        # grad_b F = -(4 / sigma^2) (sum_j a_bj x_b - sum_j a_bj x_j)
-        grad_f = (-4.0 / (sigma_x * sigma_x)) * (weight_sum.unsqueeze(1) * x - weighted_rows)
-    else:
-        # grad_b F = (4 / |x_b|) (sum_j a_bj u_j - (sum_j a_bj k_bj) u_b), u = unit rows
-        norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
-        grad_f = (4.0 / norms) * (weighted_rows - weight_sum.unsqueeze(1) * unit_rows(x))
-    return grad_f / (-total)
+    """Two products over the bank (``fast.order2_direction``); bank rows stay in their storage type."""
+    from .fast import order2_direction
+
+    return order2_direction(
+        x, y, bank_x, bank_y, kernel=kernel, sigma_x=sigma_x, sigma_y=sigma_y, pair_sum=pair_sum
+    )
 
 
 def _order1_direction(x, y, bank_x, bank_y, kernel, sigma_x, sigma_y):

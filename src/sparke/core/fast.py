@@ -1,0 +1,464 @@
+"""The fast exact order-2 direction (RKE, Cond-RKE): two matrix products over the bank, no autograd.
+
+For a batch x: (B, d) against bank rows r: (n, d) (prompts y: (B, e), s: (n, e)) the direction needs, per
+batch row b, the weights a_bj = k_x(x_b, r_j)^2 k_y(y_b, s_j)^2 and two sums over the bank:
+sum_j a_bj and sum_j a_bj r_j (see ``direction.py``). They come from
+
+1. ``G = x @ r.T``: the kernel row, with |x_b - r_j|^2 = |x_b|^2 + |r_j|^2 - 2 G_bj from cached row norms;
+2. ``a @ r``: the weighted sum of the rows.
+
+Both products read the bank once each, so the step costs two bank reads plus O(B n) elementwise work.
+
+- Half-precision banks (float16/bfloat16) stay in their storage type: on CUDA the products run in that type
+  with float32 output (``torch.mm(..., out_dtype=torch.float32)``, fp32 accumulation). The float32 operand
+  (the batch, then the weights) is split into a high and a low half-precision part stacked as 2B rows, so
+  the result is the exact product with the stored rows to about float32 precision at no extra bank read
+  (B is tiny: the product is bound by reading the bank). On the CPU the rows are converted chunk by chunk.
+- ``Workspace`` keeps, per bank, the squared norms of its rows (updated only for newly added rows) and
+  grow-only scratch buffers, so a guided step allocates nothing after the first one; ``Bank.direction``
+  uses one per bank.
+- No host synchronisation: the normaliser stays a tensor. The one sync left is the finiteness check of
+  the result (``check_finite=True``, the default), which names the bad input when there is one.
+- ``project_dim``: optionally the kernel weights come from a fixed Gaussian random projection of the image
+  features to ``project_dim`` columns (the squared distance is unbiased, relative error about
+  sqrt(2 / project_dim)); the weighted sum still uses the full rows. It halves the bank bytes read per step
+  at the price of a slightly different direction (cosine to the exact one: see docs/scale.md).
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+
+import torch
+
+from .kernels import unit_rows
+
+# CPU: bank rows per chunk (a half-precision chunk is converted to the compute type; a chunk of float32
+# rows of d = 16,384 is 16 MiB, so the second product reads it from cache).
+CPU_CHUNK = 256
+CPU_CHUNK_ELEMENTS = 1 << 22
+# GPU: rows per chunk; B x chunk weights are tiny, so one chunk covers any realistic bank.
+GPU_CHUNK = 1 << 22
+HALF = (torch.float16, torch.bfloat16)
+
+_OUT_DTYPE_OK: dict[str, bool] = {}
+
+
+def mm_out_dtype_supported(device: torch.device) -> bool:
+    """Whether ``torch.mm(half, half, out_dtype=torch.float32)`` runs on ``device`` (CUDA, torch >= 2.8)."""
+    key = str(device)
+    if key not in _OUT_DTYPE_OK:
+        ok = device.type == "cuda"
+        if ok:
+            try:
+                a = torch.ones(2, 8, device=device, dtype=torch.float16)
+                b = torch.ones(3, 8, device=device, dtype=torch.float16)
+                ok = torch.mm(a, b.T, out_dtype=torch.float32).dtype == torch.float32
+                ok = ok and torch.mm(a.T.contiguous().T, b.T, out_dtype=torch.float32).shape == (2, 3)
+            except (RuntimeError, TypeError):
+                ok = False
+        _OUT_DTYPE_OK[key] = ok
+    return _OUT_DTYPE_OK[key]
+
+
+def _mm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Product of two half-precision matrices with float32 accumulation and output (CUDA)."""
+    return torch.mm(a, b, out_dtype=torch.float32)
+
+
+def _split(value: torch.Tensor, dtype: torch.dtype, out: torch.Tensor) -> torch.Tensor:
+    """value (B, k) float32 -> out (2B, k) in ``dtype`` with out[:B] + out[B:] == value to ~float32 precision."""
+    b = value.shape[0]
+    hi, lo = out[:b], out[b:]
+    hi.copy_(value)
+    lo.copy_(value - hi.float())
+    return out
+
+
+class Workspace:
+    """Per-bank state of the fast direction: cached row norms (and projections) and scratch buffers.
+
+    Rows of a ``Bank`` live in a buffer that only ever gets rows appended after the live ones, or is
+    replaced by a new buffer; the workspace remembers the buffer (weakly) and how far it has read it, and
+    computes norms only for rows it has not seen.
+    """
+
+    def __init__(self, project_dim: int | None = None, seed: int = 0) -> None:
+        self.project_dim = project_dim
+        self.seed = seed
+        self._buffers: dict[tuple, torch.Tensor] = {}
+        self._seen: dict[str, tuple[weakref.ref, int]] = {}
+        self._cache: dict[str, torch.Tensor] = {}
+        self.projection: torch.Tensor | None = None
+
+    def scratch(
+        self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+    ) -> torch.Tensor:
+        """A contiguous tensor of ``shape`` from a grow-only flat buffer (contents undefined)."""
+        key = (name, dtype, str(device))
+        numel = math.prod(shape)
+        flat = self._buffers.get(key)
+        if flat is None or flat.numel() < numel:
+            flat = torch.empty(
+                max(numel, 2 * (0 if flat is None else flat.numel())), dtype=dtype, device=device
+            )
+            self._buffers[key] = flat
+        return flat[:numel].view(shape)
+
+    def _rows_derived(
+        self, name: str, buffer: torch.Tensor, start: int, stop: int, fn, cols: int | None, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """fn(rows) for buffer[start:stop], computed only for rows not seen before in this buffer."""
+        seen = self._seen.get(name)
+        cache = self._cache.get(name)
+        fresh_from = 0
+        if (
+            seen is not None
+            and seen[0]() is buffer
+            and cache is not None
+            and cache.shape[0] == buffer.shape[0]
+        ):
+            fresh_from = min(seen[1], stop)
+        else:
+            shape = (buffer.shape[0],) if cols is None else (buffer.shape[0], cols)
+            cache = torch.empty(shape, dtype=dtype, device=buffer.device)
+            self._cache[name] = cache
+        first = max(fresh_from, start) if fresh_from else start
+        for lo in range(first, stop, 4096):
+            hi = min(lo + 4096, stop)
+            cache[lo:hi] = fn(buffer[lo:hi])
+        self._seen[name] = (weakref.ref(buffer), max(stop, fresh_from))
+        return cache[start:stop]
+
+    def bank_norms(self, bank, compute: torch.dtype, kernel: str):
+        """(norms of x rows, norms of y rows or None, projected x rows or None) for the live rows of ``bank``.
+
+        Gaussian: squared norms; cosine: norms. ``compute`` is float32 or float64.
+        """
+        start, stop = bank._start, bank._start + bank._count
+        square = kernel == "gaussian"
+
+        def norm(rows: torch.Tensor) -> torch.Tensor:
+            rows = rows.to(compute)
+            sq = rows.pow(2).sum(1)
+            return sq if square else sq.sqrt()
+
+        tag = f"{kernel}:{compute}"
+        nx = self._rows_derived("x:" + tag, bank._x, start, stop, norm, None, compute)
+        ny = None
+        if bank._y is not None:
+            ny = self._rows_derived("y:" + tag, bank._y, start, stop, norm, None, compute)
+        px = None
+        if self.project_dim is not None and kernel == "gaussian":
+            proj = self.get_projection(bank._x.shape[1], bank._x.device)
+
+            def project(rows: torch.Tensor) -> torch.Tensor:
+                return (rows.float() @ proj).to(bank.dtype)
+
+            px = self._rows_derived("px", bank._x, start, stop, project, self.project_dim, bank.dtype)
+            # with a projection the kernel weights need only the projected rows' norms
+            nx = self._rows_derived(
+                "px:" + tag, bank._x, start, stop, lambda r: norm(project(r)), None, compute
+            )
+        return nx, ny, px
+
+    def get_projection(self, dim: int, device: torch.device) -> torch.Tensor:
+        """Fixed (dim, project_dim) Gaussian matrix scaled by 1/sqrt(project_dim): E|P^T v|^2 = |v|^2."""
+        if self.projection is None or self.projection.shape[0] != dim or self.projection.device != device:
+            gen = torch.Generator().manual_seed(self.seed)
+            p = torch.randn(dim, self.project_dim, generator=gen) / math.sqrt(self.project_dim)
+            self.projection = p.to(device)
+        return self.projection
+
+
+def _chunk_rows(rows: torch.Tensor, compute: torch.dtype, ws: Workspace, name: str) -> torch.Tensor:
+    """rows in ``compute`` dtype, converted into a scratch buffer when they are stored in another type."""
+    if rows.dtype == compute:
+        return rows
+    out = ws.scratch(name, tuple(rows.shape), compute, rows.device)
+    out.copy_(rows)
+    return out
+
+
+def order2_sums(
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    bank_x: torch.Tensor,
+    bank_y: torch.Tensor | None,
+    norm_x: torch.Tensor,
+    norm_y: torch.Tensor | None,
+    *,
+    kernel: str,
+    sigma_x: float,
+    sigma_y: float,
+    ws: Workspace,
+    proj_x: torch.Tensor | None = None,
+    projection: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per batch row against the bank: (sum_j c_bj, sum_j a_bj r_j, sum_bj k_bj^2 w_bj as a float64 scalar).
+
+    Gaussian: a = c = k^2 w on the raw rows; cosine: a = k w, c = k^2 w, the sum over unit rows. ``norm_x``,
+    ``norm_y``: squared norms (Gaussian) or norms (cosine) of the bank rows, in x's dtype. ``proj_x``: the
+    bank rows projected by ``projection`` (weights from projected distances; Gaussian only); ``norm_x`` then
+    holds the projected rows' squared norms.
+    """
+    compute = x.dtype
+    device = x.device
+    b, d = x.shape
+    n = bank_x.shape[0]
+    half_gpu = (
+        bank_x.dtype in HALF
+        and (bank_y is None or bank_y.dtype == bank_x.dtype)
+        and compute == torch.float32
+        and mm_out_dtype_supported(device)
+    )
+    chunk = GPU_CHUNK if device.type == "cuda" else max(CPU_CHUNK, CPU_CHUNK_ELEMENTS // max(d, 1))
+    weight_sum = torch.zeros(b, dtype=compute, device=device)
+    weighted = torch.zeros(b, d, dtype=compute, device=device)
+    cross = torch.zeros((), dtype=torch.float64, device=device)
+
+    if kernel == "gaussian":
+        qx = x if proj_x is None else (x.float() @ projection).to(compute)
+        q_sq = qx.pow(2).sum(1, keepdim=True)
+        y_sq = None if y is None else y.pow(2).sum(1, keepdim=True)
+        ux = uy = None
+    else:
+        ux = unit_rows(x)
+        uy = None if y is None else unit_rows(y)
+
+    search = bank_x if proj_x is None else proj_x
+    lhs_x = qx if kernel == "gaussian" else ux
+    if half_gpu:
+        lhs_x = _split(
+            lhs_x, bank_x.dtype, ws.scratch("lhs_x", (2 * b, lhs_x.shape[1]), bank_x.dtype, device)
+        )
+        lhs_y = None
+        if y is not None:
+            lhs_y = _split(
+                y if kernel == "gaussian" else uy,
+                bank_y.dtype,
+                ws.scratch("lhs_y", (2 * b, y.shape[1]), bank_y.dtype, device),
+            )
+
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        c = stop - start
+        g = ws.scratch("g", (b, c), compute, device)
+        if half_gpu:
+            g2 = _mm_f32(lhs_x, search[start:stop].T)
+            torch.add(g2[:b], g2[b:], out=g)
+        else:
+            rows = _chunk_rows(search[start:stop], compute, ws, "rows_s")
+            torch.mm(lhs_x, rows.T, out=g)
+        if y is not None:
+            h = ws.scratch("h", (b, c), compute, device)
+            if half_gpu:
+                h2 = _mm_f32(lhs_y, bank_y[start:stop].T)
+                torch.add(h2[:b], h2[b:], out=h)
+            else:
+                rows_y = _chunk_rows(bank_y[start:stop], compute, ws, "rows_y")
+                torch.mm(y if kernel == "gaussian" else uy, rows_y.T, out=h)
+
+        if kernel == "gaussian":
+            # log(k^2 w) = -|x - r|^2 / sigma_x^2 - |y - s|^2 / sigma_y^2, distances clamped at 0 against rounding
+            g.mul_(-2.0).add_(norm_x[start:stop]).add_(q_sq).clamp_min_(0.0).mul_(-1.0 / (sigma_x * sigma_x))
+            if y is not None:
+                h.mul_(-2.0).add_(norm_y[start:stop]).add_(y_sq).clamp_min_(0.0)
+                g.add_(h, alpha=-1.0 / (sigma_y * sigma_y))
+            a = g.exp_()
+            weight_sum += a.sum(1)
+            cross += a.sum(dtype=torch.float64)
+            coef = a
+        else:
+            k = g.div_(norm_x[start:stop])
+            a = k.clone() if y is None else k * h.div_(norm_y[start:stop]).square_()
+            csum = a * k
+            weight_sum += csum.sum(1)
+            cross += csum.sum(dtype=torch.float64)
+            coef = a.div_(norm_x[start:stop])  # sum_j a_bj u_j = sum_j (a_bj / |r_j|) r_j
+
+        if half_gpu:
+            # scale rows of the weights to max 1 so float16 neither underflows nor loses the small weights
+            scale = coef.amax(1, keepdim=True).clamp_min_(torch.finfo(torch.float32).tiny)
+            lhs_a = _split(coef / scale, bank_x.dtype, ws.scratch("lhs_a", (2 * b, c), bank_x.dtype, device))
+            w2 = _mm_f32(lhs_a, bank_x[start:stop])
+            weighted.addcmul_(w2[:b] + w2[b:], scale)
+        else:
+            rows = _chunk_rows(bank_x[start:stop], compute, ws, "rows_x")
+            weighted.addmm_(coef, rows)
+    return weight_sum, weighted, cross
+
+
+def order2_direction(
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    bank_x: torch.Tensor,
+    bank_y: torch.Tensor | None,
+    *,
+    kernel: str,
+    sigma_x: float,
+    sigma_y: float,
+    pair_sum: float | torch.Tensor,
+    norm_x: torch.Tensor | None = None,
+    norm_y: torch.Tensor | None = None,
+    ws: Workspace | None = None,
+    proj_x: torch.Tensor | None = None,
+    projection: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Ascent direction (B, d) of log RKE / log Cond-RKE of bank U batch; see the module doc.
+
+    ``pair_sum``: the bank's own sum of squared (joint) kernel entries. Norms are computed when not given.
+    """
+    from .direction import _order2_terms  # the batch against itself: tiny, shared with the reference code
+
+    ws = ws if ws is not None else Workspace()
+    compute = x.dtype
+    if bank_x.shape[0]:
+        square = kernel == "gaussian"
+        if norm_x is None:
+            norm_x = _norms(bank_x, compute, square)
+        if bank_y is not None and norm_y is None:
+            norm_y = _norms(bank_y, compute, square)
+        weight_sum, weighted, cross = order2_sums(
+            x,
+            y,
+            bank_x,
+            bank_y,
+            norm_x,
+            norm_y,
+            kernel=kernel,
+            sigma_x=sigma_x,
+            sigma_y=sigma_y,
+            ws=ws,
+            proj_x=proj_x,
+            projection=projection,
+        )
+    else:
+        weight_sum = torch.zeros(x.shape[0], dtype=compute, device=x.device)
+        weighted = torch.zeros_like(x)
+        cross = torch.zeros((), dtype=torch.float64, device=x.device)
+    # The batch against itself; the b = b term adds nothing to the gradient and exactly 1 to F.
+    wsum, wrows, sq = _order2_terms(x, y, x, y, kernel, sigma_x, sigma_y, same=True)
+    weight_sum += wsum
+    weighted += wrows
+    total = (cross * 2.0 + sq.sum(dtype=torch.float64) + pair_sum).to(compute)
+    if kernel == "gaussian":
+        # grad_b F = -(4 / sigma^2) (sum_j a_bj x_b - sum_j a_bj x_j)
+        grad_f = (weight_sum.unsqueeze(1) * x - weighted).mul_(-4.0 / (sigma_x * sigma_x))
+    else:
+        # grad_b F = (4 / |x_b|) (sum_j a_bj u_j - (sum_j a_bj k_bj) u_b), u = unit rows
+        norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+        grad_f = (4.0 / norms) * (weighted - weight_sum.unsqueeze(1) * unit_rows(x))
+    return grad_f.div_(-total)
+
+
+def _norms(rows: torch.Tensor, compute: torch.dtype, square: bool) -> torch.Tensor:
+    out = torch.empty(rows.shape[0], dtype=compute, device=rows.device)
+    for lo in range(0, rows.shape[0], 4096):
+        sq = rows[lo : lo + 4096].to(compute).pow(2).sum(1)
+        out[lo : lo + 4096] = sq if square else sq.sqrt()
+    return out
+
+
+def bank_direction(
+    bank,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    *,
+    objective: str = "cond-rke",
+    kernel: str = "gaussian",
+    sigma_x: float = 1.0,
+    sigma_y: float = 1.0,
+    project_dim: int | None = None,
+    check_finite: bool = True,
+) -> torch.Tensor:
+    """Order-2 direction of x: (B, d) (prompts y: (B, e)) against a ``Bank``, with its cached workspace.
+
+    Computed where the bank lives; returned on x's device.
+
+    Same value as ``Bank.direction`` (which calls this); ``check_finite=False`` skips the one host sync
+    (a non-finite input then gives a non-finite result instead of an error); ``project_dim`` see module doc.
+    """
+    from ._checks import check_kernel, check_objective, check_rows_match, check_sigma
+
+    check_objective(objective)
+    check_kernel(kernel)
+    sigma_x, sigma_y = check_sigma(sigma_x, "sigma_x"), check_sigma(sigma_y, "sigma_y")
+    if objective not in ("rke", "cond-rke"):
+        raise ValueError(f"objective: the fast path computes 'rke' and 'cond-rke', not {objective!r}")
+    conditional = objective == "cond-rke"
+    home = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
+    x = _light_features(x, "x", None, bank.device)
+    if conditional:
+        if y is None:
+            raise ValueError(f"y: the {objective!r} objective needs prompt features for the batch")
+        y = _light_features(y, "y", x.dtype, x.device)
+        check_rows_match(x, y, "x", "y")
+        if len(bank) and bank._y is None:
+            raise ValueError(f"objective: {objective!r} needs a bank with prompt features")
+    else:
+        y = None
+    n = len(bank)
+    if n and x.shape[1] != bank.dim_x:
+        raise ValueError(f"x: has {x.shape[1]} feature columns but the bank holds {bank.dim_x}")
+    if n and y is not None and y.shape[1] != bank.dim_y:
+        raise ValueError(f"y: has {y.shape[1]} feature columns but the bank holds {bank.dim_y}")
+    ws = getattr(bank, "_workspace", None)
+    if ws is None or ws.project_dim != project_dim:
+        ws = Workspace(project_dim)
+        bank._workspace = ws
+    if n:
+        pair_sum = bank.pair_sum(kernel=kernel, sigma_x=sigma_x, sigma_y=sigma_y, conditional=conditional)
+        nx, ny, px = ws.bank_norms(bank, x.dtype, kernel)
+        bank_x, bank_y = bank.x, bank.y if conditional else None
+        projection = ws.projection if px is not None else None
+    else:
+        pair_sum, nx, ny, px, bank_x, bank_y, projection = 0.0, None, None, None, x[:0], None, None
+    if kernel == "cosine" and check_finite:
+        from ._checks import check_nonzero_rows
+
+        check_nonzero_rows(x, "x")
+        if y is not None:
+            check_nonzero_rows(y, "y")
+    result = order2_direction(
+        x,
+        y,
+        bank_x,
+        bank_y,
+        kernel=kernel,
+        sigma_x=sigma_x,
+        sigma_y=sigma_y,
+        pair_sum=pair_sum,
+        norm_x=nx,
+        norm_y=None if not conditional else ny,
+        ws=ws,
+        proj_x=px,
+        projection=projection,
+    )
+    if check_finite and not bool(torch.isfinite(result).all()):
+        from .direction import _check_finite_result
+
+        _check_finite_result(result, {"x": x, "y": y, "bank_x": bank_x, "bank_y": bank_y}, kernel)
+    return result.to(home)
+
+
+def _light_features(value, name: str, dtype: torch.dtype | None, device) -> torch.Tensor:
+    """Shape and type checks only (no finiteness scan, which would sync): see ``check_finite``."""
+    import numpy as np
+
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(np.ascontiguousarray(value))
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"{name}: expected a torch.Tensor or numpy array, got {type(value).__name__}")
+    if value.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array (rows = samples), got shape {tuple(value.shape)}")
+    if value.shape[0] < 1:
+        raise ValueError(f"{name}: needs at least 1 row(s), got 0")
+    if value.shape[1] < 1:
+        raise ValueError(f"{name}: has zero feature columns")
+    if value.is_complex():
+        raise ValueError(f"{name}: complex values are not supported")
+    if dtype is None:
+        dtype = torch.float64 if value.dtype == torch.float64 else torch.float32
+    return value.to(device=device, dtype=dtype)
