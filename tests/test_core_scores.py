@@ -172,3 +172,15 @@ def test_unrelated_prompts_do_not_compare():
 def test_bad_input_names_the_argument(call, name):
     with pytest.raises(ValueError, match=rf"^{name}:"):
         call()
+
+
+def test_exact_vendi_refuses_beyond_its_limit(monkeypatch):
+    import sparke.core.scores as scores
+
+    monkeypatch.setattr(scores, "MAX_DENSE_ROWS", 8)
+    x, y = torch.randn(9, 2), torch.randn(9, 3)
+    with pytest.raises(ValueError, match="beyond the limit of 8"):
+        sparke.vendi(x)
+    with pytest.raises(ValueError, match="beyond the limit of 8"):
+        sparke.cond_vendi(x, y, kernel="cosine")
+    assert sparke.vendi(x, kernel="cosine") > 1  # d x d dual: 2 x 2

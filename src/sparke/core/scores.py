@@ -9,7 +9,8 @@ With K~ = K / trace(K) (= K / n for both kernels):
 RKE and Cond-RKE are blockwise sums, O(n^2 d) time and O(n) memory. Vendi needs a spectrum: for the cosine
 kernel it comes from the d x d dual (X^T X has the non-zero eigenvalues of X X^T), O(n d^2); for the
 Gaussian kernel it is an n x n eigendecomposition, O(n^3) time and O(n^2) memory, refused above
-``MAX_DENSE_ROWS`` rows (use the streaming estimates of ``sparke.metrics`` beyond that).
+``MAX_DENSE_ROWS`` (8,192) rows; Cond-Vendi likewise, its cosine dual having d*e dimensions. Beyond that they
+raise a ``ValueError``: use the random-feature estimates of ``sparke.metrics``.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from .kernels import kernel_matrix, squared_kernel_sum, unit_rows
 
 Array = torch.Tensor | np.ndarray
 
-# 16,384 rows: a 1 GiB float32 matrix and about a minute of eigendecomposition on 2 CPU cores.
-MAX_DENSE_ROWS = 16_384
+# Largest matrix whose spectrum is computed: 8,192 x 8,192 is 0.5 GiB in float64 and takes about a minute to
+# decompose on 2 CPU cores (4,096: about 5 s).
+MAX_DENSE_ROWS = 8_192
 
 
 def _prepare(x: Array, name: str, kernel: str) -> torch.Tensor:
@@ -75,6 +77,7 @@ def _spectral_entropy(gram_features: torch.Tensor | None, kernel_mat: torch.Tens
     """H1 of the normalised kernel, from n x p features (K = F F^T, dual when p < n) or a dense K."""
     if gram_features is not None:
         n = gram_features.shape[0]
+        _check_dense_size(min(gram_features.shape))
         f = gram_features.to(torch.float64)
         gram = f.T @ f if f.shape[1] < n else f @ f.T
         eigenvalues = torch.linalg.eigvalsh(gram / n)
@@ -84,11 +87,12 @@ def _spectral_entropy(gram_features: torch.Tensor | None, kernel_mat: torch.Tens
     return float(von_neumann_entropy(eigenvalues))
 
 
-def _check_dense_size(n: int) -> None:
-    if n > MAX_DENSE_ROWS:
+def _check_dense_size(size: int) -> None:
+    if size > MAX_DENSE_ROWS:
         raise ValueError(
-            f"x: {n} rows is beyond the exact Gaussian Vendi limit of {MAX_DENSE_ROWS} (an n x n "
-            "eigendecomposition); use kernel='cosine' (d x d dual) or the streaming estimates of sparke.metrics"
+            f"x: the exact Vendi spectrum would need a {size} x {size} eigendecomposition, beyond the limit of "
+            f"{MAX_DENSE_ROWS}; use fewer rows, kernel='cosine' with fewer feature dimensions (its dual is "
+            "d x d, d*e for the conditional score), or the random-feature estimates of sparke.metrics"
         )
 
 
