@@ -54,7 +54,6 @@ def main() -> None:
     )
     timed("in_batch_similarity", lambda: sparke.in_batch_similarity(x))
     print(f"peak extra memory of the scores: {peak_rss_gib() - base:.2f} GiB")
-    del x, y
 
     n, d = args.n_bank, args.d_bank
     bank_x = torch.empty(n, d)

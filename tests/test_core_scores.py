@@ -178,9 +178,9 @@ def test_exact_vendi_refuses_beyond_its_limit(monkeypatch):
     import sparke.core.scores as scores
 
     monkeypatch.setattr(scores, "MAX_DENSE_ROWS", 8)
-    x, y = torch.randn(9, 2), torch.randn(9, 3)
+    x, y = torch.randn(9, 4), torch.randn(9, 3)  # d * e = 12 >= n: the dense 9 x 9 path
     with pytest.raises(ValueError, match="beyond the limit of 8"):
         sparke.vendi(x)
     with pytest.raises(ValueError, match="beyond the limit of 8"):
         sparke.cond_vendi(x, y, kernel="cosine")
-    assert sparke.vendi(x, kernel="cosine") > 1  # d x d dual: 2 x 2
+    assert sparke.vendi(x, kernel="cosine") > 1  # d x d dual: 4 x 4
