@@ -1,0 +1,121 @@
+"""The baselines (CADS, particle guidance, Vendi guidance, latent RKE) on tiny stock diffusers pipelines."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from sparke.baselines import NAMES, make
+from sparke.guidance import attach
+from tiny_pipelines import build, call_kwargs, final_latents, pipeline_state, same_state
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+PROMPTS = ["a photo of a cat", "a photo of a dog"]
+PER = 2  # B = 4
+PIPES = ("sd", "pixart")
+METHODS = ("rke", "vendi", "cads", "pg")
+# scales large enough to move the tiny random models' latents visibly
+STRONG = {"rke": 0.3, "vendi": 0.3, "cads": 1.0, "pg": 0.5}
+EVERY = {"rke": {"every": 1}, "vendi": {"every": 1}, "cads": {}, "pg": {}}
+
+
+@functools.cache
+def _pipe(name: str):
+    return build(name)
+
+
+def _run(pipe, guide, seed=0, steps=3):
+    kw = call_kwargs(pipe, PROMPTS, num_images_per_prompt=PER, seed=seed, steps=steps)
+    with attach(pipe) as run:
+        out = guide(pipe, **kw)
+    return out, run.final_latents[: len(PROMPTS) * PER].float()
+
+
+@pytest.mark.parametrize("name", PIPES)
+@pytest.mark.parametrize("method", METHODS)
+def test_scale_zero_is_exactly_unguided(name, method):
+    pipe = _pipe(name)
+    vanilla, _ = _run(pipe, make("none"))
+    out, _ = _run(pipe, make(method, scale=0.0))
+    assert torch.equal(final_latents(out), final_latents(vanilla))
+
+
+@pytest.mark.parametrize("name", PIPES)
+@pytest.mark.parametrize("method", METHODS)
+def test_guidance_changes_output_and_leaves_pipeline_as_found(name, method):
+    pipe = _pipe(name)
+    before = pipeline_state(pipe)
+    vanilla, _ = _run(pipe, make("none"))
+    guide = make(method, scale=STRONG[method], **EVERY[method])
+    out, z = _run(pipe, guide, steps=4)
+    assert z.shape[0] == len(PROMPTS) * PER and torch.isfinite(z).all()
+    assert not torch.equal(final_latents(out), final_latents(vanilla))
+    assert same_state(pipeline_state(pipe), before)
+
+
+@pytest.mark.parametrize("name", ("sd", "pixart"))
+def test_cads_noises_only_the_conditional_half_and_never_compounds(name):
+    pipe = _pipe(name)
+    guide = make("cads", scale=0.25)
+    clean, seen = [], []
+    hook = guide.on_model_input
+
+    def recording(index, args, kwargs):  # what the pipeline passes, and what the denoiser then gets
+        clean.append(kwargs["encoder_hidden_states"].detach().clone())
+        res = hook(index, args, kwargs)
+        seen.append((res or (args, kwargs))[1]["encoder_hidden_states"].detach().clone())
+        return res
+
+    guide.on_model_input = recording
+    guide(pipe, **call_kwargs(pipe, PROMPTS, num_images_per_prompt=PER, steps=10))
+    b = len(PROMPTS) * PER
+    assert len(seen) == len(clean) == 10
+    # the pipeline's own embedding never changes: the noise is not compounded step to step
+    assert all(torch.equal(c, clean[0]) for c in clean)
+    for step, (y, y0) in enumerate(zip(seen, clean, strict=True)):
+        assert torch.equal(y[:b], y0[:b]), "the unconditional half must stay clean"
+        if 1 - step / 10 <= 0.6:
+            assert torch.equal(y[b:], y0[b:])
+            continue
+        assert not torch.equal(y[b:], y0[b:])
+        # psi = 1: rescaled to each clean row's mean and std
+        torch.testing.assert_close(y[b:].flatten(1).mean(1), y0[b:].flatten(1).mean(1), atol=1e-4, rtol=0)
+        torch.testing.assert_close(y[b:].flatten(1).std(1), y0[b:].flatten(1).std(1), atol=1e-4, rtol=1e-3)
+    # two pure-noise steps (t >= 0.9: gamma = 0) draw different noise
+    assert not torch.equal(seen[0][b:], seen[1][b:])
+
+
+def test_cads_schedule():
+    from sparke.baselines.cads import cads_gamma
+
+    assert cads_gamma(0.3) == cads_gamma(0.6) == 1.0
+    assert cads_gamma(0.9) == cads_gamma(1.0) == 0.0
+    assert abs(cads_gamma(0.75) - 0.5) < 1e-12
+
+
+def test_particle_guidance_spreads_the_batch():
+    pipe = _pipe("sd")
+    spread = {}
+    for method, scale in (("none", None), ("pg", 0.5)):
+        _, z = _run(pipe, make(method, scale=scale) if method != "none" else make("none"), steps=4)
+        u = torch.nn.functional.normalize(z.flatten(1), dim=1)
+        spread[method] = torch.pdist(u).mean().item()
+    assert spread["pg"] > spread["none"]
+
+
+def test_vendi_window_keeps_the_last_rows():
+    pipe = _pipe("sd")
+    guide = make("vendi", scale=0.1, window=6, every=1)
+    for seed in range(2):
+        _run(pipe, guide, seed=seed)
+    assert len(guide.bank) == 6  # 2 calls x 4 images, capacity 6
+    assert guide.objective == "vendi"
+
+
+def test_make_rejects_unknown_method_and_lists_names():
+    assert set(NAMES) == {"none", "sparke", "rke", "vendi", "cads", "pg"}
+    with pytest.raises(ValueError, match="one of"):
+        make("dpp")
