@@ -231,3 +231,25 @@ def test_embedded_pixel_space_pipeline():
     assert not torch.equal(out, vanilla)
     assert guide.bank.dim_y == 384 and guide.bank.dim_x == 3 * 32 * 32
     assert same_state(pipeline_state(pipe), before)
+
+
+def test_indexed_bank_is_used_through_its_direction():
+    indexed = pytest.importorskip("sparke.core.indexed")
+    pytest.importorskip("faiss")
+    pipe = _sd()
+    bank = indexed.IndexedBank(dim_x=4 * 16 * 16, dim_y=32)
+    calls = []
+    original = bank.direction
+
+    def spy(x, y=None, **kw):
+        calls.append(kw)
+        return original(x, y, **kw)
+
+    bank.direction = spy
+    guide = SPARKE(scale=0.2, every=1, bank=bank)
+    guide(pipe, **call_kwargs(pipe))
+    guide(pipe, **call_kwargs(pipe, seed=1))
+    assert len(bank) == 4 and len(calls) == 6
+    assert calls[0]["sigma_x"] == 0.8 and calls[0]["objective"] == "cond-rke"
+    with pytest.raises(ValueError, match=r"dim 1024.*dim 256"):
+        SPARKE(bank=indexed.IndexedBank(dim_x=1024, dim_y=32))(pipe, **call_kwargs(pipe, height=16, width=16))

@@ -271,8 +271,10 @@ class SPARKE:
         yy = y if self.conditional else None
         bank = self.bank
         if hasattr(bank, "direction"):
-            accepted = inspect.signature(bank.direction).parameters
-            d = bank.direction(x, yy, **{k: v for k, v in opts.items() if k in accepted})
+            # pass the options a bank's direction() takes (an index-backed bank may fix them at build time)
+            params = inspect.signature(bank.direction).parameters
+            takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+            d = bank.direction(x, yy, **{k: v for k, v in opts.items() if takes_any or k in params})
         else:
             n = len(bank)
             d = diversity_direction(
@@ -297,11 +299,12 @@ class SPARKE:
     def _check_dims(self, dim_x: int, y: torch.Tensor | None, pipe_name: str) -> None:
         space = self.space if isinstance(self.space, str) else "image-encoder"
         for label, bank in (("bank", self.bank), ("reference", self.reference)):
-            if bank is None or not len(bank):
+            if bank is None:  # an empty Bank has no dims yet; an IndexedBank has them from the start
                 continue
-            if bank.dim_x is not None and bank.dim_x != dim_x:
+            bank_dim = getattr(bank, "dim_x", None)
+            if bank_dim is not None and bank_dim != dim_x:
                 raise ValueError(
-                    f"{label} holds image features of dim {bank.dim_x}, but space={space!r} on {pipe_name} gives "
+                    f"{label} holds image features of dim {bank_dim}, but space={space!r} on {pipe_name} gives "
                     f"dim {dim_x}: use a bank made with the same pipeline, resolution and space"
                 )
             dim_y = getattr(bank, "dim_y", None)
