@@ -24,8 +24,14 @@ from tiny_pipelines import (
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
-# Tiny tensors: one thread is 10x faster than two on a shared, busy CPU (no oversubscription).
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny tensors: one thread is 10x faster than two on a shared, busy CPU (no oversubscription).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @functools.cache

@@ -13,8 +13,15 @@ from tiny_pipelines import NAMES, build, call_kwargs, final_latents, pipeline_st
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
-# Tiny tensors: one thread is 10x faster than two on a shared, busy CPU (no oversubscription).
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny tensors: one thread is 10x faster than two on a shared, busy CPU (no oversubscription).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 PROMPTS = ["a photo of a cat", "a photo of a dog"]  # similar prompts: the prompt kernel pairs them
 PER = 2  # images per prompt: B = 4

@@ -11,8 +11,15 @@ from tiny_pipelines import call_kwargs, final_latents, pipeline_state, same_stat
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
-# Tiny tensors: one thread is 10x faster than two on a shared, busy CPU (no oversubscription).
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny tensors: one thread is 10x faster than two on a shared, busy CPU (no oversubscription).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 SD_BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 
