@@ -1,0 +1,124 @@
+"""``sparke evaluate``: diversity metrics of run folders, as a table and DIR/metrics.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ._common import err, out, user_errors
+
+
+def evaluate_command(
+    runs: Annotated[
+        list[Path], typer.Argument(help="Run folders made by `sparke generate`.", show_default=False)
+    ],
+    features: Annotated[
+        str,
+        typer.Option(
+            help="Image features: 'embedded' (the shapes encoder), or a CLIP / DINOv2 model folder or hub id "
+            "(transformers).",
+        ),
+    ] = "embedded",
+    kernel: Annotated[str, typer.Option(help="gaussian or cosine, on L2-normalised features.")] = "gaussian",
+    sigma_image: Annotated[float, typer.Option(help="Gaussian bandwidth on image features.")] = 0.8,
+    sigma_prompt: Annotated[
+        float, typer.Option(help="Gaussian bandwidth on prompt features (MiniLM).")
+    ] = 0.3,
+    per_cluster: Annotated[
+        bool,
+        typer.Option("--per-cluster/--overall-only", help="Also print one table per run by prompt cluster."),
+    ] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per feature-extractor call.")] = 64,
+) -> None:
+    """Diversity of runs: Vendi, RKE, Cond-Vendi, Cond-RKE, in-batch similarity (overall and per cluster).
+
+    Image features from --features, prompt features from all-MiniLM-L6-v2, both L2-normalised; Gaussian
+    kernels exp(-|a-b|^2 / 2 sigma^2). Runs of the embedded model also get the checker's prompt-match rate.
+    Writes DIR/metrics.json for each run.
+    """
+    from sparke.evaluation import evaluate_run, load_features, load_run
+    from sparke.generation import resolve_device
+
+    with user_errors():
+        for run in runs:
+            load_run(run)  # fail on a bad folder before loading any model
+        with err.status(f"loading features {features} ..."):
+            extractor = load_features(features, resolve_device(device), batch_size)
+        results = []
+        for run in runs:
+            with err.status(f"evaluating {run} ..."):
+                results.append(
+                    evaluate_run(
+                        run, extractor, kernel=kernel, sigma_image=sigma_image, sigma_prompt=sigma_prompt
+                    )
+                )
+    out.print(metrics_table(results, title="Diversity"))
+    k = results[0]["kernels"]
+    bandwidths = (
+        f", sigma image {k['sigma_image']}, sigma prompt {k['sigma_prompt']}"
+        if k["kernel"] == "gaussian"
+        else ""
+    )
+    out.print(
+        f"features: {results[0]['features']['image']} ({results[0]['features']['image_dim']}-d) and MiniLM prompts; "
+        f"{k['kernel']} kernel{bandwidths}",
+        highlight=False,
+    )
+    if per_cluster:
+        for result in results:
+            out.print(cluster_table(result))
+    for run in runs:
+        out.print(f"wrote {run / 'metrics.json'}", highlight=False)
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def metrics_table(results: list[dict[str, Any]], title: str = "") -> Any:
+    """A rich table: one row per run, the overall metrics as columns."""
+    from rich.table import Table
+
+    from sparke.evaluation import METRICS
+
+    table = Table(title=title or None, title_justify="left")
+    for name in ("run", "method", "scale", "images"):
+        table.add_column(name, justify="right" if name in ("scale", "images") else "left")
+    shown = [m for m in METRICS if any(r["overall"].get(m) is not None for r in results)]
+    for metric in shown:
+        label, higher = METRICS[metric]
+        table.add_column(f"{label} {'↑' if higher else '↓'}", justify="right")
+    for r in results:
+        o = r["overall"]
+        cells = [r["run"], str(r.get("method")), _fmt(r.get("scale"), 3), str(r["n_images"])]
+        cells += [_fmt(o.get(m), 3 if m in ("in_batch_similarity", "match_rate") else 2) for m in shown]
+        table.add_row(*cells)
+    return table
+
+
+def cluster_table(result: dict[str, Any]) -> Any:
+    """A rich table of one run's metrics by prompt cluster."""
+    from rich.table import Table
+
+    from sparke.evaluation import METRICS
+
+    table = Table(title=f"{result['run']} by cluster", title_justify="left")
+    table.add_column("cluster")
+    table.add_column("images", justify="right")
+    shown = [m for m in METRICS if any(c.get(m) is not None for c in result["clusters"])]
+    for metric in shown:
+        table.add_column(METRICS[metric][0], justify="right")
+    for c in result["clusters"]:
+        table.add_row(
+            str(c["cluster"]),
+            str(c["n_images"]),
+            *[_fmt(c.get(m), 3 if m in ("in_batch_similarity", "match_rate") else 2) for m in shown],
+        )
+    return table

@@ -1,0 +1,28 @@
+"""``sparke methods``: the generation methods of ``--method``, with their papers and default settings."""
+
+from __future__ import annotations
+
+import json
+
+from ._common import out
+
+
+def methods_command() -> None:
+    """List the generation methods: what each does, its paper, its default scale and settings."""
+    from rich.table import Table
+
+    from sparke.methods import METHODS
+
+    table = Table(show_lines=True)
+    table.add_column("method", style="bold")
+    table.add_column("what it does")
+    table.add_column("scale", justify="right")
+    table.add_column("settings (--set KEY=VALUE or the named options)")
+    for name, spec in METHODS.items():
+        settings = "\n".join(
+            f"{key} = {json.dumps(value)}" + (f"  [dim]{spec.help[key]}[/]" if key in spec.help else "")
+            for key, value in spec.defaults.items()
+        )
+        scale = f"{spec.default_scale:g}" if spec.has_scale else "-"
+        table.add_row(name, f"{spec.doc}\n[dim]{spec.paper}[/]", scale, settings or "-")
+    out.print(table)

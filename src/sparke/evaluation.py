@@ -1,0 +1,423 @@
+"""Diversity metrics of run folders (``sparke evaluate``): Vendi, RKE, Cond-Vendi, Cond-RKE, in-batch similarity.
+
+Features:
+- images: the embedded model's shapes encoder (``features="embedded"``, 128-d) or a transformers image model
+  given by hub id or folder: CLIP (``image_embeds`` of ``CLIPVisionModelWithProjection``, or the pooled output
+  of a bare ``CLIPVisionModel``), DINOv2 (the pooled CLS token) or another ``AutoModel`` (pooled output, else
+  the mean of the last hidden states). Images are resized (bicubic, antialiased) to the model's input size and
+  normalised with its preprocessor's mean and std (CLIP's or ImageNet's when it has no preprocessor file);
+  no torchvision involved.
+- prompts: all-MiniLM-L6-v2 sentence embeddings (384-d).
+
+Every feature row is L2-normalised. Kernels (documented in metrics.json): Gaussian
+``k(a, b) = exp(-|a - b|^2 / (2 sigma^2))`` with ``sigma_image`` on image features and ``sigma_prompt`` on
+prompt features (the paper's 0.3), or cosine. Vendi/RKE use the image kernel alone; Cond-Vendi/Cond-RKE the
+Hadamard product with the prompt kernel, minus the prompt entropy. In-batch similarity is the mean cosine
+similarity of the images of one prompt, averaged over prompts with two images or more (lower = more diverse).
+Every metric is given over the whole run and per prompt cluster (the ``cluster`` of the manifest, else each
+prompt is its own cluster). For runs of the embedded model, the checker's prompt-match rate: the fraction of
+images whose detected shape, colour, count (and background, size or position when the prompt states them)
+match the prompt.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .runs import MANIFEST_FILE, RunError, RunFolder
+
+__all__ = [
+    "METRICS_FILE",
+    "FeatureExtractor",
+    "RunImages",
+    "evaluate_run",
+    "load_features",
+    "load_run",
+    "required_from_prompt",
+]
+
+METRICS_FILE = "metrics.json"
+DEFAULT_SIGMA_IMAGE = 0.8
+DEFAULT_SIGMA_PROMPT = 0.3
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+# metric name -> (label, True when higher means more diverse)
+METRICS: dict[str, tuple[str, bool]] = {
+    "cond_vendi": ("Cond-Vendi", True),
+    "cond_rke": ("Cond-RKE", True),
+    "vendi": ("Vendi", True),
+    "rke": ("RKE", True),
+    "in_batch_similarity": ("In-batch sim.", False),
+    "match_rate": ("Prompt match", True),
+}
+
+
+# -- image features ---------------------------------------------------------------------------------------------
+@dataclass
+class FeatureExtractor:
+    """``extractor(images)`` with images (N, 3, H, W) float in [-1, 1] -> unit-norm features (N, dim)."""
+
+    name: str
+    encode: Callable[[torch.Tensor], torch.Tensor]
+    device: str = "cpu"
+    batch_size: int = 64
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        out = []
+        for start in range(0, images.shape[0], self.batch_size):
+            chunk = images[start : start + self.batch_size].to(self.device)
+            out.append(torch.nn.functional.normalize(self.encode(chunk).float().flatten(1), dim=1).cpu())
+        return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def load_features(spec: str = "embedded", device: str = "cpu", batch_size: int = 64) -> FeatureExtractor:
+    """The image feature extractor named by ``spec`` (see the module docstring); ``RunError`` if unavailable."""
+    if spec == "embedded":
+        from .embedded.encoder import load_encoder
+
+        try:
+            encoder = load_encoder(device)
+        except FileNotFoundError as error:
+            raise RunError(
+                f"--features embedded: the shapes encoder's weights are missing ({error})"
+            ) from None
+
+        def encode(x: torch.Tensor) -> torch.Tensor:
+            if x.shape[-2:] != (32, 32):  # the encoder was trained on 32x32 renders
+                x = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", antialias=True)
+            return encoder(x)
+
+        return FeatureExtractor("embedded", encode, device, batch_size)
+    return _hf_features(spec, device, batch_size)
+
+
+def _hf_features(spec: str, device: str, batch_size: int) -> FeatureExtractor:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(spec)
+    except (OSError, ValueError) as error:
+        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise RunError(
+            f"--features {spec}: not a local model folder nor in the Hugging Face cache ({first})"
+        ) from None
+    kind = getattr(config, "model_type", "")
+    arch = (getattr(config, "architectures", None) or [""])[0]
+    try:
+        if kind in ("clip", "clip_vision_model"):
+            from transformers import CLIPVisionModel, CLIPVisionModelWithProjection
+
+            with_projection = arch in ("CLIPVisionModelWithProjection", "CLIPModel")
+            cls = CLIPVisionModelWithProjection if with_projection else CLIPVisionModel
+            model = cls.from_pretrained(spec)
+            vision = config.vision_config if kind == "clip" else config
+            mean, std = CLIP_MEAN, CLIP_STD
+        else:
+            from transformers import AutoModel
+
+            model = AutoModel.from_pretrained(spec)
+            vision, with_projection = config, False
+            mean, std = IMAGENET_MEAN, IMAGENET_STD
+    except (OSError, ValueError) as error:
+        raise RunError(
+            f"--features {spec}: cannot load the model ({str(error).splitlines()[0][:200]})"
+        ) from None
+    model.to(device).eval().requires_grad_(False)
+    size = int(getattr(vision, "image_size", 224) or 224)
+    size, mean, std = _preprocessor(spec, size, mean, std)
+    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        x = (x.float() + 1) / 2  # [-1, 1] -> [0, 1]
+        x = _resize_center_crop(x, size)
+        out = model(pixel_values=((x - mean_t) / std_t).to(model.dtype))
+        if with_projection:
+            return out.image_embeds
+        pooled = getattr(out, "pooler_output", None)
+        return pooled if pooled is not None else out.last_hidden_state.mean(1)
+
+    return FeatureExtractor(str(spec), encode, device, batch_size)
+
+
+def _preprocessor(spec: str, size: int, mean: Sequence[float], std: Sequence[float]) -> tuple[int, Any, Any]:
+    """Input size, mean and std from the model's preprocessor_config.json when it is a local folder."""
+    file = Path(spec) / "preprocessor_config.json"
+    if not file.is_file():
+        return size, mean, std
+    try:
+        cfg = json.loads(file.read_text())
+    except (OSError, ValueError):
+        return size, mean, std
+    crop = cfg.get("crop_size") or cfg.get("size")
+    if isinstance(crop, dict):
+        crop = crop.get("height") or crop.get("shortest_edge")
+    if isinstance(crop, int):
+        size = crop
+    return size, cfg.get("image_mean", mean), cfg.get("image_std", std)
+
+
+def _resize_center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, 3, H, W) -> (N, 3, size, size): shorter side to ``size`` (bicubic, antialiased), centre crop."""
+    h, w = x.shape[-2:]
+    if (h, w) == (size, size):
+        return x
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    x = torch.nn.functional.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return x[..., top : top + size, left : left + size].clamp(0, 1)
+
+
+# -- reading a run ----------------------------------------------------------------------------------------------
+@dataclass
+class RunImages:
+    """A run folder's config (run.json dict, or {} when absent) and its manifest records sorted by index."""
+
+    path: Path
+    config: dict[str, Any]
+    records: list[dict[str, Any]]
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def load_images(self) -> torch.Tensor:
+        """All images (N, 3, H, W) float in [-1, 1]."""
+        from PIL import Image
+
+        arrays = []
+        for record in self.records:
+            file = self.path / record["file"]
+            try:
+                with Image.open(file) as im:
+                    arrays.append(np.asarray(im.convert("RGB")))
+            except (OSError, ValueError) as error:
+                raise RunError(f"{file}: unreadable image ({error})") from None
+        shapes = {a.shape for a in arrays}
+        if len(shapes) > 1:
+            raise RunError(f"{self.path}: images of different sizes {sorted(shapes)}")
+        arr = np.stack(arrays).astype(np.float32) / 127.5 - 1.0
+        return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
+def load_run(path: str | os.PathLike) -> RunImages:
+    """Read a run folder made by ``sparke generate``; ``RunError`` when it has no finished images."""
+    folder = RunFolder(path)
+    if not folder.path.is_dir():
+        raise RunError(f"{folder.path}: no such run folder")
+    if not folder.manifest_file.is_file():
+        raise RunError(f"{folder.path}: no {MANIFEST_FILE}; is it a folder made by `sparke generate`?")
+    config = folder.read_config() or {}
+    records = folder.read_manifest()
+    finished = folder.finished(records)
+    kept = [records[i] for i in sorted(finished)]
+    if not kept:
+        raise RunError(f"{folder.path}: no finished images yet")
+    return RunImages(folder.path, config, kept)
+
+
+# -- the embedded model's checker -------------------------------------------------------------------------------
+def required_from_prompt(prompt: str) -> dict[str, Any] | None:
+    """Attributes a shapes-world prompt requires (shape, colour, count; size, background, position if stated),
+    read with the world's vocabulary; None when it names no known shape or colour."""
+    from .embedded import world as W
+
+    text = " " + re.sub(r"\s+", " ", prompt.lower()) + " "
+
+    def find(table: dict[str, Sequence[str]]) -> str | None:
+        best: tuple[int, int, str] | None = None  # (-length, position) of the longest, earliest phrase
+        for name, words in table.items():
+            for word in words:
+                m = re.search(rf"(?<![\w-]){re.escape(word)}(?![\w-])", text)
+                if m and (best is None or (-len(word), m.start()) < best[:2]):
+                    best = (-len(word), m.start(), name)
+        return None if best is None else best[2]
+
+    shapes = {s: [w for pair in pairs for w in pair] for s, pairs in W.SHAPE_WORDS.items()}
+    shape, colour = find(shapes), find(W.COLOUR_WORDS)
+    if shape is None or colour is None:
+        return None
+    two = re.search(r"(?<!\w)(two|2|a pair of)(?!\w)", text) is not None
+    required: dict[str, Any] = {"shape": shape, "colour": colour, "count": 2 if two else 1}
+    size = find(W.SIZE_WORDS)
+    if size is not None:
+        required["size"] = size
+    for name, words in W.BACKGROUND_WORDS.items():
+        if any(re.search(rf"(?<!\w){re.escape(w)} (background|backdrop)(?!\w)", text) for w in words):
+            required["background"] = name
+            break
+    m = re.search(
+        r"(?<!\w)(?:in|at|on) the (top left|top right|bottom left|bottom right|top|bottom|left|right|centre|"
+        r"center|middle)(?!\w)",
+        text,
+    )
+    if m is not None:
+        required["position"] = {"center": "centre", "middle": "centre"}.get(m.group(1), m.group(1))
+    return required
+
+
+def is_embedded_run(run: RunImages) -> bool:
+    """Whether the run's model is the embedded shapes model (shipped, or a saved ShapesPipeline folder)."""
+    model = run.config.get("model") or (run.records[0].get("model") if run.records else None)
+    if model == "embedded":
+        return True
+    index = Path(str(model)) / "model_index.json" if model else None
+    if index is not None and index.is_file():
+        try:
+            return json.loads(index.read_text()).get("_class_name") == "ShapesPipeline"
+        except (OSError, ValueError):
+            return False
+    return False
+
+
+def match_flags(run: RunImages, images: torch.Tensor) -> list[bool | None]:
+    """Per image: whether the checker finds what its prompt requires (None: the prompt's needs are unknown)."""
+    from .embedded.checker import check, matches
+
+    pixels = ((images.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+    flags: list[bool | None] = []
+    cache: dict[str, dict | None] = {}
+    for record, image in zip(run.records, pixels, strict=True):
+        required = record.get("required")
+        if required is None:
+            prompt = record["prompt"]
+            if prompt not in cache:
+                cache[prompt] = required_from_prompt(prompt)
+            required = cache[prompt]
+        flags.append(None if required is None else bool(matches(check(image), required)))
+    return flags
+
+
+# -- metrics ----------------------------------------------------------------------------------------------------
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def group_metrics(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    prompts: Sequence[str],
+    *,
+    kernel: str,
+    sigma_image: float,
+    sigma_prompt: float,
+    flags: Sequence[bool | None] | None = None,
+) -> dict[str, Any]:
+    """All metrics of one group of images: x (n, d) image features, y (n, e) prompt features."""
+    from .core import cond_rke, cond_vendi, in_batch_similarity, rke, vendi
+
+    n = x.shape[0]
+    out: dict[str, Any] = {"n_images": n, "n_prompts": len(set(prompts))}
+    kw = dict(kernel=kernel)
+    for name, fn in (("vendi", vendi), ("rke", rke)):
+        try:
+            out[name] = _finite(fn(x, sigma=sigma_image, **kw))
+        except ValueError:
+            out[name] = None  # beyond the exact limit (n > 16,384 for Gaussian Vendi)
+    for name, fn in (("cond_vendi", cond_vendi), ("cond_rke", cond_rke)):
+        try:
+            out[name] = _finite(fn(x, y, sigma_x=sigma_image, sigma_y=sigma_prompt, **kw))
+        except ValueError:
+            out[name] = None
+    sims = []
+    for prompt in dict.fromkeys(prompts):
+        rows = [i for i, p in enumerate(prompts) if p == prompt]
+        if len(rows) > 1:
+            sims.append(in_batch_similarity(x[rows]))
+    out["in_batch_similarity"] = float(np.mean(sims)) if sims else None
+    if flags is not None:
+        known = [f for f in flags if f is not None]
+        out["match_rate"] = float(np.mean(known)) if known else None
+        out["match_n"] = len(known)
+    return out
+
+
+def evaluate_run(
+    path: str | os.PathLike,
+    extractor: FeatureExtractor,
+    *,
+    kernel: str = "gaussian",
+    sigma_image: float = DEFAULT_SIGMA_IMAGE,
+    sigma_prompt: float = DEFAULT_SIGMA_PROMPT,
+    write: bool = True,
+) -> dict[str, Any]:
+    """Metrics of one run folder, overall and per cluster; written to ``DIR/metrics.json`` when ``write``."""
+    from .encoders.minilm import encode_minilm
+
+    if kernel not in ("gaussian", "cosine"):
+        raise RunError(f"--kernel {kernel!r}: choose gaussian or cosine")
+    for label, value in (("--sigma-image", sigma_image), ("--sigma-prompt", sigma_prompt)):
+        if not value > 0:
+            raise RunError(f"{label} must be > 0, got {value}")
+    run = load_run(path)
+    images = run.load_images()
+    x = extractor(images)
+    prompts = [r["prompt"] for r in run.records]
+    unique = list(dict.fromkeys(prompts))
+    table = encode_minilm(unique)
+    y = table[[unique.index(p) for p in prompts]]
+    flags = match_flags(run, images) if is_embedded_run(run) else None
+    opts = dict(kernel=kernel, sigma_image=sigma_image, sigma_prompt=sigma_prompt)
+    overall = group_metrics(x, y, prompts, flags=flags, **opts)
+    clusters = []
+    names = [r.get("cluster") or r["prompt"] for r in run.records]
+    for name in dict.fromkeys(names):
+        rows = [i for i, c in enumerate(names) if c == name]
+        sub_flags = None if flags is None else [flags[i] for i in rows]
+        metrics = group_metrics(x[rows], y[rows], [prompts[i] for i in rows], flags=sub_flags, **opts)
+        clusters.append({"cluster": name, **metrics})
+    first = run.records[0]
+    result = {
+        "format": "sparke.metrics",
+        "format_version": 1,
+        "run": run.name,
+        "method": run.config.get("method", first.get("method")),
+        "scale": run.config.get("scale", first.get("scale")),
+        "model": run.config.get("model", first.get("model")),
+        "settings": run.config.get("settings", first.get("settings")),
+        "n_images": len(run.records),
+        "features": {"image": extractor.name, "image_dim": int(x.shape[1]), "prompt": "all-MiniLM-L6-v2"},
+        "kernels": {
+            "kernel": kernel,
+            "sigma_image": sigma_image if kernel == "gaussian" else None,
+            "sigma_prompt": sigma_prompt if kernel == "gaussian" else None,
+            "note": "features L2-normalised; gaussian k = exp(-|a-b|^2 / (2 sigma^2))",
+        },
+        "overall": overall,
+        "clusters": clusters,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if write:
+        target = run.path / METRICS_FILE
+        try:
+            from .runs import atomic_write
+
+            atomic_write(target, (json.dumps(result, indent=1) + "\n").encode())
+        except OSError as error:
+            raise RunError(f"{target}: cannot write ({error.strerror or error})") from None
+    return result
+
+
+def read_metrics(path: str | os.PathLike) -> dict[str, Any] | None:
+    """``DIR/metrics.json`` as written by ``evaluate_run``, or None when absent or unreadable."""
+    file = Path(path) / METRICS_FILE
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("format") == "sparke.metrics" else None

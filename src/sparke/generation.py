@@ -1,0 +1,554 @@
+"""The generation engine behind ``sparke generate``: load a model, plan the batches, run and commit them.
+
+    config = RunConfig(prompts=[PromptEntry("a red circle")], method="sparke", scale=0.03, ...)
+    summary = generate(config, "runs/x")          # resumes when runs/x holds the same run
+
+The loop is three pure-ish steps so that work can be sharded across processes without rewriting it:
+``plan(config)`` lists the batches (``sparke.runs``), ``run_item(session, item)`` makes one batch (images and
+the bank rows it added) and ``commit(session, item, result)`` writes it (PNGs, manifest lines, bank). A
+multi-process driver runs each round of k items as: rank r ``run_item``s item r of the round, all ranks
+all-gather the new rows into their banks in item order, rank 0 ``commit``s the round.
+
+Per-image seeds come from ``image_seed(seed, index)`` with one CPU generator per image, so an image does not
+depend on the device's random stream or on which batch it falls in; with a bank-based guide it does depend on
+the earlier batches, which a resumed run replays from the saved bank exactly.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .methods import METHODS
+from .runs import (
+    BANK_FILE,
+    PromptEntry,
+    RunConfig,
+    RunError,
+    RunFolder,
+    WorkItem,
+    config_differences,
+    file_sha256,
+    image_seed,
+    plan,
+)
+
+__all__ = [
+    "BatchResult",
+    "GenerateSummary",
+    "Session",
+    "commit",
+    "generate",
+    "load_model",
+    "model_record",
+    "open_session",
+    "resolve_device",
+    "run_item",
+]
+
+EMBEDDED = "embedded"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+# -- devices and models -----------------------------------------------------------------------------------------
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> cuda, then mps, then cpu; anything else is checked to exist."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise RunError(f"--device {device!r}: not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RunError(f"--device {device}: CUDA is not available on this machine")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RunError(f"--device {device}: MPS is not available on this machine")
+    return str(dev)
+
+
+def resolve_dtype(dtype: str, device: str, model: str) -> str:
+    """``auto`` -> float16 for hub/folder models on CUDA, float32 otherwise (and always for the embedded one)."""
+    if dtype == "auto":
+        return "float16" if device.startswith("cuda") and model != EMBEDDED else "float32"
+    if dtype not in DTYPES:
+        raise RunError(f"--dtype {dtype!r}: choose one of auto, {', '.join(DTYPES)}")
+    return dtype
+
+
+def model_record(model: str) -> str:
+    """How a model is named in run files: ``embedded``, a local folder's absolute path, or the hub id."""
+    if model == EMBEDDED:
+        return model
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else model
+
+
+def _looks_like_path(model: str) -> bool:
+    # hub ids are "name" or "org/name"; anything else with a separator or a leading ./ ~ / is meant as a folder
+    return model.startswith((".", "/", "~")) or model.count("/") > 1 or os.sep != "/" and os.sep in model
+
+
+def load_model(model: str, device: str = "cpu", dtype: str = "float32") -> Any:
+    """A diffusers pipeline on ``device`` with its progress bar off; ``RunError`` with one line when missing.
+
+    ``embedded``: the shipped shapes model. A folder: ``DiffusionPipeline.from_pretrained`` (a saved
+    ``ShapesPipeline`` too). Otherwise a hub id, from the local cache when the hub is offline.
+    """
+    torch_dtype = DTYPES[dtype]
+    if model == EMBEDDED:
+        from .embedded.pipeline import load_pipeline
+
+        try:
+            pipe = load_pipeline(device=device, dtype=torch_dtype)
+        except FileNotFoundError as error:
+            raise RunError(
+                f"the embedded model's weights are missing ({error}); reinstall sparke, or run `make retrain`"
+            ) from None
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+    path = Path(model).expanduser()
+    if path.exists() or _looks_like_path(model):
+        if not path.is_dir():
+            raise RunError(f"--model {model}: no such folder")
+        index = path / "model_index.json"
+        if not index.is_file():
+            raise RunError(f"--model {model}: not a diffusers pipeline folder (no model_index.json)")
+        try:
+            class_name = json.loads(index.read_text()).get("_class_name")
+        except (OSError, ValueError) as error:
+            raise RunError(f"--model {model}: unreadable model_index.json ({error})") from None
+    else:
+        class_name = None
+    _quiet_loading()
+    try:
+        if class_name == "ShapesPipeline":
+            from .embedded.pipeline import ShapesPipeline
+
+            pipe = ShapesPipeline.from_pretrained(str(path), torch_dtype=torch_dtype)
+        else:
+            from diffusers import DiffusionPipeline
+
+            pipe = DiffusionPipeline.from_pretrained(
+                str(path) if class_name else model,
+                torch_dtype=torch_dtype,
+                local_files_only=os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"),
+            )
+    except (OSError, ValueError, ImportError, AttributeError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        where = "this folder" if class_name else "a local folder nor in the Hugging Face cache"
+        prefix = (
+            f"--model {model}: cannot load it from {where}"
+            if class_name
+            else (f"--model {model}: not {where}")
+        )
+        raise RunError(f"{prefix} ({first[:200]})") from None
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _quiet_loading() -> None:
+    """No loading progress bars (ours is the only one) and no ``torch_dtype`` rename warning."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*torch_dtype.*is deprecated", category=FutureWarning)
+    try:
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()
+    except ImportError:
+        pass
+    try:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def pipeline_defaults(pipe: Any) -> tuple[int, float]:
+    """(num_inference_steps, guidance_scale) defaults of the pipeline's ``__call__`` (50 / 7.5 if absent)."""
+    params = inspect.signature(pipe.__call__).parameters
+    steps = params.get("num_inference_steps")
+    cfg = params.get("guidance_scale")
+    steps_v = steps.default if steps is not None and isinstance(steps.default, int) else 50
+    cfg_v = cfg.default if cfg is not None and isinstance(cfg.default, (int, float)) else 7.5
+    return int(steps_v), float(cfg_v)
+
+
+# -- the session ------------------------------------------------------------------------------------------------
+@dataclass
+class Session:
+    """A run being generated: its config (resolved), folder, pipeline, guide and progress."""
+
+    config: RunConfig
+    folder: RunFolder
+    pipe: Any
+    guide: Any
+    items: list[WorkItem]
+    todo: list[WorkItem]
+    records: dict[int, dict[str, Any]]
+    committed_batches: int = 0
+    initial_rows: int = 0
+
+    @property
+    def bank(self) -> Any:
+        return getattr(self.guide, "bank", None)
+
+    @property
+    def done_images(self) -> int:
+        return len(self.records)
+
+
+@dataclass
+class BatchResult:
+    """What one pipeline call made: PIL images (one per index) and the bank rows it added (or None)."""
+
+    images: list[Any]
+    rows_x: torch.Tensor | None = None
+    rows_y: torch.Tensor | None = None
+
+
+@dataclass
+class GenerateSummary:
+    """The outcome of ``generate``: images in the run, how many were made now, where, how long it took."""
+
+    out: Path
+    total: int
+    generated: int
+    resumed: int
+    seconds: float
+    bank_rows: int | None
+    config: RunConfig = field(repr=False)
+
+
+def _space(config: RunConfig) -> str:
+    return str(config.settings.get("space", "latent"))
+
+
+def _bank_metadata(config: RunConfig) -> dict[str, Any]:
+    s = config.settings
+    meta = {
+        "model": config.model,
+        "method": config.method,
+        "space": _space(config),
+        "prompt_encoder": s.get("prompt_encoder", "pipeline"),
+        "kernel": s.get("kernel", "gaussian"),
+        "objective": s.get("objective"),
+        "sigma_image": s.get("sigma_image"),
+        "sigma_prompt": s.get("sigma_prompt"),
+        "scale": config.scale,
+    }
+    return {k: v for k, v in meta.items() if v is not None}
+
+
+def check_bank_compatible(meta: dict[str, Any], config: RunConfig, pipe: Any, where: str) -> None:
+    """``RunError`` when a bank's metadata says another model, feature space or prompt encoder."""
+    model = meta.get("model")
+    if model is not None and model != config.model:
+        raise RunError(f"{where}: bank of model {model!r}, but this run uses {config.model!r}")
+    pipeline = meta.get("pipeline")
+    if model is None and pipeline is not None and pipeline != type(pipe).__name__:
+        raise RunError(f"{where}: bank of a {pipeline}, but this run uses a {type(pipe).__name__}")
+    space = meta.get("space")
+    if space is not None and space != _space(config):
+        raise RunError(f"{where}: bank in feature space {space!r}, but this run guides in {_space(config)!r}")
+    encoder = meta.get("prompt_encoder")
+    wanted = config.settings.get("prompt_encoder", "pipeline")
+    if encoder is not None and encoder != wanted:
+        raise RunError(f"{where}: bank with prompt encoder {encoder!r}, but this run uses {wanted!r}")
+
+
+def _load_bank(path: Path, where: str) -> Any:
+    from .core import Bank, BankFileError
+
+    try:
+        return Bank.load(path)
+    except FileNotFoundError:
+        raise RunError(f"{where}: no such bank file") from None
+    except BankFileError as error:
+        raise RunError(f"{where}: {error}") from None
+
+
+def open_session(
+    config: RunConfig,
+    out: str | os.PathLike,
+    *,
+    device: str = "auto",
+    pipe: Any = None,
+) -> Session:
+    """Check the folder, load the model (unless ``pipe`` is given), reconcile with what the folder holds."""
+    if config.method not in METHODS:
+        raise RunError(f"--method {config.method!r}: choose one of {', '.join(METHODS)}")
+    if not config.prompts:
+        raise RunError("no prompts: give --prompt TEXT or --prompts FILE")
+    if config.images_per_prompt < 1 or config.batch_size < 1:
+        raise RunError("--images-per-prompt and --batch-size must be at least 1")
+    folder = RunFolder(out)
+    folder.ensure_writable()
+    stored = folder.read_config()
+    if stored is None and (folder.manifest_file.exists() or folder.bank_file.exists()):
+        raise RunError(f"{folder.path}: has a manifest or bank but no run.json; not a sparke run folder")
+    current = config.to_json()
+    unresolved = [k for k in ("steps", "cfg") if getattr(config, k) is None]
+    if config.init_bank is None:
+        unresolved.append("init_bank")  # a resumed run keeps the bank it started from
+    if stored is not None:
+        _refuse_if_different(folder, stored, current, unresolved)
+
+    spec = METHODS[config.method]
+    try:
+        guide = spec.build(config.scale, dict(config.settings))
+    except ValueError as error:  # the method's own check of its settings
+        raise RunError(f"--method {config.method}: {error}") from None
+
+    if pipe is None:
+        device = resolve_device(device)
+        pipe = load_model(config.model, device, config.dtype)
+    steps, cfg = pipeline_defaults(pipe)
+    config.steps = steps if config.steps is None else config.steps
+    config.cfg = cfg if config.cfg is None else config.cfg
+    if stored is not None:
+        skip = ["init_bank"] if config.init_bank is None else []
+        _refuse_if_different(folder, stored, config.to_json(), skip)
+        config = RunConfig.from_json(stored)  # the folder's own record (it keeps init_bank)
+
+    items = plan(config)
+    session = Session(config, folder, pipe, guide, items, [], {})
+
+    if stored is None:
+        folder.write_config(config)
+    folder.remove_stale_temporaries()
+    folder.repair_manifest_tail()
+    records = folder.read_manifest()
+    finished = folder.finished(records)
+    session.records = {i: r for i, r in records.items() if i in finished}
+
+    def complete(item: WorkItem) -> bool:
+        return all(i in finished for i in item.indices)
+
+    if session.bank is None:
+        session.todo = [item for item in items if not complete(item)]
+        return session
+
+    bank = _restore_bank(session, pipe)
+    guide.bank = bank
+    committed = session.committed_batches
+    first_missing = next((b for b in range(committed) if not complete(items[b])), committed)
+    if first_missing < committed:
+        _roll_back(session, first_missing)
+    session.todo = items[session.committed_batches :]
+    return session
+
+
+def _refuse_if_different(folder: RunFolder, stored: dict, current: dict, skip: list[str]) -> None:
+    diffs = config_differences(stored, current, skip)
+    if diffs:
+        shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
+        raise RunError(
+            f"{folder.path} holds a run made with other settings ({shown}): use another --out, or the "
+            "same options to resume it"
+        )
+
+
+def _restore_bank(session: Session, pipe: Any) -> Any:
+    """The run's bank from its file, or the --bank it starts from, or a fresh one; checked against the run."""
+    from .core import Bank
+
+    config, folder = session.config, session.folder
+    if folder.bank_file.exists():
+        bank = _load_bank(folder.bank_file, str(folder.bank_file))
+        check_bank_compatible(bank.metadata, config, pipe, str(folder.bank_file))
+        run = bank.metadata.get("run") or {}
+        if run.get("fingerprint") not in (None, config.fingerprint()):
+            raise RunError(
+                f"{folder.bank_file}: this bank belongs to another run (copied from another folder?)"
+            )
+        session.committed_batches = int(run.get("committed_batches", 0))
+        session.initial_rows = int(run.get("initial_rows", 0))
+        expected = session.initial_rows + sum(
+            len(session.items[b].indices) for b in range(session.committed_batches)
+        )
+        if bank.capacity is None and len(bank) != expected:
+            raise RunError(f"{folder.bank_file}: holds {len(bank)} rows, the run's records say {expected}")
+        return bank
+    if config.init_bank is not None:
+        path = Path(config.init_bank["path"])
+        bank = _load_bank(path, f"--bank {path}")
+        check_bank_compatible(bank.metadata, config, pipe, f"--bank {path}")
+        if config.init_bank.get("sha256") not in (None, file_sha256(path)):
+            raise RunError(f"--bank {path}: the file changed since this run started from it")
+        session.initial_rows = len(bank)
+    else:
+        bank = Bank()
+    bank.metadata.update(_bank_metadata(config))
+    return bank
+
+
+def _roll_back(session: Session, batches: int) -> None:
+    """Keep only the bank rows of the first ``batches`` batches (their images were removed from the folder)."""
+    from .core import Bank
+
+    bank = session.bank
+    keep = session.initial_rows + sum(len(session.items[b].indices) for b in range(batches))
+    if bank.capacity is not None:
+        raise RunError(
+            f"{session.folder.path}: images of batch {batches} are missing but the bank (with a capacity) "
+            "cannot be rolled back; delete bank.safetensors and manifest.jsonl to start over"
+        )
+    fresh = Bank(bank.capacity, device=bank.device, dtype=bank.dtype, metadata=bank.metadata)
+    fresh.add(bank.x[:keep], None if bank.y is None else bank.y[:keep])
+    session.guide.bank = fresh
+    session.committed_batches = batches
+
+
+# -- one batch --------------------------------------------------------------------------------------------------
+def call_kwargs(config: RunConfig, item: WorkItem) -> dict[str, Any]:
+    """The pipeline call of one work item: one prompt per image and one seeded CPU generator per image."""
+    per = config.images_per_prompt
+    prompts = [config.prompts[i // per].prompt for i in item.indices]
+    kwargs: dict[str, Any] = {
+        "prompt": prompts,
+        "num_images_per_prompt": 1,
+        "num_inference_steps": config.steps,
+        "guidance_scale": config.cfg,
+        "generator": [torch.Generator("cpu").manual_seed(image_seed(config.seed, i)) for i in item.indices],
+        "output_type": "pil",
+    }
+    if config.negative_prompt is not None:
+        kwargs["negative_prompt"] = [config.negative_prompt] * len(prompts)
+    if config.height is not None:
+        kwargs["height"] = config.height
+    if config.width is not None:
+        kwargs["width"] = config.width
+    return kwargs
+
+
+def run_item(session: Session, item: WorkItem) -> BatchResult:
+    """Generate one batch; the guide's bank grows by one row per image (returned as ``rows_x``/``rows_y``)."""
+    bank = session.bank
+    before = len(bank) if bank is not None else 0
+    out = session.guide(session.pipe, **call_kwargs(session.config, item))
+    images = _as_pil(out.images if hasattr(out, "images") else out[0])
+    if len(images) != len(item.indices):
+        raise RuntimeError(f"the pipeline returned {len(images)} images for a batch of {len(item.indices)}")
+    if bank is None:
+        return BatchResult(images)
+    added = len(bank) - before
+    if bank.capacity is None and added != len(item.indices):
+        raise RuntimeError(f"the guide added {added} bank rows for {len(item.indices)} images")
+    m = len(item.indices)
+    return BatchResult(images, bank.x[-m:].clone(), None if bank.y is None else bank.y[-m:].clone())
+
+
+def _as_pil(images: Any) -> list[Any]:
+    from PIL import Image
+
+    if isinstance(images, list) and images and hasattr(images[0], "save"):
+        return images
+    if isinstance(images, torch.Tensor):
+        images = images.detach().float().cpu().permute(0, 2, 3, 1).numpy()
+    import numpy as np
+
+    arr = np.asarray(images)
+    return [Image.fromarray((np.clip(a, 0, 1) * 255).round().astype(np.uint8)) for a in arr]
+
+
+def manifest_record(config: RunConfig, index: int, batch: int, file: str) -> dict[str, Any]:
+    """The manifest line of image ``index``."""
+    per = config.images_per_prompt
+    entry: PromptEntry = config.prompts[index // per]
+    record: dict[str, Any] = {
+        "file": file,
+        "index": index,
+        "prompt": entry.prompt,
+        "prompt_index": index // per,
+        "cluster": entry.cluster,
+        "seed": image_seed(config.seed, index),
+        "method": config.method,
+        "scale": config.scale,
+        "settings": config.settings,
+        "model": config.model,
+        "steps": config.steps,
+        "cfg": config.cfg,
+        "batch": batch,
+    }
+    if entry.required:
+        record["required"] = entry.required
+    if config.negative_prompt is not None:
+        record["negative_prompt"] = config.negative_prompt
+    return record
+
+
+def commit(session: Session, item: WorkItem, result: BatchResult) -> int:
+    """Write one batch: new PNGs, their manifest lines, then the bank; returns the number of new images."""
+    folder, config = session.folder, session.config
+    new = [(i, im) for i, im in zip(item.indices, result.images, strict=True) if i not in session.records]
+    records = [manifest_record(config, i, item.batch, folder.write_png(i, im)) for i, im in new]
+    folder.sync_images_dir()
+    folder.append_manifest(records)
+    for record in records:
+        session.records[record["index"]] = record
+    bank = session.bank
+    if bank is not None:
+        if item.batch != session.committed_batches:
+            raise RuntimeError(f"batch {item.batch} committed after {session.committed_batches} batches")
+        session.committed_batches = item.batch + 1
+        bank.metadata["run"] = {
+            "fingerprint": config.fingerprint(),
+            "committed_batches": session.committed_batches,
+            "committed_images": sum(len(session.items[b].indices) for b in range(session.committed_batches)),
+            "initial_rows": session.initial_rows,
+        }
+        bank.save(folder.path / BANK_FILE)
+    return len(records)
+
+
+# -- the whole run ----------------------------------------------------------------------------------------------
+def generate(
+    config: RunConfig,
+    out: str | os.PathLike,
+    *,
+    device: str = "auto",
+    pipe: Any = None,
+    on_start: Callable[[Session], None] | None = None,
+    on_batch: Callable[[Session, int], None] | None = None,
+) -> GenerateSummary:
+    """Generate (or resume) the run ``config`` in folder ``out``; see the module docstring.
+
+    ``on_start(session)`` is called once before the first batch, ``on_batch(session, new_images)`` after each.
+    """
+    start = time.perf_counter()
+    session = open_session(config, out, device=device, pipe=pipe)
+    resumed = session.done_images
+    if on_start is not None:
+        on_start(session)
+    generated = 0
+    for item in session.todo:
+        result = run_item(session, item)
+        count = commit(session, item, result)
+        generated += count
+        if on_batch is not None:
+            on_batch(session, count)
+    bank = session.bank
+    return GenerateSummary(
+        out=session.folder.path,
+        total=session.config.n_images,
+        generated=generated,
+        resumed=resumed,
+        seconds=time.perf_counter() - start,
+        bank_rows=None if bank is None else len(bank),
+        config=session.config,
+    )

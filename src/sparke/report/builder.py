@@ -1,0 +1,465 @@
+"""One self-contained HTML page comparing run folders: metrics, a scale plot and the images per prompt.
+
+Everything is inside the file: images as base64 PNG grids (one per prompt and run), the CSS and a few lines
+of JavaScript (a prompt filter) inline, plots as inline SVG. A Content-Security-Policy meta tag forbids any
+other source, so the page makes no request when opened.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+import json
+import math
+import os
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from string import Template
+from typing import Any
+
+from sparke.evaluation import METRICS, RunImages, load_run, read_metrics
+from sparke.runs import RunError, atomic_write
+
+__all__ = ["build_report", "line_plot"]
+
+PALETTE = ("#2f6fde", "#e4572e", "#17a398", "#8e5ad6", "#f2a541", "#5b6473", "#d6478b")
+PLOT_METRICS = ("cond_vendi", "vendi", "in_batch_similarity", "match_rate")
+
+
+def _asset(name: str) -> str:
+    return resources.files("sparke.report").joinpath(name).read_text(encoding="utf-8")
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+# -- image grids ------------------------------------------------------------------------------------------------
+def grid_png(files: Sequence[Path], thumb: int) -> tuple[str, int, int, int]:
+    """Images tiled in a near-square grid -> (base64 PNG, width, height, cell size in pixels).
+
+    Images larger than ``thumb`` are shrunk to ``thumb`` pixels on their long side; smaller ones keep their
+    pixels (shown enlarged, pixelated, by the page).
+    """
+    from PIL import Image
+
+    images = []
+    for file in files:
+        with Image.open(file) as im:
+            images.append(im.convert("RGB"))
+    cell_w = max(im.width for im in images)
+    cell_h = max(im.height for im in images)
+    if max(cell_w, cell_h) > thumb:
+        ratio = thumb / max(cell_w, cell_h)
+        cell_w, cell_h = max(1, round(cell_w * ratio)), max(1, round(cell_h * ratio))
+        images = [im.resize((cell_w, cell_h), Image.Resampling.LANCZOS) for im in images]
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    gap = 1 if cell_w <= 64 else 4
+    canvas = Image.new("RGB", (cols * cell_w + (cols - 1) * gap, rows * cell_h + (rows - 1) * gap), "white")
+    for k, im in enumerate(images):
+        r, c = divmod(k, cols)
+        canvas.paste(im, (c * (cell_w + gap), r * (cell_h + gap)))
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG", optimize=True)
+    return (
+        base64.b64encode(buffer.getvalue()).decode("ascii"),
+        canvas.width,
+        canvas.height,
+        min(cell_w, cell_h),
+    )
+
+
+# -- plots ------------------------------------------------------------------------------------------------------
+def _nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    if not math.isfinite(lo) or not math.isfinite(hi):
+        return [0.0, 1.0]
+    if hi - lo < 1e-12:
+        pad = abs(hi) * 0.1 or 1.0
+        lo, hi = lo - pad, hi + pad
+    raw = (hi - lo) / max(count - 1, 1)
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
+    start = math.floor(lo / step) * step
+    ticks = []
+    value = start
+    while value <= hi + step * 0.5 and len(ticks) < 12:
+        ticks.append(round(value, 10))
+        value += step
+    return ticks
+
+
+def _tick_label(value: float) -> str:
+    return f"{value:g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.1e}"
+
+
+def line_plot(
+    series: Sequence[dict[str, Any]],
+    *,
+    title: str,
+    x_label: str,
+    y_label: str,
+    width: int = 380,
+    height: int = 250,
+) -> str:
+    """An inline SVG line plot. ``series``: dicts with ``label``, ``points`` [(x, y)], optional ``dashed``."""
+    pts = [p for s in series for p in s["points"] if p[1] is not None]
+    if not pts:
+        return ""
+    left, right, top, bottom = 52, 14, 30, 44
+    xt = _nice_ticks(min(p[0] for p in pts), max(p[0] for p in pts))
+    yt = _nice_ticks(min(p[1] for p in pts), max(p[1] for p in pts))
+    x0, x1, y0, y1 = xt[0], xt[-1], yt[0], yt[-1]
+    pw, ph = width - left - right, height - top - bottom
+
+    def sx(x: float) -> float:
+        return left + (x - x0) / ((x1 - x0) or 1) * pw
+
+    def sy(y: float) -> float:
+        return top + ph - (y - y0) / ((y1 - y0) or 1) * ph
+
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+        f'role="img" aria-label="{_e(title)}" font-family="system-ui, sans-serif" font-size="11">',
+        f'<text x="{left}" y="18" font-size="13" font-weight="600" fill="#1d2330">{_e(title)}</text>',
+    ]
+    for y in yt:
+        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" stroke="#e6e9ef"/>')
+        out.append(
+            f'<text x="{left - 6}" y="{sy(y) + 4:.1f}" text-anchor="end" fill="#5d6677">{_tick_label(y)}</text>'
+        )
+    for x in xt:
+        out.append(
+            f'<line x1="{sx(x):.1f}" x2="{sx(x):.1f}" y1="{top + ph}" y2="{top + ph + 4}" stroke="#5d6677"/>'
+        )
+        out.append(
+            f'<text x="{sx(x):.1f}" y="{top + ph + 16}" text-anchor="middle" fill="#5d6677">{_tick_label(x)}</text>'
+        )
+    out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#c9ced8"/>')
+    out.append(
+        f'<text x="{left + pw / 2:.1f}" y="{height - 8}" text-anchor="middle" fill="#1d2330">{_e(x_label)}</text>'
+    )
+    out.append(
+        f'<text transform="translate(13 {top + ph / 2:.1f}) rotate(-90)" text-anchor="middle" '
+        f'fill="#1d2330">{_e(y_label)}</text>'
+    )
+    legend_y = top + 12
+    for k, s in enumerate(series):
+        colour = s.get("colour") or PALETTE[k % len(PALETTE)]
+        points = sorted((x, y) for x, y in s["points"] if y is not None)
+        if not points:
+            continue
+        dash = ' stroke-dasharray="5 4"' if s.get("dashed") else ""
+        if len(points) > 1:
+            path = " ".join(
+                f"{'M' if i == 0 else 'L'}{sx(x):.1f},{sy(y):.1f}" for i, (x, y) in enumerate(points)
+            )
+            out.append(f'<path d="{path}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>')
+        for x, y in points:
+            out.append(
+                f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3.5" fill="{colour}"><title>{_e(s["label"])}: '
+                f"scale {x:g}, {y:.3g}</title></circle>"
+            )
+        out.append(
+            f'<line x1="{left + 8}" x2="{left + 24}" y1="{legend_y}" y2="{legend_y}" stroke="{colour}" '
+            f'stroke-width="2"{dash}/><text x="{left + 28}" y="{legend_y + 4}" fill="#1d2330">{_e(s["label"])}</text>'
+        )
+        legend_y += 14
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def scale_plots(runs: Sequence[dict[str, Any]]) -> str:
+    """Small multiples of each metric against the guidance scale, one line per method ('' if < 2 scales)."""
+    evaluated = [r for r in runs if r["metrics"] is not None]
+    scales = {float(r["scale"] or 0.0) for r in evaluated}
+    if len(scales) < 2:
+        return ""
+    methods = list(dict.fromkeys(r["method"] for r in evaluated))
+    figures = []
+    for metric in PLOT_METRICS:
+        if all(r["metrics"]["overall"].get(metric) is None for r in evaluated):
+            continue
+        label, higher = METRICS[metric]
+        series = []
+        for k, method in enumerate(methods):
+            pts = [
+                (float(r["scale"] or 0.0), r["metrics"]["overall"].get(metric))
+                for r in evaluated
+                if r["method"] == method
+            ]
+            series.append({"label": method, "points": pts, "colour": PALETTE[k % len(PALETTE)]})
+        # the unguided level as a dashed reference across the whole axis
+        base = [
+            r for r in evaluated if r["method"] == "none" and r["metrics"]["overall"].get(metric) is not None
+        ]
+        if base:
+            level = base[0]["metrics"]["overall"][metric]
+            series.append(
+                {
+                    "label": "none (level)",
+                    "points": [(min(scales), level), (max(scales), level)],
+                    "dashed": True,
+                    "colour": "#9aa3b2",
+                }
+            )
+        figures.append(
+            line_plot(
+                series,
+                title=f"{label} ({'higher' if higher else 'lower'} = more diverse)"
+                if metric != "match_rate"
+                else f"{label} (fidelity)",
+                x_label="guidance scale",
+                y_label=label,
+            )
+        )
+    if not figures:
+        return ""
+    return (
+        '<section id="plots"><h2>Diversity against guidance scale</h2><div class="plots">'
+        + "\n".join(figures)
+        + "</div></section>"
+    )
+
+
+# -- tables -----------------------------------------------------------------------------------------------------
+def _fmt(value: Any, metric: str = "") -> str:
+    if value is None:
+        return "&ndash;"
+    if isinstance(value, float):
+        return f"{value:.3f}" if metric in ("in_batch_similarity", "match_rate") else f"{value:.2f}"
+    return _e(value)
+
+
+def metrics_table(runs: Sequence[dict[str, Any]]) -> str:
+    shown = [
+        m for m in METRICS if any(r["metrics"] and r["metrics"]["overall"].get(m) is not None for r in runs)
+    ]
+    best: dict[str, float] = {}
+    for m in shown:
+        values = [
+            r["metrics"]["overall"][m]
+            for r in runs
+            if r["metrics"] and r["metrics"]["overall"].get(m) is not None
+        ]
+        if len(values) > 1:
+            best[m] = max(values) if METRICS[m][1] else min(values)
+    head = [
+        "<th class='l'>run</th><th class='l'>method</th><th>scale</th><th class='l'>model</th><th>images</th>"
+    ]
+    head += [f"<th>{_e(METRICS[m][0])} {'&uarr;' if METRICS[m][1] else '&darr;'}</th>" for m in shown]
+    rows = []
+    for r in runs:
+        cells = [
+            f"<td class='l'>{_e(r['label'])}</td>",
+            f"<td class='l'>{_e(r['method'])}</td>",
+            f"<td>{_fmt(r['scale'])}</td>",
+            f"<td class='l'>{_e(_short_model(r['model']))}</td>",
+            f"<td>{r['n_images']}</td>",
+        ]
+        for m in shown:
+            value = r["metrics"]["overall"].get(m) if r["metrics"] else None
+            cls = " class='best'" if value is not None and m in best and value == best[m] else ""
+            cells.append(f"<td{cls}>{_fmt(value, m)}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return (
+        "<div class='scroll'><table><thead><tr>"
+        + "".join(head)
+        + "</tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table></div>"
+    )
+
+
+def _short_model(model: Any) -> str:
+    text = str(model)
+    return Path(text).name if os.sep in text and Path(text).is_absolute() else text
+
+
+def metrics_note(runs: Sequence[dict[str, Any]]) -> str:
+    evaluated = [r["metrics"] for r in runs if r["metrics"] is not None]
+    if not evaluated:
+        return "Not evaluated: run <code>sparke evaluate</code> on the run folders for the metrics."
+    first = evaluated[0]
+    k = first["kernels"]
+    bandwidths = (
+        f" with bandwidth {k['sigma_image']} on images and {k['sigma_prompt']} on prompts"
+        if k["kernel"] == "gaussian"
+        else ""
+    )
+    text = (
+        f"Image features: {_e(first['features']['image'])} ({first['features']['image_dim']}-d); prompt features: "
+        f"{_e(first['features']['prompt'])}; all L2-normalised. {_e(k['kernel']).capitalize()} kernel{bandwidths}. "
+        "Cond-Vendi and Cond-RKE count image modes among images of similar prompts; in-batch similarity is the "
+        "mean cosine similarity of the images of one prompt. Best value per column in green."
+    )
+    if any(m["features"] != first["features"] or m["kernels"] != first["kernels"] for m in evaluated[1:]):
+        text += " <b>Warning: the runs were evaluated with different features or kernels.</b>"
+    missing = [r["label"] for r in runs if r["metrics"] is None]
+    if missing:
+        text += f" Not evaluated: {_e(', '.join(missing))}."
+    return text
+
+
+def settings_block(runs: Sequence[dict[str, Any]]) -> str:
+    parts = []
+    for r in runs:
+        cfg = r["config"]
+        shown = {
+            k: cfg.get(k)
+            for k in (
+                "model",
+                "method",
+                "scale",
+                "settings",
+                "steps",
+                "cfg",
+                "seed",
+                "batch_size",
+                "images_per_prompt",
+            )
+        }
+        parts.append(f"<h3>{_e(r['label'])}</h3><pre>{_e(json.dumps(shown, indent=1))}</pre>")
+    return "<details><summary>Run settings</summary>" + "".join(parts) + "</details>"
+
+
+# -- the page ---------------------------------------------------------------------------------------------------
+def _labels(paths: Sequence[Path]) -> list[str]:
+    names = [p.name for p in paths]
+    if len(set(names)) == len(names):
+        return names
+    return [f"{p.parent.name}/{p.name}" for p in paths]
+
+
+def build_report(
+    runs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    title: str | None = None,
+    max_images: int = 16,
+    max_prompts: int = 200,
+    thumb: int = 128,
+    metrics: dict[str, dict[str, Any]] | None = None,
+) -> Path:
+    """Write the HTML report of ``runs`` to ``out``; returns its path.
+
+    ``metrics``: results of ``evaluate_run`` by run path (default: each folder's metrics.json, if any).
+    Grids show at most ``max_images`` images per prompt and run; at most ``max_prompts`` prompts.
+    """
+    from sparke import __version__
+
+    if not runs:
+        raise RunError("no run folders given")
+    loaded: list[RunImages] = [load_run(r) for r in runs]
+    labels = _labels([r.path for r in loaded])
+    infos = []
+    for run, label, given in zip(loaded, labels, runs, strict=True):
+        first = run.records[0]
+        m = (metrics or {}).get(str(given)) or read_metrics(run.path)
+        infos.append(
+            {
+                "label": label,
+                "run": run,
+                "config": run.config or {k: first.get(k) for k in ("model", "method", "scale", "settings")},
+                "method": run.config.get("method", first.get("method")),
+                "scale": run.config.get("scale", first.get("scale")),
+                "model": run.config.get("model", first.get("model")),
+                "n_images": len(run.records),
+                "metrics": m,
+            }
+        )
+    # prompts in order of first appearance, each with its cluster (from the first run that has it)
+    prompt_cluster: dict[str, str] = {}
+    by_run_prompt: list[dict[str, list[dict[str, Any]]]] = []
+    for run in loaded:
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for record in run.records:
+            groups.setdefault(record["prompt"], []).append(record)
+            prompt_cluster.setdefault(record["prompt"], record.get("cluster") or record["prompt"])
+        by_run_prompt.append(groups)
+    prompts = list(prompt_cluster)
+    truncated = ""
+    if len(prompts) > max_prompts:
+        truncated = f"<p class='note'>Showing the first {max_prompts} of {len(prompts)} prompts.</p>"
+        prompts = prompts[:max_prompts]
+    clusters: dict[str, list[str]] = {}
+    for p in prompts:
+        clusters.setdefault(prompt_cluster[p], []).append(p)
+
+    cluster_html = []
+    for name, members in clusters.items():
+        parts = [f"<div class='cluster'><h3>{_e(name)}</h3>"]
+        line = _cluster_metrics_line(infos, name, members)
+        if line:
+            parts.append(f"<p class='cluster-metrics'>{line}</p>")
+        for prompt in members:
+            parts.append(
+                f"<div class='prompt' data-prompt='{_e(prompt.lower())}'><p class='ptext'>{_e(prompt)}</p>"
+            )
+            parts.append("<div class='grids'>")
+            for info, groups in zip(infos, by_run_prompt, strict=True):
+                records = groups.get(prompt, [])[:max_images]
+                if not records:
+                    parts.append(
+                        f"<figure><div class='missing'>none</div><figcaption>{_e(info['label'])}</figcaption></figure>"
+                    )
+                    continue
+                data, w, h, cell = grid_png([info["run"].path / r["file"] for r in records], thumb)
+                # small images (the embedded model's 32x32) are shown enlarged to >= 64 px cells, pixelated
+                factor = max(1, math.ceil(64 / cell)) if cell < 64 else 1
+                cls = "" if cell < 64 else " class='smooth'"
+                alt = f"{len(records)} images of {info['label']}"
+                parts.append(
+                    f"<figure><img{cls} src='data:image/png;base64,{data}' width='{w * factor}' "
+                    f"height='{h * factor}' alt='{_e(alt)}'><figcaption>{_e(info['label'])}</figcaption></figure>"
+                )
+            parts.append("</div></div>")
+        parts.append("</div>")
+        cluster_html.append("".join(parts))
+
+    n_prompts = len(prompt_cluster)
+    subtitle = (
+        f"{len(loaded)} run{'s' if len(loaded) != 1 else ''} &middot; {n_prompts} prompt{'s' if n_prompts != 1 else ''} "
+        f"in {len({prompt_cluster[p] for p in prompt_cluster})} cluster(s) &middot; "
+        f"made {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}"
+    )
+    page = Template(_asset("template.html")).substitute(
+        version=_e(__version__),
+        title=_e(title or "SPARKE report: " + ", ".join(labels)),
+        subtitle=subtitle,
+        css=_asset("style.css"),
+        js=_asset("report.js"),
+        metrics_table=metrics_table(infos),
+        metrics_note=metrics_note(infos),
+        settings=settings_block(infos),
+        plots=scale_plots(infos),
+        truncated=truncated,
+        clusters="\n".join(cluster_html),
+    )
+    target = Path(out)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(target, page.encode("utf-8"))
+    except OSError as error:
+        raise RunError(f"{target}: cannot write the report ({error.strerror or error})") from None
+    return target
+
+
+def _cluster_metrics_line(infos: Sequence[dict[str, Any]], cluster: str, members: Sequence[str]) -> str:
+    """'run: Cond-Vendi 3.1, match 0.94 · ...' for one cluster, from each run's per-cluster metrics."""
+    bits = []
+    for info in infos:
+        m = info["metrics"]
+        if not m:
+            continue
+        row = next((c for c in m.get("clusters", []) if c.get("cluster") == cluster), None)
+        if row is None:
+            continue
+        text = f"{_e(info['label'])}: <b>Cond-Vendi {_fmt(row.get('cond_vendi'))}</b>"
+        if row.get("match_rate") is not None:
+            text += f", match {_fmt(row.get('match_rate'), 'match_rate')}"
+        bits.append(text)
+    return " &middot; ".join(bits)
