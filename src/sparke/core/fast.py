@@ -305,10 +305,13 @@ def order2_direction(
     ws: Workspace | None = None,
     proj_x: torch.Tensor | None = None,
     projection: torch.Tensor | None = None,
+    sample: tuple[torch.Tensor, torch.Tensor | None, float] | None = None,
 ) -> torch.Tensor:
     """Ascent direction (B, d) of log RKE / log Cond-RKE of bank U batch; see the module doc.
 
     ``pair_sum``: the bank's own sum of squared (joint) kernel entries. Norms are computed when not given.
+    ``sample``: (rows_x, rows_y, weight), extra rows each standing for ``weight`` rows of the bank (an
+    unbiased estimate of the part of the sums that ``bank_x`` leaves out; used by ``IndexedBank``).
     """
     from .direction import _order2_terms  # the batch against itself: tiny, shared with the reference code
 
@@ -338,6 +341,25 @@ def order2_direction(
         weight_sum = torch.zeros(x.shape[0], dtype=compute, device=x.device)
         weighted = torch.zeros_like(x)
         cross = torch.zeros((), dtype=torch.float64, device=x.device)
+    if sample is not None and sample[0].shape[0]:
+        rows_x, rows_y, weight = sample
+        square = kernel == "gaussian"
+        s_norm_y = None if rows_y is None else _norms(rows_y, compute, square)
+        s_sum, s_rows, s_cross = order2_sums(
+            x,
+            y,
+            rows_x,
+            rows_y,
+            _norms(rows_x, compute, square),
+            s_norm_y,
+            kernel=kernel,
+            sigma_x=sigma_x,
+            sigma_y=sigma_y,
+            ws=ws,
+        )
+        weight_sum.add_(s_sum, alpha=weight)
+        weighted.add_(s_rows, alpha=weight)
+        cross = cross + s_cross * weight
     # The batch against itself; the b = b term adds nothing to the gradient and exactly 1 to F.
     wsum, wrows, sq = _order2_terms(x, y, x, y, kernel, sigma_x, sigma_y, same=True)
     weight_sum += wsum

@@ -1,0 +1,465 @@
+"""A bank whose guidance direction reads only the nearest rows: sublinear in the bank size, through FAISS.
+
+For Gaussian kernels the conditional weight of a bank row is one Gaussian kernel on a joint vector:
+
+    k_x(x, r)^2 k_y(y, s)^2 = exp(-|x - r|^2 / sigma_x^2 - |y - s|^2 / sigma_y^2) = exp(-|z - z_r|^2),
+    z = [x / sigma_x, y / sigma_y],
+
+so the rows that dominate the order-2 direction (``diversity_direction``, objective "cond-rke", or "rke"
+without prompts) are the nearest neighbours of z. The index (exact FAISS flat search up to 32,768 rows,
+then an HNSW graph, approximate, about O(log n) per query) holds z after a fixed Gaussian random projection of each part to at most ``search_dim`` columns (the
+projection preserves squared distances in expectation, relative error about sqrt(2 / search_dim)); the
+``neighbors`` candidates it returns for the batch are then weighted with the exact kernel on the full rows.
+
+What is approximate, and how:
+- the direction sums over the candidates of the whole batch (the union, at most B x ``neighbors`` rows)
+  instead of all n rows; the rows left out have the smallest weights, and ``samples`` rows drawn uniformly
+  at random stand for them (each weighted n / samples: an unbiased estimate of their part, which matters
+  when many rows share a prompt and their weights are flat). docs/scale.md: cosine to the exact direction
+  against ``neighbors`` and n;
+- the normaliser F (sum of all squared joint kernel entries over the bank and the batch) only scales the
+  direction. Its bank part is kept as rows are added, from each new row's ``neighbors`` nearest earlier
+  rows and exactly among the rows of one ``add`` (chunks of 1,024), with the kernel evaluated on the search
+  vectors: exact while n <= ``neighbors`` and nothing is projected, otherwise an estimate (truncation
+  lowers it, the projection's distance noise raises it; measured in docs/scale.md).
+
+Rows are kept (on ``device``, in ``dtype``) for the exact kernel and for ``save``; files are one
+safetensors file with the rows and the projections (no pickle), and the index is rebuilt on ``load``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._checks import as_features, check_kernel, check_objective, check_rows_match, check_sigma
+from .bank import BankFileError
+from .fast import Workspace, order2_direction
+
+FORMAT = "sparke.indexed_bank"
+FORMAT_VERSION = 1
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# HNSW graph degree and construction breadth: about 1,500 rows/s per core to add, recall of the top 256
+# good enough for the direction (docs/scale.md).
+HNSW_M = 16
+HNSW_EF_CONSTRUCTION = 40
+# Below this many rows the search is exact (brute force over the short search vectors, under a millisecond).
+FLAT_BELOW = 32_768
+# Rows added per search: new rows are compared with their nearest old rows and exactly among themselves.
+ADD_CHUNK = 1024
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "sparke.IndexedBank needs FAISS: pip install faiss-cpu (or faiss-gpu), or pip install 'sparke[index]'"
+        ) from None
+    return faiss
+
+
+class IndexedBank:
+    """Image features x: (n, dim_x), optional prompt features y: (n, dim_y), searchable by joint kernel.
+
+    ``neighbors``: candidate rows per batch row read by ``direction``; ``samples``: rows drawn at random per
+    step for the rest of the bank (default ``neighbors``; 0 = none). ``sigma_x``/``sigma_y``: the Gaussian
+    bandwidths, fixed because the search space is scaled by them. ``search_dim``: columns each of x and y is
+    projected to for the search (only when larger). ``dtype``: storage type of the kept rows.
+    """
+
+    def __init__(
+        self,
+        dim_x: int,
+        dim_y: int | None = None,
+        *,
+        neighbors: int = 256,
+        samples: int | None = None,
+        kernel: str = "gaussian",
+        sigma_x: float = 0.8,
+        sigma_y: float = 0.3,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        search_dim: int = 64,
+        seed: int = 0,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        for name, value in (("dim_x", dim_x), ("neighbors", neighbors), ("search_dim", search_dim)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: must be a positive integer, got {value!r}")
+        if dim_y is not None and (not isinstance(dim_y, int) or isinstance(dim_y, bool) or dim_y < 1):
+            raise ValueError(f"dim_y: must be a positive integer or None, got {dim_y!r}")
+        check_kernel(kernel)
+        if kernel != "gaussian":
+            raise ValueError(
+                "kernel: IndexedBank supports 'gaussian' only (the squared cosine kernel is not a function of "
+                "a distance, so nearest neighbours do not carry its weight); use sparke.Bank"
+            )
+        if dtype not in _DTYPES.values():
+            raise ValueError(f"dtype: must be one of {', '.join(_DTYPES)}, got {dtype}")
+        self.dim_x, self.dim_y = dim_x, dim_y
+        self.neighbors = neighbors
+        if samples is None:
+            samples = neighbors
+        if not isinstance(samples, int) or isinstance(samples, bool) or samples < 0:
+            raise ValueError(f"samples: must be a non-negative integer, got {samples!r}")
+        self.samples = samples
+        self._gen = torch.Generator().manual_seed(seed + 1)
+        self.kernel = kernel
+        self.sigma_x, self.sigma_y = check_sigma(sigma_x, "sigma_x"), check_sigma(sigma_y, "sigma_y")
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.search_dim = search_dim
+        self.seed = seed
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        gen = torch.Generator().manual_seed(seed)
+        self._proj_x = _projection(dim_x, search_dim, gen)
+        self._proj_y = None if dim_y is None else _projection(dim_y, search_dim, gen)
+        self._x = torch.empty((0, dim_x), device=self.device, dtype=dtype)
+        self._y = None if dim_y is None else torch.empty((0, dim_y), device=self.device, dtype=dtype)
+        self._count = 0
+        self._pair_sum = 0.0
+        self._workspace = Workspace()
+        self._index = self._new_index()
+
+    # -- reading ---------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._count
+
+    def __repr__(self) -> str:
+        return (
+            f"IndexedBank(n={self._count}, dim_x={self.dim_x}, dim_y={self.dim_y}, neighbors={self.neighbors}, "
+            f"sigma_x={self.sigma_x}, sigma_y={self.sigma_y}, dtype={self.dtype}, device={self.device})"
+        )
+
+    @property
+    def x(self) -> torch.Tensor:
+        """(n, dim_x) view of the image features, oldest first."""
+        return self._x[: self._count]
+
+    @property
+    def y(self) -> torch.Tensor | None:
+        """(n, dim_y) view of the prompt features, or None for a bank without prompts."""
+        return None if self._y is None else self._y[: self._count]
+
+    @property
+    def search_columns(self) -> int:
+        """Width of the joint search vectors."""
+        cols = self._proj_x.shape[1] if self._proj_x is not None else self.dim_x
+        if self.dim_y is not None:
+            cols += self._proj_y.shape[1] if self._proj_y is not None else self.dim_y
+        return cols
+
+    def pair_sum(self) -> float:
+        """The kept estimate of the bank's own sum of squared joint kernel entries (see the module doc)."""
+        return self._pair_sum
+
+    # -- writing ---------------------------------------------------------------------------------------------
+    def add(self, x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray | None = None) -> None:
+        """Append rows x: (m, dim_x) and, for a prompt-aware bank, y: (m, dim_y). O(m log n) searches."""
+        x = as_features(x, "x", min_rows=0)
+        if x.shape[1] != self.dim_x:
+            raise ValueError(f"x: has {x.shape[1]} feature columns but the bank holds {self.dim_x}")
+        if (y is None) != (self.dim_y is None):
+            raise ValueError(
+                "y: this bank "
+                + (
+                    "stores prompt features: pass y"
+                    if self.dim_y is not None
+                    else "has no prompts: pass y=None"
+                )
+            )
+        if y is not None:
+            y = as_features(y, "y", min_rows=0)
+            check_rows_match(x, y, "x", "y")
+            if y.shape[1] != self.dim_y:
+                raise ValueError(f"y: has {y.shape[1]} feature columns but the bank holds {self.dim_y}")
+        if x.shape[0] == 0:
+            return
+        self._reserve(x.shape[0])
+        for start in range(0, x.shape[0], ADD_CHUNK):
+            stop = min(start + ADD_CHUNK, x.shape[0])
+            rows_x = x[start:stop].to(self.device, self.dtype)
+            rows_y = None if y is None else y[start:stop].to(self.device, self.dtype)
+            z = self._search_vectors(rows_x, rows_y)
+            self._pair_sum += self._added_pairs(z)
+            m = stop - start
+            self._x[self._count : self._count + m] = rows_x
+            if rows_y is not None:
+                self._y[self._count : self._count + m] = rows_y
+            self._count += m
+            self._index.add(z)
+            if self._count > FLAT_BELOW and not self._graph:
+                self._to_graph()
+
+    def _reserve(self, m: int) -> None:
+        """Grow the row buffers geometrically: amortised O(1) per row, views stay contiguous."""
+        if self._count + m <= self._x.shape[0]:
+            return
+        size = max(self._count + m, 2 * self._x.shape[0], 16)
+
+        def grown(old: torch.Tensor) -> torch.Tensor:
+            fresh = torch.empty((size, old.shape[1]), device=self.device, dtype=self.dtype)
+            fresh[: self._count] = old[: self._count]
+            return fresh
+
+        self._x = grown(self._x)
+        if self._y is not None:
+            self._y = grown(self._y)
+
+    def _added_pairs(self, z: np.ndarray) -> float:
+        """Pair-sum increment of new rows with search vectors z: 2 (new x their nearest old rows) + new x new.
+
+        Computed in the search space (exp(-|z - z'|^2), exact when nothing is projected): a normaliser only,
+        it needs no pass over the full rows.
+        """
+        zt = torch.from_numpy(z).double()
+        own = torch.exp(-torch.cdist(zt, zt).square())
+        own.diagonal().fill_(1.0)
+        total = float(own.sum())
+        if self._count:
+            dist, ids = self._index.search(z, min(self.neighbors, self._count))
+            total += 2.0 * float(np.exp(-dist[ids >= 0].astype(np.float64)).sum())
+            if self.samples and self._count > self.neighbors:
+                # the old rows the search left out, from uniform draws (as in ``direction``)
+                drawn = torch.randint(0, self._count, (self.samples,), generator=self._gen).numpy()
+                zs = torch.from_numpy(self._index.reconstruct_batch(drawn)).double()
+                terms = torch.exp(-torch.cdist(zt, zs).square()).numpy()
+                for row in range(z.shape[0]):
+                    terms[row, np.isin(drawn, ids[row])] = 0.0
+                total += 2.0 * float(terms.sum()) * self._count / self.samples
+        return total
+
+    def _new_index(self):
+        """Exact (flat) search while the bank is small, an HNSW graph above ``FLAT_BELOW`` rows."""
+        self._graph = False
+        return _faiss().IndexFlatL2(self.search_columns)
+
+    def _to_graph(self) -> None:
+        faiss = _faiss()
+        graph = faiss.IndexHNSWFlat(self.search_columns, HNSW_M)
+        graph.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        for start in range(0, self._index.ntotal, 65536):
+            stop = min(start + 65536, self._index.ntotal)
+            graph.add(self._index.reconstruct_n(start, stop - start))
+        self._index, self._graph = graph, True
+
+    def _search_vectors(self, x: torch.Tensor, y: torch.Tensor | None) -> np.ndarray:
+        """z = [P_x^T x / sigma_x, P_y^T y / sigma_y] as contiguous float32 numpy, (m, search_columns)."""
+        zx = x.float().cpu()
+        zx = (zx if self._proj_x is None else zx @ self._proj_x) / self.sigma_x
+        parts = [zx]
+        if y is not None:
+            zy = y.float().cpu()
+            parts.append((zy if self._proj_y is None else zy @ self._proj_y) / self.sigma_y)
+        return np.ascontiguousarray(torch.cat(parts, 1).numpy(), dtype=np.float32)
+
+    def candidates(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Sorted unique ids (int64, on ``device``) of the ``neighbors`` nearest rows of each batch row."""
+        if self._count <= self.neighbors + self.samples:  # as cheap to read them all: exact
+            return torch.arange(self._count, device=self.device)
+        if self._graph:
+            self._index.hnsw.efSearch = max(self.neighbors + self.neighbors // 2, 64)  # recall of the top k
+        _, ids = self._index.search(self._search_vectors(x, y), self.neighbors)
+        ids = np.unique(ids[ids >= 0])
+        return torch.from_numpy(ids).to(self.device)
+
+    # -- guidance --------------------------------------------------------------------------------------------
+    def direction(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None = None,
+        *,
+        objective: str | None = None,
+        kernel: str | None = None,
+        sigma_x: float | None = None,
+        sigma_y: float | None = None,
+    ) -> torch.Tensor:
+        """Approximate ``diversity_direction`` of a batch x: (B, dim_x), y: (B, dim_y) against the bank.
+
+        The objective is "cond-rke" for a bank with prompts and "rke" without; ``objective``, ``sigma_x`` and
+        ``sigma_y`` may be passed (as the plug-in does) but must agree with the bank's. In-batch terms are
+        exact; bank terms come from the candidate rows (module doc).
+        """
+        expected = "rke" if self.dim_y is None else "cond-rke"
+        if objective is not None:
+            check_objective(objective)
+            if objective != expected:
+                raise ValueError(
+                    f"objective: this IndexedBank computes {expected!r} (it is built "
+                    f"{'without' if self.dim_y is None else 'with'} prompt features), not {objective!r}"
+                )
+        if kernel is not None and check_kernel(kernel) != self.kernel:
+            raise ValueError(f"kernel: this IndexedBank uses the {self.kernel!r} kernel, got {kernel!r}")
+        checks = [("sigma_x", sigma_x, self.sigma_x)]
+        if self.dim_y is not None:  # without prompts sigma_y plays no part
+            checks.append(("sigma_y", sigma_y, self.sigma_y))
+        for name, given, own in checks:
+            if given is not None and not math.isclose(check_sigma(given, name), own, rel_tol=1e-9):
+                raise ValueError(f"{name}: the bank's search space is scaled by {name}={own}, got {given}")
+        home = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
+        x = as_features(x, "x", device=self.device)
+        if x.shape[1] != self.dim_x:
+            raise ValueError(f"x: has {x.shape[1]} feature columns but the bank holds {self.dim_x}")
+        if self.dim_y is not None:
+            if y is None:
+                raise ValueError("y: this bank is prompt-aware: pass the batch's prompt features")
+            y = as_features(y, "y", dtype=x.dtype, device=self.device)
+            check_rows_match(x, y, "x", "y")
+            if y.shape[1] != self.dim_y:
+                raise ValueError(f"y: has {y.shape[1]} feature columns but the bank holds {self.dim_y}")
+        else:
+            y = None
+        ids = self.candidates(x, y) if self._count else torch.zeros(0, dtype=torch.long, device=self.device)
+        rows_x = self._x[ids]
+        rows_y = None if y is None else self._y[ids]
+        sample = None
+        if self.samples and ids.shape[0] < self._count:
+            # uniform draws with replacement, those among the candidates dropped: each remaining draw stands
+            # for n / samples rows, an unbiased estimate of the sums over the rows the search left out
+            drawn = torch.randint(0, self._count, (self.samples,), generator=self._gen).to(self.device)
+            drawn = drawn[~torch.isin(drawn, ids)]
+            weight = self._count / self.samples
+            sample = (self._x[drawn], None if y is None else self._y[drawn], weight)
+        result = order2_direction(
+            x,
+            y,
+            rows_x,
+            rows_y,
+            kernel="gaussian",
+            sigma_x=self.sigma_x,
+            sigma_y=self.sigma_y,
+            pair_sum=self._pair_sum,
+            ws=self._workspace,
+            sample=sample,
+        )
+        return result.to(home)
+
+    # -- files -----------------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Write rows, projections and settings to one safetensors file, atomically (temp file + rename)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        tensors = {"x": self.x.contiguous().cpu()}
+        if self._y is not None:
+            tensors["y"] = self.y.contiguous().cpu()
+        if self._proj_x is not None:
+            tensors["proj_x"] = self._proj_x.contiguous()
+        if self._proj_y is not None:
+            tensors["proj_y"] = self._proj_y.contiguous()
+        meta = {
+            "format": FORMAT,
+            "format_version": str(FORMAT_VERSION),
+            "count": str(self._count),
+            "settings": json.dumps(
+                {
+                    "dim_x": self.dim_x,
+                    "dim_y": self.dim_y,
+                    "neighbors": self.neighbors,
+                    "samples": self.samples,
+                    "kernel": self.kernel,
+                    "sigma_x": self.sigma_x,
+                    "sigma_y": self.sigma_y,
+                    "search_dim": self.search_dim,
+                    "seed": self.seed,
+                    "dtype": str(self.dtype).removeprefix("torch."),
+                }
+            ),
+            "pair_sum": json.dumps(self._pair_sum),
+            "user": json.dumps(self.metadata),
+        }
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=meta)
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> IndexedBank:
+        """Read a file written by ``save`` and rebuild its index; ``BankFileError`` names what is wrong."""
+        from safetensors import SafetensorError, safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such bank file")
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as handle:
+                meta = handle.metadata() or {}
+                if meta.get("format") != FORMAT:
+                    raise BankFileError(f"{path}: not a sparke indexed bank file (no '{FORMAT}' format tag)")
+                if meta.get("format_version") != str(FORMAT_VERSION):
+                    raise BankFileError(
+                        f"{path}: unknown indexed bank format version {meta.get('format_version')!r} "
+                        f"(this sparke reads {FORMAT_VERSION})"
+                    )
+                tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+        except (SafetensorError, OSError, RuntimeError) as error:
+            raise BankFileError(f"{path}: truncated or corrupt bank file ({error})") from None
+        try:
+            count = int(meta["count"])
+            settings = json.loads(meta["settings"])
+            pair_sum = float(json.loads(meta["pair_sum"]))
+            user = json.loads(meta["user"])
+            dtype = _DTYPES[settings.pop("dtype")]
+            bank = cls(
+                settings.pop("dim_x"),
+                settings.pop("dim_y"),
+                device=device,
+                dtype=dtype,
+                metadata=user,
+                **settings,
+            )
+        except (KeyError, ValueError, TypeError) as error:
+            raise BankFileError(f"{path}: indexed bank metadata is incomplete or corrupt ({error})") from None
+        x, y = tensors.get("x"), tensors.get("y")
+        if x is None or x.ndim != 2 or x.shape != (count, bank.dim_x):
+            shape = None if x is None else tuple(x.shape)
+            raise BankFileError(f"{path}: x has shape {shape} but the metadata says {count} x {bank.dim_x}")
+        if (y is None) != (bank.dim_y is None) or (y is not None and y.shape != (count, bank.dim_y)):
+            shape = None if y is None else tuple(y.shape)
+            raise BankFileError(f"{path}: y has shape {shape} but the metadata says {count} x {bank.dim_y}")
+        for name in ("proj_x", "proj_y"):
+            mine, stored = getattr(bank, "_" + name), tensors.get(name)
+            if (mine is None) != (stored is None) or (stored is not None and stored.shape != mine.shape):
+                raise BankFileError(f"{path}: {name} does not match the bank's settings")
+            if stored is not None:
+                setattr(bank, "_" + name, stored.float())
+        if not (bool(torch.isfinite(x).all()) and (y is None or bool(torch.isfinite(y).all()))):
+            raise BankFileError(f"{path}: bank rows contain NaN or Inf values")
+        if count:
+            bank._reserve(count)
+            bank._x[:count] = x.to(bank.device, dtype)
+            if y is not None:
+                bank._y[:count] = y.to(bank.device, dtype)
+            bank._count = count
+            for start in range(0, count, 65536):  # rebuild the index from the stored rows
+                stop = min(start + 65536, count)
+                bank._index.add(bank._search_vectors(bank._x[start:stop], _slice(bank._y, start, stop)))
+            if count > FLAT_BELOW:
+                bank._to_graph()
+        bank._pair_sum = pair_sum
+        return bank
+
+
+def _projection(dim: int, search_dim: int, gen: torch.Generator) -> torch.Tensor | None:
+    """(dim, search_dim) Gaussian matrix / sqrt(search_dim), or None when dim is already small enough."""
+    if dim <= search_dim:
+        return None
+    return torch.randn(dim, search_dim, generator=gen) / math.sqrt(search_dim)
+
+
+def _slice(y: torch.Tensor | None, start: int, stop: int) -> torch.Tensor | None:
+    return None if y is None else y[start:stop]

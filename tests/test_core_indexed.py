@@ -1,0 +1,155 @@
+"""IndexedBank: exact while small, close to the exact direction when large, files, and input errors."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("faiss")
+
+import sparke  # noqa: E402
+import sparke.core.indexed as indexed  # noqa: E402
+from sparke.core import BankFileError  # noqa: E402
+from sparke.core.direction import bank_pair_sum  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from _data import clustered  # noqa: E402
+
+SX, SY = 0.8, 0.3
+
+
+def exact(x, y, bank_x, bank_y, objective="cond-rke"):
+    return sparke.diversity_direction(
+        x.double(),
+        None if y is None else y.double(),
+        bank_x.double(),
+        None if bank_y is None else bank_y.double(),
+        objective=objective,
+        sigma_x=SX,
+        sigma_y=SY,
+    )
+
+
+def cos(a, b):
+    return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=1)
+
+
+@pytest.mark.parametrize("conditional", [True, False])
+def test_small_bank_is_exact_including_the_normaliser(conditional):
+    x, y = clustered(300, 24, 8, prompts=5, seed=1)
+    bank = sparke.IndexedBank(
+        24, 8 if conditional else None, neighbors=300, samples=0, sigma_x=SX, sigma_y=SY
+    )
+    yy = y if conditional else None
+    for start in range(4, 300, 37):  # several adds: the kept pair sum must stay exact
+        bank.add(x[start : start + 37], None if yy is None else yy[start : start + 37])
+    assert len(bank) == 296 and torch.equal(bank.x, x[4:])
+    pair_sum, _ = bank_pair_sum(
+        x[4:].double(), None if yy is None else yy[4:].double(), kernel="gaussian", sigma_x=SX, sigma_y=SY
+    )
+    assert bank.pair_sum() == pytest.approx(pair_sum, rel=1e-5)
+    objective = "cond-rke" if conditional else "rke"
+    got = bank.direction(x[:4], None if yy is None else yy[:4])
+    want = exact(x[:4], None if yy is None else yy[:4], x[4:], None if yy is None else yy[4:], objective)
+    assert torch.linalg.norm(got.double() - want) <= 1e-4 * torch.linalg.norm(want)
+
+
+@pytest.mark.parametrize(("d", "graph"), [(32, False), (512, False), (32, True)])
+def test_large_bank_direction_is_close(monkeypatch, d, graph):
+    if graph:
+        monkeypatch.setattr(indexed, "FLAT_BELOW", 1000)
+    x, y = clustered(4008, d, 16, prompts=40, seed=2)
+    bank = sparke.IndexedBank(d, 16, neighbors=128, samples=128, sigma_x=SX, sigma_y=SY, search_dim=32)
+    bank.add(x[8:], y[8:])
+    assert bank._graph == graph
+    got = torch.cat([bank.direction(x[b : b + 1], y[b : b + 1]) for b in range(8)])
+    want = torch.cat([exact(x[b : b + 1], y[b : b + 1], x[8:], y[8:]) for b in range(8)])
+    assert cos(got, want).min() > 0.98
+    # the kept normaliser is an estimate: the magnitude stays within a few percent
+    ratio = torch.linalg.norm(got.double(), dim=1) / torch.linalg.norm(want, dim=1)
+    assert ((ratio > 0.9) & (ratio < 1.1)).all()
+
+
+def test_batch_terms_are_included():
+    x, y = clustered(40, 16, 8, prompts=2, seed=3)
+    bank = sparke.IndexedBank(16, 8, neighbors=8, samples=0, sigma_x=SX, sigma_y=SY)
+    got = bank.direction(x[:3], y[:3])  # empty bank: only the batch's own terms
+    want = exact(x[:3], y[:3], x[:0], y[:0])
+    assert torch.linalg.norm(got.double() - want) <= 1e-5 * torch.linalg.norm(want)
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_save_load_round_trip(tmp_path, monkeypatch, graph):
+    monkeypatch.setattr(indexed, "FLAT_BELOW", 100 if graph else 10**9)
+    x, y = clustered(600, 96, 8, prompts=6, seed=4)
+    bank = sparke.IndexedBank(
+        96, 8, neighbors=32, samples=0, sigma_x=SX, sigma_y=SY, search_dim=16, metadata={"model": "tiny"}
+    )
+    bank.add(x[4:], y[4:])
+    path = tmp_path / "bank.safetensors"
+    bank.save(path)
+    loaded = sparke.IndexedBank.load(path)
+    assert torch.equal(loaded.x, bank.x) and torch.equal(loaded.y, bank.y)
+    assert loaded.metadata == {"model": "tiny"} and loaded.pair_sum() == bank.pair_sum()
+    assert loaded._graph == graph
+    assert torch.equal(loaded.candidates(x[:4], y[:4]), bank.candidates(x[:4], y[:4]))
+    assert torch.allclose(loaded.direction(x[:4], y[:4]), bank.direction(x[:4], y[:4]), rtol=1e-6, atol=0)
+    loaded.add(x[:4], y[:4])
+    assert len(loaded) == 600
+    assert list(tmp_path.iterdir()) == [path]  # nothing left behind by the atomic write
+
+
+def test_bad_files(tmp_path):
+    bank = sparke.IndexedBank(8, None, neighbors=4)
+    bank.add(torch.randn(10, 8))
+    path = tmp_path / "b.safetensors"
+    bank.save(path)
+    data = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(BankFileError, match="corrupt"):
+        sparke.IndexedBank.load(tmp_path / "cut.safetensors")
+    plain = sparke.Bank()
+    plain.add(torch.randn(3, 8))
+    plain.save(tmp_path / "plain.safetensors")
+    with pytest.raises(BankFileError, match="not a sparke indexed bank"):
+        sparke.IndexedBank.load(tmp_path / "plain.safetensors")
+    with pytest.raises(FileNotFoundError):
+        sparke.IndexedBank.load(tmp_path / "missing.safetensors")
+
+
+BAD = [
+    (dict(kernel="cosine"), {}, "kernel"),
+    (dict(neighbors=0), {}, "neighbors"),
+    (dict(sigma_x=-1.0), {}, "sigma_x"),
+    ({}, dict(objective="rke"), "objective"),
+    ({}, dict(sigma_x=0.5), "sigma_x"),
+    ({}, dict(kernel="cosine"), "kernel"),
+    ({}, dict(x=torch.zeros(2, 5)), "x"),
+    ({}, dict(x=torch.full((2, 6), float("nan"))), "x"),
+    ({}, dict(y=None), "y"),
+    ({}, dict(add_y=None), "y"),
+]
+
+
+@pytest.mark.parametrize(("init", "call", "name"), BAD)
+def test_bad_input_names_the_argument(init, call, name):
+    with pytest.raises(ValueError, match=rf"^{name}:"):
+        bank = sparke.IndexedBank(6, 3, **{"sigma_x": SX, "sigma_y": SY, **init})
+        bank.add(torch.ones(4, 6), call.pop("add_y", torch.ones(4, 3)))
+        args = dict(x=torch.zeros(2, 6), y=torch.zeros(2, 3))
+        for key in ("x", "y"):
+            if key in call:
+                args[key] = call.pop(key)
+        bank.direction(args["x"], args["y"], **call)
+
+
+def test_plugin_style_call_is_accepted():
+    bank = sparke.IndexedBank(6, 3, sigma_x=SX, sigma_y=SY)
+    bank.add(torch.randn(5, 6), torch.randn(5, 3))
+    d = bank.direction(
+        torch.randn(2, 6), torch.randn(2, 3), objective="cond-rke", kernel="gaussian", sigma_x=SX, sigma_y=SY
+    )
+    assert d.shape == (2, 6) and torch.isfinite(d).all()
