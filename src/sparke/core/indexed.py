@@ -42,6 +42,7 @@ import torch
 from ._checks import as_features, check_kernel, check_objective, check_rows_match, check_sigma
 from .bank import BankFileError
 from .fast import Workspace, order2_direction
+from .kernels import squared_distances
 
 FORMAT = "sparke.indexed_bank"
 FORMAT_VERSION = 1
@@ -221,7 +222,7 @@ class IndexedBank:
         it needs no pass over the full rows.
         """
         zt = torch.from_numpy(z).double()
-        own = torch.exp(-torch.cdist(zt, zt).square())
+        own = torch.exp(-squared_distances(zt, zt))
         own.diagonal().fill_(1.0)
         total = float(own.sum())
         if self._count:
@@ -231,7 +232,7 @@ class IndexedBank:
                 # the old rows the search left out, from uniform draws (as in ``direction``)
                 drawn = torch.randint(0, self._count, (self.samples,), generator=self._gen).numpy()
                 zs = torch.from_numpy(self._index.reconstruct_batch(drawn)).double()
-                terms = torch.exp(-torch.cdist(zt, zs).square()).numpy()
+                terms = torch.exp(-squared_distances(zt, zs)).numpy()
                 for row in range(z.shape[0]):
                     terms[row, np.isin(drawn, ids[row])] = 0.0
                 total += 2.0 * float(terms.sum()) * self._count / self.samples
