@@ -84,11 +84,9 @@ def _nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     power = 10 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
     start = math.floor(lo / step) * step
-    ticks = []
-    value = start
-    while value <= hi + step * 0.5 and len(ticks) < 12:
-        ticks.append(round(value, 10))
-        value += step
+    ticks = [round(start, 10)]
+    while ticks[-1] < hi - 1e-12 and len(ticks) < 12:  # until the last tick covers the highest value
+        ticks.append(round(ticks[-1] + step, 10))
     return ticks
 
 
@@ -109,7 +107,7 @@ def line_plot(
     pts = [p for s in series for p in s["points"] if p[1] is not None]
     if not pts:
         return ""
-    left, right, top, bottom = 52, 14, 30, 44
+    left, right, top, bottom = 52, 14, 40, 44
     xt = _nice_ticks(min(p[0] for p in pts), max(p[0] for p in pts))
     yt = _nice_ticks(min(p[1] for p in pts), max(p[1] for p in pts))
     x0, x1, y0, y1 = xt[0], xt[-1], yt[0], yt[-1]
@@ -146,7 +144,7 @@ def line_plot(
         f'<text transform="translate(13 {top + ph / 2:.1f}) rotate(-90)" text-anchor="middle" '
         f'fill="#1d2330">{_e(y_label)}</text>'
     )
-    legend_y = top + 12
+    legend_x = left
     for k, s in enumerate(series):
         colour = s.get("colour") or PALETTE[k % len(PALETTE)]
         points = sorted((x, y) for x, y in s["points"] if y is not None)
@@ -158,16 +156,17 @@ def line_plot(
                 f"{'M' if i == 0 else 'L'}{sx(x):.1f},{sy(y):.1f}" for i, (x, y) in enumerate(points)
             )
             out.append(f'<path d="{path}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>')
-        for x, y in points:
+        for x, y in [] if s.get("dashed") else points:  # a dashed reference line has no data points
             out.append(
                 f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3.5" fill="{colour}"><title>{_e(s["label"])}: '
                 f"scale {x:g}, {y:.3g}</title></circle>"
             )
+        # the legend: one row under the title
         out.append(
-            f'<line x1="{left + 8}" x2="{left + 24}" y1="{legend_y}" y2="{legend_y}" stroke="{colour}" '
-            f'stroke-width="2"{dash}/><text x="{left + 28}" y="{legend_y + 4}" fill="#1d2330">{_e(s["label"])}</text>'
+            f'<line x1="{legend_x}" x2="{legend_x + 16}" y1="29" y2="29" stroke="{colour}" stroke-width="2"{dash}/>'
+            f'<text x="{legend_x + 20}" y="33" fill="#1d2330">{_e(s["label"])}</text>'
         )
-        legend_y += 14
+        legend_x += 28 + 6.5 * len(str(s["label"]))
     out.append("</svg>")
     return "\n".join(out)
 
@@ -396,9 +395,8 @@ def build_report(
         if line:
             parts.append(f"<p class='cluster-metrics'>{line}</p>")
         for prompt in members:
-            parts.append(
-                f"<div class='prompt' data-prompt='{_e(prompt.lower())}'><p class='ptext'>{_e(prompt)}</p>"
-            )
+            text = "" if members == [name] else f"<p class='ptext'>{_e(prompt)}</p>"  # cluster = this prompt
+            parts.append(f"<div class='prompt' data-prompt='{_e(prompt.lower())}'>{text}")
             parts.append("<div class='grids'>")
             for info, groups in zip(infos, by_run_prompt, strict=True):
                 records = groups.get(prompt, [])[:max_images]
