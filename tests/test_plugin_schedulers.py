@@ -221,3 +221,18 @@ def test_attach_records_and_composes(sd):
     assert order == [("inner", 0), ("outer", 0), ("inner", 1), ("outer", 1)]
     assert torch.equal(a.final_latents, b.final_latents)
     assert "step" not in vars(sd.scheduler)
+
+
+def test_flux_packed_latents_x0_and_image_encoder_spaces():
+    from tiny_pipelines import tiny_flux
+
+    pipe = tiny_flux()
+    vanilla = final_latents(pipe(**call_kwargs(pipe)))
+    for space in ("x0", TinyImageEncoder().eval()):
+        guide = SPARKE(scale=0.3, every=1, space=space)
+        out = final_latents(guide(pipe, **call_kwargs(pipe)))
+        assert out.shape == vanilla.shape == (2, 64, 4)  # packed (B, seq, C * 4)
+        assert torch.isfinite(out).all() and not torch.equal(out, vanilla)
+        # reference images encode into the same space and size as the bank rows
+        ref = guide.encode_images(pipe, torch.rand(2, 3, 16, 16))
+        assert ref.dim_x == guide.bank.dim_x
