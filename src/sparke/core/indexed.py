@@ -121,8 +121,8 @@ class IndexedBank:
         self.seed = seed
         self.metadata: dict[str, Any] = dict(metadata or {})
         gen = torch.Generator().manual_seed(seed)
-        self._proj_x = _projection(dim_x, search_dim, gen)
-        self._proj_y = None if dim_y is None else _projection(dim_y, search_dim, gen)
+        self._proj_x = _projection(dim_x, search_dim, gen, self.device)
+        self._proj_y = None if dim_y is None else _projection(dim_y, search_dim, gen, self.device)
         self._x = torch.empty((0, dim_x), device=self.device, dtype=dtype)
         self._y = None if dim_y is None else torch.empty((0, dim_y), device=self.device, dtype=dtype)
         self._count = 0
@@ -254,12 +254,13 @@ class IndexedBank:
 
     def _search_vectors(self, x: torch.Tensor, y: torch.Tensor | None) -> np.ndarray:
         """z = [P_x^T x / sigma_x, P_y^T y / sigma_y] as contiguous float32 numpy, (m, search_columns)."""
-        zx = x.float().cpu()
+        # project where the rows live (on a GPU the full rows never cross to the host)
+        zx = x.float()
         zx = (zx if self._proj_x is None else zx @ self._proj_x) / self.sigma_x
-        parts = [zx]
+        parts = [zx.cpu()]
         if y is not None:
-            zy = y.float().cpu()
-            parts.append((zy if self._proj_y is None else zy @ self._proj_y) / self.sigma_y)
+            zy = y.float()
+            parts.append(((zy if self._proj_y is None else zy @ self._proj_y) / self.sigma_y).cpu())
         return np.ascontiguousarray(torch.cat(parts, 1).numpy(), dtype=np.float32)
 
     def candidates(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -353,9 +354,9 @@ class IndexedBank:
         if self._y is not None:
             tensors["y"] = self.y.contiguous().cpu()
         if self._proj_x is not None:
-            tensors["proj_x"] = self._proj_x.contiguous()
+            tensors["proj_x"] = self._proj_x.contiguous().cpu()
         if self._proj_y is not None:
-            tensors["proj_y"] = self._proj_y.contiguous()
+            tensors["proj_y"] = self._proj_y.contiguous().cpu()
         meta = {
             "format": FORMAT,
             "format_version": str(FORMAT_VERSION),
@@ -437,7 +438,7 @@ class IndexedBank:
             if (mine is None) != (stored is None) or (stored is not None and stored.shape != mine.shape):
                 raise BankFileError(f"{path}: {name} does not match the bank's settings")
             if stored is not None:
-                setattr(bank, "_" + name, stored.float())
+                setattr(bank, "_" + name, stored.float().to(bank.device))
         if not (bool(torch.isfinite(x).all()) and (y is None or bool(torch.isfinite(y).all()))):
             raise BankFileError(f"{path}: bank rows contain NaN or Inf values")
         if count:
@@ -455,11 +456,12 @@ class IndexedBank:
         return bank
 
 
-def _projection(dim: int, search_dim: int, gen: torch.Generator) -> torch.Tensor | None:
-    """(dim, search_dim) Gaussian matrix / sqrt(search_dim), or None when dim is already small enough."""
+def _projection(dim: int, search_dim: int, gen: torch.Generator, device: torch.device) -> torch.Tensor | None:
+    """(dim, search_dim) Gaussian matrix / sqrt(search_dim) (drawn on the CPU: the same on every device),
+    or None when dim is already small enough."""
     if dim <= search_dim:
         return None
-    return torch.randn(dim, search_dim, generator=gen) / math.sqrt(search_dim)
+    return (torch.randn(dim, search_dim, generator=gen) / math.sqrt(search_dim)).to(device)
 
 
 def _slice(y: torch.Tensor | None, start: int, stop: int) -> torch.Tensor | None:
