@@ -40,6 +40,7 @@ CPU_CHUNK = 256
 CPU_CHUNK_ELEMENTS = 1 << 22
 # GPU: rows per chunk; B x chunk weights are tiny, so one chunk covers any realistic bank.
 GPU_CHUNK = 1 << 22
+GPU_CONVERT_ELEMENTS = 1 << 28
 HALF = (torch.float16, torch.bfloat16)
 
 _OUT_DTYPE_OK: dict[str, bool] = {}
@@ -213,7 +214,12 @@ def order2_sums(
         and compute == torch.float32
         and mm_out_dtype_supported(device)
     )
-    chunk = GPU_CHUNK if device.type == "cuda" else max(CPU_CHUNK, CPU_CHUNK_ELEMENTS // max(d, 1))
+    if device.type != "cuda":
+        chunk = max(CPU_CHUNK, CPU_CHUNK_ELEMENTS // max(d, 1))
+    elif half_gpu or bank_x.dtype == compute:
+        chunk = GPU_CHUNK
+    else:  # rows converted chunk by chunk: bound the converted copy to about 1 GiB
+        chunk = max(1024, GPU_CONVERT_ELEMENTS // max(d, 1))
     weight_sum = torch.zeros(b, dtype=compute, device=device)
     weighted = torch.zeros(b, d, dtype=compute, device=device)
     cross = torch.zeros((), dtype=torch.float64, device=device)
