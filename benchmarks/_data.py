@@ -15,6 +15,7 @@ def clustered(
     spread: float = 0.5,
     prompt_spread: float = 0.15,
     seed: int = 0,
+    centres_seed: int | None = None,
     dtype: torch.dtype = torch.float32,
     chunk: int = 4096,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -23,10 +24,13 @@ def clustered(
     ``prompts`` prompt clusters (y near one of ``prompts`` unit centres, angular noise ``prompt_spread``);
     each has ``modes`` image modes (x near one of ``modes`` unit centres per prompt, noise ``spread``):
     the regime of guidance, where a sample's prompt neighbours are a small part of the bank.
+    ``centres_seed`` draws the centres from their own seed, so several calls sample one distribution.
     """
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed if centres_seed is None else centres_seed)
     p_centres = torch.nn.functional.normalize(torch.randn(prompts, e, generator=gen), dim=1)
     x_centres = torch.nn.functional.normalize(torch.randn(prompts * modes, d, generator=gen), dim=1)
+    if centres_seed is not None:  # same centres, other samples: chunks of one bank, or queries
+        gen = torch.Generator().manual_seed(seed)
     x = torch.empty(n, d, dtype=dtype)
     y = torch.empty(n, e, dtype=dtype)
     for start in range(0, n, chunk):

@@ -141,9 +141,7 @@ class Workspace:
         square = kernel == "gaussian"
 
         def norm(rows: torch.Tensor) -> torch.Tensor:
-            rows = rows.to(compute)
-            sq = rows.pow(2).sum(1)
-            return sq if square else sq.sqrt()
+            return _norms(rows, compute, square)
 
         tag = f"{kernel}:{compute}"
         nx = self._rows_derived("x:" + tag, bank._x, start, stop, norm, None, compute)
@@ -311,13 +309,14 @@ def order2_direction(
     ws: Workspace | None = None,
     proj_x: torch.Tensor | None = None,
     projection: torch.Tensor | None = None,
-    sample: tuple[torch.Tensor, torch.Tensor | None, float] | None = None,
+    sample: tuple | None = None,
 ) -> torch.Tensor:
     """Ascent direction (B, d) of log RKE / log Cond-RKE of bank U batch; see the module doc.
 
     ``pair_sum``: the bank's own sum of squared (joint) kernel entries. Norms are computed when not given.
-    ``sample``: (rows_x, rows_y, weight), extra rows each standing for ``weight`` rows of the bank (an
-    unbiased estimate of the part of the sums that ``bank_x`` leaves out; used by ``IndexedBank``).
+    ``sample``: (rows_x, rows_y, weight, norm_x, norm_y), extra rows each standing for ``weight`` rows of
+    the bank (an unbiased estimate of the part of the sums that ``bank_x`` leaves out; used by
+    ``IndexedBank``); their norms as for ``norm_x``/``norm_y``, or None to compute them.
     """
     from .direction import _order2_terms  # the batch against itself: tiny, shared with the reference code
 
@@ -348,15 +347,18 @@ def order2_direction(
         weighted = torch.zeros_like(x)
         cross = torch.zeros((), dtype=torch.float64, device=x.device)
     if sample is not None and sample[0].shape[0]:
-        rows_x, rows_y, weight = sample
+        rows_x, rows_y, weight, s_norm_x, s_norm_y = sample
         square = kernel == "gaussian"
-        s_norm_y = None if rows_y is None else _norms(rows_y, compute, square)
+        if s_norm_x is None:
+            s_norm_x = _norms(rows_x, compute, square)
+        if rows_y is not None and s_norm_y is None:
+            s_norm_y = _norms(rows_y, compute, square)
         s_sum, s_rows, s_cross = order2_sums(
             x,
             y,
             rows_x,
             rows_y,
-            _norms(rows_x, compute, square),
+            s_norm_x,
             s_norm_y,
             kernel=kernel,
             sigma_x=sigma_x,
@@ -382,10 +384,12 @@ def order2_direction(
 
 
 def _norms(rows: torch.Tensor, compute: torch.dtype, square: bool) -> torch.Tensor:
+    """Row norms (squared when ``square``) in ``compute``; a fused reduction, no squared copy of the rows."""
     out = torch.empty(rows.shape[0], dtype=compute, device=rows.device)
     for lo in range(0, rows.shape[0], 4096):
-        sq = rows[lo : lo + 4096].to(compute).pow(2).sum(1)
-        out[lo : lo + 4096] = sq if square else sq.sqrt()
+        chunk = rows[lo : lo + 4096]
+        norm = torch.linalg.vector_norm(chunk if chunk.dtype == compute else chunk.to(compute), dim=1)
+        out[lo : lo + 4096] = norm.square_() if square else norm
     return out
 
 

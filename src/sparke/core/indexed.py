@@ -125,6 +125,9 @@ class IndexedBank:
         self._proj_y = None if dim_y is None else _projection(dim_y, search_dim, gen, self.device)
         self._x = torch.empty((0, dim_x), device=self.device, dtype=dtype)
         self._y = None if dim_y is None else torch.empty((0, dim_y), device=self.device, dtype=dtype)
+        # squared row norms (float32), kept at add time so a step reads only the candidate rows once
+        self._nx = torch.empty(0, device=self.device)
+        self._ny = None if dim_y is None else torch.empty(0, device=self.device)
         self._count = 0
         self._pair_sum = 0.0
         self._workspace = Workspace()
@@ -193,8 +196,10 @@ class IndexedBank:
             self._pair_sum += self._added_pairs(z)
             m = stop - start
             self._x[self._count : self._count + m] = rows_x
+            self._nx[self._count : self._count + m] = _sq_norms(rows_x)
             if rows_y is not None:
                 self._y[self._count : self._count + m] = rows_y
+                self._ny[self._count : self._count + m] = _sq_norms(rows_y)
             self._count += m
             self._index.add(z)
             if self._count > FLAT_BELOW and not self._graph:
@@ -207,13 +212,13 @@ class IndexedBank:
         size = max(self._count + m, 2 * self._x.shape[0], 16)
 
         def grown(old: torch.Tensor) -> torch.Tensor:
-            fresh = torch.empty((size, old.shape[1]), device=self.device, dtype=self.dtype)
+            fresh = old.new_empty((size, *old.shape[1:]))
             fresh[: self._count] = old[: self._count]
             return fresh
 
-        self._x = grown(self._x)
+        self._x, self._nx = grown(self._x), grown(self._nx)
         if self._y is not None:
-            self._y = grown(self._y)
+            self._y, self._ny = grown(self._y), grown(self._ny)
 
     def _added_pairs(self, z: np.ndarray) -> float:
         """Pair-sum increment of new rows with search vectors z: 2 (new x their nearest old rows) + new x new.
@@ -329,7 +334,13 @@ class IndexedBank:
             drawn = torch.randint(0, self._count, (self.samples,), generator=self._gen).to(self.device)
             drawn = drawn[~torch.isin(drawn, ids)]
             weight = self._count / self.samples
-            sample = (self._x[drawn], None if y is None else self._y[drawn], weight)
+            sample = (
+                self._x[drawn],
+                None if y is None else self._y[drawn],
+                weight,
+                self._nx[drawn].to(x.dtype),
+                None if y is None else self._ny[drawn].to(x.dtype),
+            )
         result = order2_direction(
             x,
             y,
@@ -339,6 +350,8 @@ class IndexedBank:
             sigma_x=self.sigma_x,
             sigma_y=self.sigma_y,
             pair_sum=self._pair_sum,
+            norm_x=self._nx[ids].to(x.dtype),
+            norm_y=None if y is None else self._ny[ids].to(x.dtype),
             ws=self._workspace,
             sample=sample,
         )
@@ -444,8 +457,10 @@ class IndexedBank:
         if count:
             bank._reserve(count)
             bank._x[:count] = x.to(bank.device, dtype)
+            bank._nx[:count] = _sq_norms(bank._x[:count])
             if y is not None:
                 bank._y[:count] = y.to(bank.device, dtype)
+                bank._ny[:count] = _sq_norms(bank._y[:count])
             bank._count = count
             for start in range(0, count, 65536):  # rebuild the index from the stored rows
                 stop = min(start + 65536, count)
@@ -462,6 +477,11 @@ def _projection(dim: int, search_dim: int, gen: torch.Generator, device: torch.d
     if dim <= search_dim:
         return None
     return (torch.randn(dim, search_dim, generator=gen) / math.sqrt(search_dim)).to(device)
+
+
+def _sq_norms(rows: torch.Tensor) -> torch.Tensor:
+    """Squared row norms in float32, of the rows as stored (the exact kernel uses the stored values)."""
+    return torch.linalg.vector_norm(rows.float(), dim=1).square_()
 
 
 def _slice(y: torch.Tensor | None, start: int, stop: int) -> torch.Tensor | None:
