@@ -108,7 +108,7 @@ def test_particle_guidance_spreads_the_batch():
 
 def test_vendi_window_keeps_the_last_rows():
     pipe = _pipe("sd")
-    guide = make("vendi", scale=0.1, window=6, every=1)
+    guide = make("vendi", scale=0.1, memory=6, every=1)
     for seed in range(2):
         _run(pipe, guide, seed=seed)
     assert len(guide.bank) == 6  # 2 calls x 4 images, capacity 6

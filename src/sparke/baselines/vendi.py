@@ -3,13 +3,13 @@ Romero-Soriano, "Improving Geo-diversity of Generated Images with Contextualized
 ECCV 2024; Vendi score guidance from Hemmat et al. 2023).
 
 Each new sample's latents move up the gradient of log Vendi(window U batch): the order-1 kernel entropy
-over the last ``window`` generated samples (a ``sparke.Bank`` with that capacity, oldest rows evicted) and
+over the last ``memory`` generated samples (150) (a ``sparke.Bank`` with that capacity, oldest rows evicted) and
 the current batch, via ``sparke.diversity_direction(objective="vendi")``: an eigendecomposition of the
-(window + B)^2 kernel matrix at every guided step, which is why c-VSG keeps only a window. The score is
+(memory + B)^2 kernel matrix at every guided step, which is why c-VSG keeps only a window. The score is
 unconditional: prompts are ignored (c-VSG's "contextualisation" with real exemplars is not reproduced; there
 is no exemplar set here).
 
-Built on the SPARKE plug-in (same attachment, step rule and feature spaces). Defaults: window 150, the
+Built on the SPARKE plug-in (same attachment, step rule and feature spaces). Defaults: memory 150 rows, the
 Gaussian kernel with sigma 0.8 on unit features, the latent space, every 10th step, relative step,
 ``scale`` = 0.03 (the plug-in's defaults, so that only the objective and the memory differ from SPARKE).
 """
@@ -25,13 +25,13 @@ __all__ = ["VendiGuidance", "WINDOW"]
 WINDOW = 150
 
 
-def VendiGuidance(scale: float = 0.03, window: int = WINDOW, **options: Any):  # noqa: N802 - a class-like factory
-    """A ``sparke.SPARKE`` guide with objective "vendi" and a ``window``-row sliding bank.
+def VendiGuidance(scale: float = 0.03, memory: int = WINDOW, **options: Any):  # noqa: N802 - a class-like factory
+    """A ``sparke.SPARKE`` guide with objective "vendi" and a sliding bank of the last ``memory`` rows.
 
-    ``options`` go to ``SPARKE`` (every, space, sigma_image, step, ...).
+    ``options`` go to ``SPARKE`` (every, window = the trajectory fractions, space, sigma_image, step, ...).
     """
     from sparke.guidance import SPARKE
 
-    if not (isinstance(window, int) and window >= 1):
-        raise ValueError(f"window: must be a positive integer, got {window!r}")
-    return SPARKE(scale=scale, objective="vendi", bank=Bank(capacity=window), **options)
+    if not (isinstance(memory, int) and memory >= 1):
+        raise ValueError(f"memory: must be a positive integer, got {memory!r}")
+    return SPARKE(scale=scale, objective="vendi", bank=Bank(capacity=memory), **options)

@@ -36,6 +36,7 @@ app.command("generate", no_args_is_help=True)(generate_command)
 app.command("evaluate", no_args_is_help=True)(evaluate_command)
 app.command("report", no_args_is_help=True)(report_command)
 app.command("methods")(methods_command)
+app.command("bench", no_args_is_help=True)(__import__("sparke.cli.bench", fromlist=["x"]).bench_command)
 
 
 def main() -> None:

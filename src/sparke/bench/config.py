@@ -1,0 +1,70 @@
+"""Benchmark settings: the prompt set, sampler and scale sweeps of ``sparke bench --quick`` / ``--full``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["BenchConfig", "FULL", "QUICK", "guide_options"]
+
+
+@dataclass
+class BenchConfig:
+    """One benchmark run. ``sweeps``: method -> scales (``none`` always runs once, at scale 0)."""
+
+    clusters: int = 12  # prompt clusters (one scene description each)
+    prompts: int = 8  # paraphrases per cluster
+    seeds: int = 4  # images per prompt (rounds over the whole prompt set)
+    steps: int = 10  # DPM-Solver++ steps
+    cfg: float = 4.0  # classifier-free guidance scale
+    seed: int = 0  # prompt-set and noise seed
+    sweeps: dict[str, list[float]] = field(default_factory=dict)
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # label -> {method, scale, options}
+    mixture: bool = True  # also run the 2-D Gaussian-mixture experiment
+    device: str = "cpu"
+    weights: str | None = None  # folder with the embedded UNet (default: the shipped one)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def every(self) -> int:
+        """Guidance interval of the bank methods: the paper guides every 10th of 50 steps (5 guided steps)."""
+        return max(1, self.steps // 5)
+
+
+def guide_options(method: str, config: BenchConfig) -> dict[str, Any]:
+    """Per-method options the benchmark sets on top of each method's defaults (only the step interval)."""
+    if method in ("sparke", "rke", "vendi"):
+        return {"every": config.every}
+    return {}
+
+
+QUICK = BenchConfig(
+    sweeps={
+        "sparke": [0.03, 0.1],
+        "rke": [0.1],
+        "vendi": [0.1],
+        "cads": [0.25],
+        "pg": [0.1],
+    },
+)
+
+FULL = BenchConfig(
+    clusters=24,
+    prompts=12,
+    seeds=6,
+    steps=20,
+    sweeps={
+        "sparke": [0.01, 0.03, 0.1, 0.3],
+        "rke": [0.01, 0.03, 0.1, 0.3],
+        "vendi": [0.01, 0.03, 0.1, 0.3],
+        "cads": [0.1, 0.25, 0.5, 1.0],
+        "pg": [0.03, 0.1, 0.3, 1.0],
+    },
+    variants={
+        "sparke x0": {"method": "sparke", "scale": 0.1, "options": {"space": "x0"}},
+        "sparke raw": {"method": "sparke", "scale": 3.0, "options": {"step": "raw"}},
+        "sparke early": {"method": "sparke", "scale": 0.1, "options": {"window": (0.0, 0.5)}},
+    },
+)

@@ -1,0 +1,135 @@
+"""``sparke bench`` end to end on a tiny random ShapesPipeline and encoder (seconds), and its metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sparke.bench import BenchConfig, run_bench
+from sparke.bench.metrics import free_attribute_scores
+from sparke.bench.report import best_rows, goal_check
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+REQUIRED = (
+    "method",
+    "scale",
+    "fidelity",
+    "cond_vendi",
+    "vendi",
+    "in_batch_similarity",
+    "free_attribute_coverage",
+    "sec_per_image",
+)
+
+
+def _tiny():
+    from sparke.embedded.encoder import ShapesEncoder
+    from sparke.embedded.pipeline import TINY_UNET_CONFIG, ShapesPipeline, build_scheduler, build_unet
+
+    torch.manual_seed(0)
+    pipe = ShapesPipeline(build_unet(TINY_UNET_CONFIG).eval().requires_grad_(False), build_scheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, ShapesEncoder().eval().requires_grad_(False)
+
+
+def test_run_bench_writes_rows_table_and_plots(tmp_path):
+    pipe, encoder = _tiny()
+    config = BenchConfig(
+        clusters=2,
+        prompts=2,
+        seeds=2,
+        steps=2,
+        sweeps={"sparke": [0.1], "rke": [0.1], "vendi": [0.1], "cads": [0.25], "pg": [0.1]},
+        variants={"sparke x0": {"method": "sparke", "scale": 0.1, "options": {"space": "x0"}}},
+        mixture=False,
+    )
+    meta = run_bench(config, tmp_path, command="test", progress=None, pipe=pipe, encoder=encoder)
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert isinstance(rows, list)
+    labels = [r["label"] for r in rows]
+    assert labels == ["world", "none", "sparke", "rke", "vendi", "cads", "pg", "sparke x0"]
+    for r in rows:
+        for key in REQUIRED:
+            assert key in r, key
+        assert 0.0 <= r["fidelity"] <= 1.0 and 0.0 <= r["free_attribute_coverage"] <= 1.0
+        assert r["n_images"] == 8
+    assert rows[0]["fidelity"] == 1.0  # the world's own renders match their prompts
+    assert all(r["sec_per_image"] > 0 for r in rows[1:])
+    for name in ("results.md", "tradeoff.png", "samples.png", "meta.json"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert "goal" in meta and "Best scale per method" in (tmp_path / "results.md").read_text()
+
+
+def test_same_noise_for_every_setting():
+    # scale 0 of any method reproduces `none` exactly: every setting starts from the same noise
+    from sparke.bench.runner import Setting, generate_setting
+    from sparke.embedded import world as W
+
+    pipe, _ = _tiny()
+    config = BenchConfig(clusters=1, prompts=2, seeds=1, steps=2, mixture=False)
+    clusters = W.prompt_clusters(1, 2, seed=0)
+    a = generate_setting(pipe, clusters, Setting("none", "none", 0.0, {}), config)
+    b = generate_setting(pipe, clusters, Setting("cads", "cads", 0.0, {}), config)
+    assert np.array_equal(a.images, b.images)
+
+
+def test_free_attribute_scores_count_only_matching_images():
+    from sparke.embedded import world as W
+    from sparke.embedded.checker import check, matches
+
+    cluster = W.prompt_clusters(1, 2, seed=3)[0]
+    rng = np.random.default_rng(0)
+    scenes = [
+        W.sample_scene(rng, cluster.shape, cluster.colour, background=cluster.background, count=cluster.count)
+        for _ in range(40)
+    ]
+    dets = [check(W.render(s)) for s in scenes]
+    ok = [matches(d, cluster) for d in dets]
+    cov, ent = free_attribute_scores(dets, ok, cluster)
+    assert 0.5 < cov <= 1.0 and 0.5 < ent <= 1.0
+    assert free_attribute_scores(dets, [False] * len(dets), cluster) == (0.0, 0.0)
+    same = [dets[0]] * 10
+    cov1, ent1 = free_attribute_scores(same, [True] * 10, cluster)
+    assert ent1 == 0.0 and cov1 < cov
+
+
+def test_best_rows_respect_the_fidelity_floor_and_goal_check():
+    base = {"method": "none", "label": "none", "scale": 0.0, "fidelity": 0.90, "cond_vendi": 10.0}
+    rows = [
+        base,
+        {"method": "sparke", "label": "sparke", "scale": 0.1, "fidelity": 0.89, "cond_vendi": 12.0},
+        {"method": "sparke", "label": "sparke", "scale": 0.3, "fidelity": 0.80, "cond_vendi": 20.0},
+        {"method": "cads", "label": "cads", "scale": 0.25, "fidelity": 0.95, "cond_vendi": 11.0},
+        {"method": "pg", "label": "pg", "scale": 1.0, "fidelity": 0.50, "cond_vendi": 30.0},
+    ]
+    best = best_rows(rows)
+    assert best["sparke"]["scale"] == 0.1 and best["pg"] is None
+    goal = goal_check(rows)
+    assert goal["beats"] == {"cads": True}
+    assert goal["met"] and abs(goal["cond_vendi_gain"] - 0.2) < 1e-9
+    rows[1]["cond_vendi"] = 11.4  # +14%
+    assert not goal_check(rows)["met"]
+    rows[1]["cond_vendi"] = 11.6
+    assert goal_check(rows)["met"]
+
+
+def test_mixture_experiment_runs_small(tmp_path):
+    from sparke.bench.mixture import run_mixture
+
+    rows = run_mixture(
+        [("none", 0.0, {}), ("pg", 0.1, {})], out=tmp_path, rounds=1, per_prompt=2, steps=4, train_steps=20
+    )
+    assert [r["method"] for r in rows] == ["none", "pg"]
+    for r in rows:
+        assert 0 <= r["mode_coverage"] <= 1 and 0 <= r["off_support"] <= 1
+    assert (tmp_path / "mixture.png").stat().st_size > 0
+
+
+def test_config_every_matches_the_papers_guided_fraction():
+    assert dataclasses.replace(BenchConfig(), steps=50).every == 10
+    assert BenchConfig(steps=10).every == 2
