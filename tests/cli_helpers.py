@@ -77,6 +77,7 @@ def fake_run(
     per_prompt: int = 4,
     seed: int = 0,
     metrics: dict[str, float] | None = None,
+    model: str = "fake-model",
 ) -> Path:
     """A run folder written by hand (random 32x32 PNGs, manifest, run.json, optional metrics.json)."""
     from PIL import Image
@@ -87,6 +88,7 @@ def fake_run(
     (path / "images").mkdir(parents=True)
     config = RunConfig(
         prompts=[PromptEntry(p, c) for c, p in prompts],
+        model=model,
         method=method,
         scale=scale,
         images_per_prompt=per_prompt,
@@ -109,7 +111,7 @@ def fake_run(
                         "cluster": cluster,
                         "method": method,
                         "scale": scale,
-                        "model": "embedded",
+                        "model": model,
                     }
                 )
             )

@@ -59,8 +59,8 @@ METRICS: dict[str, tuple[str, bool]] = {
     "cond_rke": ("Cond-RKE", True),
     "vendi": ("Vendi", True),
     "rke": ("RKE", True),
-    "in_batch_similarity": ("In-batch sim.", False),
-    "match_rate": ("Prompt match", True),
+    "in_batch_similarity": ("In-batch sim", False),
+    "match_rate": ("Match", True),
 }
 
 

@@ -82,22 +82,33 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+def _header(label: str) -> str:
+    """Two-line column headers so that the table fits 80 columns: 'Cond-Vendi' -> 'Cond-\\nVendi'."""
+    return label.replace("Cond-", "Cond-\n").replace("In-batch ", "In-batch\n")
+
+
 def metrics_table(results: list[dict[str, Any]], title: str = "") -> Any:
     """A rich table: one row per run, the overall metrics as columns."""
+    from rich import box
     from rich.table import Table
 
     from sparke.evaluation import METRICS
 
-    table = Table(title=title or None, title_justify="left")
-    for name in ("run", "method", "scale", "images"):
-        table.add_column(name, justify="right" if name in ("scale", "images") else "left")
+    table = Table(title=title or None, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    longest = max(len(str(r["run"])) for r in results)
+    table.add_column("run", min_width=min(longest, 24), overflow="fold")
+    table.add_column("method", no_wrap=True)
+    table.add_column("n", justify="right", no_wrap=True)
     shown = [m for m in METRICS if any(r["overall"].get(m) is not None for r in results)]
     for metric in shown:
         label, higher = METRICS[metric]
-        table.add_column(f"{label} {'↑' if higher else '↓'}", justify="right")
+        table.add_column(_header(label) + ("↑" if higher else "↓"), justify="right")
     for r in results:
         o = r["overall"]
-        cells = [r["run"], str(r.get("method")), _fmt(r.get("scale"), 3), str(r["n_images"])]
+        method = str(r.get("method"))
+        if r.get("scale"):
+            method += f" {r['scale']:g}"
+        cells = [r["run"], method, str(r["n_images"])]
         cells += [_fmt(o.get(m), 3 if m in ("in_batch_similarity", "match_rate") else 2) for m in shown]
         table.add_row(*cells)
     return table
@@ -105,16 +116,19 @@ def metrics_table(results: list[dict[str, Any]], title: str = "") -> Any:
 
 def cluster_table(result: dict[str, Any]) -> Any:
     """A rich table of one run's metrics by prompt cluster."""
+    from rich import box
     from rich.table import Table
 
     from sparke.evaluation import METRICS
 
-    table = Table(title=f"{result['run']} by cluster", title_justify="left")
-    table.add_column("cluster")
-    table.add_column("images", justify="right")
+    table = Table(
+        title=f"{result['run']} by cluster", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False
+    )
+    table.add_column("cluster", overflow="fold", min_width=12)
+    table.add_column("n", justify="right")
     shown = [m for m in METRICS if any(c.get(m) is not None for c in result["clusters"])]
     for metric in shown:
-        table.add_column(METRICS[metric][0], justify="right")
+        table.add_column(_header(METRICS[metric][0]), justify="right")
     for c in result["clusters"]:
         table.add_row(
             str(c["cluster"]),

@@ -1,0 +1,137 @@
+"""``sparke evaluate``: metrics of run folders with the embedded encoder or a transformers image model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from cli_helpers import cli, fake_run, one_error_line, one_thread
+from sparke.core import cond_vendi, in_batch_similarity, vendi
+from sparke.embedded.encoder import WEIGHTS as ENCODER_WEIGHTS
+from sparke.evaluation import evaluate_run, load_features, required_from_prompt
+
+CLUSTERS = [("red", "a red circle"), ("red", "a crimson disc"), ("blue", "two blue squares")]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> list[Path]:
+    root = tmp_path_factory.mktemp("eval-runs")
+    return [
+        fake_run(root / "none", method="none", scale=0.0, prompts=CLUSTERS, seed=0),
+        fake_run(root / "sparke", method="sparke", scale=0.05, prompts=CLUSTERS, seed=1),
+    ]
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory) -> Path:
+    """A random CLIPVisionModel (no projection) saved with save_pretrained, and one with a projection."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel, CLIPVisionModelWithProjection
+
+    root = tmp_path_factory.mktemp("clip")
+    config = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+        patch_size=8, projection_dim=16,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    CLIPVisionModel(config).eval().save_pretrained(root / "clip-vision")
+    CLIPVisionModelWithProjection(config).eval().save_pretrained(root / "clip-projection")
+    return root
+
+
+def test_hf_clip_features(runs, tiny_clip):
+    result = cli(
+        "evaluate", *runs, "--features", tiny_clip / "clip-vision", "--per-cluster", "--device", "cpu"
+    )
+    assert result.exit_code == 0, result.output
+    for metric in ("Cond-", "Vendi", "RKE", "In-batch"):
+        assert metric in result.stdout
+    data = json.loads((runs[0] / "metrics.json").read_text())
+    assert data["features"]["image"] == str(tiny_clip / "clip-vision") and data["features"]["image_dim"] == 32
+    assert data["kernels"]["sigma_image"] == 0.8 and data["kernels"]["sigma_prompt"] == 0.3
+    overall = data["overall"]
+    assert overall["n_images"] == 12 and overall["n_prompts"] == 3
+    assert 1 <= overall["cond_vendi"] <= 12 and 1 <= overall["vendi"] <= 12 and 1 <= overall["rke"] <= 12
+    assert -1 <= overall["in_batch_similarity"] <= 1
+    assert "match_rate" not in overall  # the fake runs' model folder is not known to be the shapes model
+    assert [c["cluster"] for c in data["clusters"]] == ["red", "blue"]
+    assert data["clusters"][0]["n_images"] == 8 and data["clusters"][1]["n_prompts"] == 1
+    # the numbers are the core's scores on the extractor's features
+    extractor = load_features(str(tiny_clip / "clip-vision"), "cpu")
+    from sparke.encoders.minilm import encode_minilm
+    from sparke.evaluation import load_run
+
+    run = load_run(runs[0])
+    x = extractor(run.load_images())
+    y = encode_minilm([r["prompt"] for r in run.records])
+    assert overall["vendi"] == pytest.approx(vendi(x, sigma=0.8), rel=1e-6)
+    assert overall["cond_vendi"] == pytest.approx(cond_vendi(x, y, sigma_x=0.8, sigma_y=0.3), rel=1e-6)
+    sims = [in_batch_similarity(x[i * 4 : i * 4 + 4]) for i in range(3)]
+    assert overall["in_batch_similarity"] == pytest.approx(sum(sims) / 3, rel=1e-6)
+
+
+def test_hf_clip_with_projection(runs, tiny_clip):
+    data = evaluate_run(runs[1], load_features(str(tiny_clip / "clip-projection"), "cpu"), write=False)
+    assert data["features"]["image_dim"] == 16  # image_embeds, after the projection
+
+
+@pytest.mark.skipif(not ENCODER_WEIGHTS.exists(), reason="the embedded encoder's weights are not shipped yet")
+def test_embedded_features_and_match_rate(tmp_path):
+    """A run of a ShapesPipeline gets the checker's prompt-match rate; the fake images match 'red square'."""
+    import numpy as np
+    from PIL import Image
+
+    from sparke.embedded import world
+
+    run = fake_run(
+        tmp_path / "shapes", method="none", scale=0.0, prompts=[("c", "a small red square")], model="embedded"
+    )
+    rng = np.random.default_rng(0)
+    for k in range(4):  # rendered scenes of the world, which the checker reads exactly
+        scene = world.sample_scene(rng, "square", "red", size="small", count=1)
+        Image.fromarray(world.render(scene)).save(run / "images" / f"{k:06d}.png")
+    result = cli("evaluate", run, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    data = json.loads((run / "metrics.json").read_text())
+    assert data["features"]["image"] == "embedded" and data["features"]["image_dim"] == 128
+    assert data["overall"]["match_rate"] == 1.0 and data["overall"]["match_n"] == 4
+    assert "Match" in result.stdout
+
+
+def test_required_from_prompt():
+    assert required_from_prompt("two crimson discs on a pale cream background") == {
+        "shape": "circle",
+        "colour": "red",
+        "count": 2,
+        "background": "beige",
+    }
+    assert required_from_prompt("a picture of a tiny royal blue wedge in the top left corner") == {
+        "shape": "triangle",
+        "colour": "blue",
+        "count": 1,
+        "size": "small",
+        "position": "top left",
+    }
+    assert required_from_prompt("a photo of a cat") is None
+
+
+def test_bad_input(tmp_path, runs):
+    line = one_error_line(cli("evaluate", tmp_path / "nowhere"))
+    assert "no such run folder" in line
+    (tmp_path / "empty").mkdir()
+    line = one_error_line(cli("evaluate", tmp_path / "empty"))
+    assert "manifest.jsonl" in line
+    line = one_error_line(cli("evaluate", runs[0], "--features", tmp_path / "no-model", "--device", "cpu"))
+    assert "no-model" in line
+    line = one_error_line(
+        cli("evaluate", runs[0], "--sigma-image", 0, "--features", "embedded", "--device", "cpu")
+    )
+    assert "sigma-image" in line
