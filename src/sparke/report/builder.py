@@ -120,7 +120,7 @@ def line_plot(
         return top + ph - (y - y0) / ((y1 - y0) or 1) * ph
 
     out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+        f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
         f'role="img" aria-label="{_e(title)}" font-family="system-ui, sans-serif" font-size="11">',
         f'<text x="{left}" y="18" font-size="13" font-weight="600" fill="#1d2330">{_e(title)}</text>',
     ]
