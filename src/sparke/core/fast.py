@@ -194,8 +194,11 @@ def order2_sums(
     ws: Workspace,
     proj_x: torch.Tensor | None = None,
     projection: torch.Tensor | None = None,
+    row_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per batch row against the bank: (sum_j c_bj, sum_j a_bj r_j, sum_bj k_bj^2 w_bj as a float64 scalar).
+
+    ``row_weight`` (n,), Gaussian only: bank row j counts row_weight[j] times (sampled estimates).
 
     Gaussian: a = c = k^2 w on the raw rows; cosine: a = k w, c = k^2 w, the sum over unit rows. ``norm_x``,
     ``norm_y``: squared norms (Gaussian) or norms (cosine) of the bank rows, in x's dtype. ``proj_x``: the
@@ -271,6 +274,8 @@ def order2_sums(
                 h.mul_(-2.0).add_(norm_y[start:stop]).add_(y_sq).clamp_min_(0.0)
                 g.add_(h, alpha=-1.0 / (sigma_y * sigma_y))
             a = g.exp_()
+            if row_weight is not None:
+                a.mul_(row_weight[start:stop])
             weight_sum += a.sum(1)
             cross += a.sum(dtype=torch.float64)
             coef = a
@@ -318,8 +323,6 @@ def order2_direction(
     the bank (an unbiased estimate of the part of the sums that ``bank_x`` leaves out; used by
     ``IndexedBank``); their norms as for ``norm_x``/``norm_y``, or None to compute them.
     """
-    from .direction import _order2_terms  # the batch against itself: tiny, shared with the reference code
-
     ws = ws if ws is not None else Workspace()
     compute = x.dtype
     if bank_x.shape[0]:
@@ -368,10 +371,31 @@ def order2_direction(
         weight_sum.add_(s_sum, alpha=weight)
         weighted.add_(s_rows, alpha=weight)
         cross = cross + s_cross * weight
+    return finish_direction(
+        x, y, weight_sum, weighted, cross, pair_sum, kernel=kernel, sigma_x=sigma_x, sigma_y=sigma_y
+    )
+
+
+def finish_direction(
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    weight_sum: torch.Tensor,
+    weighted: torch.Tensor,
+    cross: torch.Tensor,
+    pair_sum: float | torch.Tensor,
+    *,
+    kernel: str,
+    sigma_x: float,
+    sigma_y: float,
+) -> torch.Tensor:
+    """Add the batch's own terms to the bank sums of ``order2_sums`` and form the direction (B, d)."""
+    from .direction import _order2_terms  # the batch against itself: tiny, shared with the reference code
+
+    compute = x.dtype
     # The batch against itself; the b = b term adds nothing to the gradient and exactly 1 to F.
     wsum, wrows, sq = _order2_terms(x, y, x, y, kernel, sigma_x, sigma_y, same=True)
-    weight_sum += wsum
-    weighted += wrows
+    weight_sum = weight_sum + wsum
+    weighted = weighted + wrows
     total = (cross * 2.0 + sq.sum(dtype=torch.float64) + pair_sum).to(compute)
     if kernel == "gaussian":
         # grad_b F = -(4 / sigma^2) (sum_j a_bj x_b - sum_j a_bj x_j)

@@ -7,21 +7,22 @@ For Gaussian kernels the conditional weight of a bank row is one Gaussian kernel
 
 so the rows that dominate the order-2 direction (``diversity_direction``, objective "cond-rke", or "rke"
 without prompts) are the nearest neighbours of z. The index (exact FAISS flat search up to 32,768 rows,
-then an HNSW graph, approximate, about O(log n) per query) holds z after a fixed Gaussian random projection of each part to at most ``search_dim`` columns (the
-projection preserves squared distances in expectation, relative error about sqrt(2 / search_dim)); the
-``neighbors`` candidates it returns for the batch are then weighted with the exact kernel on the full rows.
+then an HNSW graph, approximate, about O(log n) per query) holds z after a fixed Gaussian random projection
+of each part to at most ``search_dim`` columns (squared distances preserved in expectation, relative error
+about sqrt(2 / search_dim)); the rows it returns are then weighted with the exact kernel on the full rows.
 
 What is approximate, and how:
-- the direction sums over the candidates of the whole batch (the union, at most B x ``neighbors`` rows)
-  instead of all n rows; the rows left out have the smallest weights, and ``samples`` rows drawn uniformly
-  at random stand for them (each weighted n / samples: an unbiased estimate of their part, which matters
-  when many rows share a prompt and their weights are flat). docs/scale.md: cosine to the exact direction
-  against ``neighbors`` and n;
+- per batch row, the direction sums exactly over the ``neighbors`` nearest rows found, and estimates the
+  rest from ``samples`` weighted draws: half among the next ``7 * neighbors`` rows the search found
+  (importance sampling by their search-space weight), half uniformly over the whole bank (for the flat
+  tail when many rows share a prompt). The estimate is unbiased for the part beyond the nearest rows, and a
+  step reads ``neighbors + samples`` rows per batch row whatever n is. docs/scale.md: cosine to the exact
+  direction against ``neighbors`` and n;
 - the normaliser F (sum of all squared joint kernel entries over the bank and the batch) only scales the
   direction. Its bank part is kept as rows are added, from each new row's ``neighbors`` nearest earlier
-  rows and exactly among the rows of one ``add`` (chunks of 1,024), with the kernel evaluated on the search
-  vectors: exact while n <= ``neighbors`` and nothing is projected, otherwise an estimate (truncation
-  lowers it, the projection's distance noise raises it; measured in docs/scale.md).
+  rows, ``samples`` uniform draws for the other earlier rows, and exactly among the rows of one ``add``
+  (chunks of 1,024), with the kernel evaluated on the search vectors: exact while n <= ``neighbors`` and
+  nothing is projected, otherwise an estimate within a few percent (measured in docs/scale.md).
 
 Rows are kept (on ``device``, in ``dtype``) for the exact kernel and for ``save``; files are one
 safetensors file with the rows and the projections (no pickle), and the index is rebuilt on ``load``.
@@ -41,7 +42,7 @@ import torch
 
 from ._checks import as_features, check_kernel, check_objective, check_rows_match, check_sigma
 from .bank import BankFileError
-from .fast import Workspace, order2_direction
+from .fast import Workspace, finish_direction, order2_direction, order2_sums
 from .kernels import squared_distances
 
 FORMAT = "sparke.indexed_bank"
@@ -55,6 +56,8 @@ HNSW_EF_CONSTRUCTION = 40
 FLAT_BELOW = 32_768
 # Rows added per search: new rows are compared with their nearest old rows and exactly among themselves.
 ADD_CHUNK = 1024
+# Rows searched per batch row, in multiples of ``neighbors``: the nearest are exact, the others sampled.
+EXPAND = 8
 
 
 def _faiss():
@@ -112,7 +115,7 @@ class IndexedBank:
         if not isinstance(samples, int) or isinstance(samples, bool) or samples < 0:
             raise ValueError(f"samples: must be a non-negative integer, got {samples!r}")
         self.samples = samples
-        self._gen = torch.Generator().manual_seed(seed + 1)
+        self._rng = np.random.default_rng(seed + 1)
         self.kernel = kernel
         self.sigma_x, self.sigma_y = check_sigma(sigma_x, "sigma_x"), check_sigma(sigma_y, "sigma_y")
         self.device = torch.device(device)
@@ -235,7 +238,7 @@ class IndexedBank:
             total += 2.0 * float(np.exp(-dist[ids >= 0].astype(np.float64)).sum())
             if self.samples and self._count > self.neighbors:
                 # the old rows the search left out, from uniform draws (as in ``direction``)
-                drawn = torch.randint(0, self._count, (self.samples,), generator=self._gen).numpy()
+                drawn = self._rng.integers(0, self._count, size=self.samples)
                 zs = torch.from_numpy(self._index.reconstruct_batch(drawn)).double()
                 terms = torch.exp(-squared_distances(zt, zs)).numpy()
                 for row in range(z.shape[0]):
@@ -268,15 +271,39 @@ class IndexedBank:
             parts.append(((zy if self._proj_y is None else zy @ self._proj_y) / self.sigma_y).cpu())
         return np.ascontiguousarray(torch.cat(parts, 1).numpy(), dtype=np.float32)
 
-    def candidates(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Sorted unique ids (int64, on ``device``) of the ``neighbors`` nearest rows of each batch row."""
-        if self._count <= self.neighbors + self.samples:  # as cheap to read them all: exact
-            return torch.arange(self._count, device=self.device)
+    def _estimate_rows(self, x: torch.Tensor, y: torch.Tensor | None):
+        """Per batch row: (row ids, weights) whose weighted kernel sums estimate the sums over all rows.
+
+        The ``neighbors`` nearest rows count once each (exact terms); the next ``(EXPAND - 1) * neighbors``
+        found by the search are importance-sampled (half of ``samples`` draws, probability proportional to
+        their search-space weight exp(-|z - z_j|^2) mixed half and half with uniform, each draw weighted
+        1 / (draws * p)); the rest of the bank by uniform draws (the other half, each weighted n / draws, draws
+        that hit a searched row dropped). Unbiased for the part beyond the nearest rows.
+        """
+        n = self._count
+        wanted = min(n, EXPAND * self.neighbors)
         if self._graph:
-            self._index.hnsw.efSearch = max(self.neighbors + self.neighbors // 2, 64)  # recall of the top k
-        _, ids = self._index.search(self._search_vectors(x, y), self.neighbors)
-        ids = np.unique(ids[ids >= 0])
-        return torch.from_numpy(ids).to(self.device)
+            self._index.hnsw.efSearch = max(wanted, 64)  # breadth of the graph walk: recall of the top rows
+        dist, found = self._index.search(self._search_vectors(x, y), wanted)
+        for b in range(found.shape[0]):
+            valid = found[b] >= 0
+            ids, d = found[b][valid], dist[b][valid].astype(np.float64)
+            near, rest, rest_d = ids[: self.neighbors], ids[self.neighbors :], d[self.neighbors :]
+            parts, weights = [near], [np.ones(near.shape[0])]
+            draws_is = self.samples // 2 if rest.shape[0] else 0
+            draws_far = self.samples - draws_is
+            if draws_is:
+                p = np.exp(-(rest_d - rest_d.min()))
+                p = 0.5 * p / p.sum() + 0.5 / rest.shape[0]
+                pick = self._rng.choice(rest.shape[0], size=draws_is, p=p)
+                parts.append(rest[pick])
+                weights.append(1.0 / (draws_is * p[pick]))
+            if draws_far and n > ids.shape[0]:
+                drawn = self._rng.integers(0, n, size=draws_far)
+                drawn = drawn[~np.isin(drawn, ids)]
+                parts.append(drawn)
+                weights.append(np.full(drawn.shape[0], n / draws_far))
+            yield np.concatenate(parts), np.concatenate(weights)
 
     # -- guidance --------------------------------------------------------------------------------------------
     def direction(
@@ -324,36 +351,53 @@ class IndexedBank:
                 raise ValueError(f"y: has {y.shape[1]} feature columns but the bank holds {self.dim_y}")
         else:
             y = None
-        ids = self.candidates(x, y) if self._count else torch.zeros(0, dtype=torch.long, device=self.device)
-        rows_x = self._x[ids]
-        rows_y = None if y is None else self._y[ids]
-        sample = None
-        if self.samples and ids.shape[0] < self._count:
-            # uniform draws with replacement, those among the candidates dropped: each remaining draw stands
-            # for n / samples rows, an unbiased estimate of the sums over the rows the search left out
-            drawn = torch.randint(0, self._count, (self.samples,), generator=self._gen).to(self.device)
-            drawn = drawn[~torch.isin(drawn, ids)]
-            weight = self._count / self.samples
-            sample = (
-                self._x[drawn],
-                None if y is None else self._y[drawn],
-                weight,
-                self._nx[drawn].to(x.dtype),
-                None if y is None else self._ny[drawn].to(x.dtype),
+        if self._count <= self.neighbors + self.samples:  # as cheap to read every row: exact
+            ids = torch.arange(self._count, device=self.device)
+            result = order2_direction(
+                x,
+                y,
+                self._x[ids],
+                None if y is None else self._y[ids],
+                kernel="gaussian",
+                sigma_x=self.sigma_x,
+                sigma_y=self.sigma_y,
+                pair_sum=self._pair_sum,
+                norm_x=self._nx[ids].to(x.dtype),
+                norm_y=None if y is None else self._ny[ids].to(x.dtype),
+                ws=self._workspace,
             )
-        result = order2_direction(
+            return result.to(home)
+        weight_sum = torch.zeros(x.shape[0], dtype=x.dtype, device=self.device)
+        weighted = torch.zeros_like(x)
+        cross = torch.zeros((), dtype=torch.float64, device=self.device)
+        for b, (ids, weights) in enumerate(self._estimate_rows(x, y)):
+            idx = torch.from_numpy(ids).to(self.device)
+            wsum, wrows, crs = order2_sums(
+                x[b : b + 1],
+                None if y is None else y[b : b + 1],
+                self._x[idx],
+                None if y is None else self._y[idx],
+                self._nx[idx].to(x.dtype),
+                None if y is None else self._ny[idx].to(x.dtype),
+                kernel="gaussian",
+                sigma_x=self.sigma_x,
+                sigma_y=self.sigma_y,
+                ws=self._workspace,
+                row_weight=torch.from_numpy(weights).to(self.device, x.dtype),
+            )
+            weight_sum[b] = wsum[0]
+            weighted[b] = wrows[0]
+            cross = cross + crs
+        result = finish_direction(
             x,
             y,
-            rows_x,
-            rows_y,
+            weight_sum,
+            weighted,
+            cross,
+            self._pair_sum,
             kernel="gaussian",
             sigma_x=self.sigma_x,
             sigma_y=self.sigma_y,
-            pair_sum=self._pair_sum,
-            norm_x=self._nx[ids].to(x.dtype),
-            norm_y=None if y is None else self._ny[ids].to(x.dtype),
-            ws=self._workspace,
-            sample=sample,
         )
         return result.to(home)
 
