@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from cli_helpers import one_thread
 
+from cli_helpers import one_thread
 from sparke.embedded.encoder import WEIGHTS as ENCODER_WEIGHTS
 from sparke.embedded.pipeline import WEIGHTS_DIR
 
