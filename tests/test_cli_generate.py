@@ -234,6 +234,44 @@ def test_kill_9_then_resume_equals_uninterrupted(reference, tiny, prompt_file, t
     assert_same_run(reference, out)
 
 
+def test_disk_full_mid_run(reference, tiny, prompt_file, tmp_path, monkeypatch):
+    """An OSError while writing (disk full) is one line; the finished batches stay, and a rerun completes."""
+    import errno
+
+    from sparke.runs import RunFolder as Folder
+
+    original = Folder.write_png
+
+    def write_png(self, index, image):
+        if index == 6:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.images_dir / "000006.png"))
+        return original(self, index, image)
+
+    monkeypatch.setattr(Folder, "write_png", write_png)
+    out = tmp_path / "full"
+    line = one_error_line(cli(*args(tiny, prompt_file, out)))
+    assert "No space left on device" in line and "000006.png" in line and "rerun" in line
+    assert len(manifest(out)) == 6
+    monkeypatch.undo()
+    assert cli(*args(tiny, prompt_file, out)).exit_code == 0
+    assert_same_run(reference, out)
+
+
+def test_corrupt_bank_in_run_folder(reference, tiny, prompt_file, tmp_path):
+    import shutil
+
+    out = tmp_path / "corrupt"
+    shutil.copytree(reference, out)
+    data = (out / "bank.safetensors").read_bytes()
+    (out / "bank.safetensors").write_bytes(
+        data[: len(data) // 2]
+    )  # not something sparke writes: Bank.save is atomic
+    before = folder_state(out)
+    line = one_error_line(cli(*args(tiny, prompt_file, out)))
+    assert "bank.safetensors" in line and "corrupt" in line
+    assert folder_state(out) == before
+
+
 def test_removed_images_are_regenerated(reference, tiny, prompt_file, tmp_path):
     """A PNG deleted by hand: its batch and the later ones are regenerated, the bank rolled back first."""
     import shutil

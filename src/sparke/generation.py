@@ -537,8 +537,22 @@ def generate(
         on_start(session)
     generated = 0
     for item in session.todo:
-        result = run_item(session, item)
-        count = commit(session, item, result)
+        try:
+            result = run_item(session, item)
+        except torch.cuda.OutOfMemoryError:
+            raise RunError(
+                f"out of GPU memory in batch {item.batch}: lower --batch-size; {session.done_images} images are "
+                "saved, rerun to resume"
+            ) from None
+        try:
+            count = commit(session, item, result)
+        except OSError as error:
+            # disk full, folder removed or made read-only mid-run: every earlier batch is whole on disk
+            where = error.filename or session.folder.path
+            raise RunError(
+                f"cannot write {where} ({error.strerror or error}); the {session.done_images} images before it "
+                "are saved: rerun the same command to resume"
+            ) from None
         generated += count
         if on_batch is not None:
             on_batch(session, count)
