@@ -35,9 +35,7 @@ def evaluate_command(
 ) -> None:
     """Diversity of runs: Vendi, RKE, Cond-Vendi, Cond-RKE, in-batch similarity (overall and per cluster).
 
-    Image features from --features, prompt features from all-MiniLM-L6-v2, both L2-normalised; Gaussian
-    kernels exp(-|a-b|^2 / 2 sigma^2). Runs of the embedded model also get the checker's prompt-match rate.
-    Writes DIR/metrics.json for each run.
+    Image features from --features, prompt features from all-MiniLM-L6-v2, both L2-normalised; Gaussian kernels exp(-|a-b|^2 / 2 sigma^2). Runs of the embedded model also get the checker's prompt-match rate. Writes DIR/metrics.json for each run.
     """
     from sparke.evaluation import evaluate_run, load_features, load_run
     from sparke.generation import resolve_device

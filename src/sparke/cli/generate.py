@@ -197,9 +197,7 @@ def generate_command(
 ) -> None:
     """Generate images for a prompt set into a run folder; rerun the same command to resume it.
 
-    Writes DIR/images/*.png, DIR/manifest.jsonl (one line per image: file, prompt, cluster, seed, method,
-    settings, model) and DIR/bank.safetensors (the features the guidance pushes away from). Ctrl-C or a kill
-    loses at most the batch in progress; a folder made with other settings is refused.
+    Writes DIR/images/*.png, DIR/manifest.jsonl (one line per image: file, prompt, cluster, seed, method, settings, model) and DIR/bank.safetensors (the features the guidance pushes away from). Ctrl-C or a kill loses at most the batch in progress; a folder made with other settings is refused.
     """
     from sparke.generation import resolve_device, resolve_dtype
     from sparke.methods import resolve_settings

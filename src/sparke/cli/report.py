@@ -35,11 +35,9 @@ def report_command(
     thumb: Annotated[int, typer.Option(min=16, help="Longest side of an image in the grids, pixels.")] = 128,
     device: Annotated[str, typer.Option(help="Device for --evaluate.")] = "auto",
 ) -> None:
-    """Write one HTML page: per prompt, the image grids of each run side by side; the metrics table; a plot of
-    diversity against guidance scale when the runs have several scales.
+    """Write one self-contained HTML page comparing runs: image grids per prompt, metrics, scale plot.
 
-    The page is self-contained (images inlined as PNG, CSS and a small prompt filter inline, plots as SVG) and
-    makes no network request.
+    Per prompt, the image grids of each run side by side; the metrics table; a plot of diversity against guidance scale when the runs have several scales. The page is self-contained (images inlined as PNG, CSS and a small prompt filter inline, plots as SVG) and makes no network request.
     """
     from sparke.evaluation import evaluate_run, load_features, load_run, read_metrics
     from sparke.generation import resolve_device
