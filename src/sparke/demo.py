@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import typer
+    from rich import box
     from rich.table import Table
 
     from sparke.cli._common import err, out, user_errors
@@ -116,9 +117,19 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Exit as stop:  # user_errors' exit: its one line is printed
         return int(stop.exit_code)
 
-    table = Table(title="Demo: diversity and fidelity", title_justify="left")
-    for column in ("run", "Cond-Vendi", "vs none", "Vendi", "in-batch sim", "prompt match"):
-        table.add_column(column, justify="left" if column == "run" else "right")
+    table = Table(title="Demo: diversity and fidelity", title_justify="left", box=box.SIMPLE_HEAD)
+    for column in (
+        "run",
+        "Cond-Vendi",
+        "vs none",
+        "Vendi",
+        "in-batch\nsim",
+        "prompt\nmatch",
+        "shape+\ncolour",
+    ):
+        table.add_column(
+            column, justify="left" if column == "run" else "right", no_wrap=column == "Cond-Vendi"
+        )
     base = results[0]["overall"]["cond_vendi"]
     for folder, result in zip(folders, results, strict=True):
         o = result["overall"]
@@ -130,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{o['vendi']:.2f}",
             f"{o['in_batch_similarity']:.3f}",
             "-" if o.get("match_rate") is None else f"{o['match_rate']:.3f}",
+            "-" if o.get("match_shape_colour") is None else f"{o['match_shape_colour']:.3f}",
         )
     out.print(table)
     minutes, seconds = divmod(time.perf_counter() - start, 60)

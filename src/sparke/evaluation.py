@@ -17,7 +17,7 @@ similarity of the images of one prompt, averaged over prompts with two images or
 Every metric is given over the whole run and per prompt cluster (the ``cluster`` of the manifest, else each
 prompt is its own cluster). For runs of the embedded model, the checker's prompt-match rate: the fraction of
 images whose detected shape, colour, count (and background, size or position when the prompt states them)
-match the prompt.
+match the prompt; and the same for shape, colour and count alone (``match_shape_colour``).
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ METRICS: dict[str, tuple[str, bool]] = {
     "rke": ("RKE", True),
     "in_batch_similarity": ("In-batch sim", False),
     "match_rate": ("Match", True),
+    "match_shape_colour": ("Shape+colour", True),
 }
 
 
@@ -285,12 +286,13 @@ def is_embedded_run(run: RunImages) -> bool:
     return False
 
 
-def match_flags(run: RunImages, images: torch.Tensor) -> list[bool | None]:
-    """Per image: whether the checker finds what its prompt requires (None: the prompt's needs are unknown)."""
+def match_flags(run: RunImages, images: torch.Tensor) -> list[tuple[bool, bool] | None]:
+    """Per image: (all required attributes found, shape + colour + count found) by the checker, or None
+    when the prompt's requirements are unknown."""
     from .embedded.checker import check, matches
 
     pixels = ((images.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
-    flags: list[bool | None] = []
+    flags: list[tuple[bool, bool] | None] = []
     cache: dict[str, dict | None] = {}
     for record, image in zip(run.records, pixels, strict=True):
         required = record.get("required")
@@ -299,7 +301,12 @@ def match_flags(run: RunImages, images: torch.Tensor) -> list[bool | None]:
             if prompt not in cache:
                 cache[prompt] = required_from_prompt(prompt)
             required = cache[prompt]
-        flags.append(None if required is None else bool(matches(check(image), required)))
+        if required is None:
+            flags.append(None)
+            continue
+        detected = check(image)
+        core = {k: required[k] for k in ("shape", "colour", "count") if k in required}
+        flags.append((bool(matches(detected, required)), bool(matches(detected, core))))
     return flags
 
 
@@ -316,7 +323,7 @@ def group_metrics(
     kernel: str,
     sigma_image: float,
     sigma_prompt: float,
-    flags: Sequence[bool | None] | None = None,
+    flags: Sequence[tuple[bool, bool] | None] | None = None,
 ) -> dict[str, Any]:
     """All metrics of one group of images: x (n, d) image features, y (n, e) prompt features."""
     from .core import cond_rke, cond_vendi, in_batch_similarity, rke, vendi
@@ -342,7 +349,8 @@ def group_metrics(
     out["in_batch_similarity"] = float(np.mean(sims)) if sims else None
     if flags is not None:
         known = [f for f in flags if f is not None]
-        out["match_rate"] = float(np.mean(known)) if known else None
+        out["match_rate"] = float(np.mean([f[0] for f in known])) if known else None
+        out["match_shape_colour"] = float(np.mean([f[1] for f in known])) if known else None
         out["match_n"] = len(known)
     return out
 

@@ -107,7 +107,10 @@ def metrics_table(results: list[dict[str, Any]], title: str = "") -> Any:
         if r.get("scale"):
             method += f" {r['scale']:g}"
         cells = [r["run"], method, str(r["n_images"])]
-        cells += [_fmt(o.get(m), 3 if m in ("in_batch_similarity", "match_rate") else 2) for m in shown]
+        cells += [
+            _fmt(o.get(m), 3 if m in ("in_batch_similarity", "match_rate", "match_shape_colour") else 2)
+            for m in shown
+        ]
         table.add_row(*cells)
     return table
 
@@ -131,6 +134,9 @@ def cluster_table(result: dict[str, Any]) -> Any:
         table.add_row(
             str(c["cluster"]),
             str(c["n_images"]),
-            *[_fmt(c.get(m), 3 if m in ("in_batch_similarity", "match_rate") else 2) for m in shown],
+            *[
+                _fmt(c.get(m), 3 if m in ("in_batch_similarity", "match_rate", "match_shape_colour") else 2)
+                for m in shown
+            ],
         )
     return table

@@ -209,7 +209,7 @@ def scale_plots(runs: Sequence[dict[str, Any]]) -> str:
             line_plot(
                 series,
                 title=f"{label} ({'higher' if higher else 'lower'} = more diverse)"
-                if metric != "match_rate"
+                if metric not in ("match_rate", "match_shape_colour")
                 else f"{label} (fidelity)",
                 x_label="guidance scale",
                 y_label=label,
@@ -229,7 +229,11 @@ def _fmt(value: Any, metric: str = "") -> str:
     if value is None:
         return "&ndash;"
     if isinstance(value, float):
-        return f"{value:.3f}" if metric in ("in_batch_similarity", "match_rate") else f"{value:.2f}"
+        return (
+            f"{value:.3f}"
+            if metric in ("in_batch_similarity", "match_rate", "match_shape_colour")
+            else f"{value:.2f}"
+        )
     return _e(value)
 
 
@@ -459,5 +463,7 @@ def _cluster_metrics_line(infos: Sequence[dict[str, Any]], cluster: str, members
         text = f"{_e(info['label'])}: <b>Cond-Vendi {_fmt(row.get('cond_vendi'))}</b>"
         if row.get("match_rate") is not None:
             text += f", match {_fmt(row.get('match_rate'), 'match_rate')}"
+        if row.get("match_shape_colour") is not None:
+            text += f" (shape+colour {_fmt(row.get('match_shape_colour'), 'match_rate')})"
         bits.append(text)
     return " &middot; ".join(bits)
