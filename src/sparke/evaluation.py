@@ -86,6 +86,9 @@ class FeatureExtractor:
 
 def load_features(spec: str = "embedded", device: str = "cpu", batch_size: int = 64) -> FeatureExtractor:
     """The image feature extractor named by ``spec`` (see the module docstring); ``RunError`` if unavailable."""
+    from .generation import quiet_loading
+
+    quiet_loading()
     if spec == "embedded":
         from .embedded.encoder import load_encoder
 

@@ -107,6 +107,7 @@ def load_model(model: str, device: str = "cpu", dtype: str = "float32") -> Any:
     ``ShapesPipeline`` too). Otherwise a hub id, from the local cache when the hub is offline.
     """
     torch_dtype = DTYPES[dtype]
+    quiet_loading()
     if model == EMBEDDED:
         from .embedded.pipeline import load_pipeline
 
@@ -131,7 +132,6 @@ def load_model(model: str, device: str = "cpu", dtype: str = "float32") -> Any:
             raise RunError(f"--model {model}: unreadable model_index.json ({error})") from None
     else:
         class_name = None
-    _quiet_loading()
     try:
         if class_name == "ShapesPipeline":
             from .embedded.pipeline import ShapesPipeline
@@ -159,7 +159,7 @@ def load_model(model: str, device: str = "cpu", dtype: str = "float32") -> Any:
     return pipe
 
 
-def _quiet_loading() -> None:
+def quiet_loading() -> None:
     """No loading progress bars (ours is the only one) and no ``torch_dtype`` rename warning."""
     import warnings
 
