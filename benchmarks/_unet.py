@@ -21,7 +21,7 @@ LAYOUTS = {
         channels=(320, 640, 1280, 1280), depth=(1, 1, 1, 0), heads=(8, 8, 8, 8), context=768, size=64
     ),
     "sdxl": dict(channels=(320, 640, 1280), depth=(0, 2, 10), heads=(5, 10, 20), context=2048, size=128),
-    "tiny": dict(channels=(32, 64), depth=(1, 1), heads=(2, 2), context=32, size=16),
+    "tiny": dict(channels=(16, 32), depth=(1, 1), heads=(2, 2), context=16, size=8),
 }
 TOKENS = 77
 

@@ -247,6 +247,8 @@ def main() -> None:
     print(f"device: {name}, torch {torch.__version__}, fp16 products with fp32 output: {out['mm_out_dtype']}")
     t0 = time.perf_counter()
     if args.tiny:
+        if device.type == "cpu":
+            torch.set_num_threads(1)  # tiny ops: OpenMP wake-ups cost more than they save on a busy CPU
         args.reps, args.steps, args.e2e_reps = min(args.reps, 3), min(args.steps, 12), 1
         args.e2e_kind = "tiny"
         measure("tiny", [64, 256], args, device, out)

@@ -156,7 +156,9 @@ def main() -> None:
     parser.add_argument("--rff-n", type=int, default=2000)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     results: dict = {"indexed": [], "projection": [], "rff": []}
     parts = args.part.split(",")

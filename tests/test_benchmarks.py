@@ -1,0 +1,33 @@
+"""The GPU benchmark script runs end to end on the CPU with tiny sizes and writes its JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_step_tiny(tmp_path):
+    out = tmp_path / "tiny.json"
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "gpu_step.py"),
+        "--tiny",
+        "--reps",
+        "1",
+        "--steps",
+        "4",
+        "--unet-backend",
+        "torch",
+    ]
+    done = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert [row["n"] for row in result["steps"]] == [64, 256]
+    for row in result["steps"]:
+        assert {"unet", "exact-fp32", "exact-fp16", "exact-bf16", "exact-fp16-nosync"} <= set(row["ms"])
+        assert all(v > 0 for v in row["ms"].values())
+    assert result["end_to_end"]["s_per_image_guided"] > 0
