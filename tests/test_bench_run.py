@@ -32,7 +32,8 @@ def _tiny():
     from sparke.embedded.pipeline import TINY_UNET_CONFIG, ShapesPipeline, build_scheduler, build_unet
 
     torch.manual_seed(0)
-    pipe = ShapesPipeline(build_unet(TINY_UNET_CONFIG).eval().requires_grad_(False), build_scheduler())
+    micro = {**TINY_UNET_CONFIG, "block_out_channels": (8, 16), "norm_num_groups": 4}  # fast: seconds for all
+    pipe = ShapesPipeline(build_unet(micro).eval().requires_grad_(False), build_scheduler())
     pipe.set_progress_bar_config(disable=True)
     return pipe, ShapesEncoder().eval().requires_grad_(False)
 
@@ -42,10 +43,10 @@ def test_run_bench_writes_rows_table_and_plots(tmp_path):
     config = BenchConfig(
         clusters=2,
         prompts=2,
-        seeds=2,
+        seeds=1,
         steps=2,
         sweeps={"sparke": [0.1], "rke": [0.1], "vendi": [0.1], "cads": [0.25], "pg": [0.1]},
-        variants={"sparke x0": {"method": "sparke", "scale": 0.1, "options": {"space": "x0"}}},
+        variants={"sparke x0": {"method": "sparke", "scales": [0.1], "options": {"space": "x0"}}},
         mixture=False,
     )
     meta = run_bench(config, tmp_path, command="test", progress=None, pipe=pipe, encoder=encoder)
@@ -57,7 +58,7 @@ def test_run_bench_writes_rows_table_and_plots(tmp_path):
         for key in REQUIRED:
             assert key in r, key
         assert 0.0 <= r["fidelity"] <= 1.0 and 0.0 <= r["free_attribute_coverage"] <= 1.0
-        assert r["n_images"] == 8
+        assert r["n_images"] == 4
     assert rows[0]["fidelity"] == 1.0  # the world's own renders match their prompts
     assert all(r["sec_per_image"] > 0 for r in rows[1:])
     for name in ("results.md", "tradeoff.png", "samples.png", "meta.json"):
@@ -119,10 +120,11 @@ def test_best_rows_respect_the_fidelity_floor_and_goal_check():
 
 
 def test_mixture_experiment_runs_small(tmp_path):
-    from sparke.bench.mixture import run_mixture
+    from sparke.bench.mixture import run_mixture, train_denoiser
 
+    model = train_denoiser(steps=20, batch=64)
     rows = run_mixture(
-        [("none", 0.0, {}), ("pg", 0.1, {})], out=tmp_path, rounds=1, per_prompt=2, steps=4, train_steps=20
+        [("none", 0.0, {}), ("pg", 0.1, {})], out=tmp_path, rounds=1, per_prompt=2, steps=4, model=model
     )
     assert [r["method"] for r in rows] == ["none", "pg"]
     for r in rows:

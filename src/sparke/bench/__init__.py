@@ -25,7 +25,8 @@ def settings_of(config: BenchConfig) -> list[Setting]:
     for method, scales in config.sweeps.items():
         out += [Setting(method, method, float(s), {}) for s in scales]
     for label, v in config.variants.items():
-        out.append(Setting(label, v["method"], float(v["scale"]), dict(v.get("options", {}))))
+        for s in v.get("scales", [v.get("scale")]):
+            out.append(Setting(label, v["method"], float(s), dict(v.get("options", {}))))
     return out
 
 
@@ -97,10 +98,12 @@ def run_bench(
         from .mixture import run_mixture
 
         say("2-D Gaussian mixture experiment")
+        from .mixture import SCALES as MIX_SCALES
+
         mix_settings = [("none", 0.0, {})] + [
-            (m, max(scales), {"every": 4} if m in ("sparke", "rke", "vendi") else {})
-            for m, scales in config.sweeps.items()
-            if scales
+            (m, s, {"every": 4} if m in ("sparke", "rke", "vendi") else {})
+            for m, scales in MIX_SCALES.items()
+            for s in scales
         ]
         mixture_rows = run_mixture(mix_settings, out=out, seed=config.seed)
         report.write_json(out / "mixture.json", mixture_rows)

@@ -1,9 +1,11 @@
 """The paper's 2-D experiment (its Figure 7, shown there only as pictures), with numbers.
 
-Data: 12 Gaussian modes (std 0.08) on a circle of radius 1; the "prompt" ``group k`` (k = 0, 1, 2) selects
-modes k, k + 3, k + 6, k + 9 with unequal weights 0.55, 0.25, 0.12, 0.08, so classifier-free guidance tends
-to collapse a prompt onto its heavy mode. A small MLP denoiser (epsilon prediction, DDPM linear schedule,
-conditioning dropped 10% of the time for CFG) is trained at bench time in a few seconds; the prompt enters as
+Data: 8 Gaussian modes (std 0.15) on a circle of radius 2; the "prompt" ``group k`` (k = 0, 1) selects the
+modes k, k + 2, k + 4, k + 6 (every other one) with unequal weights 0.55, 0.25, 0.12, 0.08, so classifier-free
+guidance tends to collapse a prompt onto its heavy mode, and each mode's neighbours belong to the other prompt.
+A small MLP denoiser (epsilon prediction, DDPM linear schedule, conditioning dropped 10% of the time for CFG)
+ships as ``mixture.safetensors`` (550 KB; ``train_denoiser`` retrains it, which takes minutes on a loaded
+CPU and seconds on a GPU); the prompt enters as
 a one-hot vector, given to the MLP as ``encoder_hidden_states`` (B, 1, 3) so that CADS's pre-hook applies,
 and used as the prompt features of the prompt-aware methods.
 
@@ -29,12 +31,20 @@ from torch import nn
 
 __all__ = ["MixturePipeline", "modes", "run_mixture", "train_denoiser"]
 
-N_MODES = 12
-N_GROUPS = 3
-RADIUS = 1.0
-STD = 0.08
+N_MODES = 8
+N_GROUPS = 2
+RADIUS = 2.0
+STD = 0.15
 WEIGHTS = (0.55, 0.25, 0.12, 0.08)
 T_TRAIN = 1000
+# the experiment's own sweep (2-D points, not images): each method's plot shows its best scale
+SCALES: dict[str, list[float]] = {
+    "sparke": [0.03, 0.1, 0.3],
+    "rke": [0.03, 0.1, 0.3],
+    "vendi": [0.03, 0.1, 0.3],
+    "cads": [0.25, 1.0],
+    "pg": [0.01, 0.03, 0.1],
+}
 
 
 def modes() -> np.ndarray:
@@ -59,10 +69,10 @@ def sample_data(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarra
 class Denoiser(nn.Module):
     """eps(x_t, t, c): an MLP on (x, sinusoidal t, condition); condition (B, 1, 3) one-hot or zeros (null)."""
 
-    def __init__(self, width: int = 128) -> None:
+    def __init__(self, width: int = 256) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(2 + 16 + N_GROUPS, width),
+            nn.Linear(2 + 32 + N_GROUPS, width),
             nn.SiLU(),
             nn.Linear(width, width),
             nn.SiLU(),
@@ -76,7 +86,7 @@ class Denoiser(nn.Module):
     ) -> torch.Tensor:
         t = torch.as_tensor(timestep, dtype=torch.float32, device=sample.device).reshape(-1)
         t = t.expand(sample.shape[0]) / T_TRAIN
-        freqs = torch.exp(torch.linspace(0, math.log(100.0), 8, device=sample.device))
+        freqs = torch.exp(torch.linspace(0, math.log(1000.0), 16, device=sample.device))
         temb = torch.cat([torch.sin(t[:, None] * freqs), torch.cos(t[:, None] * freqs)], 1)
         c = encoder_hidden_states.reshape(sample.shape[0], -1).to(sample.dtype)
         return self.net(torch.cat([sample, temb, c], 1))
@@ -87,30 +97,50 @@ def _alphas_cumprod() -> torch.Tensor:
     return torch.cumprod(1 - betas, 0).float()
 
 
-def train_denoiser(steps: int = 1500, batch: int = 1024, seed: int = 0) -> Denoiser:
-    """Train the MLP on fresh mixture samples (a few seconds on a CPU)."""
+WEIGHTS_FILE = Path(__file__).with_name("mixture.safetensors")
+
+
+def train_denoiser(steps: int = 4000, batch: int = 1024, seed: int = 0, device: str = "cpu") -> Denoiser:
+    """Train the MLP on fresh mixture samples; returned on the CPU in eval mode."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = Denoiser()
+    model = Denoiser().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     abar = _alphas_cumprod()
     for _ in range(steps):
         x, g = sample_data(batch, rng)
-        x0 = torch.from_numpy(x).float()
-        c = nn.functional.one_hot(torch.from_numpy(g), N_GROUPS).float()
-        c = c * (torch.rand(batch, 1) > 0.1)  # 10% null condition, for classifier-free guidance
-        t = torch.randint(0, T_TRAIN, (batch,))
+        x0 = torch.from_numpy(x).float().to(device)
+        c = nn.functional.one_hot(torch.from_numpy(g), N_GROUPS).float().to(device)
+        c = c * (
+            torch.rand(batch, 1, device=device) > 0.1
+        )  # 10% null condition, for classifier-free guidance
+        t = torch.randint(0, T_TRAIN, (batch,), device=device)
         eps = torch.randn_like(x0)
-        a = abar[t][:, None]
+        a = abar.to(device)[t][:, None]
         xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
         loss = (model(xt, t, c[:, None]) - eps).square().mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
-    model.eval().requires_grad_(False)
+    model.cpu().eval().requires_grad_(False)
     return model
+
+
+def load_denoiser(path: str | Path | None = None) -> Denoiser:
+    """The shipped denoiser (``mixture.safetensors``), or the one at ``path``."""
+    from safetensors.torch import load_file
+
+    model = Denoiser()
+    model.load_state_dict(load_file(str(path or WEIGHTS_FILE)))
+    return model.eval().requires_grad_(False)
+
+
+def save_denoiser(model: Denoiser, path: str | Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
 
 
 @dataclass
@@ -189,12 +219,16 @@ def run_mixture(
     steps: int = 20,
     cfg: float = 3.0,
     seed: int = 0,
-    train_steps: int = 1500,
+    model: Denoiser | None = None,
 ) -> list[dict[str, Any]]:
-    """Train the 2-D model, sample every (method, scale, options) setting, score it; scatter plot to out."""
+    """Sample every (method, scale, options) setting with the 2-D model, score it; scatter plot to out.
+
+    ``model``: default the shipped one (trained afresh when the file is missing).
+    """
     from sparke.baselines import make
 
-    model = train_denoiser(train_steps, seed=seed)
+    if model is None:
+        model = load_denoiser() if WEIGHTS_FILE.exists() else train_denoiser(seed=seed)
     pipe = MixturePipeline(model)
     prompts = [f"group {k}" for k in range(N_GROUPS)]
     rows, clouds = [], []
@@ -225,8 +259,28 @@ def run_mixture(
         rows.append(row)
         clouds.append((method, scale, points, groups))
     if out is not None:
-        _plot(out / "mixture.png", clouds)
+        _plot(out / "mixture.png", [clouds[i] for i in _best(rows)])
+    for i in _best(rows):
+        rows[i]["plotted"] = True
     return rows
+
+
+def _best(rows: list[dict[str, Any]]) -> list[int]:
+    """Per method, the row with the highest mode entropy whose off-support fraction is within 2 points of
+    none's (else its smallest scale): the one the scatter plot shows."""
+    floor = next(r["off_support"] for r in rows if r["method"] == "none") + 0.02 + 1e-9
+    chosen: dict[str, int] = {}
+    for i, r in enumerate(rows):
+        j = chosen.get(r["method"])
+        ok = r["off_support"] <= floor
+        if j is None:
+            chosen[r["method"]] = i
+            continue
+        cur = rows[j]
+        cur_ok = cur["off_support"] <= floor
+        if (ok and not cur_ok) or (ok and cur_ok and r["mode_entropy"] > cur["mode_entropy"]):
+            chosen[r["method"]] = i
+    return sorted(chosen.values())
 
 
 def _plot(path: Path, clouds: list) -> None:
@@ -240,7 +294,7 @@ def _plot(path: Path, clouds: list) -> None:
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), dpi=110, squeeze=False)
     centres = modes()
-    colours = ("tab:red", "tab:green", "tab:blue")
+    colours = ("tab:red", "tab:blue", "tab:green")
     for ax, (method, scale, pts, grp) in zip(axes.flat, clouds, strict=False):
         for k in range(N_GROUPS):
             own = centres[group_modes(k)]
@@ -255,8 +309,8 @@ def _plot(path: Path, clouds: list) -> None:
             p = pts[grp == k]
             ax.scatter(p[:, 0], p[:, 1], s=6, color=colours[k])
         ax.set_title(f"{method} {scale:g}" if method != "none" else "none", fontsize=9)
-        ax.set_xlim(-1.6, 1.6)
-        ax.set_ylim(-1.6, 1.6)
+        ax.set_xlim(-3.2, 3.2)
+        ax.set_ylim(-3.2, 3.2)
         ax.set_aspect("equal")
         ax.set_xticks([])
         ax.set_yticks([])

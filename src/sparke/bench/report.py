@@ -142,8 +142,8 @@ def write_markdown(
         lines += [
             "## 2-D Gaussian mixture",
             "",
-            "A conditional diffusion model on 12 modes on a circle; each of 3 prompts selects 4 of them "
-            "(unequal weights). Mode coverage: fraction of the prompt's modes hit by at least one sample "
+            "A conditional diffusion model on 8 modes on a circle; each of 2 prompts selects every other "
+            "one (4 modes, unequal weights). Mode coverage: fraction of the prompt's modes hit by at least one sample "
             "(within 3 std); off-support: fraction of samples not within 3 std of any mode of their prompt.",
             "",
             "| method | scale | mode coverage | mode entropy | off-support | s/sample |",
