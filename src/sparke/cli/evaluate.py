@@ -80,38 +80,29 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
-def _header(label: str) -> str:
-    """Two-line column headers so that the table fits 80 columns: 'Cond-Vendi' -> 'Cond-\\nVendi'."""
-    return label.replace("Cond-", "Cond-\n").replace("In-batch ", "In-batch\n")
-
-
 def metrics_table(results: list[dict[str, Any]], title: str = "") -> Any:
-    """A rich table: one row per run, the overall metrics as columns."""
+    """A rich table with one column per run and one row per metric (fits 80 columns for a few runs)."""
     from rich import box
     from rich.table import Table
 
     from sparke.evaluation import METRICS
 
-    table = Table(title=title or None, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    longest = max(len(str(r["run"])) for r in results)
-    table.add_column("run", min_width=min(longest, 24), overflow="fold")
-    table.add_column("method", no_wrap=True)
-    table.add_column("n", justify="right", no_wrap=True)
-    shown = [m for m in METRICS if any(r["overall"].get(m) is not None for r in results)]
-    for metric in shown:
-        label, higher = METRICS[metric]
-        table.add_column(_header(label) + ("↑" if higher else "↓"), justify="right")
+    table = Table(title=title or None, title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("", no_wrap=True)
     for r in results:
-        o = r["overall"]
+        table.add_column(str(r["run"]), justify="right", overflow="fold")
+    methods = []
+    for r in results:
         method = str(r.get("method"))
-        if r.get("scale"):
-            method += f" {r['scale']:g}"
-        cells = [r["run"], method, str(r["n_images"])]
-        cells += [
-            _fmt(o.get(m), 3 if m in ("in_batch_similarity", "match_rate", "match_shape_colour") else 2)
-            for m in shown
-        ]
-        table.add_row(*cells)
+        methods.append(method + (f" {r['scale']:g}" if r.get("scale") else ""))
+    table.add_row("method", *methods)
+    table.add_row("images", *[str(r["n_images"]) for r in results])
+    for metric, (label, higher) in METRICS.items():
+        values = [r["overall"].get(metric) for r in results]
+        if all(v is None for v in values):
+            continue
+        digits = 3 if metric in ("in_batch_similarity", "match_rate", "match_shape_colour") else 2
+        table.add_row(f"{label} {'↑' if higher else '↓'}", *[_fmt(v, digits) for v in values])
     return table
 
 
@@ -129,7 +120,9 @@ def cluster_table(result: dict[str, Any]) -> Any:
     table.add_column("n", justify="right")
     shown = [m for m in METRICS if any(c.get(m) is not None for c in result["clusters"])]
     for metric in shown:
-        table.add_column(_header(METRICS[metric][0]), justify="right")
+        # two-line headers keep the table within 80 columns
+        header = METRICS[metric][0].replace("Cond-", "Cond-\n").replace(" ", "\n").replace("+", "+\n")
+        table.add_column(header, justify="right")
     for c in result["clusters"]:
         table.add_row(
             str(c["cluster"]),
