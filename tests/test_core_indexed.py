@@ -21,6 +21,15 @@ from _data import clustered  # noqa: E402
 SX, SY = 0.8, 0.3
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors: OpenMP wake-ups cost more than a second thread saves on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def exact(x, y, bank_x, bank_y, objective="cond-rke"):
     return sparke.diversity_direction(
         x.double(),

@@ -20,6 +20,15 @@ from _data import clustered  # noqa: E402
 SX, SY = 0.8, 0.3
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors: OpenMP wake-ups cost more than a second thread saves on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def rows():
     return clustered(300, 24, 8, prompts=6, modes=3, seed=0, dtype=torch.float64)
@@ -155,7 +164,9 @@ WORKER = textwrap.dedent(
 def test_two_process_sync_equals_one_process(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29500 + os.getpid() % 1000))
+    env = dict(
+        os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29500 + os.getpid() % 1000), OMP_NUM_THREADS="1"
+    )
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src")
     out = tmp_path / "out.txt"
     procs = [
