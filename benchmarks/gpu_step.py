@@ -241,7 +241,10 @@ def main() -> None:
         "device": name,
         "torch": torch.__version__,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "mm_out_dtype": fast.mm_out_dtype_supported(device),
+        "mm_out_dtype": {
+            str(t).removeprefix("torch."): fast.mm_out_dtype_supported(device, t)
+            for t in (torch.float16, torch.bfloat16)
+        },
         "steps": [],
     }
     print(f"device: {name}, torch {torch.__version__}, fp16 products with fp32 output: {out['mm_out_dtype']}")

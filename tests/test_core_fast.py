@@ -48,7 +48,7 @@ def test_cached_norms_follow_adds_and_evictions(kernel, objective):
 @pytest.fixture
 def emulated_gpu_products(monkeypatch):
     """The CUDA half-precision product (float32 accumulation, float32 output), emulated on the CPU."""
-    monkeypatch.setattr(fast, "mm_out_dtype_supported", lambda device: True)
+    monkeypatch.setattr(fast, "mm_out_dtype_supported", lambda device, dtype=None: True)
     monkeypatch.setattr(fast, "_mm_f32", lambda a, b: (a.double() @ b.double()).float())
 
 

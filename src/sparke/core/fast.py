@@ -46,17 +46,17 @@ HALF = (torch.float16, torch.bfloat16)
 _OUT_DTYPE_OK: dict[str, bool] = {}
 
 
-def mm_out_dtype_supported(device: torch.device) -> bool:
-    """Whether ``torch.mm(half, half, out_dtype=torch.float32)`` runs on ``device`` (CUDA, torch >= 2.8)."""
-    key = str(device)
+def mm_out_dtype_supported(device: torch.device, dtype: torch.dtype = torch.float16) -> bool:
+    """Whether ``torch.mm(a, b, out_dtype=torch.float32)`` runs for ``dtype`` inputs on ``device`` (CUDA)."""
+    key = f"{device}:{dtype}"
     if key not in _OUT_DTYPE_OK:
         ok = device.type == "cuda"
         if ok:
             try:
-                a = torch.ones(2, 8, device=device, dtype=torch.float16)
-                b = torch.ones(3, 8, device=device, dtype=torch.float16)
+                a = torch.ones(2, 8, device=device, dtype=dtype)
+                b = torch.ones(3, 8, device=device, dtype=dtype)
                 ok = torch.mm(a, b.T, out_dtype=torch.float32).dtype == torch.float32
-                ok = ok and torch.mm(a.T.contiguous().T, b.T, out_dtype=torch.float32).shape == (2, 3)
+                ok = ok and torch.mm(a, b.T.contiguous(), out_dtype=torch.float32).shape == (2, 3)
             except (RuntimeError, TypeError):
                 ok = False
         _OUT_DTYPE_OK[key] = ok
@@ -213,7 +213,7 @@ def order2_sums(
         bank_x.dtype in HALF
         and (bank_y is None or bank_y.dtype == bank_x.dtype)
         and compute == torch.float32
-        and mm_out_dtype_supported(device)
+        and mm_out_dtype_supported(device, bank_x.dtype)
     )
     if device.type != "cuda":
         chunk = max(CPU_CHUNK, CPU_CHUNK_ELEMENTS // max(d, 1))
