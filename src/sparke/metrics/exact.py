@@ -1,7 +1,7 @@
 """Exact streaming scores: the rows are kept (float64) and the core scores computed on all of them.
 
 For modest n: RKE and Cond-RKE cost O(n^2 d) at ``compute``; Gaussian Vendi and Cond-Vendi need an n x n
-eigendecomposition (refused beyond ``sparke.core.scores.MAX_DENSE_ROWS``). Use the RFF versions beyond.
+eigendecomposition (refused beyond ``sparke.core.scores.MAX_DENSE_ROWS``, 8,192). Use the RFF versions beyond.
 """
 
 from __future__ import annotations
