@@ -26,7 +26,7 @@ from sparke.runs import RunError, atomic_write
 __all__ = ["build_report", "line_plot"]
 
 PALETTE = ("#2f6fde", "#e4572e", "#17a398", "#8e5ad6", "#f2a541", "#5b6473", "#d6478b")
-PLOT_METRICS = ("cond_vendi", "vendi", "in_batch_similarity", "match_rate")
+PLOT_METRICS = ("cond_vendi", "vendi", "in_batch_similarity", "match_rate", "match_shape_colour")
 
 
 def _asset(name: str) -> str:
