@@ -99,6 +99,8 @@ def free_gib(device: torch.device) -> float:
 
 
 def measure(kind: str, ns: list[int], args, device, out: dict) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the previous model's cached blocks: the memory checks read free memory
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     model, backend = _unet.build(kind, args.unet_backend, device, dtype)
     params = sum(p.numel() for p in model.parameters())
