@@ -83,6 +83,24 @@ def test_hf_clip_with_projection(runs, tiny_clip):
     assert data["features"]["image_dim"] == 16  # image_embeds, after the projection
 
 
+def test_hf_dinov2_features(runs, tmp_path):
+    """A random DINOv2 saved with save_pretrained: AutoModel, the pooled CLS token."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    config = Dinov2Config(
+        hidden_size=24,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        image_size=32,
+        patch_size=8,
+    )
+    torch.manual_seed(0)
+    Dinov2Model(config).eval().save_pretrained(tmp_path / "dinov2")
+    data = evaluate_run(runs[0], load_features(str(tmp_path / "dinov2"), "cpu"), write=False)
+    assert data["features"]["image_dim"] == 24 and data["overall"]["cond_vendi"] >= 1
+
+
 @pytest.mark.skipif(not ENCODER_WEIGHTS.exists(), reason="the embedded encoder's weights are not shipped yet")
 def test_embedded_features_and_match_rate(tmp_path):
     """A run of a ShapesPipeline gets the checker's prompt-match rate; the fake images match 'red square'."""
