@@ -3,7 +3,7 @@
     python benchmarks/scale_quality.py [--part indexed,projection,rff] [--out FILE]
 
 - indexed: cosine of ``IndexedBank.direction`` to the exact direction, per query row, against ``neighbors``
-  (= ``samples``) and n, for clustered unit features (d = 256, prompts 32 columns, sigma 0.8 / 0.3) in two
+  (``samples`` = 3 * ``neighbors``, the default) and n, for clustered unit features (d = 256, prompts 32 columns, sigma 0.8 / 0.3) in two
   regimes: 100 prompt clusters (few rows per prompt) and 10 (thousands of rows per prompt, flat weights);
   and the kept normaliser's ratio to the exact pair sum;
 - projection: cosine of the fast exact path with ``project_dim`` (kernel weights from a random projection)
@@ -60,7 +60,7 @@ def indexed_part(ns, ks, d, out):
             if n <= 20_000:
                 ratio = bank.pair_sum() / bank_pair_sum(x, y, kernel="gaussian", sigma_x=SX, sigma_y=SY)[0]
             for k in ks:
-                bank.neighbors, bank.samples = k, k
+                bank.neighbors, bank.samples = k, 3 * k  # the default samples = 3 * neighbors
                 got = torch.cat([bank.direction(qx[b : b + 1], qy[b : b + 1]) for b in range(QUERIES)])
                 cos = torch.nn.functional.cosine_similarity(got.double(), exact.double(), dim=1)
                 row = {

@@ -74,7 +74,7 @@ class IndexedBank:
     """Image features x: (n, dim_x), optional prompt features y: (n, dim_y), searchable by joint kernel.
 
     ``neighbors``: candidate rows per batch row read by ``direction``; ``samples``: rows drawn at random per
-    step for the rest of the bank (default ``neighbors``; 0 = none). ``sigma_x``/``sigma_y``: the Gaussian
+    step for the rest of the bank (default ``3 * neighbors``; 0 = none). ``sigma_x``/``sigma_y``: the Gaussian
     bandwidths, fixed because the search space is scaled by them. ``search_dim``: columns each of x and y is
     projected to for the search (only when larger). ``dtype``: storage type of the kept rows.
     """
@@ -111,7 +111,7 @@ class IndexedBank:
         self.dim_x, self.dim_y = dim_x, dim_y
         self.neighbors = neighbors
         if samples is None:
-            samples = neighbors
+            samples = 3 * neighbors
         if not isinstance(samples, int) or isinstance(samples, bool) or samples < 0:
             raise ValueError(f"samples: must be a non-negative integer, got {samples!r}")
         self.samples = samples
