@@ -382,7 +382,14 @@ def evaluate_run(
     unique = list(dict.fromkeys(prompts))
     table = encode_minilm(unique)
     y = table[[unique.index(p) for p in prompts]]
-    flags = match_flags(run, images) if is_embedded_run(run) else None
+    flags, notes = None, []
+    if is_embedded_run(run):
+        try:
+            flags = match_flags(run, images)
+        except ImportError as error:  # the checker needs scipy, which a minimal install may lack
+            notes.append(
+                f"no prompt-match rate: the shapes checker needs {error.name or 'scipy'} (pip install scipy)"
+            )
     opts = dict(kernel=kernel, sigma_image=sigma_image, sigma_prompt=sigma_prompt)
     overall = group_metrics(x, y, prompts, flags=flags, **opts)
     clusters = []
@@ -413,6 +420,8 @@ def evaluate_run(
         "clusters": clusters,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if notes:
+        result["notes"] = notes
     if write:
         target = run.path / METRICS_FILE
         try:

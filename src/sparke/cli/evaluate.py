@@ -65,6 +65,9 @@ def evaluate_command(
         f"{k['kernel']} kernel{bandwidths}",
         highlight=False,
     )
+    for result in results:
+        for note in result.get("notes", []):
+            err.print(f"[yellow]note[/] {result['run']}: {note}", highlight=False)
     if per_cluster:
         for result in results:
             out.print(cluster_table(result))
