@@ -27,6 +27,22 @@ REQUIRED = (
 )
 
 
+@pytest.fixture(autouse=True)
+def cheap_text_features(monkeypatch):
+    """A hashed stand-in for MiniLM (its BERT dominated these tests' time): equal texts, equal rows."""
+    import zlib
+
+    import sparke.encoders.minilm as minilm
+
+    def encode(prompts, device=None, batch_size=256):
+        rows = [
+            torch.randn(384, generator=torch.Generator().manual_seed(zlib.crc32(p.encode()))) for p in prompts
+        ]
+        return torch.nn.functional.normalize(torch.stack(rows), dim=1).to(device or "cpu")
+
+    monkeypatch.setattr(minilm, "encode_minilm", encode)
+
+
 def _tiny():
     from sparke.embedded.encoder import ShapesEncoder
     from sparke.embedded.pipeline import TINY_UNET_CONFIG, ShapesPipeline, build_scheduler, build_unet
