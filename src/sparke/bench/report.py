@@ -130,11 +130,21 @@ def write_markdown(
     else:
         verdict = "**Met**" if goal["met"] else "**Not met**"
         beats = ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in goal["beats"].items())
+        beats = beats or "no baseline kept fidelity within 2 points"
         lines.append(
             f"{verdict}: {goal['sparke_label']} at scale {goal['sparke_scale']:g}: Cond-Vendi "
             f"{goal['cond_vendi_gain'] * 100:+.1f}% over none, fidelity {goal['fidelity_drop'] * 100:+.1f} "
             f"points below none; beats at matched fidelity: {beats}."
         )
+    world = next((r for r in rows if r["method"] == "world"), None)
+    none = _none_row(rows)
+    if world is not None and none["cond_vendi"] > world["cond_vendi"]:
+        lines += [
+            "",
+            f"Note: `none` has a higher Cond-Vendi ({none['cond_vendi']:.2f}) than the world's own renders "
+            f"({world['cond_vendi']:.2f}) at lower fidelity: in this feature space artefacts count as diversity. "
+            "Read Cond-Vendi together with fidelity and the ground-truth free-attribute columns.",
+        ]
     lines += ["", "## All settings", ""]
     lines += _table(rows)
     lines += ["", "![trade-off](tradeoff.png)", ""]
