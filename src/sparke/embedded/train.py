@@ -53,6 +53,7 @@ def train(
     minutes: float | None = None,
     tiny: bool = False,
     log_every: int = 100,
+    init: str | Path | None = None,
 ) -> dict:
     """Train and write the EMA UNet to ``out``; returns the info dict also saved as train_info.json."""
     from safetensors.torch import save_file
@@ -73,11 +74,16 @@ def train(
     config = TINY_UNET_CONFIG if tiny else UNET_CONFIG
     unet = build_unet(config).to(dev).train()
     ema = build_unet(config).to(dev).eval()
+    if init is not None:  # resume from saved (EMA, fp16) weights
+        from safetensors.torch import load_file
+
+        unet.load_state_dict({k: v.float() for k, v in load_file(str(init)).items()})
     ema.load_state_dict(unet.state_dict())
     ema.requires_grad_(False)
     n_params = sum(p.numel() for p in unet.parameters())
 
-    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0, fused=dev.type == "cuda")
+    ema_params, unet_params = list(ema.parameters()), list(unet.parameters())
     warm = min(500, steps // 10)
 
     def lr_at(i: int) -> float:
@@ -132,10 +138,9 @@ def train(
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         opt.step()
-        d = min(ema_decay, (1 + step) / (10 + step))
+        d = ema_decay if init is not None else min(ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
-            for pe, pu in zip(ema.parameters(), unet.parameters(), strict=True):
-                pe.lerp_(pu, 1 - d)
+            torch._foreach_lerp_(ema_params, unet_params, 1 - d)
         run_loss = run_loss + loss.detach()  # stays on the device: no sync per step
         n_run += 1
         done = step + 1
@@ -168,6 +173,7 @@ def train(
         "objective": "DDPM epsilon, linear betas 1e-4..0.02, 1000 steps",
         "params": n_params,
         "pool_captions": len(pool),
+        "init": str(init) if init is not None else None,
         "seconds": round(time.time() - t0, 1),
         "hardware": _hardware(dev),
         "torch": torch.__version__,
@@ -189,6 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--minutes", type=float, default=None, help="stop after this many minutes")
     ap.add_argument("--tiny", action="store_true", help="tiny UNet (smoke tests)")
     ap.add_argument("--log-every", type=int, default=100)
+    ap.add_argument("--init", default=None, help="start from these unet.safetensors weights (resume)")
     a = ap.parse_args(argv)
     info = train(
         a.out,
@@ -201,6 +208,7 @@ def main(argv: list[str] | None = None) -> None:
         minutes=a.minutes,
         tiny=a.tiny,
         log_every=a.log_every,
+        init=a.init,
     )
     print(json.dumps({k: v for k, v in info.items() if k != "loss"}))
 
