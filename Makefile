@@ -6,6 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test demo lint pytest install retrain bench-quick clean
 
+# Offline: no model hub. Passive OpenMP waits: on shared or oversubscribed cores, spinning threads made torch
+# 10-30x slower on the small tensors of the tests and the demo.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export OMP_WAIT_POLICY := PASSIVE
+
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
@@ -23,18 +29,18 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks
 
 pytest: $(STAMP)
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/pytest
+	$(BIN)/pytest
 
 test: lint pytest
 
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m sparke.demo --out runs/demo
+	$(BIN)/python -m sparke.demo --out runs/demo
 
 retrain: $(STAMP)
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m sparke.embedded.train
+	$(BIN)/python -m sparke.embedded.train
 
 bench-quick: $(STAMP)
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/sparke bench --quick --out runs/bench-quick
+	$(BIN)/sparke bench --quick --out runs/bench-quick
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
