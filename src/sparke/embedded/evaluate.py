@@ -4,7 +4,8 @@
 
 For each prompt cluster (one scene description, many paraphrases) the pipeline draws
 images; the checker reads their attributes. Fidelity = fraction matching the required
-attributes (shape, colour, count, background if stated). Diversity of the attributes the
+attributes (shape, colour, count, background if stated); ``shape_colour`` is the looser
+quality bar (every object has the prompt's shape and colour). Diversity of the attributes the
 prompts leave free is summarised per cluster as the entropy (nats) of the position cell,
 size class and background, and the spread (std, pixels) of the object centre, over
 matching images; the same numbers for renders of the world's own distribution give the
@@ -39,7 +40,9 @@ def diversity_stats(detections: list[dict], cluster: W.Cluster) -> dict[str, flo
     ok = [d for d in detections if d["objects"]]
     out["position_entropy"] = _entropy([d["objects"][0]["position"] for d in ok])
     out["size_entropy"] = _entropy([d["size"] for d in ok])
-    if cluster.background is None:
+    if cluster.background is not None:
+        out["background_ok"] = float(np.mean([d["background"] == cluster.background for d in detections]))
+    else:
         out["background_entropy"] = _entropy([d["background"] for d in ok])
     xy = np.asarray([(d["objects"][0]["cx"], d["objects"][0]["cy"]) for d in ok]) if ok else np.zeros((0, 2))
     out["centre_std_px"] = float(np.sqrt(xy.var(0).sum())) if len(xy) > 1 else float("nan")
@@ -83,7 +86,8 @@ def evaluate(
 ) -> dict:
     """Generate for every prompt of every cluster; return fidelity and diversity summaries."""
     per_cluster = []
-    all_ok = []
+    all_ok: list[bool] = []
+    all_sc: list[bool] = []
     for ci, cl in enumerate(clusters):
         g = torch.Generator("cpu").manual_seed(seed * 1000 + ci)
         out = pipe(
@@ -123,6 +127,7 @@ def evaluate(
     keys = [k for k in per_cluster[0] if k not in ("cluster",)]
     summary = {k: float(np.nanmean([r[k] for r in per_cluster if k in r])) for k in keys}
     summary["match"] = float(np.mean(all_ok))
+    summary["shape_colour"] = float(np.mean(all_sc))
     summary["n_images"] = len(all_ok)
     return {"guidance_scale": guidance_scale, "steps": steps, "summary": summary, "clusters": per_cluster}
 
