@@ -271,6 +271,11 @@ class IndexedBank:
             parts.append(((zy if self._proj_y is None else zy @ self._proj_y) / self.sigma_y).cpu())
         return np.ascontiguousarray(torch.cat(parts, 1).numpy(), dtype=np.float32)
 
+    def _gather(self, name: str, rows: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """rows[idx] into a reused buffer (a fresh tensor per step costs page faults on a CPU)."""
+        out = self._workspace.scratch(name, (idx.shape[0], rows.shape[1]), rows.dtype, rows.device)
+        return torch.index_select(rows, 0, idx, out=out)
+
     def _estimate_rows(self, x: torch.Tensor, y: torch.Tensor | None):
         """Per batch row: (row ids, weights) whose weighted kernel sums estimate the sums over all rows.
 
@@ -352,18 +357,18 @@ class IndexedBank:
         else:
             y = None
         if self._count <= self.neighbors + self.samples:  # as cheap to read every row: exact
-            ids = torch.arange(self._count, device=self.device)
+            n = self._count  # views of the live rows: no copy
             result = order2_direction(
                 x,
                 y,
-                self._x[ids],
-                None if y is None else self._y[ids],
+                self._x[:n],
+                None if y is None else self._y[:n],
                 kernel="gaussian",
                 sigma_x=self.sigma_x,
                 sigma_y=self.sigma_y,
                 pair_sum=self._pair_sum,
-                norm_x=self._nx[ids].to(x.dtype),
-                norm_y=None if y is None else self._ny[ids].to(x.dtype),
+                norm_x=self._nx[:n].to(x.dtype),
+                norm_y=None if y is None else self._ny[:n].to(x.dtype),
                 ws=self._workspace,
             )
             return result.to(home)
@@ -375,8 +380,8 @@ class IndexedBank:
             wsum, wrows, crs = order2_sums(
                 x[b : b + 1],
                 None if y is None else y[b : b + 1],
-                self._x[idx],
-                None if y is None else self._y[idx],
+                self._gather("gather_x", self._x, idx),
+                None if y is None else self._gather("gather_y", self._y, idx),
                 self._nx[idx].to(x.dtype),
                 None if y is None else self._ny[idx].to(x.dtype),
                 kernel="gaussian",
