@@ -40,9 +40,7 @@ def diversity_stats(detections: list[dict], cluster: W.Cluster) -> dict[str, flo
     ok = [d for d in detections if d["objects"]]
     out["position_entropy"] = _entropy([d["objects"][0]["position"] for d in ok])
     out["size_entropy"] = _entropy([d["size"] for d in ok])
-    if cluster.background is not None:
-        out["background_ok"] = float(np.mean([d["background"] == cluster.background for d in detections]))
-    else:
+    if cluster.background is None:
         out["background_entropy"] = _entropy([d["background"] for d in ok])
     xy = np.asarray([(d["objects"][0]["cx"], d["objects"][0]["cy"]) for d in ok]) if ok else np.zeros((0, 2))
     out["centre_std_px"] = float(np.sqrt(xy.var(0).sum())) if len(xy) > 1 else float("nan")
@@ -101,12 +99,22 @@ def evaluate(
         imgs = (out.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
         dets = [check(im) for im in imgs]
         ok = [matches(d, cl) for d in dets]
+        # the quality bar: every object has the prompt's shape and colour (count and background aside)
+        sc = [
+            d["count"] > 0 and matches(d, {"shape": cl.shape, "colour": cl.colour, "count": d["count"]})
+            for d in dets
+        ]
         all_ok += ok
+        all_sc += sc
         row = {
             "cluster": cl.name,
             "match": float(np.mean(ok)),
+            "shape_colour": float(np.mean(sc)),
+            "count_ok": float(np.mean([d["count"] == cl.count for d in dets])),
             **diversity_stats([d for d, m in zip(dets, ok, strict=True) if m], cl),
         }
+        if cl.background is not None:
+            row["background_ok"] = float(np.mean([d["background"] == cl.background for d in dets]))
         ref = reference_stats(cl, len(imgs), seed=ci)
         row.update({f"ref_{k}": v for k, v in ref.items()})
         if encoder is not None:
