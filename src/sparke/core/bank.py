@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 
 from ._checks import as_features, check_kernel, check_objective, check_rows_match, check_sigma
 from .direction import bank_pair_sum, diversity_direction
+from .fast import bank_direction
 from .kernels import squared_kernel_sum
 
 FORMAT = "sparke.bank"
@@ -226,30 +227,21 @@ class Bank:
     ) -> torch.Tensor:
         """``diversity_direction`` of a batch x: (B, d), y: (B, e) against this bank, with the kept pair sum."""
         check_objective(objective)
-        conditional = objective.startswith("cond-")
         if objective in ("rke", "cond-rke"):
-            # the fast path: cached row norms, no per-step allocation, half-precision rows read as stored
-            from .fast import bank_direction
-
+            # the fast path: cached row norms, the kept pair sum, no per-step allocation, half rows as stored
             return bank_direction(
                 self, x, y, objective=objective, kernel=kernel, sigma_x=sigma_x, sigma_y=sigma_y
             )
-        pair_sum = None
-        if objective in ("rke", "cond-rke") and len(self):
-            if conditional and self._y is None:
-                raise ValueError(f"objective: {objective!r} needs a bank with prompt features")
-            pair_sum = self.pair_sum(kernel=kernel, sigma_x=sigma_x, sigma_y=sigma_y, conditional=conditional)
-        bank_y = self.y if conditional else None
+        conditional = objective == "cond-vendi"
         return diversity_direction(
             x,
             y if conditional else None,
             self.x if len(self) else None,
-            bank_y,
+            self.y if conditional else None,
             objective=objective,
             kernel=kernel,
             sigma_x=sigma_x,
             sigma_y=sigma_y,
-            pair_sum=pair_sum,
         )
 
     # -- files -----------------------------------------------------------------------------------------------
