@@ -529,7 +529,14 @@ def generate(
     """Generate (or resume) the run ``config`` in folder ``out``; see the module docstring.
 
     ``on_start(session)`` is called once before the first batch, ``on_batch(session, new_images)`` after each.
+    Under a launcher (``WORLD_SIZE`` > 1) it runs ``sparke.distributed.generate_distributed`` instead.
     """
+    from .distributed import dist_env, generate_distributed
+
+    if dist_env() is not None:  # under torchrun / accelerate launch: see sparke.distributed
+        return generate_distributed(
+            config, out, device=device, pipe=pipe, on_start=on_start, on_batch=on_batch
+        )
     start = time.perf_counter()
     session = open_session(config, out, device=device, pipe=pipe)
     resumed = session.done_images

@@ -254,7 +254,14 @@ def generate_command(
             init_bank=init_bank,
         )
         summary = run_with_progress(config, out_dir, device=device_name)
-    _print_summary(summary)
+    if _is_main_process():
+        _print_summary(summary)
+
+
+def _is_main_process() -> bool:
+    from sparke.distributed import is_main_process
+
+    return is_main_process()
 
 
 def _model_record(model: str) -> str:
@@ -310,6 +317,8 @@ def run_with_progress(
 
     from sparke.generation import generate
 
+    if not _is_main_process():  # under a launcher, rank 0 alone shows progress
+        return generate(config, out_dir, device=device, pipe=pipe)
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
