@@ -7,7 +7,8 @@ The loop is three pure-ish steps so that work can be sharded across processes wi
 ``plan(config)`` lists the batches (``sparke.runs``), ``run_item(session, item)`` makes one batch (images and
 the bank rows it added) and ``commit(session, item, result)`` writes it (PNGs, manifest lines, bank). A
 multi-process driver runs each round of k items as: rank r ``run_item``s item r of the round, all ranks
-all-gather the new rows into their banks in item order, rank 0 ``commit``s the round.
+all-gather the new rows into their banks in item order, rank 0 ``commit``s the round (``sparke.distributed``
+is that driver, used by ``generate`` under ``torchrun`` / ``accelerate launch``).
 
 Per-image seeds come from ``image_seed(seed, index)`` with one CPU generator per image, so an image does not
 depend on the device's random stream or on which batch it falls in; with a bank-based guide it does depend on
