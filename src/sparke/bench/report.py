@@ -133,8 +133,8 @@ def write_markdown(
         beats = beats or "no baseline kept fidelity within 2 points"
         lines.append(
             f"{verdict}: {goal['sparke_label']} at scale {goal['sparke_scale']:g}: Cond-Vendi "
-            f"{goal['cond_vendi_gain'] * 100:+.1f}% over none, fidelity {goal['fidelity_drop'] * 100:+.1f} "
-            f"points below none; beats at matched fidelity: {beats}."
+            f"{goal['cond_vendi_gain'] * 100:+.1f}% over none, fidelity {-goal['fidelity_drop'] * 100:+.1f} "
+            f"points against none; beats at matched fidelity: {beats}."
         )
     world = next((r for r in rows if r["method"] == "world"), None)
     none = _none_row(rows)
