@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from sparke.guidance.attach import Attachment, Step, attach
+from sparke.guidance.attach import Attachment, Step, attach, split_batch
 from sparke.guidance.prompts import batch_prompts
 
 __all__ = ["AttachedGuide", "GuideStats", "split_batch"]
@@ -36,16 +36,6 @@ def call_batch(kwargs: dict[str, Any]) -> int | None:
     if embeds is not None:
         return int(embeds.shape[0]) * per
     return None
-
-
-def split_batch(latents: torch.Tensor, batch: int | None) -> tuple[int, bool]:
-    """(B, duplicated): DiT steps its CFG batch [z, z] (2B equal rows); other pipelines step B rows."""
-    n = latents.shape[0]
-    if batch is None or n == batch:
-        return n, False
-    if n == 2 * batch and torch.equal(latents[:batch], latents[batch:]):
-        return batch, True
-    raise ValueError(f"the scheduler stepped {n} samples, but the call asked for {batch} images")
 
 
 class AttachedGuide:

@@ -264,16 +264,7 @@ class Bank:
         }
         if self._x is None:
             tensors = {"x": torch.zeros((0, 0), dtype=self.dtype)}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        save_atomically(tensors, path, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> Bank:
@@ -326,6 +317,24 @@ class Bank:
             bank.add(x, y)
             bank._pair_sums = {k: float(v) for k, v in pair_sums.items()}
         return bank
+
+
+def save_atomically(
+    tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]
+) -> None:
+    """Write a safetensors file through a temporary file in the same folder and a rename: a crash at any point
+    leaves either the old file or the new one, never a half-written one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _key(kernel: str, sigma_x: float, sigma_y: float | None) -> str:

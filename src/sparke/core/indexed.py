@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,7 @@ import numpy as np
 import torch
 
 from ._checks import as_features, check_kernel, check_objective, check_rows_match, check_sigma
-from .bank import BankFileError
+from .bank import BankFileError, save_atomically
 from .fast import Workspace, finish_direction, order2_direction, order2_sums
 from .kernels import squared_distances
 
@@ -409,7 +408,6 @@ class IndexedBank:
     # -- files -----------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """Write rows, projections and settings to one safetensors file, atomically (temp file + rename)."""
-        from safetensors.torch import save_file
 
         path = Path(path)
         tensors = {"x": self.x.contiguous().cpu()}
@@ -440,16 +438,7 @@ class IndexedBank:
             "pair_sum": json.dumps(self._pair_sum),
             "user": json.dumps(self.metadata),
         }
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        save_atomically(tensors, path, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> IndexedBank:

@@ -52,7 +52,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Attachment", "Step", "attach", "denoiser_of"]
+__all__ = ["Attachment", "Step", "attach", "denoiser_of", "split_batch"]
 
 
 @dataclass
@@ -236,3 +236,13 @@ def _split_step_args(args: tuple, kwargs: dict) -> tuple[Any, Any, Any, tuple, d
         else:
             raise TypeError(f"scheduler.step() called without `{name}`")
     return values[0], values[1], values[2], tuple(args), kwargs
+
+
+def split_batch(latents: torch.Tensor, batch: int | None) -> tuple[int, bool]:
+    """(B, duplicated): DiT steps its CFG batch [z, z] (2B equal rows); other pipelines step the B rows asked for."""
+    n = latents.shape[0]
+    if batch is None or n == batch:
+        return n, False
+    if n == 2 * batch and torch.equal(latents[:batch], latents[batch:]):
+        return batch, True
+    raise ValueError(f"the scheduler stepped {n} samples, but the call asked for {batch} images")

@@ -23,7 +23,7 @@ import torch
 
 from sparke.core import Bank, diversity_direction, novelty_direction
 
-from .attach import Step, attach
+from .attach import Step, attach, split_batch
 from .prompts import PromptEncoder, batch_prompts, encode_prompts
 from .spaces import Space, encode_images, encode_to_latents, features, unit_rows
 
@@ -212,7 +212,7 @@ class SPARKE:
         if not self._due(step):
             return None
         latents = step.latents
-        b, dup = _batch_rows(latents, call.batch)
+        b, dup = split_batch(latents, call.batch)
         with torch.enable_grad():
             z = latents[:b].detach().float().requires_grad_(True)
             x = features(
@@ -317,7 +317,7 @@ class SPARKE:
     # -- after the call --------------------------------------------------------------------------------------
     @torch.no_grad()
     def _record(self, pipe: Any, call: _Call, final: torch.Tensor) -> None:
-        b, _ = _batch_rows(final, call.batch)
+        b, _ = split_batch(final, call.batch)
         x = features(self.space, pipe, final[:b].float(), height=call.height, width=call.width)
         y = call.y
         self._check_dims(x.shape[1], y, type(pipe).__name__)
@@ -352,16 +352,6 @@ class SPARKE:
         bank = Bank(metadata=dict(kind="reference", pipeline=type(pipe).__name__))
         bank.add(x.cpu(), y)
         return bank
-
-
-def _batch_rows(latents: torch.Tensor, batch: int | None) -> tuple[int, bool]:
-    """(B, duplicated): DiT steps the CFG batch [z, z] (2B rows, equal halves); others B rows."""
-    n = latents.shape[0]
-    if batch is None or n == batch:
-        return n, False
-    if n == 2 * batch and torch.equal(latents[:batch], latents[batch:]):
-        return batch, True
-    raise ValueError(f"the scheduler stepped {n} samples, but the call asked for {batch} images")
 
 
 def _to_pixels(pipe: Any, images: Any) -> torch.Tensor:
