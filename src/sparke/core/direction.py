@@ -30,6 +30,7 @@ from ._checks import (
     check_rows_match,
     check_sigma,
 )
+from .fast import order2_direction
 from .kernels import kernel_matrix, squared_distances, squared_kernel_sum, unit_rows
 from .scores import von_neumann_entropy
 
@@ -171,8 +172,6 @@ def _order2_terms(x, y, rows_x, rows_y, kernel, sigma_x, sigma_y, same=False):
 
 def _order2_direction(x, y, bank_x, bank_y, kernel, sigma_x, sigma_y, pair_sum):
     """Two products over the bank (``fast.order2_direction``); bank rows stay in their storage type."""
-    from .fast import order2_direction
-
     return order2_direction(
         x, y, bank_x, bank_y, kernel=kernel, sigma_x=sigma_x, sigma_y=sigma_y, pair_sum=pair_sum
     )
