@@ -270,25 +270,8 @@ class Bank:
     def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> Bank:
         """Read a bank written by ``save``; raises ``BankFileError`` naming what is wrong with the file."""
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such bank file")
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as handle:
-                meta = handle.metadata() or {}
-                if meta.get("format") != FORMAT:
-                    raise BankFileError(f"{path}: not a sparke bank file (no '{FORMAT}' format tag)")
-                version = meta.get("format_version")
-                if version != str(FORMAT_VERSION):
-                    raise BankFileError(
-                        f"{path}: unknown bank format version {version!r} (this sparke reads {FORMAT_VERSION})"
-                    )
-                names = set(handle.keys())
-                x = handle.get_tensor("x") if "x" in names else None
-                y = handle.get_tensor("y") if "y" in names else None
-        except SafetensorError as error:
-            raise BankFileError(f"{path}: truncated or corrupt bank file ({error})") from None
-        except (OSError, RuntimeError) as error:
-            raise BankFileError(f"{path}: truncated or corrupt bank file ({error})") from None
+        meta, tensors = read_bank_file(path, FORMAT, FORMAT_VERSION, "bank")
+        x, y = tensors.get("x"), tensors.get("y")
         if x is None:
             raise BankFileError(f"{path}: bank file has no 'x' tensor")
         try:
@@ -317,6 +300,29 @@ class Bank:
             bank.add(x, y)
             bank._pair_sums = {k: float(v) for k, v in pair_sums.items()}
         return bank
+
+
+def read_bank_file(
+    path: Path, format_tag: str, version: int, kind: str
+) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a sparke safetensors file whose format tag and version are checked first;
+    ``BankFileError`` names the file and the problem (``kind`` names the file type in messages)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such bank file")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            meta = handle.metadata() or {}
+            if meta.get("format") != format_tag:
+                raise BankFileError(f"{path}: not a sparke {kind} file (no '{format_tag}' format tag)")
+            found = meta.get("format_version")
+            if found != str(version):
+                raise BankFileError(
+                    f"{path}: unknown {kind} format version {found!r} (this sparke reads {version})"
+                )
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, RuntimeError) as error:
+        raise BankFileError(f"{path}: truncated or corrupt bank file ({error})") from None
+    return meta, tensors
 
 
 def save_atomically(

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from ._checks import as_features, check_kernel, check_objective, check_rows_match, check_sigma
-from .bank import BankFileError, save_atomically
+from .bank import BankFileError, read_bank_file, save_atomically
 from .fast import Workspace, finish_direction, order2_direction, order2_sums
 from .kernels import squared_distances
 
@@ -443,24 +443,8 @@ class IndexedBank:
     @classmethod
     def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> IndexedBank:
         """Read a file written by ``save`` and rebuild its index; ``BankFileError`` names what is wrong."""
-        from safetensors import SafetensorError, safe_open
-
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such bank file")
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as handle:
-                meta = handle.metadata() or {}
-                if meta.get("format") != FORMAT:
-                    raise BankFileError(f"{path}: not a sparke indexed bank file (no '{FORMAT}' format tag)")
-                if meta.get("format_version") != str(FORMAT_VERSION):
-                    raise BankFileError(
-                        f"{path}: unknown indexed bank format version {meta.get('format_version')!r} "
-                        f"(this sparke reads {FORMAT_VERSION})"
-                    )
-                tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
-        except (SafetensorError, OSError, RuntimeError) as error:
-            raise BankFileError(f"{path}: truncated or corrupt bank file ({error})") from None
+        meta, tensors = read_bank_file(path, FORMAT, FORMAT_VERSION, "indexed bank")
         try:
             count = int(meta["count"])
             settings = json.loads(meta["settings"])
