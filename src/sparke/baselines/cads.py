@@ -49,6 +49,13 @@ def _rows_stats(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return flat.mean(1).view(shape), flat.std(1).view(shape)
 
 
+def _mix(seed: int, image_seed: int) -> int:
+    """A 63-bit seed from the guide's seed and an image's: distinct pairs give unrelated streams."""
+    h = (seed * 0x9E3779B97F4A7C15 + image_seed * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) % (1 << 64)
+    h ^= h >> 31
+    return (h * 0xD6E8FEB86659FD93 % (1 << 64)) >> 1
+
+
 class CADS(AttachedGuide):
     """Condition-annealed sampling attached to a diffusers pipeline per call.
 
@@ -57,7 +64,10 @@ class CADS(AttachedGuide):
         tau1, tau2: annealing thresholds on diffusion time t in [0, 1] (paper: 0.6, 0.9).
         psi: mixing factor of the rescaled embedding (paper: 1, full rescaling).
         rescale: apply the mean/std rescaling at all (paper: yes).
-        seed: seed of the noise generator (advances across calls, so repeated calls draw new noise).
+        seed: seed of the noise. When the call passes one CPU generator per image (as ``sparke generate``
+            does), image i's noise comes from its own stream, seeded by ``seed`` and that generator's
+            initial seed: an image gets the same noise whatever batch it falls in, so a resumed run equals
+            an uninterrupted one. Otherwise one stream advances across calls.
     """
 
     uses_step = False
@@ -81,10 +91,25 @@ class CADS(AttachedGuide):
             raise ValueError(f"psi: must be in [0, 1], got {psi}")
         self.scale = float(scale)
         self.tau1, self.tau2, self.psi, self.rescale = float(tau1), float(tau2), float(psi), bool(rescale)
-        self.generator = torch.Generator("cpu").manual_seed(seed)
+        self.seed = int(seed)
+        self.generator = torch.Generator("cpu").manual_seed(self.seed)
+        self._image_generators: list[torch.Generator] | None = None
 
     def __repr__(self) -> str:
         return f"CADS(scale={self.scale}, tau1={self.tau1}, tau2={self.tau2}, psi={self.psi})"
+
+    def begin(self, pipe: Any, kwargs: dict[str, Any]) -> None:
+        """One noise stream per image when the call brings one generator per image (read, never advanced)."""
+        gens = kwargs.get("generator")
+        self._image_generators = None
+        if (
+            isinstance(gens, list)
+            and len(gens) == self.batch
+            and all(isinstance(g, torch.Generator) for g in gens)
+        ):
+            self._image_generators = [
+                torch.Generator("cpu").manual_seed(_mix(self.seed, g.initial_seed())) for g in gens
+            ]
 
     def time(self, index: int) -> float:
         """Diffusion time t of denoising step ``index``: 1 at the first step, 1/n at the last."""
@@ -93,7 +118,7 @@ class CADS(AttachedGuide):
     def anneal(self, y: torch.Tensor, gamma: float) -> torch.Tensor:
         """The annealed, rescaled condition for clean rows y (same shape); fresh noise on every call."""
         y32 = y.float()
-        noise = torch.randn(y32.shape, generator=self.generator).to(y32.device)
+        noise = self._noise(y32.shape).to(y32.device)
         y_hat = gamma**0.5 * y32 + self.scale * (1.0 - gamma) ** 0.5 * noise
         if self.rescale:
             mean_in, std_in = _rows_stats(y32)
@@ -101,6 +126,12 @@ class CADS(AttachedGuide):
             y_res = (y_hat - mean_hat) / std_hat.clamp_min(1e-12) * std_in + mean_in
             y_hat = self.psi * y_res + (1.0 - self.psi) * y_hat
         return y_hat.to(y.dtype)
+
+    def _noise(self, shape: torch.Size) -> torch.Tensor:
+        streams = self._image_generators
+        if streams is None or shape[0] != len(streams):
+            return torch.randn(shape, generator=self.generator)
+        return torch.stack([torch.randn(shape[1:], generator=g) for g in streams])
 
     def _conditional_rows(self, rows: int) -> slice:
         """The rows of a denoiser input that carry the prompt (the last B under classifier-free guidance)."""
