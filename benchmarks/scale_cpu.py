@@ -2,6 +2,8 @@
 
     python benchmarks/scale_cpu.py [--ns 1000,10000,30000] [--search-ns 1000,10000,100000] [--out FILE]
 
+(an empty list, ``--ns ""``, skips that part).
+
 1. step cost against n at d = 16,384 (SD-1.5 latents), one image row with a 768-column prompt row:
    the exact ``Bank.direction`` (float32 and float16 storage) and ``IndexedBank.direction`` (default
    neighbors = samples = 256);
@@ -80,7 +82,7 @@ def main() -> None:
     results: dict = {"machine": machine, "d": args.d, "step": [], "search": []}
     e = 768
     qx, qy = clustered(1, args.d, e, prompts=100, seed=999, centres_seed=1)
-    for n in [int(v) for v in args.ns.split(",")]:
+    for n in [int(v) for v in args.ns.split(",") if v]:
         row = {"n": n}
         for name, dtype in (("exact-fp32", torch.float32), ("exact-fp16", torch.float16)):
             bank = sparke.Bank(dtype=dtype)
@@ -99,7 +101,7 @@ def main() -> None:
             f"indexed {row['indexed']:6.1f} ms (built in {row['indexed_build_s']:.0f} s)"
         )
     sx, sy = clustered(1, 64, 32, prompts=100, seed=999, centres_seed=2)
-    for n in [int(v) for v in args.search_ns.split(",")]:
+    for n in [int(v) for v in args.search_ns.split(",") if v]:
         indexed = sparke.IndexedBank(64, 32, sigma_x=SX, sigma_y=SY)
         build = fill(indexed, n, 64, 32, seed=2, chunk=16384)
         ms = median_ms(lambda b=indexed: b.direction(sx, sy), args.reps * 4)
