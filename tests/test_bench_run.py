@@ -151,3 +151,17 @@ def test_mixture_experiment_runs_small(tmp_path):
 def test_config_every_matches_the_papers_guided_fraction():
     assert dataclasses.replace(BenchConfig(), steps=50).every == 10
     assert BenchConfig(steps=10).every == 2
+
+
+def test_scales_option_replaces_or_drops_one_sweep():
+    import typer
+
+    from sparke.cli.bench import _sweeps
+
+    base = {"sparke": [0.003, 0.01], "cads": [0.25], "pg": [0.003]}
+    got = _sweeps(base, ["sparke=0.01, 0.03", "pg=", "rke=0.1"])
+    assert got == {"sparke": [0.01, 0.03], "cads": [0.25], "rke": [0.1]}
+    assert base["sparke"] == [0.003, 0.01]  # the shipped config is not modified
+    for bad in ("sparke", "nope=0.1", "none=0.1", "sparke=a", "sparke=-1"):
+        with pytest.raises(typer.BadParameter):
+            _sweeps(base, [bad])
