@@ -61,6 +61,26 @@ def test_output_types(tiny_pipe):
     assert isinstance(_run(tiny_pipe, return_dict=False), tuple)
 
 
+def test_prompt_embeddings_do_not_depend_on_the_batch_and_are_cached(tiny_pipe, monkeypatch):
+    import sparke.embedded.pipeline as module
+    import sparke.encoders.minilm as minilm
+
+    long = "two small blue squares on a black background, seen from above"
+    together = tiny_pipe.encode_prompt_features(["a red circle", long])
+    fresh = ShapesPipeline(unet=tiny_pipe.unet, scheduler=build_scheduler())
+    assert torch.equal(fresh.encode_prompt_features("a red circle")[0], together[0])
+    torch.testing.assert_close(together, minilm.encode_minilm(["a red circle", long]), atol=1e-5, rtol=0)
+    calls = []
+    original = minilm.encode_minilm
+    monkeypatch.setattr(minilm, "encode_minilm", lambda p, **kw: calls.append(p) or original(p, **kw))
+    monkeypatch.setattr(module, "PROMPT_CACHE_SIZE", 2)
+    fresh.encode_prompt_features(["a red circle", "a blue square", "a red circle"])
+    assert calls == [["a blue square"]]
+    fresh.encode_prompt_features(["a green star"])  # evicts the least recently used, "a red circle"
+    fresh.encode_prompt_features(["a blue square", "a red circle"])
+    assert calls == [["a blue square"], ["a green star"], ["a red circle"]]
+
+
 def test_text_prompts_and_encode_prompt(tiny_pipe):
     e = tiny_pipe.encode_prompt(["a red circle", "a crimson disc", "two blue squares"])
     assert e.shape == (3, 384) and e.dtype == torch.float32

@@ -17,6 +17,7 @@ wrap the scheduler or use the callback attach exactly as they do on Stable Diffu
 from __future__ import annotations
 
 import inspect
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,8 @@ TINY_UNET_CONFIG: dict[str, Any] = {
     "norm_num_groups": 8,
 }
 
+PROMPT_CACHE_SIZE = 4096  # distinct prompts whose embeddings a pipeline keeps (1.5 KiB each)
+
 # DDPM's linear schedule over 1000 steps (the diffusers defaults, so any scheduler built from
 # this config - or with its own defaults - matches the training noise levels).
 SCHEDULER_CONFIG: dict[str, Any] = {
@@ -79,9 +82,21 @@ def build_unet(config: dict[str, Any] | None = None) -> UNet2DConditionModel:
     return UNet2DConditionModel(**(config or UNET_CONFIG))
 
 
+# The sampler adds Imagen's dynamic thresholding: with classifier-free guidance the predicted image
+# leaves [-1, 1] and, in pixel space, saturates into wrong colours and speckle. Clipping each step's x0
+# to its 99.5th absolute percentile (at most 1) raised the unguided shape+colour match from 0.90 to 0.98
+# (CFG 4, 25 steps, 96 images); the weights' eval_summary.json has the measurement.
+SAMPLER_CONFIG: dict[str, Any] = {
+    **SCHEDULER_CONFIG,
+    "thresholding": True,
+    "dynamic_thresholding_ratio": 0.995,
+    "sample_max_value": 1.0,
+}
+
+
 def build_scheduler() -> DPMSolverMultistepScheduler:
-    """The default sampler: DPM-Solver++ (2nd order, multistep) on the training schedule."""
-    return DPMSolverMultistepScheduler(**SCHEDULER_CONFIG)
+    """The default sampler: DPM-Solver++ (2nd order, multistep) on the training schedule, thresholded x0."""
+    return DPMSolverMultistepScheduler(**SAMPLER_CONFIG)
 
 
 class ShapesPipeline(DiffusionPipeline):
@@ -94,18 +109,33 @@ class ShapesPipeline(DiffusionPipeline):
     def __init__(self, unet: UNet2DConditionModel, scheduler: Any) -> None:
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
+        self._prompt_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
 
     # ------------------------------------------------------------------ text features
     def encode_prompt_features(
         self, prompts: str | list[str], device: torch.device | None = None
     ) -> torch.Tensor:
-        """MiniLM sentence embeddings (N, 384), float32, L2-normalised, on ``device`` (default: the UNet's)."""
+        """MiniLM sentence embeddings (N, 384), float32, L2-normalised, on ``device`` (default: the UNet's).
+
+        Each distinct prompt is encoded alone (no padding), so its embedding does not depend on the other
+        prompts of the call, and kept in a small cache (the same prompts come back on every call of a run).
+        """
         from sparke.encoders.minilm import encode_minilm
 
         if isinstance(prompts, str):
             prompts = [prompts]
         device = device or self._execution_device
-        return encode_minilm(list(prompts), device=device)
+        cache = self._prompt_cache
+        for prompt in dict.fromkeys(prompts):
+            if prompt in cache:
+                cache.move_to_end(prompt)
+                continue
+            cache[prompt] = encode_minilm([prompt], device="cpu")[0]
+            if len(cache) > PROMPT_CACHE_SIZE:
+                cache.popitem(last=False)
+        if not prompts:
+            return torch.zeros(0, 384, device=device)
+        return torch.stack([cache[p] for p in prompts]).to(device)
 
     def encode_prompt(self, prompt: str | list[str], device: torch.device | None = None) -> torch.Tensor:
         """Prompt embeddings (N, 384) as the UNet consumes them (same as :meth:`encode_prompt_features`)."""
