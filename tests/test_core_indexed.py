@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -193,3 +194,37 @@ def test_plugin_accepts_an_indexed_bank():
     z_index, z_bank = run(with_index, 1), run(with_bank, 1)
     assert len(index) == len(plain.bank) == 8
     assert torch.allclose(z_index, z_bank, rtol=1e-3, atol=1e-4)
+
+
+def test_cells_partition_the_bank_and_draws_are_unbiased(monkeypatch):
+    monkeypatch.setattr(indexed, "CELLS_FROM", 512)
+    monkeypatch.setattr(indexed, "ROWS_PER_CELL", 16)
+    x, y = clustered(3000, 24, 8, prompts=3, seed=5)
+    bank = sparke.IndexedBank(24, 8, neighbors=16, sigma_x=SX, sigma_y=SY)
+    for start in range(0, 3000, 700):  # trains at 700 rows, retrains at 1,400 and 2,800 (doublings)
+        bank.add(x[start : start + 700], y[start : start + 700])
+    cells = bank._cells
+    assert cells.trained_at == 2800 and cells.centroids.shape[0] == 2800 // 16
+    members = np.concatenate([m[:k] for m, k in zip(cells._members, cells.sizes, strict=True)])
+    assert np.array_equal(np.sort(members), np.arange(3000))  # every row in exactly one cell
+    z = bank._search_vectors(bank.x, bank.y)
+    query = bank._search_vectors(x[:1] + 0.05, y[:1])[0]
+    weight = np.exp(-np.square(z - query).sum(1, dtype=np.float64))
+    rows, p = cells.draw(query, 200_000, np.random.default_rng(0))
+    assert (p > 0).all()
+    estimate = float((weight[rows] / p).mean())
+    assert estimate == pytest.approx(float(weight.sum()), rel=0.02)
+
+
+def test_cells_help_when_thousands_of_rows_share_a_prompt(monkeypatch):
+    x, y = clustered(6008, 32, 8, prompts=2, seed=6)
+    want = torch.cat([exact(x[b : b + 1], y[b : b + 1], x[8:], y[8:]) for b in range(8)])
+    cosines = {}
+    for cells_from in (10**9, 1000):
+        monkeypatch.setattr(indexed, "CELLS_FROM", cells_from)
+        bank = sparke.IndexedBank(32, 8, neighbors=16, samples=96, sigma_x=SX, sigma_y=SY, seed=3)
+        bank.add(x[8:], y[8:])
+        assert (bank._cells is not None) == (cells_from == 1000)
+        got = torch.cat([bank.direction(x[b : b + 1], y[b : b + 1]) for b in range(8)])
+        cosines[cells_from] = cos(got, want)
+    assert cosines[1000].mean() > cosines[10**9].mean() + 0.02 and cosines[1000].min() > 0.95

@@ -14,10 +14,11 @@ about sqrt(2 / search_dim)); the rows it returns are then weighted with the exac
 What is approximate, and how:
 - per batch row, the direction sums exactly over the ``neighbors`` nearest rows found, and estimates the
   rest from ``samples`` weighted draws: half among the next ``7 * neighbors`` rows the search found
-  (importance sampling by their search-space weight), half uniformly over the whole bank (for the flat
-  tail when many rows share a prompt). The estimate is unbiased for the part beyond the nearest rows, and a
-  step reads ``neighbors + samples`` rows per batch row whatever n is. docs/scale.md: cosine to the exact
-  direction against ``neighbors`` and n;
+  (importance sampling by their search-space weight), half over the whole bank for the flat tail when many
+  rows share a prompt: uniformly while the bank is small, then through a k-means partition of the search
+  vectors (cells near the sample drawn more often, every row with a known non-zero probability). The
+  estimate is unbiased for the part beyond the nearest rows, and a step reads ``neighbors + samples`` rows
+  per batch row whatever n is. docs/scale.md: cosine to the exact direction against ``neighbors`` and n;
 - the normaliser F (sum of all squared joint kernel entries over the bank and the batch) only scales the
   direction. Its bank part is kept as rows are added, from each new row's ``neighbors`` nearest earlier
   rows, ``samples`` uniform draws for the other earlier rows, and exactly among the rows of one ``add``
@@ -57,6 +58,16 @@ FLAT_BELOW = 32_768
 ADD_CHUNK = 1024
 # Rows searched per batch row, in multiples of ``neighbors``: the nearest are exact, the others sampled.
 EXPAND = 8
+# From this many rows on, the draws for the rest of the bank come from a k-means partition of the search
+# vectors (cells of about ROWS_PER_CELL rows, at most MAX_CELLS, retrained each time the bank doubles):
+# a cell is drawn with probability ~ size * exp(-CELL_TEMPER * |z - centroid|^2), mixed with
+# CELL_UNIFORM of plain size-proportional draws, then a row uniformly inside it. When thousands of rows
+# share a prompt, uniform draws over the whole bank rarely land among them; cell draws mostly do.
+CELLS_FROM = 8192
+ROWS_PER_CELL = 64
+MAX_CELLS = 1024
+CELL_TEMPER = 0.5
+CELL_UNIFORM = 0.1
 
 
 def _faiss():
@@ -134,6 +145,7 @@ class IndexedBank:
         self._pair_sum = 0.0
         self._workspace = Workspace()
         self._index = self._new_index()
+        self._cells: _Cells | None = None
 
     # -- reading ---------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -206,6 +218,12 @@ class IndexedBank:
             self._index.add(z)
             if self._count > FLAT_BELOW and not self._graph:
                 self._to_graph()
+            if self._count >= CELLS_FROM and (
+                self._cells is None or self._count >= 2 * self._cells.trained_at
+            ):
+                self._cells = _Cells.train(self._index, self._count, self.seed)
+            elif self._cells is not None:
+                self._cells.assign(z, self._count - m)
 
     def _reserve(self, m: int) -> None:
         """Grow the row buffers geometrically: amortised O(1) per row, views stay contiguous."""
@@ -281,14 +299,16 @@ class IndexedBank:
         The ``neighbors`` nearest rows count once each (exact terms); the next ``(EXPAND - 1) * neighbors``
         found by the search are importance-sampled (half of ``samples`` draws, probability proportional to
         their search-space weight exp(-|z - z_j|^2) mixed half and half with uniform, each draw weighted
-        1 / (draws * p)); the rest of the bank by uniform draws (the other half, each weighted n / draws, draws
-        that hit a searched row dropped). Unbiased for the part beyond the nearest rows.
+        1 / (draws * p)); the rest of the bank by the other half, drawn uniformly (each weighted n / draws) or,
+        from ``CELLS_FROM`` rows on, through the k-means cells (``_Cells.draw``), draws that hit a searched
+        row dropped. Unbiased for the part beyond the nearest rows.
         """
         n = self._count
         wanted = min(n, EXPAND * self.neighbors)
         if self._graph:
             self._index.hnsw.efSearch = max(wanted, 64)  # breadth of the graph walk: recall of the top rows
-        dist, found = self._index.search(self._search_vectors(x, y), wanted)
+        queries = self._search_vectors(x, y)
+        dist, found = self._index.search(queries, wanted)
         for b in range(found.shape[0]):
             valid = found[b] >= 0
             ids, d = found[b][valid], dist[b][valid].astype(np.float64)
@@ -303,10 +323,13 @@ class IndexedBank:
                 parts.append(rest[pick])
                 weights.append(1.0 / (draws_is * p[pick]))
             if draws_far and n > ids.shape[0]:
-                drawn = self._rng.integers(0, n, size=draws_far)
-                drawn = drawn[~np.isin(drawn, ids)]
-                parts.append(drawn)
-                weights.append(np.full(drawn.shape[0], n / draws_far))
+                if self._cells is None:
+                    drawn, p_row = self._rng.integers(0, n, size=draws_far), np.full(draws_far, 1.0 / n)
+                else:
+                    drawn, p_row = self._cells.draw(queries[b], draws_far, self._rng)
+                keep = ~np.isin(drawn, ids)
+                parts.append(drawn[keep])
+                weights.append(1.0 / (draws_far * p_row[keep]))
             yield np.concatenate(parts), np.concatenate(weights)
 
     # -- guidance --------------------------------------------------------------------------------------------
@@ -489,6 +512,8 @@ class IndexedBank:
                 bank._index.add(bank._search_vectors(bank._x[start:stop], _slice(bank._y, start, stop)))
             if count > FLAT_BELOW:
                 bank._to_graph()
+            if count >= CELLS_FROM:
+                bank._cells = _Cells.train(bank._index, count, bank.seed)
         bank._pair_sum = pair_sum
         return bank
 
@@ -508,3 +533,66 @@ def _sq_norms(rows: torch.Tensor) -> torch.Tensor:
 
 def _slice(y: torch.Tensor | None, start: int, stop: int) -> torch.Tensor | None:
     return None if y is None else y[start:stop]
+
+
+class _Cells:
+    """A k-means partition of the search vectors, to draw bank rows near a query without reading them all.
+
+    ``draw`` is importance sampling: a cell with probability pi_c (from its size and its centroid's distance to
+    the query, mixed with size-proportional), then a row uniformly in it, so row r of cell c has probability
+    pi_c / size_c > 0 for every row: weighting each draw by 1 / (draws * p) keeps sums unbiased.
+    """
+
+    def __init__(self, centroids: np.ndarray, trained_at: int) -> None:
+        self.centroids = centroids  # (C, columns) float32
+        self.trained_at = trained_at
+        self._assigner = _faiss().IndexFlatL2(centroids.shape[1])
+        self._assigner.add(centroids)
+        self.sizes = np.zeros(centroids.shape[0], dtype=np.int64)
+        self._members = [np.empty(0, dtype=np.int64) for _ in range(centroids.shape[0])]
+
+    @classmethod
+    def train(cls, index: Any, count: int, seed: int) -> _Cells:
+        """Cells for the ``count`` rows of ``index`` (k-means on at most 64 rows per cell, 10 iterations)."""
+        faiss = _faiss()
+        cells = max(1, min(MAX_CELLS, count // ROWS_PER_CELL))
+        rng = np.random.default_rng(seed + count)
+        sample = np.sort(rng.choice(count, size=min(count, 64 * cells), replace=False))
+        kmeans = faiss.Kmeans(index.d, cells, niter=10, seed=seed, verbose=False, max_points_per_centroid=64)
+        kmeans.train(index.reconstruct_batch(sample))
+        out = cls(np.ascontiguousarray(kmeans.centroids, dtype=np.float32), count)
+        for start in range(0, count, 65536):
+            stop = min(start + 65536, count)
+            out.assign(index.reconstruct_n(start, stop - start), start)
+        return out
+
+    def assign(self, z: np.ndarray, first_id: int) -> None:
+        """File rows first_id, first_id + 1, ... with search vectors z: (m, columns) under their nearest cell."""
+        _, nearest = self._assigner.search(z, 1)
+        cell_of = nearest[:, 0]
+        order = np.argsort(cell_of, kind="stable")
+        cells, starts, counts = np.unique(cell_of[order], return_index=True, return_counts=True)
+        ids = first_id + order
+        for c, start, k in zip(cells.tolist(), starts.tolist(), counts.tolist(), strict=True):
+            size, members = int(self.sizes[c]), self._members[c]
+            if size + k > members.shape[0]:  # grow geometrically: amortised O(1) per row
+                grown = np.empty(max(size + k, 2 * members.shape[0], 16), dtype=np.int64)
+                grown[:size] = members[:size]
+                self._members[c] = members = grown
+            members[size : size + k] = ids[start : start + k]
+            self.sizes[c] = size + k
+
+    def draw(self, query: np.ndarray, draws: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """``draws`` row ids for one search vector (columns,) and the probability each had of being drawn."""
+        sizes = self.sizes.astype(np.float64)
+        d2 = np.square(self.centroids - query[None, :]).sum(1, dtype=np.float64)
+        near = np.exp(-CELL_TEMPER * (d2 - d2[sizes > 0].min())) * sizes
+        pi = (1.0 - CELL_UNIFORM) * near / near.sum() + CELL_UNIFORM * sizes / sizes.sum()
+        cells = rng.choice(pi.shape[0], size=draws, p=pi)
+        slot = (rng.random(draws) * sizes[cells]).astype(np.int64)
+        rows = np.fromiter(
+            (self._members[c][k] for c, k in zip(cells.tolist(), slot.tolist(), strict=True)),
+            dtype=np.int64,
+            count=draws,
+        )
+        return rows, pi[cells] / sizes[cells]
