@@ -18,7 +18,9 @@ batch 512, i.e. 1.6M examples, 300 s of training, ~10 steps/s), final training l
 captions from 60,000 draws, MiniLM-embedded on 2 CPU cores in ~14 min) was built beforehand
 with ``sparke.embedded.data.load_or_build_pool`` and carried to the GPU. On 2 CPU cores one
 step of batch 512 takes tens of seconds: CPU retraining is impractical beyond smoke tests.
-``--init`` resumes from saved weights.
+``--init`` resumes from saved weights. Sampling quality owes as much to the sampler as to training:
+the shipped pipeline thresholds each step's predicted image (``pipeline.SAMPLER_CONFIG``), which took the
+unguided shape+colour match at CFG 4 from 0.84 to 0.99 at 10 steps (192 images) with these weights.
 Deterministic for a fixed ``--steps`` on one device type (CUDA kernels may differ in the
 last bits between GPU models); ``--minutes`` stops early on a time budget.
 """
