@@ -236,3 +236,35 @@ def test_flux_packed_latents_x0_and_image_encoder_spaces():
         # reference images encode into the same space and size as the bank rows
         ref = guide.encode_images(pipe, torch.rand(2, 3, 16, 16))
         assert ref.dim_x == guide.bank.dim_x
+
+
+def test_decode_and_encode_follow_the_vae_config_like_sdxl():
+    """latents_mean/std and scaling_factor as StableDiffusionXLPipeline applies them; an fp16 VAE with
+    force_upcast runs in float32 for the call and is fp16 again after."""
+    from sparke.guidance.spaces import decode, encode_to_latents
+    from tiny_pipelines import build
+
+    pipe = build("sdxl")
+    vae = pipe.vae
+    channels = vae.config.latent_channels
+    mean, std = [0.1 * c for c in range(channels)], [0.5 + 0.25 * c for c in range(channels)]
+    vae.register_to_config(latents_mean=mean, latents_std=std)
+    m, s = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+    scale = vae.config.scaling_factor
+    latents = torch.randn(2, channels, 4, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = vae.decode(latents * s / scale + m, return_dict=False)[0]
+        torch.testing.assert_close(decode(pipe, latents), want)
+        images = want.clamp(-1, 1)
+        posterior = vae.encode(images).latent_dist.mean
+        torch.testing.assert_close(encode_to_latents(pipe, images), (posterior - m) * scale / s)
+        vae.register_to_config(force_upcast=True)
+        vae.to(torch.float16)
+        seen = []
+        hook = vae.decoder.register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+        upcast = decode(pipe, latents)
+        hook.remove()
+        assert seen == [torch.float32], "the fp16 VAE with force_upcast must decode in float32"
+        assert vae.dtype == torch.float16 and upcast.dtype == torch.float32
+        vae.to(torch.float32)
+        torch.testing.assert_close(upcast, decode(pipe, latents.half().float()), atol=2e-3, rtol=0)

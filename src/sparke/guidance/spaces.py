@@ -12,6 +12,7 @@ Features are always (B, d) float32 rows, L2-normalised, differentiable with resp
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -103,13 +104,40 @@ def _image_size(pipe: Any, height: int | None, width: int | None) -> tuple[int, 
     return int(height or default), int(width or default)
 
 
+def _latent_stats(vae: Any, like: torch.Tensor) -> tuple[Any, Any]:
+    """(mean, std) of the VAE's latent channels as (1, C, 1, 1) tensors (SDXL-style configs), or (0, 1)."""
+    mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+    if mean is None or std is None:
+        return 0.0, 1.0
+    shape = (1, len(mean), 1, 1)
+    return (
+        torch.tensor(mean, dtype=like.dtype, device=like.device).view(shape),
+        torch.tensor(std, dtype=like.dtype, device=like.device).view(shape),
+    )
+
+
+@contextmanager
+def _vae_precision(vae: Any):
+    """The VAE as the pipelines run it: an fp16 VAE with ``force_upcast`` (SDXL's overflows in fp16) is moved
+    to float32 for the call and back after, as ``StableDiffusionXLPipeline`` does before decoding."""
+    upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+    if upcast:
+        vae.to(dtype=torch.float32)
+    try:
+        yield vae.dtype
+    finally:
+        if upcast:
+            vae.to(dtype=torch.float16)
+
+
 def decode(
     pipe: Any, latents: torch.Tensor, *, height: int | None = None, width: int | None = None
 ) -> torch.Tensor:
     """Latents in the pipeline's layout -> images (B, 3, H, W) float32 in about [-1, 1], differentiable.
 
     ``pipe.vae is None`` (pixel-space pipelines): identity. Flux's packed latents are unpacked with the call's
-    height/width (default: the pipeline's default size).
+    height/width (default: the pipeline's default size). The VAE's ``scaling_factor``, ``shift_factor``,
+    ``latents_mean``/``latents_std`` and ``force_upcast`` are applied as the pipelines apply them.
     """
     vae = getattr(pipe, "vae", None)
     if vae is None:
@@ -119,8 +147,10 @@ def decode(
         latents = pipe._unpack_latents(latents, h, w, pipe.vae_scale_factor)
     scale = getattr(vae.config, "scaling_factor", 1.0) or 1.0
     shift = getattr(vae.config, "shift_factor", None) or 0.0
-    z = latents / scale + shift
-    images = vae.decode(z.to(vae.dtype), return_dict=False)[0]
+    mean, std = _latent_stats(vae, latents)
+    z = latents * std / scale + mean + shift
+    with _vae_precision(vae) as dtype:
+        images = vae.decode(z.to(dtype), return_dict=False)[0]
     return images.float()
 
 
@@ -129,10 +159,13 @@ def encode_to_latents(pipe: Any, images: torch.Tensor) -> torch.Tensor:
     vae = getattr(pipe, "vae", None)
     if vae is None:
         return images
-    posterior = vae.encode(images.to(vae.device, vae.dtype)).latent_dist
+    stored = vae.dtype
+    with _vae_precision(vae) as dtype:
+        z = vae.encode(images.to(vae.device, dtype)).latent_dist.mean.to(stored)
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     scale = getattr(vae.config, "scaling_factor", 1.0) or 1.0
-    z = (posterior.mean - shift) * scale
+    mean, std = _latent_stats(vae, z)
+    z = (z - shift - mean) * scale / std
     if hasattr(pipe, "_pack_latents"):
         b, c, h, w = z.shape
         z = pipe._pack_latents(z, b, c, h, w)
