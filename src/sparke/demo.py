@@ -21,7 +21,7 @@ as the commands, so the equivalent commands are
     sparke evaluate runs/demo/none runs/demo/sparke-0.05 runs/demo/sparke-0.1
     sparke report runs/demo/none runs/demo/sparke-0.05 runs/demo/sparke-0.1 --out runs/demo/report.html
 
-Rerunning resumes (finished runs are skipped). About 3 minutes on 2 idle CPU cores.
+Rerunning resumes (finished runs are skipped). About 2 minutes on 2 idle CPU cores.
 """
 
 from __future__ import annotations
