@@ -79,6 +79,8 @@ def test_prompt_embeddings_do_not_depend_on_the_batch_and_are_cached(tiny_pipe, 
     fresh.encode_prompt_features(["a green star"])  # evicts the least recently used, "a red circle"
     fresh.encode_prompt_features(["a blue square", "a red circle"])
     assert calls == [["a blue square"], ["a green star"], ["a red circle"]]
+    many = fresh.encode_prompt_features(["one", "two", "three", "one"])  # more prompts than the cache holds
+    assert many.shape == (4, 384) and torch.equal(many[0], many[3]) and len(fresh._prompt_cache) == 2
 
 
 def test_text_prompts_and_encode_prompt(tiny_pipe):

@@ -120,22 +120,24 @@ class ShapesPipeline(DiffusionPipeline):
         Each distinct prompt is encoded alone (no padding), so its embedding does not depend on the other
         prompts of the call, and kept in a small cache (the same prompts come back on every call of a run).
         """
-        from sparke.encoders.minilm import encode_minilm
+        from sparke.encoders.minilm import EMBED_DIM, encode_minilm
 
         if isinstance(prompts, str):
             prompts = [prompts]
         device = device or self._execution_device
         cache = self._prompt_cache
+        rows: dict[str, torch.Tensor] = {}  # this call's, kept even when the call evicts them from the cache
         for prompt in dict.fromkeys(prompts):
             if prompt in cache:
                 cache.move_to_end(prompt)
+                rows[prompt] = cache[prompt]
                 continue
-            cache[prompt] = encode_minilm([prompt], device="cpu")[0]
+            rows[prompt] = cache[prompt] = encode_minilm([prompt], device="cpu")[0]
             if len(cache) > PROMPT_CACHE_SIZE:
                 cache.popitem(last=False)
         if not prompts:
-            return torch.zeros(0, 384, device=device)
-        return torch.stack([cache[p] for p in prompts]).to(device)
+            return torch.zeros(0, EMBED_DIM, device=device)
+        return torch.stack([rows[p] for p in prompts]).to(device)
 
     def encode_prompt(self, prompt: str | list[str], device: torch.device | None = None) -> torch.Tensor:
         """Prompt embeddings (N, 384) as the UNet consumes them (same as :meth:`encode_prompt_features`)."""
