@@ -20,15 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from _data import clustered  # noqa: E402
 
 SX, SY = 0.8, 0.3
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: OpenMP wake-ups cost more than a second thread saves on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def exact(x, y, bank_x, bank_y, objective="cond-rke"):

@@ -11,16 +11,7 @@ from sparke.core import Bank
 from sparke.guidance import SPARKE, attach
 from tiny_pipelines import NAMES, build, call_kwargs, final_latents, pipeline_state, same_state
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: one thread is 10x faster than two on a shared, busy CPU (no oversubscription).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("torch_one_thread")]
 
 
 PROMPTS = ["a photo of a cat", "a photo of a dog"]  # similar prompts: the prompt kernel pairs them

@@ -9,16 +9,7 @@ from sparke.guidance import SPARKE, attach
 from sparke.guidance.spaces import x0_estimate
 from tiny_pipelines import call_kwargs, final_latents, pipeline_state, same_state, tiny_sd, tiny_sd3
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: one thread is 10x faster than two on a shared, busy CPU (no oversubscription).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("torch_one_thread")]
 
 
 SD_BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
