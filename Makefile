@@ -27,6 +27,7 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports
 
 pytest: $(STAMP)
 	$(BIN)/pytest
@@ -34,7 +35,7 @@ pytest: $(STAMP)
 test: lint pytest
 
 demo: $(STAMP)
-	$(BIN)/python -m sparke.demo --out runs/demo
+	$(BIN)/python -m sparke.cli.demo --out runs/demo
 
 # Retrains the embedded UNet into runs/embedded/unet (copy it to src/sparke/embedded/weights/ to ship it).
 # Needs a GPU: the shipped weights took 5 minutes on one H200; on 2 CPU cores a step takes tens of seconds.

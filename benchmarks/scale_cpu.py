@@ -1,6 +1,7 @@
 """CPU micro-benchmark of the guided step against the bank size (issue 6, point 5).
 
-    python benchmarks/scale_cpu.py [--ns 1000,10000,30000] [--search-ns 1000,10000,100000] [--out FILE]
+    python benchmarks/scale_cpu.py [--ns 1000,10000,30000] [--search-ns 1000,10000,100000] [--search faiss]
+                                   [--out FILE]
 
 (an empty list, ``--ns ""``, skips that part).
 
@@ -8,7 +9,8 @@
    the exact ``Bank.direction`` (float32 and float16 storage) and ``IndexedBank.direction`` (default
    neighbors = samples = 256);
 2. the indexed step alone at small d (64 image + 32 prompt columns: rows cost nothing to read), up to
-   larger n, to show how the search grows.
+   larger n, to show how the search grows. ``--search flat`` times the exact flat scan that an
+   ``IndexedBank`` runs on CUDA (here on the CPU: it grows linearly in n, FAISS's HNSW does not).
 Medians of ``--reps`` calls after two warm-ups; the rows are clustered unit features (benchmarks/_data.py).
 """
 
@@ -55,6 +57,12 @@ def fill(bank, n: int, d: int, e: int, seed: int, chunk: int = 4096) -> float:
     return time.perf_counter() - t0
 
 
+def _kind(bank) -> str:
+    if bank.search_mode == "flat":
+        return "device flat scan"
+    return "HNSW" if bank._graph else "FAISS flat"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -65,6 +73,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument(
         "--threads", type=int, default=1, help="torch and FAISS threads (1: stable on a shared machine)"
+    )
+    parser.add_argument(
+        "--search", default="auto", choices=["auto", "faiss", "flat"], help="the IndexedBank's search"
     )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -79,7 +90,7 @@ def main() -> None:
         f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} thread(s)"
     )
     print(f"machine: {machine}")
-    results: dict = {"machine": machine, "d": args.d, "step": [], "search": []}
+    results: dict = {"machine": machine, "d": args.d, "search_mode": args.search, "step": [], "search": []}
     e = 768
     qx, qy = clustered(1, args.d, e, prompts=100, seed=999, centres_seed=1)
     for n in [int(v) for v in args.ns.split(",") if v]:
@@ -89,9 +100,11 @@ def main() -> None:
             fill(bank, n, args.d, e, seed=1)
             # the kept normaliser: its value does not change the cost (computing it is a one-off O(n^2 d))
             bank._pair_sums[_key("gaussian", SX, SY)] = float(n)
-            row[name] = median_ms(lambda b=bank: b.direction(qx, qy, sigma_x=SX, sigma_y=SY), args.reps)
+            row[name] = median_ms(
+                lambda b=bank: b.direction(qx, qy, sigma_image=SX, sigma_prompt=SY), args.reps
+            )
             del bank
-        indexed = sparke.IndexedBank(args.d, e, sigma_x=SX, sigma_y=SY)
+        indexed = sparke.IndexedBank(args.d, e, sigma_image=SX, sigma_prompt=SY, search=args.search)
         row["indexed_build_s"] = fill(indexed, n, args.d, e, seed=1)
         row["indexed"] = median_ms(lambda b=indexed: b.direction(qx, qy), args.reps)
         del indexed
@@ -102,13 +115,11 @@ def main() -> None:
         )
     sx, sy = clustered(1, 64, 32, prompts=100, seed=999, centres_seed=2)
     for n in [int(v) for v in args.search_ns.split(",") if v]:
-        indexed = sparke.IndexedBank(64, 32, sigma_x=SX, sigma_y=SY)
+        indexed = sparke.IndexedBank(64, 32, sigma_image=SX, sigma_prompt=SY, search=args.search)
         build = fill(indexed, n, 64, 32, seed=2, chunk=16384)
         ms = median_ms(lambda b=indexed: b.direction(sx, sy), args.reps * 4)
-        results["search"].append({"n": n, "indexed": ms, "build_s": build, "graph": indexed._graph})
-        print(
-            f"d=64+32 n={n:>7}: indexed {ms:6.2f} ms ({'HNSW' if indexed._graph else 'flat'}, built in {build:.0f} s)"
-        )
+        results["search"].append({"n": n, "indexed": ms, "build_s": build, "kind": _kind(indexed)})
+        print(f"d=64+32 n={n:>7}: indexed {ms:6.2f} ms ({_kind(indexed)}, built in {build:.0f} s)")
         del indexed
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sparke.bench import BenchConfig, run_bench
-from sparke.bench.metrics import free_attribute_scores
+from sparke.bench.metrics import CI_METRICS, free_attribute_scores
 from sparke.bench.report import best_rows, goal_check
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -59,8 +59,9 @@ def test_run_bench_writes_rows_table_and_plots(tmp_path):
     config = BenchConfig(
         clusters=2,
         prompts=2,
-        seeds=1,
+        seeds=2,
         steps=2,
+        n_boot=50,
         sweeps={"sparke": [0.1], "cads": [0.25], "pg": [0.1]},  # rke/vendi: tests/test_baselines_*
         variants={"sparke x0": {"method": "sparke", "scales": [0.1], "options": {"space": "x0"}}},
         mixture=False,
@@ -74,12 +75,60 @@ def test_run_bench_writes_rows_table_and_plots(tmp_path):
         for key in REQUIRED:
             assert key in r, key
         assert 0.0 <= r["fidelity"] <= 1.0 and 0.0 <= r["free_attribute_coverage"] <= 1.0
-        assert r["n_images"] == 4
+        assert r["n_images"] == 8
+        for m in CI_METRICS:
+            low, high = r["ci"][m]
+            assert low <= r[m] + 1e-9 and r[m] - 1e-9 <= high, (r["label"], m)
+            d = r["delta_vs_none"][m]
+            assert d["value"] == pytest.approx(r[m] - rows[1][m])
+            assert d["ci"][0] <= d["value"] + 1e-9 <= d["ci"][1] + 2e-9
+    assert rows[1]["delta_vs_none"]["fidelity"] == {"value": 0.0, "ci": [0.0, 0.0]}
     assert rows[0]["fidelity"] == 1.0  # the world's own renders match their prompts
     assert all(r["sec_per_image"] > 0 for r in rows[1:])
     for name in ("results.md", "tradeoff.png", "samples.png", "meta.json"):
         assert (tmp_path / name).stat().st_size > 0
     assert "goal" in meta and "Best scale per method" in (tmp_path / "results.md").read_text()
+    assert "criteria" in meta["goal"] and meta["intervals"]["n_boot"] == 50
+    assert "paired differences to `none`" in (tmp_path / "results.md").read_text()
+
+
+def test_seed_draws_another_prompt_set_and_noise(monkeypatch, tmp_path):
+    from sparke.bench.runner import Setting, generate_setting
+    from sparke.embedded import world as W
+
+    quick = [c.prompts for c in W.prompt_clusters(12, 8, seed=0)]
+    for seed in (1, 2):
+        other = [c.prompts for c in W.prompt_clusters(12, 8, seed=seed)]
+        assert other != quick and len({p for c in other for p in c} & {p for c in quick for p in c}) < 48
+    pipe, _ = _tiny()
+    clusters = W.prompt_clusters(1, 2, seed=0)
+    images = [
+        generate_setting(
+            pipe,
+            clusters,
+            Setting("none", "none", 0.0, {}),
+            BenchConfig(clusters=1, prompts=2, seeds=1, steps=2, seed=s),
+        ).images
+        for s in (0, 1)
+    ]
+    assert not np.array_equal(images[0], images[1])  # another seed, other noise
+
+    # the CLI passes --seed and --n-boot through to the run
+    import sparke.bench as bench
+
+    seen = {}
+
+    def fake_run(config, out, **kwargs):
+        seen["config"] = config
+        return {"goal": {"met": False}, "wall_seconds": 1.0}
+
+    monkeypatch.setattr(bench, "run_bench", fake_run)
+    from cli_helpers import cli
+
+    result = cli("bench", "--quick", "--seed", "2", "--n-boot", "100", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert seen["config"].seed == 2 and seen["config"].n_boot == 100
+    assert seen["config"].clusters == 12
 
 
 def test_same_noise_for_every_setting():
@@ -156,12 +205,12 @@ def test_config_every_matches_the_papers_guided_fraction():
 def test_scales_option_replaces_or_drops_one_sweep():
     import typer
 
-    from sparke.cli.bench import _sweeps
+    from sparke.cli.bench import parse_sweeps
 
     base = {"sparke": [0.003, 0.01], "cads": [0.25], "pg": [0.003]}
-    got = _sweeps(base, ["sparke=0.01, 0.03", "pg=", "rke=0.1"])
+    got = parse_sweeps(base, ["sparke=0.01, 0.03", "pg=", "rke=0.1"])
     assert got == {"sparke": [0.01, 0.03], "cads": [0.25], "rke": [0.1]}
     assert base["sparke"] == [0.003, 0.01]  # the shipped config is not modified
     for bad in ("sparke", "nope=0.1", "none=0.1", "sparke=a", "sparke=-1"):
         with pytest.raises(typer.BadParameter):
-            _sweeps(base, [bad])
+            parse_sweeps(base, [bad])

@@ -1,4 +1,4 @@
-"""``python -m sparke.demo`` (what ``make demo`` runs), on a tiny prompt set."""
+"""``python -m sparke.cli.demo`` (what ``make demo`` runs), on a tiny prompt set."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_demo_small(tmp_path, capsys):
-    from sparke.demo import RUNS, main
+    from sparke.cli.demo import RUNS, main
 
     args = [
         "--out",

@@ -11,7 +11,7 @@ import torch
 from cli_helpers import cli, fake_run, one_error_line, one_thread
 from sparke.core import cond_vendi, in_batch_similarity, vendi
 from sparke.embedded.encoder import WEIGHTS as ENCODER_WEIGHTS
-from sparke.evaluation import evaluate_run, load_features, required_from_prompt
+from sparke.runs.evaluation import evaluate_run, load_features, required_from_prompt
 
 CLUSTERS = [("red", "a red circle"), ("red", "a crimson disc"), ("blue", "two blue squares")]
 
@@ -67,13 +67,13 @@ def test_hf_clip_features(runs, tiny_clip):
     # the numbers are the core's scores on the extractor's features
     extractor = load_features(str(tiny_clip / "clip-vision"), "cpu")
     from sparke.encoders.minilm import encode_minilm
-    from sparke.evaluation import load_run
+    from sparke.runs.evaluation import load_run
 
     run = load_run(runs[0])
     x = extractor(run.load_images())
     y = encode_minilm([r["prompt"] for r in run.records])
     assert overall["vendi"] == pytest.approx(vendi(x, sigma=0.8), rel=1e-6)
-    assert overall["cond_vendi"] == pytest.approx(cond_vendi(x, y, sigma_x=0.8, sigma_y=0.3), rel=1e-6)
+    assert overall["cond_vendi"] == pytest.approx(cond_vendi(x, y, sigma_image=0.8, sigma_prompt=0.3), rel=1e-6)
     sims = [in_batch_similarity(x[i * 4 : i * 4 + 4]) for i in range(3)]
     assert overall["in_batch_similarity"] == pytest.approx(sum(sims) / 3, rel=1e-6)
 

@@ -499,3 +499,347 @@ def test_folder_api(tmp_path):
     folder.repair_manifest_tail()
     folder.append_manifest([{"file": "images/000001.png", "index": 1}])
     assert list(folder.read_manifest()) == [0, 1]
+
+
+# -- issue 12: refused starts leave nothing ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--every", 0], "every"),
+        (["--scale", -1], "scale"),
+        (["--space", "foo"], "foo"),
+        (["--height", 32, "--width", 32], "--height"),
+        (["--model", "nobody/no-such-model"], "nobody/no-such-model"),
+    ],
+)
+def test_refused_start_leaves_the_disk_as_it_was(tiny, prompt_file, tmp_path, extra, words):
+    out = tmp_path / "new" / "run"
+    line = one_error_line(cli(*args(tiny, prompt_file, out), *extra))
+    assert words in line
+    assert not (tmp_path / "new").exists()  # not even the parent it would have made
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("mine")
+    before = folder_state(existing)
+    one_error_line(cli(*args(tiny, prompt_file, existing), *extra))
+    assert folder_state(existing) == before and sorted(p.name for p in existing.iterdir()) == ["keep.txt"]
+
+
+def test_refused_bank_then_rerun_works(reference, tiny, prompt_file, tmp_path):
+    """A --bank of another model is refused before run.json exists: a rerun without it, or with the right one,
+    is not blocked."""
+    other = Bank(metadata={"model": "someone/else", "space": "latent"})
+    other.add(torch.randn(2, 3 * 32 * 32), torch.randn(2, 384))
+    other.save(tmp_path / "other.safetensors")
+    out = tmp_path / "run"
+    one_error_line(cli(*args(tiny, prompt_file, out), "--bank", tmp_path / "other.safetensors"))
+    assert not out.exists()
+    result = cli(*args(tiny, prompt_file, out), "-n", 1)
+    assert result.exit_code == 0, result.output
+
+
+def test_first_batch_failure_is_one_line_and_leaves_nothing(tiny, prompt_file, tmp_path, monkeypatch):
+    from sparke.embedded.pipeline import ShapesPipeline
+
+    def broken(self, *a, **k):
+        raise ValueError("the model does not like this")
+
+    monkeypatch.setattr(ShapesPipeline, "__call__", broken)
+    out = tmp_path / "run"
+    line = one_error_line(cli(*args(tiny, prompt_file, out)))
+    assert "first batch" in line and "does not like this" in line
+    assert not out.exists()
+
+
+def test_out_is_a_file_and_bare_generate(tmp_path, tiny):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    line = one_error_line(cli("generate", "-p", "a cat", "--model", tiny, "--out", blocker))
+    assert "is a file, not a folder" in line and "parent" not in line
+    line = one_error_line(cli("generate"))
+    assert "--out DIR is required" in line
+    assert "Usage" not in cli("generate").output
+
+
+# -- issue 12: the lock ----------------------------------------------------------------------------------------------
+def test_second_writer_is_refused_naming_the_holder(reference, tiny, prompt_file):
+    import socket
+
+    from sparke.runs.lock import RunLock
+
+    before = folder_state(reference)
+    with RunLock(reference):
+        line = one_error_line(cli(*args(tiny, prompt_file, reference)))
+        assert f"pid {os.getpid()}" in line and socket.gethostname() in line and "another sparke" in line
+        assert "wait" in line
+    assert folder_state(reference) == before  # the lock file is gone again
+    assert not (reference / ".sparke.lock").exists()
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(reference, tiny, prompt_file, tmp_path):
+    import shutil
+    import socket
+
+    out = tmp_path / "copy"
+    shutil.copytree(reference, out)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / ".sparke.lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    result = cli(*args(tiny, prompt_file, out))
+    assert result.exit_code == 0, result.output
+    assert "stale lock" in result.stderr and f"pid {dead.pid}" in result.stderr
+    assert not (out / ".sparke.lock").exists()
+
+
+def test_lock_without_flock_uses_the_pid(tmp_path, monkeypatch):
+    """On a file system without flock: a live pid on this host holds the lock, a dead one does not."""
+    import socket
+
+    from sparke.runs import RunError
+    from sparke.runs import lock as lock_module
+
+    class NoFlock:
+        LOCK_EX = LOCK_NB = 0
+
+        @staticmethod
+        def flock(fd, op):
+            import errno
+
+            raise OSError(errno.ENOLCK, "no locks")
+
+    monkeypatch.setattr(lock_module, "fcntl", NoFlock)
+    (tmp_path / ".sparke.lock").write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname()}))
+    with pytest.raises(RunError, match=f"pid {os.getppid()}"):
+        lock_module.RunLock(tmp_path).acquire()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / ".sparke.lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    lock = lock_module.RunLock(tmp_path)
+    assert "stale" in lock.acquire()
+    lock.release()
+
+
+def test_concurrent_generate_processes(reference, tiny, prompt_file, tmp_path):
+    """A real second `sparke generate` into a folder being written exits at once naming the first."""
+    out = tmp_path / "busy"
+    cmd = [sys.executable, "-m", "sparke", *map(str, args(tiny, prompt_file, out))]
+    env = {**SUBPROCESS_ENV, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (out / ".sparke.lock").exists() and proc.poll() is None:
+            time.sleep(0.02)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        line = one_error_line(cli(*args(tiny, prompt_file, out)))
+        assert f"pid {proc.pid}" in line
+    finally:
+        proc.wait(timeout=300)
+        proc.stderr.close()
+    assert len(manifest(out)) == 9  # one writer: one line per image
+    assert_same_run(reference, out)
+
+
+# -- issue 12: verify on resume --------------------------------------------------------------------------------------
+def test_manifest_lines_record_size_and_hash(reference):
+    from sparke.runs import file_sha256
+
+    for record in manifest(reference):
+        file = reference / record["file"]
+        assert record["size"] == file.stat().st_size and record["sha256"] == file_sha256(file)
+
+
+def test_damaged_png_is_regenerated_bit_exactly(reference, tiny, prompt_file, tmp_path):
+    import shutil
+
+    out = tmp_path / "damaged"
+    shutil.copytree(reference, out)
+    png = out / "images" / "000004.png"
+    png.write_bytes(png.read_bytes()[:40])  # truncated
+    flipped = out / "images" / "000007.png"
+    data = bytearray(flipped.read_bytes())
+    data[-20] ^= 0xFF  # same size, other bytes
+    flipped.write_bytes(bytes(data))
+    result = cli(*args(tiny, prompt_file, out))
+    assert result.exit_code == 0, result.output
+    assert "000004.png is damaged" in result.stderr and "000007.png is damaged" in result.stderr
+    assert "7 of 9 images already done" in result.stderr
+    assert_same_run(reference, out)
+
+
+def test_damaged_manifest_tail_is_cut_with_a_note(reference, tiny, prompt_file, tmp_path):
+    import shutil
+
+    out = tmp_path / "tail"
+    shutil.copytree(reference, out)
+    lines = (out / "manifest.jsonl").read_bytes().splitlines(keepends=True)
+    (out / "manifest.jsonl").write_bytes(
+        b"".join(lines[:7]) + b"\x00" * 30 + b"\n" + b'{"oops": 1}\n' + b"{half"
+    )
+    result = cli(*args(tiny, prompt_file, out))
+    assert result.exit_code == 0, result.output
+    assert "cut 3 damaged lines" in result.stderr
+    assert_same_run(reference, out)
+
+
+def test_damaged_manifest_middle_names_repair_and_repair_fixes_it(reference, tiny, prompt_file, tmp_path):
+    import shutil
+
+    from cli_helpers import cli as run_cli
+
+    out = tmp_path / "middle"
+    shutil.copytree(reference, out)
+    lines = (out / "manifest.jsonl").read_text().splitlines(keepends=True)
+    lines[2] = "{not json at all\n"  # image 2's line
+    (out / "manifest.jsonl").write_text("".join(lines))
+    (out / "images" / "000006.png").write_bytes(b"\x89PNG broken")  # and a damaged image
+    for command in (
+        args(tiny, prompt_file, out),
+        ["evaluate", out],
+        ["report", out, "--out", tmp_path / "r.html"],
+    ):
+        line = one_error_line(run_cli(*command))
+        assert f"sparke repair {out}" in line and "manifest.jsonl:3" in line
+    result = run_cli("repair", out)
+    assert result.exit_code == 0, result.output
+    assert "1 lines rebuilt" in result.stdout and "1 damaged lines dropped" in result.stdout
+    assert "1 damaged or missing images dropped" in result.stdout
+    assert_same_run(reference, out)
+    result = run_cli("repair", out)
+    assert result.exit_code == 0 and "nothing to repair" in result.stdout, result.output
+
+
+def test_repair_refuses_what_is_not_a_run(tmp_path):
+    line = one_error_line(cli("repair", tmp_path))
+    assert "run.json" in line and "sparke repair" in line
+
+
+# -- issue 12: modes, warnings, prompt files, messages ---------------------------------------------------------------
+def test_files_follow_the_umask(tiny, prompt_file, tmp_path):
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        out = tmp_path / "modes"
+        result = cli(*args(tiny, prompt_file, out), "-n", 1)
+        assert result.exit_code == 0, result.output
+        assert cli("evaluate", out).exit_code == 0
+        assert cli("report", out, "--out", tmp_path / "report.html").exit_code == 0
+        files = [
+            out / "run.json",
+            out / "manifest.jsonl",
+            out / "bank.safetensors",
+            out / "metrics.json",
+            tmp_path / "report.html",
+            *sorted((out / "images").glob("*.png")),
+        ]
+        for file in files:
+            assert stat.S_IMODE(file.stat().st_mode) == 0o644, file
+        os.umask(0o077)
+        from sparke.runs import atomic_write
+
+        atomic_write(tmp_path / "private.txt", b"x")
+        assert stat.S_IMODE((tmp_path / "private.txt").stat().st_mode) == 0o600
+    finally:
+        os.umask(previous)
+
+
+def test_weak_guidance_warns_once_as_one_line(tiny, tmp_path):
+    result = cli(
+        "generate",
+        "--model",
+        tiny,
+        "-p",
+        "a red circle",
+        "-n",
+        4,
+        "-b",
+        2,
+        "--steps",
+        5,
+        "--out",
+        tmp_path / "w",
+    )
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.stderr.splitlines() if "guides only" in line]
+    assert len(warned) == 1 and warned[0].startswith("warning: SPARKE guides only 1 of 5"), result.stderr
+    assert "--every" in warned[0] and "UserWarning" not in result.stderr
+
+
+def test_required_values_checked_against_the_world(tmp_path, tiny):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(
+        '{"prompt": "a purple circle", "required": {"shape": "circle", "colour": "purpleish"}}\n'
+    )
+    line = one_error_line(cli("generate", "--model", tiny, "--prompts", prompts, "--out", tmp_path / "o"))
+    assert "'purpleish'" in line and "p.jsonl:1" in line and "purple" in line
+    prompts.write_text('{"prompt": "a circle", "required": {"hue": "red"}}\n')
+    line = one_error_line(cli("generate", "--model", tiny, "--prompts", prompts, "--out", tmp_path / "o"))
+    assert "'hue'" in line
+    assert not (tmp_path / "o").exists()
+    prompts.write_text('{"prompt": "two red squares", "required": {"shape": "square", "colour": "red", "count": 2, '
+                       '"position": "top left", "background": "grey", "size": "small"}}\n')  # fmt: skip
+    assert read_prompts(prompts)[0].required["count"] == 2
+
+
+def test_messages(reference, tiny, prompt_file, tmp_path):
+    from sparke.runs.generation import one_line
+
+    # a method change is one difference, not a list of settings "now None"
+    line = one_error_line(
+        cli("generate", "--model", tiny, "--prompts", prompt_file, "-n", 3, "-b", 2, "--steps", 3,
+            "--method", "none", "--out", reference)
+    )  # fmt: skip
+    assert "method was 'sparke', now 'none'" in line and "None" not in line.replace("'none'", "")
+    # a bank path said once
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 100)
+    line = one_error_line(
+        cli(*args(tiny, prompt_file, tmp_path / "c"), "--bank", tmp_path / "junk.safetensors")
+    )
+    assert line.count("junk.safetensors") == 1
+    # no word cut in two; no pydantic prefix
+    long = (
+        "We couldn't connect to 'https://huggingface.co' to load the files "
+        + "and so on " * 30
+        + "local_files_only"
+    )
+    short = one_line(ValueError(long), 120)
+    assert short.endswith(" ...") and short[:-4].split()[-1] in long.split()
+    assert one_line(ValueError("Value error, bad thing")) == "bad thing"
+    line = one_error_line(
+        cli("generate", "-p", "x", "--model", "nobody/no-such-model", "--out", tmp_path / "o")
+    )
+    assert "local_files_o" not in line or "local_files_only" in line
+    # help: no blank first line, per-method defaults, a version
+    help_text = cli("generate", "--help").stdout
+    assert help_text.splitlines()[0].strip().startswith("Usage")
+    assert "(pg)" in " ".join(help_text.split())
+    version = cli("--version")
+    assert version.exit_code == 0 and version.stdout.startswith("sparke ")
+
+
+def test_bank_follows_the_pipeline_device():
+    """Issue 10 point 1: a run's bank lives on the pipeline's execution device, fp16 on CUDA."""
+    from types import SimpleNamespace
+
+    from sparke.runs.generation import _place, bank_placement
+
+    assert bank_placement(SimpleNamespace(_execution_device=torch.device("cpu"))) == (
+        torch.device("cpu"),
+        torch.float32,
+    )
+    cuda_pipe = SimpleNamespace(_execution_device=torch.device("cuda", 0))
+    assert bank_placement(cuda_pipe) == (torch.device("cuda", 0), torch.float16)
+    calls = []
+
+    class FakeBank:
+        def to(self, device=None, dtype=None):
+            calls.append((device, dtype))
+            return self
+
+    _place(FakeBank(), cuda_pipe)
+    assert calls == [(torch.device("cuda", 0), torch.float16)]
+
+
+def test_run_bank_is_float32_on_cpu_and_loadable(reference):
+    bank = Bank.load(reference / "bank.safetensors")
+    assert bank.x.dtype == torch.float32 and bank.x.device.type == "cpu"

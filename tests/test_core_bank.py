@@ -56,7 +56,7 @@ def test_add_more_rows_than_capacity_keeps_the_newest():
 def test_round_trip(tmp_path):
     bank = sparke.Bank(capacity=50, dtype=torch.float16, metadata={"model": "tiny-sd", "sigma_x": 0.8})
     bank.add(torch.randn(30, 4), torch.randn(30, 2))
-    bank.pair_sum(kernel="gaussian", sigma_x=0.8, sigma_y=0.3)
+    bank.pair_sum(kernel="gaussian", sigma_image=0.8, sigma_prompt=0.3)
     path = tmp_path / "bank.safetensors"
     bank.save(path)
     assert [p.name for p in tmp_path.iterdir()] == ["bank.safetensors"]  # no temporary file left behind
@@ -172,3 +172,76 @@ def test_bad_constructor_arguments():
         sparke.Bank(capacity=0)
     with pytest.raises(ValueError, match="^dtype:"):
         sparke.Bank(dtype=torch.int64)
+
+
+def test_device_is_checked_when_the_bank_is_made(tmp_path):
+    with pytest.raises(ValueError, match="^device:"):
+        sparke.Bank(device="gpu")
+    bank = sparke.Bank()
+    bank.add(torch.zeros(2, 3))
+    bank.save(tmp_path / "b.safetensors")
+    with pytest.raises(ValueError, match="^device:"):
+        sparke.Bank.load(tmp_path / "b.safetensors", device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="^device: CUDA is not available"):
+            sparke.Bank(device="cuda")
+        with pytest.raises(ValueError, match="^device: CUDA is not available"):
+            sparke.Bank.load(tmp_path / "b.safetensors", device="cuda")
+
+
+def test_to_moves_rows_in_place_and_keeps_the_pair_sum():
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 8, generator=gen) / 3, torch.randn(40, 3, generator=gen) / 3
+    bank = sparke.Bank(capacity=30)
+    bank.add(x[:35], y[:35])  # evicts: the live rows do not start the buffer
+    kept = bank.pair_sum()
+    before = bank.direction(x[35:], y[35:])
+    assert bank.to(dtype=torch.float64) is bank
+    assert bank.dtype == torch.float64 and bank.device == torch.device("cpu")
+    assert bank.x.dtype == torch.float64 and torch.equal(bank.x, x[5:35].double())
+    assert bank.offset == 0 and bank.buffer_x.shape[0] == len(bank) == 30
+    assert bank.pair_sum() == kept
+    after = bank.direction(x[35:], y[35:])
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-7)
+    bank.add(x[35:], y[35:])  # grows again after the move
+    assert torch.equal(bank.x, x[10:].double())
+    with pytest.raises(ValueError, match="^dtype:"):
+        bank.to(dtype=torch.int32)
+    with pytest.raises(ValueError, match="^device:"):
+        bank.to("gpu")
+    with pytest.raises(AttributeError):
+        bank.device = "cpu"
+
+
+def test_bank_satisfies_the_protocol():
+    from sparke.core import BankLike
+
+    assert isinstance(sparke.Bank(), BankLike)
+    assert not isinstance(object(), BankLike)
+
+
+def test_old_bandwidth_keywords_warn_and_give_the_same_value():
+    bank = sparke.Bank()
+    bank.add(torch.randn(20, 4), torch.randn(20, 2))
+    x, y = torch.randn(2, 4), torch.randn(2, 2)
+    new = bank.direction(x, y, sigma_image=0.7, sigma_prompt=0.4)
+    with pytest.warns(DeprecationWarning, match="sigma_x= is deprecated, use sigma_image="):
+        old = bank.direction(x, y, sigma_x=0.7, sigma_y=0.4)
+    assert torch.equal(new, old)
+    with pytest.raises(TypeError, match="both sigma_x= and sigma_image="):
+        bank.direction(x, y, sigma_x=0.7, sigma_image=0.7)
+
+
+def test_file_keys_of_the_pair_sums_are_unchanged(tmp_path):
+    import json
+
+    from safetensors import safe_open
+
+    bank = sparke.Bank()
+    bank.add(torch.randn(10, 4), torch.randn(10, 2))
+    value = bank.pair_sum(sigma_image=0.8, sigma_prompt=0.3)
+    bank.save(tmp_path / "b.safetensors")
+    with safe_open(str(tmp_path / "b.safetensors"), framework="pt") as handle:
+        meta = handle.metadata()
+    assert json.loads(meta["pair_sums"]) == {json.dumps(["gaussian", 0.8, 0.3]): value}
+    assert sparke.Bank.load(tmp_path / "b.safetensors").pair_sum() == value

@@ -36,7 +36,7 @@ def test_cached_norms_follow_adds_and_evictions(kernel, objective):
     x, y = rows[:3] + 0.01, prompts[:3]
     cond = objective == "cond-rke"
     bank = sparke.Bank(capacity=40, dtype=torch.float64)
-    kw = dict(objective=objective, kernel=kernel, sigma_x=0.8, sigma_y=0.6)
+    kw = dict(objective=objective, kernel=kernel, sigma_image=0.8, sigma_prompt=0.6)
     for start in range(3, 90, 11):  # grows, evicts, moves its rows back to the buffer start
         bank.add(rows[start : start + 11], prompts[start : start + 11] if cond else None)
         got = bank.direction(x, y, **kw)
@@ -60,7 +60,7 @@ def test_half_bank_matches_exact_on_the_stored_rows(emulated_gpu_products, stora
     cond = objective == "cond-rke"
     bank = sparke.Bank(dtype=storage)
     bank.add(rows[4:], prompts[4:] if cond else None)
-    kw = dict(objective=objective, kernel=kernel, sigma_x=0.5, sigma_y=0.4)
+    kw = dict(objective=objective, kernel=kernel, sigma_image=0.5, sigma_prompt=0.4)
     got = bank.direction(rows[:4], prompts[:4], **kw)
     assert got.dtype == torch.float32
     # reference: float64 on exactly the rounded rows the bank stores
@@ -89,11 +89,11 @@ def test_projection_keeps_the_direction_close():
     bank = sparke.Bank()
     bank.add(rows[8:], prompts[8:])
     x, y = rows[:8], prompts[:8]
-    exact = fast.bank_direction(bank, x, y, sigma_x=0.8, sigma_y=0.3)
-    projected = fast.bank_direction(bank, x, y, sigma_x=0.8, sigma_y=0.3, project_dim=256)
+    exact = fast.bank_direction(bank, x, y, sigma_image=0.8, sigma_prompt=0.3)
+    projected = fast.bank_direction(bank, x, y, sigma_image=0.8, sigma_prompt=0.3, project_dim=256)
     cos = torch.nn.functional.cosine_similarity(exact, projected, dim=1)
     assert (cos > 0.95).all()
-    again = fast.bank_direction(bank, x, y, sigma_x=0.8, sigma_y=0.3, project_dim=256)
+    again = fast.bank_direction(bank, x, y, sigma_image=0.8, sigma_prompt=0.3, project_dim=256)
     assert torch.equal(projected, again)  # the projection is fixed, not redrawn per step
 
 
@@ -101,9 +101,9 @@ def test_steps_reuse_their_buffers():
     rows, prompts = clustered(500, 32, 4, seed=4, dtype=torch.float32)
     bank = sparke.Bank()
     bank.add(rows[2:], prompts[2:])
-    bank.direction(rows[:2], prompts[:2], sigma_x=0.8, sigma_y=0.3)
+    bank.direction(rows[:2], prompts[:2], sigma_image=0.8, sigma_prompt=0.3)
     before = {k: v.data_ptr() for k, v in bank._workspace._buffers.items()}
-    bank.direction(rows[:2] * 0.9, prompts[:2], sigma_x=0.8, sigma_y=0.3)
+    bank.direction(rows[:2] * 0.9, prompts[:2], sigma_image=0.8, sigma_prompt=0.3)
     after = {k: v.data_ptr() for k, v in bank._workspace._buffers.items()}
     assert before == after and before
 
@@ -121,7 +121,7 @@ def test_bank_direction_errors_name_the_input(x, y, name):
     bank = sparke.Bank()
     bank.add(torch.ones(4, 6), torch.ones(4, 3))
     with pytest.raises(ValueError, match=rf"^{name}:"):
-        bank.direction(x, y, sigma_x=0.8, sigma_y=0.3)
+        bank.direction(x, y, sigma_image=0.8, sigma_prompt=0.3)
 
 
 def test_unchecked_step_returns_nan_instead_of_raising():
@@ -129,3 +129,38 @@ def test_unchecked_step_returns_nan_instead_of_raising():
     bank.add(torch.ones(4, 6), torch.ones(4, 3))
     out = fast.bank_direction(bank, torch.full((2, 6), float("nan")), torch.zeros(2, 3), check_finite=False)
     assert torch.isnan(out).all()
+
+
+def test_skip_mode_of_a_warm_bank_never_reads_a_tensor_on_the_host(monkeypatch):
+    """The guided step with on_nonfinite="skip": no .item(), float(t), bool(t), int(t), .tolist(), .cpu()."""
+    rows, prompts = clustered(300, 32, 4, seed=5, dtype=torch.float32)
+    bank = sparke.Bank()
+    bank.add(rows[4:], prompts[4:])
+    x, y = rows[:4].clone(), prompts[:4].clone()
+    bank.direction(x, y)  # warms the bank: kept pair sum, cached norms
+    x[2, 0] = float("nan")
+    skipped = torch.zeros((), dtype=torch.int64)
+
+    def sync(*args, **kwargs):
+        raise AssertionError("host sync in the guided step")
+
+    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, sync)
+    got = bank.direction(x, y, on_nonfinite="skip", skipped=skipped)
+    monkeypatch.undo()
+    assert int(skipped) == 1 and torch.equal(got[2], torch.zeros(32))
+    # the other rows get the direction of the batch without the bad row
+    clean = bank.direction(x[[0, 1, 3]], y[[0, 1, 3]])
+    torch.testing.assert_close(got[[0, 1, 3]], clean, rtol=1e-5, atol=1e-7)
+
+
+def test_skip_mode_equals_raise_mode_on_finite_input():
+    rows, prompts = clustered(300, 32, 4, seed=6, dtype=torch.float32)
+    bank = sparke.Bank(dtype=torch.float16)
+    bank.add(rows[4:], prompts[4:])
+    skipped = torch.zeros((), dtype=torch.int64)
+    for kernel in ("gaussian", "cosine"):
+        raised = bank.direction(rows[:4], prompts[:4], kernel=kernel)
+        got = bank.direction(rows[:4], prompts[:4], kernel=kernel, on_nonfinite="skip", skipped=skipped)
+        assert torch.equal(got, raised)
+    assert int(skipped) == 0

@@ -30,9 +30,9 @@ def test_two_points_by_hand():
     # k(a, b) = exp(-|a-b|^2 / 2) = exp(-2) for two points at distance 2; K~ = [[1, e][e, 1]] / 2
     x = torch.tensor([[0.0, 0.0], [2.0, 0.0]], dtype=torch.float64)
     e = math.exp(-2.0)
-    assert sparke.rke(x) == pytest.approx(4.0 / (2 + 2 * e * e), rel=1e-12)
+    assert sparke.rke(x, sigma=1.0) == pytest.approx(4.0 / (2 + 2 * e * e), rel=1e-12)
     lam = np.array([(1 + e) / 2, (1 - e) / 2])
-    assert sparke.vendi(x) == pytest.approx(math.exp(-(lam * np.log(lam)).sum()), rel=1e-12)
+    assert sparke.vendi(x, sigma=1.0) == pytest.approx(math.exp(-(lam * np.log(lam)).sum()), rel=1e-12)
     # cosine of orthogonal vectors is 0: two fully distinct samples
     assert sparke.rke(x + torch.tensor([[1.0, 0.0], [0.0, 1.0]]) - x, kernel="cosine") == pytest.approx(2.0)
 
@@ -43,7 +43,7 @@ def test_conditional_by_hand():
     y = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
     ky, kx = math.exp(-0.5), math.exp(-2.0)
     expected = (2 + 2 * ky**2) / (2 + 2 * (kx * ky) ** 2)
-    assert sparke.cond_rke(x, y) == pytest.approx(expected, rel=1e-12)
+    assert sparke.cond_rke(x, y, sigma_image=1.0, sigma_prompt=1.0) == pytest.approx(expected, rel=1e-12)
 
 
 @pytest.mark.parametrize("kernel", ["gaussian", "cosine"])
@@ -57,7 +57,7 @@ def test_scores_match_dense_definitions(kernel):
     h1j, h2j = dense_entropies(kx * ky)
     assert sparke.rke(x, kernel=kernel, sigma=1.3) == pytest.approx(math.exp(h2x), rel=1e-9)
     assert sparke.vendi(x, kernel=kernel, sigma=1.3) == pytest.approx(math.exp(h1x), rel=1e-9)
-    kw = dict(kernel=kernel, sigma_x=1.3, sigma_y=0.7)
+    kw = dict(kernel=kernel, sigma_image=1.3, sigma_prompt=0.7)
     assert sparke.cond_rke(x, y, **kw) == pytest.approx(math.exp(h2j - h2y), rel=1e-9)
     assert sparke.cond_vendi(x, y, **kw) == pytest.approx(math.exp(h1j - h1y), rel=1e-9)
 
@@ -80,7 +80,7 @@ def test_blockwise_equals_one_block(monkeypatch):
 
     monkeypatch.setattr(kernels, "DEFAULT_BLOCK", 7)
     monkeypatch.setattr(
-        kernels.squared_kernel_sum, "__kwdefaults__", {"same": False, "block": 7, "sigma_y": 1.0}
+        kernels.squared_kernel_sum, "__kwdefaults__", {"same": False, "block": 7, "sigma_prompt": 0.3}
     )
     assert sparke.rke(x) == pytest.approx(whole, rel=1e-12)
 
@@ -140,8 +140,8 @@ def test_duplicates_give_one_far_points_give_n(n, d, sigma):
 @given(arrays(np.float64, st.tuples(st.integers(2, 10), st.integers(1, 4)), elements=finite))
 def test_same_prompt_everywhere_gives_unconditional(x):
     y = np.ones((x.shape[0], 3))
-    assert sparke.cond_rke(x, y, sigma_x=0.8) == pytest.approx(sparke.rke(x, sigma=0.8), rel=1e-9)
-    assert sparke.cond_vendi(x, y, sigma_x=0.8) == pytest.approx(sparke.vendi(x, sigma=0.8), rel=1e-7)
+    assert sparke.cond_rke(x, y, sigma_image=0.8) == pytest.approx(sparke.rke(x, sigma=0.8), rel=1e-9)
+    assert sparke.cond_vendi(x, y, sigma_image=0.8) == pytest.approx(sparke.vendi(x, sigma=0.8), rel=1e-7)
 
 
 def test_unrelated_prompts_do_not_compare():
@@ -163,8 +163,8 @@ def test_unrelated_prompts_do_not_compare():
         (lambda: sparke.rke(torch.ones(2, 2), sigma=-1.0), "sigma"),
         (lambda: sparke.rke(torch.ones(2, 2), kernel="laplace"), "kernel"),
         (lambda: sparke.cond_rke(torch.ones(3, 2), torch.ones(2, 2)), "y"),
-        (lambda: sparke.cond_vendi(torch.ones(2, 2), torch.ones(2, 2), sigma_y=0), "sigma_y"),
-        (lambda: sparke.cond_rke(torch.ones(2, 2), torch.ones(2, 2), sigma_x=float("nan")), "sigma_x"),
+        (lambda: sparke.cond_vendi(torch.ones(2, 2), torch.ones(2, 2), sigma_prompt=0), "sigma_prompt"),
+        (lambda: sparke.cond_rke(torch.ones(2, 2), torch.ones(2, 2), sigma_image=float("nan")), "sigma_image"),
         (lambda: sparke.rke(torch.zeros(2, 2), kernel="cosine"), "x"),
         (lambda: sparke.in_batch_similarity(torch.zeros(2, 2)), "x"),
     ],

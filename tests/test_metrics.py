@@ -31,20 +31,20 @@ EXACT = [
     (metrics.Vendi, lambda x, y: sparke.vendi(x, sigma=SX), dict(sigma=SX)),
     (
         metrics.CondRKE,
-        lambda x, y: sparke.cond_rke(x, y, sigma_x=SX, sigma_y=SY),
-        dict(sigma_x=SX, sigma_y=SY),
+        lambda x, y: sparke.cond_rke(x, y, sigma_image=SX, sigma_prompt=SY),
+        dict(sigma_image=SX, sigma_prompt=SY),
     ),
     (
         metrics.CondVendi,
-        lambda x, y: sparke.cond_vendi(x, y, sigma_x=SX, sigma_y=SY),
-        dict(sigma_x=SX, sigma_y=SY),
+        lambda x, y: sparke.cond_vendi(x, y, sigma_image=SX, sigma_prompt=SY),
+        dict(sigma_image=SX, sigma_prompt=SY),
     ),
 ]
 RFF = [
     (metrics.RFFRKE, EXACT[0][1], dict(sigma=SX)),
     (metrics.RFFVendi, EXACT[1][1], dict(sigma=SX)),
-    (metrics.RFFCondRKE, EXACT[2][1], dict(sigma_x=SX, sigma_y=SY)),
-    (metrics.RFFCondVendi, EXACT[3][1], dict(sigma_x=SX, sigma_y=SY)),
+    (metrics.RFFCondRKE, EXACT[2][1], dict(sigma_image=SX, sigma_prompt=SY)),
+    (metrics.RFFCondVendi, EXACT[3][1], dict(sigma_image=SX, sigma_prompt=SY)),
 ]
 
 
@@ -141,7 +141,7 @@ WORKER = textwrap.dedent(
     out = []
     for cls in (metrics.CondRKE, metrics.RFFCondRKE, metrics.RFFCondVendi):
         kw = {"features": 256} if cls is metrics.RFFCondVendi else {}
-        m = cls(sigma_x=1.5, sigma_y=1.0, **kw)
+        m = cls(sigma_image=1.5, sigma_prompt=1.0, **kw)
         m.update(x[part], y[part])
         local = m.count
         out.append(m.compute())
@@ -174,7 +174,7 @@ def test_two_process_sync_equals_one_process(tmp_path):
     want = []
     for cls in (metrics.CondRKE, metrics.RFFCondRKE, metrics.RFFCondVendi):
         kw = {"features": 256} if cls is metrics.RFFCondVendi else {}
-        m = cls(sigma_x=1.5, sigma_y=1.0, **kw)
+        m = cls(sigma_image=1.5, sigma_prompt=1.0, **kw)
         m.update(x, y)
         want.append(m.compute())
     assert got == pytest.approx(want, rel=1e-9)

@@ -62,13 +62,13 @@ def test_every_and_window_select_steps(sd):
     sd.scheduler = _scheduler("ddim")
     seen = []
     guide = SPARKE(scale=0.1, every=2, window=(0.3, 1.0))
-    original = guide._on_step
+    original = guide.on_step
 
-    def spy(call, step):
+    def spy(step):
         seen.append((step.index, round(step.fraction, 3)))
-        return original(call, step)
+        return original(step)
 
-    guide._on_step = spy
+    guide.on_step = spy
     guide(sd, **call_kwargs(sd, steps=7))
     assert [i for i, _ in seen] == list(range(7))
     assert [f for _, f in seen][0] == 0.0 and [f for _, f in seen][-1] == 1.0

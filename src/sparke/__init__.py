@@ -33,6 +33,10 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'sparke' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
     "Bank",
     "BankFileError",

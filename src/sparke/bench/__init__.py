@@ -45,7 +45,7 @@ def run_bench(
     from sparke.encoders.minilm import encode_minilm
 
     from . import report
-    from .runner import generate_setting, measure, reference_images
+    from .runner import generate_setting, measure_with_evidence, reference_images
 
     start = time.perf_counter()
     out = Path(out)
@@ -64,18 +64,15 @@ def run_bench(
     prompt_features = dict(zip(texts, encode_minilm(texts).cpu(), strict=True))
 
     rows: list[dict[str, Any]] = []
+    reps: list[dict[str, Any] | None] = []  # bootstrap replicates of each row (paired: the same draws)
+    intervals = Intervals(config)
     samples: dict[str, Any] = {}
     world = reference_images(clusters, config)
-    rows.append(
-        {
-            "label": "world",
-            "method": "world",
-            "scale": 0.0,
-            **measure(world, clusters, encoder, prompt_features),
-        }
-    )
+    measured, evidence = measure_with_evidence(world, clusters, encoder, prompt_features)
+    rows.append({"label": "world", "method": "world", "scale": 0.0, **measured})
     rows[-1]["sec_per_image"] = None
     rows[-1]["peak_mem_mb"] = None
+    reps.append(intervals.add(rows[-1], evidence))
     samples["world"] = world
     for setting in settings_of(config):
         torch.manual_seed(config.seed)
@@ -83,8 +80,10 @@ def run_bench(
         row = {"label": setting.label, "method": setting.method, "scale": setting.scale}
         if setting.options:
             row["options"] = {k: list(v) if isinstance(v, tuple) else v for k, v in setting.options.items()}
-        row.update(measure(gen, clusters, encoder, prompt_features))
+        measured, evidence = measure_with_evidence(gen, clusters, encoder, prompt_features)
+        row.update(measured)
         rows.append(row)
+        reps.append(intervals.add(row, evidence))
         samples[f"{setting.label} {setting.scale:g}"] = gen
         say(
             f"{setting.label} {setting.scale:g}: fidelity {row['fidelity']:.3f} cond-vendi {row['cond_vendi']:.2f} "
@@ -113,12 +112,76 @@ def run_bench(
         "config": config.to_dict(),
         "wall_seconds": time.perf_counter() - start,
         "torch_threads": torch.get_num_threads(),
-        "goal": report.goal_check(rows),
+        "goal": report.goal_check(rows, reps),
+        "intervals": intervals.describe(),
         "best": {k: (None if v is None else v["scale"]) for k, v in report.best_rows(rows).items()},
     }
     report.write_json(out / "results.json", rows)
     report.write_json(out / "meta.json", meta)
+    intervals.save(out / "replicates.npz", rows, reps)
     report.plot_tradeoff(out, rows)
     report.plot_samples(out, samples, clusters)
     report.write_markdown(out, rows, meta, mixture_rows)
     return meta
+
+
+class Intervals:
+    """Paired bootstrap intervals of the rows of one run: the same cluster resamples for every setting."""
+
+    def __init__(self, config: BenchConfig) -> None:
+        from sparke.metrics.bootstrap import draw_units
+
+        self.n_boot = config.n_boot
+        self.seed = config.seed
+        self.draws = (
+            draw_units(config.clusters, config.seeds, config.n_boot, seed=config.seed)
+            if config.n_boot
+            else None
+        )
+        self.prompt_entropy: Any = None
+        self.none: tuple[dict[str, Any], dict[str, Any]] | None = None
+        self.pending: list[tuple[dict[str, Any], dict[str, Any]]] = []  # rows before `none` (the world's)
+
+    def add(self, row: dict[str, Any], evidence: Any) -> dict[str, Any] | None:
+        """Add ``ci`` and ``delta_vs_none`` to ``row`` (in place); return its replicates."""
+        if self.draws is None:
+            return None
+        from sparke.metrics.bootstrap import delta, gaussian_kernel, interval, spectral_entropy_replicates
+
+        from .metrics import CI_METRICS, SIGMA_TEXT, replicates
+
+        if self.prompt_entropy is None:  # the same prompts, in the same order, for every setting
+            item = self.draws.per_item(evidence.cluster, evidence.round)
+            self.prompt_entropy = spectral_entropy_replicates(
+                gaussian_kernel(evidence.prompt_feats, SIGMA_TEXT), item
+            )
+        r = replicates(evidence, self.draws, self.prompt_entropy)
+        row["ci"] = {m: interval(row[m], r[m]) for m in CI_METRICS}
+        self.pending.append((row, r))
+        if row["method"] == "none" and self.none is None:
+            self.none = (row, r)
+        if self.none is not None:
+            base, base_r = self.none
+            for pending_row, pending_r in self.pending:
+                pending_row["delta_vs_none"] = {
+                    m: delta(pending_row[m], pending_r[m], base[m], base_r[m]) for m in CI_METRICS
+                }
+            self.pending = []
+        return r
+
+    def save(self, path: Path, rows: list[dict[str, Any]], reps: list[dict[str, Any] | None]) -> None:
+        """DIR/replicates.npz: each row's bootstrap replicates (``ROW-INDEX/METRIC``), to redo the checks."""
+        import numpy as np
+
+        arrays = {f"{i}/{m}": v for i, r in enumerate(reps) if r is not None for m, v in r.items()}
+        if arrays:
+            np.savez_compressed(path, **arrays)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "method": "percentile bootstrap over prompt clusters (each with all its seed rounds), paired: the "
+            "same resamples for every setting; intervals centred on the estimate",
+            "level": 0.95,
+            "n_boot": self.n_boot,
+            "units": "prompt clusters",
+        }

@@ -16,20 +16,37 @@ advance (never tuned on results); Cond-Vendi with the cosine kernel too (no band
 that a conclusion does not hang on the bandwidth. In-batch similarity: mean pairwise cosine similarity of
 the encoder features within each cluster (its 32 images in the quick run), averaged over clusters (0..1;
 the paper reports it x100).
+
+Intervals (``replicates``): paired bootstrap over prompt clusters, each with all its seed rounds
+(``sparke.metrics.bootstrap``), for fidelity, Cond-Vendi, Vendi and the free-attribute coverage and entropy.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from sparke.core import cond_rke, cond_vendi, in_batch_similarity, rke, vendi
+from sparke.metrics.bootstrap import Draws, cond_vendi_replicates, mean_replicates, vendi_replicates
 
-__all__ = ["SIGMA_IMAGE", "SIGMA_TEXT", "attribute_values", "free_attribute_scores", "feature_scores"]
+__all__ = [
+    "CI_METRICS",
+    "SIGMA_IMAGE",
+    "SIGMA_TEXT",
+    "Evidence",
+    "attribute_values",
+    "feature_scores",
+    "free_attribute_scores",
+    "replicates",
+]
+
+# the metrics that get a bootstrap interval and a paired difference to `none`
+CI_METRICS = ("fidelity", "cond_vendi", "vendi", "free_attribute_coverage", "free_attribute_entropy")
 
 SIGMA_IMAGE = 0.8  # the paper's image bandwidth (unit-norm features)
 SIGMA_TEXT = 0.3  # the paper's text bandwidth (unit-norm prompt features)
@@ -83,10 +100,48 @@ def feature_scores(
     groups = np.asarray(groups)
     sims = [in_batch_similarity(x[torch.from_numpy(groups == g)]) for g in np.unique(groups)]
     return {
-        "cond_vendi": cond_vendi(x, y, sigma_x=SIGMA_IMAGE, sigma_y=SIGMA_TEXT),
+        "cond_vendi": cond_vendi(x, y, sigma_image=SIGMA_IMAGE, sigma_prompt=SIGMA_TEXT),
         "vendi": vendi(x, sigma=SIGMA_IMAGE),
-        "cond_rke": cond_rke(x, y, sigma_x=SIGMA_IMAGE, sigma_y=SIGMA_TEXT),
+        "cond_rke": cond_rke(x, y, sigma_image=SIGMA_IMAGE, sigma_prompt=SIGMA_TEXT),
         "rke": rke(x, sigma=SIGMA_IMAGE),
         "cond_vendi_cosine": cond_vendi(x, y, kernel="cosine"),
         "in_batch_similarity": float(np.mean(sims)),
+    }
+
+
+@dataclass
+class Evidence:
+    """What one setting's intervals need, per image: match flag, cluster, round, features; per cluster: the
+    free-attribute coverage and entropy."""
+
+    ok: np.ndarray  # (N,) bool: the image matches its cluster
+    cluster: np.ndarray  # (N,) cluster index
+    round: np.ndarray  # (N,) seed round
+    feats: torch.Tensor  # (N, d) image features
+    prompt_feats: torch.Tensor  # (N, e) prompt features
+    coverage: np.ndarray  # (C,) free-attribute coverage per cluster
+    entropy: np.ndarray  # (C,) free-attribute entropy per cluster
+
+
+def replicates(ev: Evidence, draws: Draws, prompt_entropy: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """(B,) bootstrap replicates of each of ``CI_METRICS`` (the same ``draws`` for every setting: paired).
+
+    ``prompt_entropy``: replicates of the prompt kernel's entropy, shared by all settings of one prompt set.
+    """
+    n_clusters, n_rounds = draws.weights.shape[1:]
+    ok_sum = np.zeros((n_clusters, n_rounds))
+    count = np.zeros((n_clusters, n_rounds))
+    np.add.at(ok_sum, (ev.cluster, ev.round), ev.ok.astype(float))
+    np.add.at(count, (ev.cluster, ev.round), 1.0)
+    cluster_weight = draws.weights.sum(2).astype(float)  # (B, C): how often each cluster was drawn
+    cluster_weight /= cluster_weight.sum(1, keepdims=True)
+    item = draws.per_item(ev.cluster, ev.round)
+    return {
+        "fidelity": mean_replicates(ok_sum, count, draws),
+        "cond_vendi": cond_vendi_replicates(
+            ev.feats, ev.prompt_feats, SIGMA_IMAGE, SIGMA_TEXT, item, prompt_entropy
+        ),
+        "vendi": vendi_replicates(ev.feats, SIGMA_IMAGE, item),
+        "free_attribute_coverage": cluster_weight @ ev.coverage,
+        "free_attribute_entropy": cluster_weight @ ev.entropy,
     }

@@ -225,7 +225,7 @@ def run_mixture(
 
     ``model``: default the shipped one (trained afresh when the file is missing).
     """
-    from sparke.baselines import make
+    from sparke.methods import make
 
     if model is None:
         model = load_denoiser() if WEIGHTS_FILE.exists() else train_denoiser(seed=seed)

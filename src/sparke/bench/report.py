@@ -6,10 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 __all__ = ["FIDELITY_SLACK", "best_rows", "goal_check", "write_markdown", "plot_tradeoff"]
 
 FIDELITY_SLACK = 0.02  # "fidelity within 2 points of none"
 GOAL_GAIN = 0.15  # SPARKE's target: Cond-Vendi at least 15% above none
+GOAL_CLOSURE = 0.40  # ... and 40% of the free-attribute entropy gap from none to the world closed
 COLUMNS = (
     ("method", "method", "{}"),
     ("scale", "scale", "{:g}"),
@@ -45,30 +48,84 @@ def best_rows(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any] | None]:
     return best
 
 
-def goal_check(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The project's goal on these rows: SPARKE's best matched-fidelity row against none and the baselines."""
+def _ratio_interval(value: float, reps: np.ndarray) -> list[float]:
+    from sparke.metrics.bootstrap import interval
+
+    return interval(value, reps)
+
+
+def goal_check(
+    rows: list[dict[str, Any]], replicates: list[dict[str, Any] | None] | None = None
+) -> dict[str, Any]:
+    """The project's goal on these rows: SPARKE's best matched-fidelity row against none, the world and the
+    baselines. With the rows' bootstrap ``replicates`` (aligned with ``rows``) the check uses intervals:
+
+    - Cond-Vendi gain over none >= 15% and its interval above 0;
+    - free-attribute entropy: at least 40% of the gap from none to the world closed;
+    - fidelity: the paired difference to none has its interval's lower end >= -2 points;
+    - each baseline (its best matched-fidelity row): the paired Cond-Vendi difference's interval above 0.
+    """
     none = _none_row(rows)
     best = best_rows(rows)
+    reps = {id(r): p for r, p in zip(rows, replicates or [None] * len(rows), strict=True) if p is not None}
     sparke_rows = {k: v for k, v in best.items() if k.startswith("sparke") and v is not None}
     if not sparke_rows:
         return {"met": False, "reason": "no SPARKE setting kept fidelity within 2 points of none"}
     label, s = max(sparke_rows.items(), key=lambda kv: kv[1]["cond_vendi"])
+    rs, rn = reps.get(id(s)), reps.get(id(none))
+    paired = rs is not None and rn is not None
     gain = s["cond_vendi"] / none["cond_vendi"] - 1
+    gain_ci = _ratio_interval(gain, rs["cond_vendi"] / rn["cond_vendi"] - 1) if paired else None
+    fidelity_delta = s["fidelity"] - none["fidelity"]
+    fidelity_ci = (s.get("delta_vs_none") or {}).get("fidelity", {}).get("ci")
+    world = next((r for r in rows if r["method"] == "world"), None)
+    closure = closure_ci = None
+    if world is not None and all("free_attribute_entropy" in r for r in (world, none, s)):
+        gap = world["free_attribute_entropy"] - none["free_attribute_entropy"]
+        if abs(gap) > 1e-9:
+            closure = (s["free_attribute_entropy"] - none["free_attribute_entropy"]) / gap
+            rw = reps.get(id(world))
+            if paired and rw is not None:
+                e_s, e_n, e_w = (r["free_attribute_entropy"] for r in (rs, rn, rw))
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    closure_ci = _ratio_interval(closure, (e_s - e_n) / (e_w - e_n))
     baselines = {
-        k: v["cond_vendi"]
-        for k, v in best.items()
-        if v is not None and k not in ("none",) and not k.startswith("sparke")
+        k: v for k, v in best.items() if v is not None and k not in ("none",) and not k.startswith("sparke")
     }
-    beaten = {k: s["cond_vendi"] > v for k, v in baselines.items()}
-    met = gain >= GOAL_GAIN and all(beaten.values())
+    beats, beats_ci = {}, {}
+    for k, v in baselines.items():
+        rb = reps.get(id(v))
+        if paired and rb is not None:
+            diff = s["cond_vendi"] - v["cond_vendi"]
+            beats_ci[k] = _ratio_interval(diff, rs["cond_vendi"] - rb["cond_vendi"])
+            beats[k] = bool(beats_ci[k][0] > 0)
+        else:
+            beats[k] = bool(s["cond_vendi"] > v["cond_vendi"])
+    criteria = {
+        "cond_vendi_gain": bool(gain >= GOAL_GAIN and (gain_ci is None or gain_ci[0] > 0)),
+        "fidelity": bool(
+            fidelity_delta >= -FIDELITY_SLACK - 1e-9
+            and (fidelity_ci is None or fidelity_ci[0] >= -FIDELITY_SLACK - 1e-9)
+        ),
+        "beats_baselines": bool(all(beats.values())),
+    }
+    if closure is not None:
+        criteria["entropy_gap_closed"] = bool(closure >= GOAL_CLOSURE)
     return {
-        "met": bool(met),
+        "met": all(criteria.values()),
+        "criteria": criteria,
         "sparke_label": label,
         "sparke_scale": s["scale"],
         "cond_vendi_gain": gain,
+        "cond_vendi_gain_ci": gain_ci,
         "fidelity_drop": none["fidelity"] - s["fidelity"],
-        "baselines_best_cond_vendi": baselines,
-        "beats": beaten,
+        "fidelity_delta": fidelity_delta,
+        "fidelity_delta_ci": fidelity_ci,
+        "entropy_gap_closed": closure,
+        "entropy_gap_closed_ci": closure_ci,
+        "baselines_best_cond_vendi": {k: v["cond_vendi"] for k, v in baselines.items()},
+        "beats": beats,
+        "beats_ci": beats_ci,
     }
 
 
@@ -122,20 +179,11 @@ def write_markdown(
         "",
     ]
     lines += [
-        "## Goal: Cond-Vendi +15% over `none`, fidelity at most 2 points lower, above every baseline",
+        "## Goal: Cond-Vendi +15% over `none`, 40% of the free-attribute entropy gap to the world closed, "
+        "fidelity at most 2 points lower, above every baseline (with 95% intervals)",
         "",
     ]
-    if "reason" in goal:
-        lines.append(f"**Not met**: {goal['reason']}.")
-    else:
-        verdict = "**Met**" if goal["met"] else "**Not met**"
-        beats = ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in goal["beats"].items())
-        beats = beats or "no baseline kept fidelity within 2 points"
-        lines.append(
-            f"{verdict}: {goal['sparke_label']} at scale {goal['sparke_scale']:g}: Cond-Vendi "
-            f"{goal['cond_vendi_gain'] * 100:+.1f}% over none, fidelity {-goal['fidelity_drop'] * 100:+.1f} "
-            f"points against none; beats at matched fidelity: {beats}."
-        )
+    lines += goal_lines(goal)
     world = next((r for r in rows if r["method"] == "world"), None)
     none = _none_row(rows)
     if world is not None and none["cond_vendi"] > world["cond_vendi"]:
@@ -145,6 +193,22 @@ def write_markdown(
             f"({world['cond_vendi']:.2f}) at lower fidelity: in this feature space artefacts count as diversity. "
             "Read Cond-Vendi together with fidelity and the ground-truth free-attribute columns.",
         ]
+    if any("ci" in r for r in rows):
+        lines += ["", "## 95% intervals and paired differences to `none`", ""]
+        lines += ci_table(rows)
+        iv = meta.get("intervals") or {}
+        lines += [
+            "",
+            f"Bootstrap over the {cfg['clusters']} prompt clusters (each with its {cfg['seeds']} seed rounds), "
+            f"{iv.get('n_boot', cfg.get('n_boot'))} resamples, the same for every setting (all settings share the "
+            "noise, so the differences are paired); percentile intervals centred on the estimate. "
+            "A difference whose interval contains 0 is not distinguishable from `none` on this prompt set.",
+        ]
+        if cfg["clusters"] < 8:
+            lines += [
+                "",
+                f"**Too small to conclude**: {cfg['clusters']} clusters give unreliable intervals; use 12 or more.",
+            ]
     lines += ["", "## All settings", ""]
     lines += _table(rows)
     lines += ["", "![trade-off](tradeoff.png)", ""]
@@ -168,6 +232,77 @@ def write_markdown(
     (out / "results.md").write_text("\n".join(lines))
 
 
+def _ci(value: Any, fmt: str, scale: float = 1.0) -> str:
+    if not value or value[0] is None or not np.isfinite(value[0]):
+        return ""
+    return " [" + ", ".join(fmt.format(v * scale) for v in value) + "]"
+
+
+CI_COLUMNS = (
+    ("fidelity", "fidelity", "{:.3f}", "{:+.1f}", 100.0),
+    ("cond_vendi", "Cond-Vendi", "{:.2f}", "{:+.2f}", 1.0),
+    ("vendi", "Vendi", "{:.1f}", "{:+.1f}", 1.0),
+    ("free_attribute_coverage", "free-attr. coverage", "{:.3f}", "{:+.3f}", 1.0),
+    ("free_attribute_entropy", "free-attr. entropy", "{:.3f}", "{:+.3f}", 1.0),
+)
+
+
+def ci_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown rows: each metric with its interval, and its paired difference to none (fidelity in points)."""
+    head = ["method", "scale"]
+    for _, h, _, _, scale in CI_COLUMNS:
+        head += [h, f"{'Δ fidelity (points)' if scale != 1.0 else 'Δ ' + h}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [str(r.get("label", r["method"])), f"{r['scale']:g}"]
+        for key, _, fmt, dfmt, scale in CI_COLUMNS:
+            cells.append(fmt.format(r[key]) + _ci((r.get("ci") or {}).get(key), fmt))
+            d = (r.get("delta_vs_none") or {}).get(key)
+            if d is None or r["method"] == "none":
+                cells.append("")
+            else:
+                cells.append(dfmt.format(d["value"] * scale) + _ci(d["ci"], dfmt, scale))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def goal_lines(goal: dict[str, Any]) -> list[str]:
+    """The goal check in words, with the intervals when the run has them."""
+    if "reason" in goal:
+        return [f"**Not met**: {goal['reason']}."]
+    verdict = "**Met**" if goal["met"] else "**Not met**"
+    crit = goal.get("criteria", {})
+
+    def mark(key: str) -> str:
+        return "" if key not in crit else (" (ok)" if crit[key] else " (**no**)")
+
+    gain = f"{goal['cond_vendi_gain'] * 100:+.1f}%" + _ci(goal.get("cond_vendi_gain_ci"), "{:+.1f}%", 100.0)
+    fid = f"{goal['fidelity_delta'] * 100:+.1f}" + _ci(goal.get("fidelity_delta_ci"), "{:+.1f}", 100.0)
+    lines = [
+        f"{verdict}: {goal['sparke_label']} at scale {goal['sparke_scale']:g}.",
+        "",
+        f"- Cond-Vendi vs none: {gain} (goal >= +15%, interval above 0){mark('cond_vendi_gain')}",
+        f"- fidelity vs none: {fid} points (goal: interval's lower end >= -2){mark('fidelity')}",
+    ]
+    if goal.get("entropy_gap_closed") is not None:
+        closed = f"{goal['entropy_gap_closed'] * 100:.0f}%" + _ci(
+            goal.get("entropy_gap_closed_ci"), "{:.0f}%", 100.0
+        )
+        lines.append(
+            f"- free-attribute entropy gap from none to the world closed: {closed} (goal >= 40%)"
+            f"{mark('entropy_gap_closed')}"
+        )
+    beats = []
+    for k, v in goal["beats"].items():
+        ci = _ci(goal.get("beats_ci", {}).get(k), "{:+.2f}")
+        beats.append(f"{k} {'yes' if v else 'NO'}{' (Cond-Vendi difference' + ci + ')' if ci else ''}")
+    text = "; ".join(beats) or "no baseline kept fidelity within 2 points"
+    lines.append(
+        f"- beats each baseline at matched fidelity (interval above 0): {text}{mark('beats_baselines')}"
+    )
+    return lines
+
+
 def plot_tradeoff(out: Path, rows: list[dict[str, Any]]) -> None:
     """DIR/tradeoff.png: fidelity against Cond-Vendi, one line per method through its scales."""
     import matplotlib
@@ -184,6 +319,7 @@ def plot_tradeoff(out: Path, rows: list[dict[str, Any]]) -> None:
         xs = [none["cond_vendi"]] + [p[1] for p in pts]
         ys = [none["fidelity"]] + [p[2] for p in pts]
         (line,) = ax.plot(xs, ys, marker="o", label=label)
+        _error_bars(ax, [r for r in rows if r["label"] == label], line.get_color())
         for s, x, y in pts:
             ax.annotate(
                 f"{s:g}",
@@ -194,6 +330,7 @@ def plot_tradeoff(out: Path, rows: list[dict[str, Any]]) -> None:
                 color=line.get_color(),
             )
     ax.plot([none["cond_vendi"]], [none["fidelity"]], "ks", label="none")
+    _error_bars(ax, [none], "k")
     for r in rows:
         if r["method"] == "world":
             ax.plot([r["cond_vendi"]], [r["fidelity"]], "k*", markersize=10, label="world (renders)")
@@ -205,6 +342,18 @@ def plot_tradeoff(out: Path, rows: list[dict[str, Any]]) -> None:
     fig.tight_layout()
     fig.savefig(out / "tradeoff.png")
     plt.close(fig)
+
+
+def _error_bars(ax: Any, rows: list[dict[str, Any]], colour: str) -> None:
+    """95% intervals of Cond-Vendi (x) and fidelity (y) as thin error bars, where the rows have them."""
+    for r in rows:
+        ci = r.get("ci") or {}
+        if "cond_vendi" not in ci or "fidelity" not in ci:
+            continue
+        x, y = r["cond_vendi"], r["fidelity"]
+        xe = [[max(0.0, x - ci["cond_vendi"][0])], [max(0.0, ci["cond_vendi"][1] - x)]]
+        ye = [[max(0.0, y - ci["fidelity"][0])], [max(0.0, ci["fidelity"][1] - y)]]
+        ax.errorbar([x], [y], xerr=xe, yerr=ye, fmt="none", ecolor=colour, elinewidth=0.8, alpha=0.5)
 
 
 def write_json(path: Path, value: Any) -> None:

@@ -19,12 +19,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from sparke.baselines import make
+from sparke.methods import make
 
 from .config import BenchConfig, guide_options
-from .metrics import feature_scores, free_attribute_scores
+from .metrics import Evidence, feature_scores, free_attribute_scores
 
-__all__ = ["Generated", "PeakMemory", "Setting", "generate_setting", "measure", "reference_images"]
+__all__ = [
+    "Generated",
+    "PeakMemory",
+    "Setting",
+    "generate_setting",
+    "measure",
+    "measure_with_evidence",
+    "reference_images",
+]
 
 
 @dataclass
@@ -46,6 +54,7 @@ class Generated:
     prompts: list[str]  # (N,) prompt of each image
     seconds: float  # wall time of the pipeline calls
     peak_mem_mb: float  # peak memory above the level before the run (CPU: RSS; CUDA: allocated)
+    round: np.ndarray | None = None  # (N,) seed round of each image (None: one round)
 
 
 class PeakMemory:
@@ -105,7 +114,7 @@ def generate_setting(
     """Generate the whole prompt set with one setting (a fresh guide, so a fresh bank)."""
     options = {**guide_options(setting.method, config), **setting.options}
     guide = make(setting.method, scale=setting.scale, **options)
-    images, cluster_ids, prompts = [], [], []
+    images, cluster_ids, prompts, rounds = [], [], [], []
     seconds = 0.0
     with PeakMemory(config.device) as mem:
         for r in range(config.seeds):
@@ -129,10 +138,13 @@ def generate_setting(
                 arr = (out.images.permute(0, 2, 3, 1).cpu().float().numpy() * 255).round().astype(np.uint8)
                 images.append(arr)
                 cluster_ids += [c] * len(arr)
+                rounds += [r] * len(arr)
                 prompts += list(cl.prompts)
             if progress is not None:
                 progress(f"{setting.label} scale={setting.scale:g}: round {r + 1}/{config.seeds}")
-    return Generated(np.concatenate(images), np.asarray(cluster_ids), prompts, seconds, mem.peak_mb)
+    return Generated(
+        np.concatenate(images), np.asarray(cluster_ids), prompts, seconds, mem.peak_mb, np.asarray(rounds)
+    )
 
 
 def reference_images(clusters: list, config: BenchConfig) -> Generated:
@@ -140,22 +152,30 @@ def reference_images(clusters: list, config: BenchConfig) -> Generated:
     from sparke.embedded import world as W
 
     rng = np.random.default_rng(config.seed + 12345)
-    images, cluster_ids, prompts = [], [], []
-    for _ in range(config.seeds):
+    images, cluster_ids, prompts, rounds = [], [], [], []
+    for r in range(config.seeds):
         for c, cl in enumerate(clusters):
             for p in cl.prompts:
                 scene = W.sample_scene(rng, cl.shape, cl.colour, background=cl.background, count=cl.count)
                 images.append(W.render(scene))
                 cluster_ids.append(c)
+                rounds.append(r)
                 prompts.append(p)
-    return Generated(np.stack(images), np.asarray(cluster_ids), prompts, 0.0, 0.0)
+    return Generated(np.stack(images), np.asarray(cluster_ids), prompts, 0.0, 0.0, np.asarray(rounds))
 
 
-@torch.no_grad()
 def measure(
     gen: Generated, clusters: list, encoder: torch.nn.Module, prompt_features: dict[str, torch.Tensor]
 ) -> dict[str, float]:
     """Fidelity, free-attribute coverage/entropy and the feature-space scores of one setting's images."""
+    return measure_with_evidence(gen, clusters, encoder, prompt_features)[0]
+
+
+@torch.no_grad()
+def measure_with_evidence(
+    gen: Generated, clusters: list, encoder: torch.nn.Module, prompt_features: dict[str, torch.Tensor]
+) -> tuple[dict[str, float], Evidence]:
+    """``measure``'s row and the per-image evidence its bootstrap intervals need."""
     from sparke.embedded.checker import check, matches
 
     detections = [check(im) for im in gen.images]
@@ -171,7 +191,16 @@ def measure(
     feats = torch.cat([encoder(chunk.to(device)).cpu() for chunk in pixels.split(256)])
     y = torch.stack([prompt_features[p] for p in gen.prompts])
     n = len(gen.images)
-    return {
+    evidence = Evidence(
+        ok=np.asarray(ok, bool),
+        cluster=np.asarray(gen.cluster),
+        round=np.zeros(n, np.int64) if gen.round is None else np.asarray(gen.round),
+        feats=feats,
+        prompt_feats=y,
+        coverage=np.asarray(cov, float),
+        entropy=np.asarray(ent, float),
+    )
+    row = {
         "fidelity": float(np.mean(ok)),
         "free_attribute_coverage": float(np.mean(cov)),
         "free_attribute_entropy": float(np.mean(ent)),
@@ -180,3 +209,4 @@ def measure(
         "peak_mem_mb": gen.peak_mem_mb,
         "n_images": n,
     }
+    return row, evidence

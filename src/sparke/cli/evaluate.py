@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ._common import err, out, user_errors
+from .common import err, out, user_errors, user_warnings
 
 
 def evaluate_command(
@@ -37,10 +37,10 @@ def evaluate_command(
 
     Image features from --features, prompt features from all-MiniLM-L6-v2, both L2-normalised; Gaussian kernels exp(-|a-b|^2 / 2 sigma^2). Runs of the embedded model also get the checker's prompt-match rate. Writes DIR/metrics.json for each run.
     """
-    from sparke.evaluation import evaluate_run, load_features, load_run
-    from sparke.generation import resolve_device
+    from sparke.runs.evaluation import evaluate_run, load_features, load_run
+    from sparke.runs.generation import resolve_device
 
-    with user_errors():
+    with user_errors(), user_warnings():
         for run in runs:
             load_run(run)  # fail on a bad folder before loading any model
         with err.status(f"loading features {features} ..."):
@@ -65,9 +65,9 @@ def evaluate_command(
         f"{k['kernel']} kernel{bandwidths}",
         highlight=False,
     )
-    for result in results:
+    for run, result in zip(runs, results, strict=True):
         for note in result.get("notes", []):
-            err.print(f"[yellow]note[/] {result['run']}: {note}", highlight=False)
+            err.print(f"[yellow]warning:[/] {run}: {note}", highlight=False, soft_wrap=True)
     if per_cluster:
         for result in results:
             out.print(cluster_table(result))
@@ -88,7 +88,7 @@ def metrics_table(results: list[dict[str, Any]], title: str = "") -> Any:
     from rich import box
     from rich.table import Table
 
-    from sparke.evaluation import METRICS
+    from sparke.runs.evaluation import METRICS
 
     table = Table(title=title or None, title_justify="left", box=box.SIMPLE_HEAD)
     table.add_column("", no_wrap=True)
@@ -114,7 +114,7 @@ def cluster_table(result: dict[str, Any]) -> Any:
     from rich import box
     from rich.table import Table
 
-    from sparke.evaluation import METRICS
+    from sparke.runs.evaluation import METRICS
 
     table = Table(
         title=f"{result['run']} by cluster", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False

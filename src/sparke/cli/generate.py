@@ -11,7 +11,7 @@ import typer
 
 from sparke.methods import METHODS
 
-from ._common import err, out, user_errors
+from .common import err, fail, out, print_notes, user_errors, user_warnings
 
 PROMPTS = "Prompts"
 MODEL = "Model and sampling"
@@ -30,16 +30,34 @@ def _method_help() -> str:
     return "Generation method: " + ", ".join(METHODS) + " (`sparke methods` describes each)."
 
 
+def _defaults(setting: str) -> str:
+    """The help's default of a method setting, per method: "[default: 10 (sparke, rke, vendi); 1 (pg)]"."""
+    by_value: dict[str, list[str]] = {}
+    for name, spec in METHODS.items():
+        if setting in spec.defaults:
+            value = spec.defaults[setting]
+            text = ",".join(f"{v:g}" for v in value) if isinstance(value, list) else str(value)
+            by_value.setdefault(text, []).append(name)
+    if not by_value:
+        return ""
+    if len(by_value) == 1:
+        ((value, names),) = by_value.items()
+        return f"  \\[default: {value}; methods {', '.join(names)}]"
+    parts = "; ".join(f"{value} ({', '.join(names)})" for value, names in by_value.items())
+    return f"  \\[default: {parts}]"
+
+
 def generate_command(
     out_dir: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             "--out",
             "-o",
-            help="Run folder: images/, manifest.jsonl, bank.safetensors.",
+            help="Run folder: images/, manifest.jsonl, bank.safetensors (made if missing).  \\[required]",
             rich_help_panel=OUTPUT,
+            show_default=False,
         ),
-    ],
+    ] = None,
     prompts_file: Annotated[
         Path | None,
         typer.Option(
@@ -125,46 +143,48 @@ def generate_command(
     ] = None,
     every: Annotated[
         int | None,
-        typer.Option(help="Guide every k-th denoising step.  \\[default: 10]", rich_help_panel=GUIDANCE),
+        typer.Option(help="Guide every k-th denoising step." + _defaults("every"), rich_help_panel=GUIDANCE),
     ] = None,
     sigma_image: Annotated[
         float | None,
         typer.Option(
-            help="Image-feature kernel bandwidth (unit-norm features).  \\[default: 0.8]",
+            help="Image-feature kernel bandwidth (unit-norm features)." + _defaults("sigma_image"),
             rich_help_panel=GUIDANCE,
         ),
     ] = None,
     sigma_prompt: Annotated[
         float | None,
-        typer.Option(help="Prompt-feature kernel bandwidth.  \\[default: 0.3]", rich_help_panel=GUIDANCE),
+        typer.Option(
+            help="Prompt-feature kernel bandwidth." + _defaults("sigma_prompt"), rich_help_panel=GUIDANCE
+        ),
     ] = None,
     space: Annotated[
         str | None,
         typer.Option(
-            help="Feature space: latent (the paper's) or x0.  \\[default: latent]", rich_help_panel=GUIDANCE
+            help="Feature space: latent (the paper's) or x0." + _defaults("space"), rich_help_panel=GUIDANCE
         ),
     ] = None,
     objective: Annotated[
         str | None,
         typer.Option(
-            help="cond-rke (SPARKE), rke, cond-vendi or vendi.  \\[default: cond-rke]",
+            help="cond-rke (SPARKE), rke, cond-vendi or vendi." + _defaults("objective"),
             rich_help_panel=GUIDANCE,
         ),
     ] = None,
     kernel: Annotated[
-        str | None, typer.Option(help="gaussian or cosine.  \\[default: gaussian]", rich_help_panel=GUIDANCE)
+        str | None, typer.Option(help="gaussian or cosine." + _defaults("kernel"), rich_help_panel=GUIDANCE)
     ] = None,
     window: Annotated[
         str | None,
         typer.Option(
-            help="START,END: fractions of the trajectory where guidance acts.  \\[default: 0,1]",
+            help="START,END: fractions of the trajectory where guidance acts." + _defaults("window"),
             rich_help_panel=GUIDANCE,
         ),
     ] = None,
     step: Annotated[
         str | None,
         typer.Option(
-            help="relative (scale x |z| x g/|g|) or raw (scale x g).  \\[default: relative]",
+            help="relative (scale x |z| x g/|g|) or raw (scale x g)." + _defaults("step"),
             rich_help_panel=GUIDANCE,
         ),
     ] = None,
@@ -172,7 +192,8 @@ def generate_command(
         str | None,
         typer.Option(
             "--prompt-encoder",
-            help="Prompt features for guidance: pipeline (its text encoder) or minilm.  \\[default: pipeline]",
+            help="Prompt features for guidance: pipeline (its text encoder) or minilm."
+            + _defaults("prompt_encoder"),
             rich_help_panel=GUIDANCE,
         ),
     ] = None,
@@ -199,12 +220,17 @@ def generate_command(
 
     Writes DIR/images/*.png, DIR/manifest.jsonl (one line per image: file, prompt, cluster, seed, method, settings, model) and DIR/bank.safetensors (the features the guidance pushes away from). Ctrl-C or a kill loses at most the batch in progress; a folder made with other settings is refused.
     """
-    from sparke.generation import resolve_device, resolve_dtype
     from sparke.methods import resolve_settings
     from sparke.runs import PromptEntry, RunConfig, RunError, file_sha256, read_prompts
+    from sparke.runs.generation import resolve_device, resolve_dtype
 
     method = MethodName(method).value
-    with user_errors("rerun the same command to resume"):
+    if out_dir is None:
+        raise fail(
+            "--out DIR is required: the run folder to write (made if missing), e.g. `sparke generate --prompt "
+            "'a red circle' --out runs/first`; `sparke generate --help` lists every option"
+        )
+    with user_errors("rerun the same command to resume"), user_warnings():
         entries = list(read_prompts(prompts_file)) if prompts_file is not None else []
         entries += [PromptEntry(p) for p in prompt or []]
         if not entries:
@@ -232,6 +258,8 @@ def generate_command(
         run_scale = spec.default_scale if scale is None else float(scale)
         init_bank = None
         if bank is not None:
+            if bank.is_dir() and (bank / "bank.safetensors").is_file():
+                bank = bank / "bank.safetensors"  # a run folder: its bank
             if not bank.is_file():
                 raise RunError(f"--bank {bank}: no such bank file")
             init_bank = {"path": str(bank.resolve()), "sha256": file_sha256(bank)}
@@ -259,13 +287,13 @@ def generate_command(
 
 
 def _is_main_process() -> bool:
-    from sparke.distributed import is_main_process
+    from sparke.runs.distributed import is_main_process
 
     return is_main_process()
 
 
 def _model_record(model: str) -> str:
-    from sparke.generation import model_record
+    from sparke.runs.generation import model_record
 
     return model_record(model)
 
@@ -305,7 +333,7 @@ def _overrides(
 def run_with_progress(
     config: Any, out_dir: Path, *, device: str = "auto", pipe: Any = None, label: str = ""
 ) -> Any:
-    """``sparke.generation.generate`` with a rich spinner while loading and a progress bar while generating."""
+    """``sparke.runs.generate`` with a rich spinner while loading and a progress bar while generating."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -315,7 +343,7 @@ def run_with_progress(
         TimeRemainingColumn,
     )
 
-    from sparke.generation import generate
+    from sparke.runs import generate
 
     if not _is_main_process():  # under a launcher, rank 0 alone shows progress
         return generate(config, out_dir, device=device, pipe=pipe)
@@ -335,6 +363,7 @@ def run_with_progress(
 
     def on_start(session: Any) -> None:
         status.stop()
+        print_notes(session.notes, str(out_dir))
         done = session.done_images
         if done:
             err.print(

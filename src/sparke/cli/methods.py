@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ._common import out
+from .common import out
 
 
 def methods_command() -> None:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import err, out, user_errors
+from .common import err, human_size, out, user_errors, user_warnings
 
 
 def report_command(
@@ -24,7 +24,8 @@ def report_command(
         bool,
         typer.Option(
             "--evaluate/--no-evaluate",
-            help="Evaluate runs that have no metrics.json yet (default features and kernels).",
+            help="Evaluate runs that have no metrics.json yet, or whose metrics.json is older than their images "
+            "(default features and kernels for new ones, the recorded ones for stale ones).",
         ),
     ] = True,
     features: Annotated[
@@ -39,23 +40,84 @@ def report_command(
 
     Per prompt, the image grids of each run side by side; the metrics table; a plot of diversity against guidance scale when the runs have several scales. The page is self-contained (images inlined as PNG, CSS and a small prompt filter inline, plots as SVG) and makes no network request.
     """
-    from sparke.evaluation import evaluate_run, load_features, load_run, read_metrics
-    from sparke.generation import resolve_device
     from sparke.report import build_report
+    from sparke.runs import RunError
+    from sparke.runs.evaluation import (
+        DEFAULT_SIGMA_IMAGE,
+        DEFAULT_SIGMA_PROMPT,
+        evaluate_run,
+        load_features,
+        load_run,
+        metrics_stale,
+        read_metrics,
+    )
+    from sparke.runs.generation import resolve_device
 
-    with user_errors():
+    with user_errors(), user_warnings():
+        _check_out_file(out_file)
         for run in runs:
             load_run(run)
-        missing = [run for run in runs if read_metrics(run) is None]
-        if missing and evaluate:
-            with err.status(f"loading features {features} ..."):
-                extractor = load_features(features, resolve_device(device))
-            for run in missing:
-                with err.status(f"evaluating {run} ..."):
-                    evaluate_run(run, extractor)
-        with err.status(f"writing {out_file} ..."):
-            path = build_report(
-                runs, out_file, title=title, max_images=max_images, max_prompts=max_prompts, thumb=thumb
+        # run -> (features, kernel options) to evaluate it with: new runs the defaults, stale ones their own
+        todo: dict[Path, tuple[str, dict]] = {}
+        for run in runs:
+            metrics = read_metrics(run)
+            if metrics is None:
+                todo[run] = (features, {})
+                continue
+            reason = metrics_stale(run, metrics)
+            if reason is None:
+                continue
+            if not evaluate:
+                err.print(
+                    f"[bold red]stale:[/] {run / 'metrics.json'} ({reason}); the report shows its old numbers: "
+                    f"run `sparke evaluate {run}` first",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+                continue
+            k = metrics.get("kernels") or {}
+            opts = {
+                "kernel": k.get("kernel") or "gaussian",
+                "sigma_image": k.get("sigma_image") or DEFAULT_SIGMA_IMAGE,
+                "sigma_prompt": k.get("sigma_prompt") or DEFAULT_SIGMA_PROMPT,
+            }
+            spec = (metrics.get("features") or {}).get("image") or features
+            err.print(
+                f"[yellow]note:[/] {run / 'metrics.json'} is stale ({reason}): evaluating again",
+                highlight=False,
             )
-    size = path.stat().st_size
-    out.print(f"[green]report[/]: {path} ({size / 1e6:.1f} MB)", highlight=False)
+            todo[run] = (spec, opts)
+        if evaluate and todo:
+            extractors: dict[str, object] = {}
+            for run, (spec, opts) in todo.items():
+                if spec not in extractors:
+                    with err.status(f"loading features {spec} ..."):
+                        extractors[spec] = load_features(spec, resolve_device(device))
+                with err.status(f"evaluating {run} ..."):
+                    result = evaluate_run(run, extractors[spec], **opts)
+                for note in result.get("notes", []):
+                    err.print(f"[yellow]warning:[/] {run}: {note}", highlight=False, soft_wrap=True)
+        with err.status(f"writing {out_file} ..."):
+            try:
+                path = build_report(
+                    runs, out_file, title=title, max_images=max_images, max_prompts=max_prompts, thumb=thumb
+                )
+            except OSError as error:
+                raise RunError(f"{out_file}: cannot write ({error.strerror or error})") from None
+    out.print(f"[green]report[/]: {path} ({human_size(path.stat().st_size)})", highlight=False)
+
+
+def _check_out_file(out_file: Path) -> None:
+    """``RunError`` when the page cannot be written where asked (its folder is not made: a typo would leave
+    folders behind, as ``cp`` or ``git`` never do)."""
+    from sparke.runs import RunError
+
+    if out_file.is_dir():
+        raise RunError(
+            f"--out {out_file}: is a folder; give the HTML file to write, e.g. {out_file / 'report.html'}"
+        )
+    parent = out_file.parent
+    if not parent.exists():
+        raise RunError(f"--out {out_file}: no such folder {parent}; make it first (mkdir -p {parent})")
+    if not parent.is_dir():
+        raise RunError(f"--out {out_file}: {parent} is a file, not a folder")

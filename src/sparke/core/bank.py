@@ -10,6 +10,8 @@ own pairs: the normaliser of the guidance direction, kept up to date in O(m n d)
 instead of O(n^2 d) per guided step.
 
 Files are one safetensors file (no pickle): tensors ``x`` and optionally ``y``, and string metadata.
+
+``Bank`` satisfies ``protocol.BankLike``, what the guidance plug-in needs from a bank.
 """
 
 from __future__ import annotations
@@ -25,9 +27,19 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ._checks import as_features, check_kernel, check_objective, check_rows_match, check_sigma
+from .checks import (
+    as_features,
+    check_bandwidths,
+    check_device,
+    check_kernel,
+    check_objective,
+    check_on_nonfinite,
+    check_rows_match,
+    renamed_bandwidths,
+)
+from .defaults import KERNEL, OBJECTIVE, ON_NONFINITE, SIGMA_IMAGE, SIGMA_PROMPT
 from .direction import bank_pair_sum, diversity_direction
-from .fast import bank_direction
+from .fast import Workspace, bank_direction
 from .kernels import squared_kernel_sum
 
 FORMAT = "sparke.bank"
@@ -48,8 +60,9 @@ class Bank:
     """Rows of image features x: (n, d) and optional prompt features y: (n, e), oldest first.
 
     ``capacity`` bounds n (oldest rows evicted first); ``dtype`` is the storage type (float16/bfloat16 halve
-    the memory; the scores and directions still compute in float32). ``metadata`` is a free-form JSON-able
-    dict saved with the bank (model id, feature space, kernel, bandwidths, ...).
+    the memory; the scores and directions still compute in float32). ``device`` must exist on this machine
+    (``ValueError`` otherwise); ``to`` moves the bank. ``metadata`` is a free-form JSON-able dict saved with the
+    bank (model id, feature space, kernel, bandwidths, ...).
     """
 
     def __init__(
@@ -65,8 +78,8 @@ class Bank:
         if dtype not in _DTYPES.values():
             raise ValueError(f"dtype: must be one of {', '.join(_DTYPES)}, got {dtype}")
         self.capacity = capacity
-        self.device = torch.device(device)
-        self.dtype = dtype
+        self._device = check_device(device)
+        self._dtype = dtype
         self.metadata: dict[str, Any] = dict(metadata or {})
         self._x: torch.Tensor | None = None
         self._y: torch.Tensor | None = None
@@ -74,7 +87,7 @@ class Bank:
         self._count = 0
         self._has_y: bool | None = None
         self._pair_sums: dict[str, float] = {}
-        self._workspace = None  # fast.Workspace of the order-2 direction: cached row norms, scratch buffers
+        self._workspace: Workspace | None = None  # of the order-2 direction: cached row norms, scratch buffers
 
     # -- reading ---------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -85,6 +98,16 @@ class Bank:
             f"Bank(n={self._count}, dim_x={self.dim_x}, dim_y={self.dim_y}, capacity={self.capacity}, "
             f"dtype={self.dtype}, device={self.device})"
         )
+
+    @property
+    def device(self) -> torch.device:
+        """Where the rows live (change it with ``to``)."""
+        return self._device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Storage type of the rows (change it with ``to``)."""
+        return self._dtype
 
     @property
     def dim_x(self) -> int | None:
@@ -107,6 +130,31 @@ class Bank:
         if self._y is None:
             return None
         return self._y[self._start : self._start + self._count]
+
+    @property
+    def buffer_x(self) -> torch.Tensor | None:
+        """The preallocated (size, d) buffer holding the rows at ``offset : offset + len(bank)`` (read only).
+
+        Rows are only ever written after the live ones; when the bank grows or moves it gets a new buffer.
+        ``fast.Workspace`` relies on this to compute the norms of new rows only.
+        """
+        return self._x
+
+    @property
+    def buffer_y(self) -> torch.Tensor | None:
+        """The buffer of the prompt features, as ``buffer_x`` (None for a bank without prompts)."""
+        return self._y
+
+    @property
+    def offset(self) -> int:
+        """Index of the oldest live row in ``buffer_x`` and ``buffer_y``."""
+        return self._start
+
+    def workspace(self, project_dim: int | None = None) -> Workspace:
+        """The ``fast.Workspace`` of this bank's order-2 direction (made anew when ``project_dim`` changes)."""
+        if self._workspace is None or self._workspace.project_dim != project_dim:
+            self._workspace = Workspace(project_dim)
+        return self._workspace
 
     # -- writing ---------------------------------------------------------------------------------------------
     def add(self, x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray | None = None) -> None:
@@ -178,15 +226,17 @@ class Bank:
         gone_x = old_x[:evict]
         gone_y = None if old_y is None else old_y[:evict]
         for key in list(self._pair_sums):
-            kernel, sigma_x, sigma_y, conditional = _parse_key(key)
+            kernel, sigma_image, sigma_prompt, conditional = _parse_key(key)
 
-            def pairs(a, b, ay, by, same=False, _k=kernel, _sx=sigma_x, _sy=sigma_y, _c=conditional):
+            def pairs(a, b, ay, by, same=False, _k=kernel, _si=sigma_image, _sp=sigma_prompt, _c=conditional):
                 if a.shape[0] == 0 or b.shape[0] == 0:
                     return 0.0
                 a, b = _compute_type(a), _compute_type(b)
                 ay = _compute_type(ay) if _c else None
                 by = _compute_type(by) if _c else None
-                return squared_kernel_sum(a, b, ay, by, kernel=_k, sigma_x=_sx, sigma_y=_sy, same=same)
+                return squared_kernel_sum(
+                    a, b, ay, by, kernel=_k, sigma_image=_si, sigma_prompt=_sp, same=same
+                )
 
             value = self._pair_sums[key]
             # remove the evicted rows' pairs: with everything old, counted twice, minus their own double count
@@ -194,43 +244,83 @@ class Bank:
             value += 2.0 * pairs(x, kept_x, y, kept_y) + pairs(x, x, y, y, True)
             self._pair_sums[key] = value
 
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Bank:
+        """Move the rows to ``device`` and/or store them as ``dtype``, in place; returns self (like
+        ``torch.nn.Module.to``). The kept pair sums stay (a change of dtype rounds the rows, not the sums);
+        cached row norms are recomputed at the next direction."""
+        device = self._device if device is None else check_device(device)
+        dtype = self._dtype if dtype is None else dtype
+        if dtype not in _DTYPES.values():
+            raise ValueError(f"dtype: must be one of {', '.join(_DTYPES)}, got {dtype}")
+        if device == self._device and dtype == self._dtype:
+            return self
+        if self._x is not None:  # only the live rows move: the new buffers are full, ``add`` grows them
+            self._x = self.x.to(device, dtype)
+            self._y = None if self._y is None else self.y.to(device, dtype)
+            self._start = 0
+        self._device, self._dtype = device, dtype
+        self._workspace = None
+        return self
+
     # -- guidance --------------------------------------------------------------------------------------------
+    @renamed_bandwidths
     def pair_sum(
         self,
         *,
-        kernel: str = "gaussian",
-        sigma_x: float = 1.0,
-        sigma_y: float = 1.0,
+        kernel: str = KERNEL,
+        sigma_image: float = SIGMA_IMAGE,
+        sigma_prompt: float = SIGMA_PROMPT,
         conditional: bool = True,
     ) -> float:
-        """sum over the bank's own pairs of k_x^2 (times k_y^2 when conditional): computed once, then kept."""
+        """sum over the bank's own pairs of k_x^2 (times k_y^2 when conditional): computed once, then kept.
+
+        A host number: reading it again costs no device sync.
+        """
         check_kernel(kernel)
-        sigma_x, sigma_y = check_sigma(sigma_x, "sigma_x"), check_sigma(sigma_y, "sigma_y")
+        sigma_image, sigma_prompt = check_bandwidths(sigma_image, sigma_prompt)
         conditional = conditional and self._y is not None
-        key = _key(kernel, sigma_x, sigma_y if conditional else None)
+        key = _key(kernel, sigma_image, sigma_prompt if conditional else None)
         if key not in self._pair_sums:
             bx, by = self.x, self.y if conditional else None
             self._pair_sums[key] = bank_pair_sum(
-                bx, by, kernel=kernel, sigma_x=sigma_x, sigma_y=sigma_y, max_work=1 << 62
+                bx, by, kernel=kernel, sigma_image=sigma_image, sigma_prompt=sigma_prompt, max_work=1 << 62
             )[0]
         return self._pair_sums[key]
 
+    @renamed_bandwidths
     def direction(
         self,
         x: torch.Tensor,
         y: torch.Tensor | None = None,
         *,
-        objective: str = "cond-rke",
-        kernel: str = "gaussian",
-        sigma_x: float = 1.0,
-        sigma_y: float = 1.0,
+        objective: str = OBJECTIVE,
+        kernel: str = KERNEL,
+        sigma_image: float = SIGMA_IMAGE,
+        sigma_prompt: float = SIGMA_PROMPT,
+        on_nonfinite: str = ON_NONFINITE,
+        skipped: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``diversity_direction`` of a batch x: (B, d), y: (B, e) against this bank, with the kept pair sum."""
+        """``diversity_direction`` of a batch x: (B, d), y: (B, e) against this bank, with the kept pair sum.
+
+        ``on_nonfinite="skip"``: rows whose direction is not finite become zero rows and their number is added
+        to ``skipped`` (0-d tensor, in place); for "rke"/"cond-rke" on a bank whose pair sum is kept, the step
+        then has no host sync (pass ``skipped`` on the bank's device). The defaults assume L2-normalised
+        features.
+        """
         check_objective(objective)
+        check_on_nonfinite(on_nonfinite)
         if objective in ("rke", "cond-rke"):
             # the fast path: cached row norms, the kept pair sum, no per-step allocation, half rows as stored
             return bank_direction(
-                self, x, y, objective=objective, kernel=kernel, sigma_x=sigma_x, sigma_y=sigma_y
+                self,
+                x,
+                y,
+                objective=objective,
+                kernel=kernel,
+                sigma_image=sigma_image,
+                sigma_prompt=sigma_prompt,
+                on_nonfinite=on_nonfinite,
+                skipped=skipped,
             )
         conditional = objective == "cond-vendi"
         return diversity_direction(
@@ -240,8 +330,10 @@ class Bank:
             self.y if conditional else None,
             objective=objective,
             kernel=kernel,
-            sigma_x=sigma_x,
-            sigma_y=sigma_y,
+            sigma_image=sigma_image,
+            sigma_prompt=sigma_prompt,
+            on_nonfinite=on_nonfinite,
+            skipped=skipped,
         )
 
     # -- files -----------------------------------------------------------------------------------------------
@@ -269,6 +361,7 @@ class Bank:
     @classmethod
     def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> Bank:
         """Read a bank written by ``save``; raises ``BankFileError`` naming what is wrong with the file."""
+        device = check_device(device)
         path = Path(path)
         meta, tensors = read_bank_file(path, FORMAT, FORMAT_VERSION, "bank")
         x, y = tensors.get("x"), tensors.get("y")
@@ -343,13 +436,14 @@ def save_atomically(
         raise
 
 
-def _key(kernel: str, sigma_x: float, sigma_y: float | None) -> str:
-    return json.dumps([kernel, sigma_x, sigma_y])
+def _key(kernel: str, sigma_image: float, sigma_prompt: float | None) -> str:
+    """Key of a kept pair sum, as saved in bank files: [kernel, sigma_image, sigma_prompt or null]."""
+    return json.dumps([kernel, sigma_image, sigma_prompt])
 
 
 def _parse_key(key: str) -> tuple[str, float, float, bool]:
-    kernel, sigma_x, sigma_y = json.loads(key)
-    return kernel, sigma_x, 1.0 if sigma_y is None else sigma_y, sigma_y is not None
+    kernel, sigma_image, sigma_prompt = json.loads(key)
+    return kernel, sigma_image, 1.0 if sigma_prompt is None else sigma_prompt, sigma_prompt is not None
 
 
 def _compute_type(rows: torch.Tensor) -> torch.Tensor:

@@ -22,97 +22,74 @@ import warnings
 import numpy as np
 import torch
 
-from ._checks import (
+from .checks import (
     as_features,
+    as_stored_rows,
+    check_bandwidths,
+    check_finite_result,
     check_kernel,
     check_nonzero_rows,
     check_objective,
+    check_on_nonfinite,
     check_rows_match,
-    check_sigma,
+    finite_rows,
+    renamed_bandwidths,
+    zero_nonfinite_rows,
 )
+from .defaults import KERNEL, OBJECTIVE, ON_NONFINITE, SIGMA_IMAGE, SIGMA_PROMPT
 from .fast import order2_direction
 from .kernels import kernel_matrix, squared_distances, squared_kernel_sum, unit_rows
 from .scores import von_neumann_entropy
 
 Array = torch.Tensor | np.ndarray
 
-# Bank rows read per chunk: bounds the extra memory to a B x CHUNK kernel block.
-CHUNK = 8192
 # Above this many multiply-adds, the bank's own pair sum is estimated rather than computed (see module doc).
 EXACT_PAIR_SUM_BUDGET = 2**36
 ESTIMATE_PAIRS = 2**16
+# Feature values gathered per side and chunk of the estimate's random pairs (16 MiB of float32): bounds
+# its extra memory whatever the number of pairs.
+PAIR_CHUNK_ELEMENTS = 1 << 22
 
 
-def _bank_rows(value, name: str, like: torch.Tensor, columns: int) -> torch.Tensor:
-    """A bank tensor as given (no copy, no dtype change): bank rows are read once per chunk, not converted.
-
-    Finiteness is checked after the fact, only if the result is not finite (see ``_check_finite_result``).
-    """
-    if value is None:
-        return like.new_zeros((0, columns))
-    if isinstance(value, np.ndarray):
-        value = torch.from_numpy(np.ascontiguousarray(value))
-    if not isinstance(value, torch.Tensor):
-        raise ValueError(f"{name}: expected a torch.Tensor or numpy array, got {type(value).__name__}")
-    if value.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D array (rows = samples), got shape {tuple(value.shape)}")
-    if not value.is_floating_point():
-        value = value.to(like.dtype)
-    if value.shape[1] != columns:
-        raise ValueError(f"{name}: has {value.shape[1]} feature columns but the batch has {columns}")
-    return value.to(like.device)
-
-
-def _validate(x, y, bank_x, bank_y, objective, kernel, sigma_x, sigma_y):
+def _validate(x, y, bank_x, bank_y, objective, kernel, sigma_image, sigma_prompt, on_nonfinite):
     check_objective(objective)
     check_kernel(kernel)
-    sigma_x, sigma_y = check_sigma(sigma_x, "sigma_x"), check_sigma(sigma_y, "sigma_y")
+    check_on_nonfinite(on_nonfinite)
+    sigma_image, sigma_prompt = check_bandwidths(sigma_image, sigma_prompt)
     conditional = objective.startswith("cond-")
-    x = as_features(x, "x", device=x.device if isinstance(x, torch.Tensor) else None)
-    bank_x = _bank_rows(bank_x, "bank_x", x, x.shape[1])
-    if kernel == "cosine":
+    # with "skip" nothing is scanned up front (a host sync): a bad row gives a zero row of the result
+    scan = on_nonfinite == "raise"
+    x = as_features(x, "x", device=x.device if isinstance(x, torch.Tensor) else None, check_finite=scan)
+    bank_x = as_stored_rows(bank_x, "bank_x", like=x, columns=x.shape[1])
+    if kernel == "cosine" and scan:
         check_nonzero_rows(x, "x")
     if not conditional:
-        return x, None, bank_x, None, sigma_x, sigma_y
+        return x, None, bank_x, None, sigma_image, sigma_prompt
     if y is None:
         raise ValueError(f"y: the {objective!r} objective needs prompt features for the batch")
-    y = as_features(y, "y", dtype=x.dtype, device=x.device)
+    y = as_features(y, "y", dtype=x.dtype, device=x.device, check_finite=scan)
     check_rows_match(x, y, "x", "y")
     if bank_y is None and bank_x.shape[0]:
         raise ValueError(f"bank_y: the {objective!r} objective needs prompt features for the bank rows")
-    bank_y = _bank_rows(bank_y, "bank_y", y, y.shape[1])
+    bank_y = as_stored_rows(bank_y, "bank_y", like=y, columns=y.shape[1])
     check_rows_match(bank_x, bank_y, "bank_x", "bank_y")
-    if kernel == "cosine":
+    if kernel == "cosine" and scan:
         check_nonzero_rows(y, "y")
-    return x, y, bank_x, bank_y, sigma_x, sigma_y
+    return x, y, bank_x, bank_y, sigma_image, sigma_prompt
 
 
-def _check_finite_result(result: torch.Tensor, named: dict[str, torch.Tensor | None], kernel: str) -> None:
-    """Name the bank input that made the result non-finite (bank rows are not scanned up front)."""
-    if bool(torch.isfinite(result).all()):
-        return
-    for name, value in named.items():
-        if value is None:
-            continue
-        for start in range(0, value.shape[0], CHUNK):
-            rows = value[start : start + CHUNK]
-            if not bool(torch.isfinite(rows).all()):
-                raise ValueError(f"{name}: contains NaN or Inf values")
-            if kernel == "cosine" and bool((torch.linalg.vector_norm(rows.float(), dim=1) == 0).any()):
-                raise ValueError(f"{name}: the cosine kernel needs non-zero rows, found an all-zero row")
-    raise FloatingPointError("diversity_direction: the direction overflowed although every input is finite")
-
-
+@renamed_bandwidths
 def bank_pair_sum(
     bank_x: torch.Tensor,
     bank_y: torch.Tensor | None,
     *,
     kernel: str,
-    sigma_x: float,
-    sigma_y: float,
+    sigma_image: float,
+    sigma_prompt: float,
     max_work: int | None = None,
 ) -> tuple[float, bool]:
-    """sum over bank pairs of k_x^2 (times k_y^2): exact when n^2 d <= max_work (default 2^36), else a random-pair estimate.
+    """sum over bank pairs of k_x^2 (times k_y^2): exact when n^2 d <= max_work (default 2^36), else a
+    random-pair estimate, computed chunk by chunk (``PAIR_CHUNK_ELEMENTS``) so its memory stays bounded.
 
     Returns (value, exact).
     """
@@ -120,137 +97,165 @@ def bank_pair_sum(
     max_work = EXACT_PAIR_SUM_BUDGET if max_work is None else max_work
     if n == 0:
         return 0.0, True
-    if bank_x.dtype in (torch.float16, torch.bfloat16):
-        bank_x = bank_x.float()
-        bank_y = None if bank_y is None else bank_y.float()
     if n * n * d <= max_work:
+        if bank_x.dtype in (torch.float16, torch.bfloat16):
+            bank_x = bank_x.float()
+            bank_y = None if bank_y is None else bank_y.float()
         value = squared_kernel_sum(
-            bank_x, bank_x, bank_y, bank_y, kernel=kernel, sigma_x=sigma_x, sigma_y=sigma_y, same=True
+            bank_x,
+            bank_x,
+            bank_y,
+            bank_y,
+            kernel=kernel,
+            sigma_image=sigma_image,
+            sigma_prompt=sigma_prompt,
+            same=True,
         )
         return value, True
     # The n diagonal terms are exactly 1; the off-diagonal mean comes from random pairs (seeded: repeatable).
     gen = torch.Generator().manual_seed(0)
     i = torch.randint(0, n, (ESTIMATE_PAIRS,), generator=gen)
     j = (i + torch.randint(1, n, (ESTIMATE_PAIRS,), generator=gen)) % n
-    i, j = i.to(bank_x.device), j.to(bank_x.device)
-    terms = _paired_squared_kernel(bank_x[i], bank_x[j], kernel, sigma_x)
-    if bank_y is not None:
-        terms = terms * _paired_squared_kernel(bank_y[i], bank_y[j], kernel, sigma_y)
+    # visit the pairs in the order of their first row: those rows are then read in one forward sweep
+    order = torch.argsort(i, stable=True)
+    i, j = i[order].to(bank_x.device), j[order].to(bank_x.device)
+    width = d + (0 if bank_y is None else bank_y.shape[1])
+    step = min(ESTIMATE_PAIRS, max(1, PAIR_CHUNK_ELEMENTS // width))
+    compute = torch.float32 if bank_x.dtype in (torch.float16, torch.bfloat16) else bank_x.dtype
+    terms = torch.empty(ESTIMATE_PAIRS, dtype=compute, device=bank_x.device)
+    buffers = {}  # two gathered chunks per side, reused: no allocation (and no page faults) per chunk
+
+    def gathered(rows: torch.Tensor, index: torch.Tensor, name: str) -> torch.Tensor:
+        key = (name, rows.shape[1])
+        if key not in buffers:
+            buffers[key] = torch.empty((step, rows.shape[1]), dtype=rows.dtype, device=rows.device)
+        out = torch.index_select(rows, 0, index, out=buffers[key][: index.shape[0]])
+        return out if out.dtype == compute else out.to(compute)
+
+    for lo in range(0, ESTIMATE_PAIRS, step):
+        ii, jj = i[lo : lo + step], j[lo : lo + step]
+        a, b = gathered(bank_x, ii, "a"), gathered(bank_x, jj, "b")
+        chunk = _paired_squared_kernel(a, b, kernel, sigma_image)
+        if bank_y is not None:
+            chunk *= _paired_squared_kernel(
+                gathered(bank_y, ii, "a"), gathered(bank_y, jj, "b"), kernel, sigma_prompt
+            )
+        terms[lo : lo + step] = chunk
     return float(n + n * (n - 1) * terms.double().mean()), False
 
 
 def _paired_squared_kernel(a: torch.Tensor, b: torch.Tensor, kernel: str, sigma: float) -> torch.Tensor:
+    """k(a_p, b_p)^2 per row pair p of a, b: (P, d) -> (P,); overwrites a and b (gathered copies)."""
     if kernel == "gaussian":
-        return torch.exp(-(a - b).pow(2).sum(1) / (sigma * sigma))
-    return (unit_rows(a) * unit_rows(b)).sum(1).square()
+        return torch.exp(-a.sub_(b).square_().sum(1) / (sigma * sigma))
+    a = a.div_(torch.linalg.vector_norm(a, dim=1, keepdim=True))
+    b = b.div_(torch.linalg.vector_norm(b, dim=1, keepdim=True))
+    return a.mul_(b).sum(1).square()
 
 
-def _order2_terms(x, y, rows_x, rows_y, kernel, sigma_x, sigma_y, same=False):
-    """Per batch row, against ``rows``: (sum_j c_bj, sum_j a_bj r_j, sum_j k_bj^2 w_bj).
-
-    Gaussian: a = c = k^2 w with the raw rows r; cosine: a = k w, c = k^2 w with unit rows r.
-    ``same`` says rows are the batch itself: the diagonal is then exactly k = w = 1.
-    """
-    if kernel == "gaussian":
-        log_sq = squared_distances(x, rows_x) / (-sigma_x * sigma_x)
-        if y is not None:
-            log_sq += squared_distances(y, rows_y) / (-sigma_y * sigma_y)
-        if same:
-            log_sq.diagonal().fill_(0.0)
-        a = torch.exp(log_sq)
-        return a.sum(1), a @ rows_x, a.sum(1)
-    units = unit_rows(rows_x)
-    k = unit_rows(x) @ units.T
-    w = (unit_rows(y) @ unit_rows(rows_y).T).square() if y is not None else torch.ones_like(k)
-    if same:
-        k.diagonal().fill_(1.0)
-        w.diagonal().fill_(1.0)
-    a = k * w
-    c = (a * k).sum(1)
-    return c, a @ units, c
-
-
-def _order2_direction(x, y, bank_x, bank_y, kernel, sigma_x, sigma_y, pair_sum):
-    """Two products over the bank (``fast.order2_direction``); bank rows stay in their storage type."""
-    return order2_direction(
-        x, y, bank_x, bank_y, kernel=kernel, sigma_x=sigma_x, sigma_y=sigma_y, pair_sum=pair_sum
-    )
-
-
-def _order1_direction(x, y, bank_x, bank_y, kernel, sigma_x, sigma_y):
+def _order1_direction(x, y, bank_x, bank_y, kernel, sigma_image, sigma_prompt):
     with torch.enable_grad():
         batch = x.detach().clone().requires_grad_(True)
-        k = kernel_matrix(torch.cat([bank_x, batch]), kernel, sigma_x)
+        k = kernel_matrix(torch.cat([bank_x, batch]), kernel, sigma_image)
         if y is not None:
-            k = k * kernel_matrix(torch.cat([bank_y, y]), kernel, sigma_y)
+            k = k * kernel_matrix(torch.cat([bank_y, y]), kernel, sigma_prompt)
         entropy = von_neumann_entropy(torch.linalg.eigvalsh(k / k.shape[0]))
         (grad,) = torch.autograd.grad(entropy, batch)
     return grad
 
 
+@renamed_bandwidths
 def diversity_direction(
     x: Array,
     y: Array | None,
     bank_x: Array | None,
     bank_y: Array | None,
     *,
-    objective: str = "cond-rke",
-    kernel: str = "gaussian",
-    sigma_x: float = 1.0,
-    sigma_y: float = 1.0,
+    objective: str = OBJECTIVE,
+    kernel: str = KERNEL,
+    sigma_image: float = SIGMA_IMAGE,
+    sigma_prompt: float = SIGMA_PROMPT,
     pair_sum: float | None = None,
+    on_nonfinite: str = ON_NONFINITE,
+    skipped: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Gradient of log S(bank U batch) with respect to the batch rows x: (B, d) -> (B, d), an ascent direction.
 
     S is ``objective`` ("rke", "vendi", "cond-rke" or "cond-vendi") computed on the bank rows followed by the
     batch rows; y: (B, e) and bank_y: (n, e) are prompt features (None for the unconditional objectives);
     bank_x: (n, d), n may be 0. Each batch row is pushed away from the bank and from the rest of its batch.
+    The default bandwidths (0.8 and 0.3, the paper's) assume L2-normalised features.
 
     Order 2 costs O((n + B) d). ``pair_sum`` is the bank's own sum of squared (joint) kernel entries, the
     normaliser of the gradient: ``Bank.direction`` passes the value it keeps; when omitted it is computed,
     exactly if n^2 d <= 2^36 and otherwise estimated (same direction, magnitude within about 1%).
+
+    ``on_nonfinite``: "raise" (a ``ValueError`` naming the input that made the result non-finite) or
+    "skip", with no host sync: a batch row that is not finite (or zero, for the cosine kernel) is left out of
+    the score and gets a zero row, the other rows get the direction of the batch without it (order 1: all
+    rows are skipped), and any other non-finite row of the result becomes zero too; the number of zeroed
+    rows is added in place to ``skipped`` (a 0-d tensor on x's device) when given.
     """
-    x, y, bank_x, bank_y, sigma_x, sigma_y = _validate(
-        x, y, bank_x, bank_y, objective, kernel, sigma_x, sigma_y
+    x, y, bank_x, bank_y, sigma_image, sigma_prompt = _validate(
+        x, y, bank_x, bank_y, objective, kernel, sigma_image, sigma_prompt, on_nonfinite
     )
+    keep = None
+    if on_nonfinite == "skip":  # bad batch rows are left out of the score, on the device
+        x, y, keep = finite_rows(x, y, kernel)
     if objective in ("vendi", "cond-vendi"):
         bank_x = bank_x.to(x.dtype)
         bank_y = None if bank_y is None else bank_y.to(x.dtype)
-        result = _order1_direction(x, y, bank_x, bank_y, kernel, sigma_x, sigma_y)
-        _check_finite_result(result, {"bank_x": bank_x, "bank_y": bank_y}, kernel)
-        return result
-    if pair_sum is None:
-        pair_sum, exact = bank_pair_sum(bank_x, bank_y, kernel=kernel, sigma_x=sigma_x, sigma_y=sigma_y)
-        if not exact:
-            warnings.warn(
-                "diversity_direction: the bank's pair sum was estimated from random pairs (the magnitude of "
-                "the direction is approximate, its direction exact); pass a sparke.Bank or pair_sum= to avoid "
-                "this",
-                stacklevel=2,
+        result = _order1_direction(x, y, bank_x, bank_y, kernel, sigma_image, sigma_prompt)
+        if keep is not None:  # the spectrum couples every row: one bad row skips them all
+            keep = keep & keep.all()
+    else:
+        if pair_sum is None:
+            pair_sum, exact = bank_pair_sum(
+                bank_x, bank_y, kernel=kernel, sigma_image=sigma_image, sigma_prompt=sigma_prompt
             )
-    result = _order2_direction(x, y, bank_x, bank_y, kernel, sigma_x, sigma_y, float(pair_sum))
-    _check_finite_result(result, {"bank_x": bank_x, "bank_y": bank_y}, kernel)
+            if not exact:
+                warnings.warn(
+                    "diversity_direction: the bank's pair sum was estimated from random pairs (the magnitude "
+                    "of the direction is approximate, its direction exact); pass a sparke.Bank or pair_sum= "
+                    "to avoid this",
+                    stacklevel=2,
+                )
+        result = order2_direction(
+            x,
+            y,
+            bank_x,
+            bank_y,
+            kernel=kernel,
+            sigma_image=sigma_image,
+            sigma_prompt=sigma_prompt,
+            pair_sum=pair_sum,
+            keep=keep,
+        )
+    if on_nonfinite == "skip":
+        return zero_nonfinite_rows(result, skipped, keep)
+    check_finite_result(result, {"bank_x": bank_x, "bank_y": bank_y}, kernel)
     return result
 
 
+@renamed_bandwidths
 def novelty_direction(
     x: Array,
     y: Array | None,
     ref_x: Array,
     ref_y: Array | None,
     *,
-    kernel: str = "gaussian",
-    sigma_x: float = 1.0,
-    sigma_y: float = 1.0,
+    kernel: str = KERNEL,
+    sigma_image: float = SIGMA_IMAGE,
+    sigma_prompt: float = SIGMA_PROMPT,
 ) -> torch.Tensor:
     """Ascent direction of -log(mean_i k_x(x_b, r_i)^2 k_y(y_b, s_i)^2) for each row of x: (B, d) -> (B, d).
 
     Pushes each sample away from the reference rows ref_x: (m, d), weighted by prompt similarity when both
     y: (B, e) and ref_y: (m, e) are given. Computed as a softmax over the reference rows, so it stays finite
-    when every kernel value underflows.
+    when every kernel value underflows. The default bandwidths assume L2-normalised features.
     """
     check_kernel(kernel)
-    sigma_x, sigma_y = check_sigma(sigma_x, "sigma_x"), check_sigma(sigma_y, "sigma_y")
+    sigma_image, sigma_prompt = check_bandwidths(sigma_image, sigma_prompt)
     x = as_features(x, "x", device=x.device if isinstance(x, torch.Tensor) else None)
     ref_x = as_features(ref_x, "ref_x", dtype=x.dtype, device=x.device)
     if ref_x.shape[1] != x.shape[1]:
@@ -264,12 +269,12 @@ def novelty_direction(
         if ref_y.shape[1] != y.shape[1]:
             raise ValueError(f"ref_y: has {ref_y.shape[1]} feature columns but y has {y.shape[1]}")
     if kernel == "gaussian":
-        log_terms = squared_distances(x, ref_x) / (-sigma_x * sigma_x)
+        log_terms = squared_distances(x, ref_x) / (-sigma_image * sigma_image)
         if weighted:
-            log_terms = log_terms + squared_distances(y, ref_y) / (-sigma_y * sigma_y)
+            log_terms = log_terms + squared_distances(y, ref_y) / (-sigma_prompt * sigma_prompt)
         # grad log mean_i exp(l_i) = sum_i softmax(l)_i grad l_i, grad l_i = -2 (x - r_i) / sigma^2
         p = torch.softmax(log_terms, dim=1)
-        return (2.0 / (sigma_x * sigma_x)) * (x - p @ ref_x)
+        return (2.0 / (sigma_image * sigma_image)) * (x - p @ ref_x)
     check_nonzero_rows(x, "x")
     check_nonzero_rows(ref_x, "ref_x")
     units = unit_rows(ref_x)

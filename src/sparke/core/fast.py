@@ -17,8 +17,10 @@ Both products read the bank once each, so the step costs two bank reads plus O(B
 - ``Workspace`` keeps, per bank, the squared norms of its rows (updated only for newly added rows) and
   grow-only scratch buffers, so a guided step allocates nothing after the first one; ``Bank.direction``
   uses one per bank.
-- No host synchronisation: the normaliser stays a tensor. The one sync left is the finiteness check of
-  the result (``check_finite=True``, the default), which names the bad input when there is one.
+- No host synchronisation: the normaliser stays a tensor (the bank's pair sum is a host number it keeps).
+  The one sync left is the finiteness check of the result with ``on_nonfinite="raise"`` (the default), which
+  names the bad input when there is one; ``on_nonfinite="skip"`` zeroes non-finite rows on the device
+  instead and counts them in an optional device tensor, with no sync at all.
 - ``project_dim``: optionally the kernel weights come from a fixed Gaussian random projection of the image
   features to ``project_dim`` columns (the squared distance is unbiased, relative error about
   sqrt(2 / project_dim)); the weighted sum still uses the full rows. It halves the bank bytes read per step
@@ -32,7 +34,21 @@ import weakref
 
 import torch
 
-from .kernels import unit_rows
+from .checks import (
+    as_features,
+    check_bandwidths,
+    check_finite_result,
+    check_kernel,
+    check_nonzero_rows,
+    check_objective,
+    check_on_nonfinite,
+    check_rows_match,
+    finite_rows,
+    renamed_bandwidths,
+    zero_nonfinite_rows,
+)
+from .defaults import KERNEL, OBJECTIVE, ON_NONFINITE, SIGMA_IMAGE, SIGMA_PROMPT
+from .kernels import squared_distances, unit_rows
 
 # CPU: bank rows per chunk (a half-precision chunk is converted to the compute type; a chunk of float32
 # rows of d = 16,384 is 16 MiB, so the second product reads it from cache).
@@ -135,30 +151,32 @@ class Workspace:
     def bank_norms(self, bank, compute: torch.dtype, kernel: str):
         """(norms of x rows, norms of y rows or None, projected x rows or None) for the live rows of ``bank``.
 
-        Gaussian: squared norms; cosine: norms. ``compute`` is float32 or float64.
+        Gaussian: squared norms; cosine: norms. ``compute`` is float32 or float64. ``bank`` is a ``Bank``:
+        its live rows are ``bank.buffer_x[bank.offset : bank.offset + len(bank)]`` (likewise ``buffer_y``).
         """
-        start, stop = bank._start, bank._start + bank._count
+        buffer_x, buffer_y = bank.buffer_x, bank.buffer_y
+        start, stop = bank.offset, bank.offset + len(bank)
         square = kernel == "gaussian"
 
         def norm(rows: torch.Tensor) -> torch.Tensor:
             return _norms(rows, compute, square)
 
         tag = f"{kernel}:{compute}"
-        nx = self._rows_derived("x:" + tag, bank._x, start, stop, norm, None, compute)
+        nx = self._rows_derived("x:" + tag, buffer_x, start, stop, norm, None, compute)
         ny = None
-        if bank._y is not None:
-            ny = self._rows_derived("y:" + tag, bank._y, start, stop, norm, None, compute)
+        if buffer_y is not None:
+            ny = self._rows_derived("y:" + tag, buffer_y, start, stop, norm, None, compute)
         px = None
         if self.project_dim is not None and kernel == "gaussian":
-            proj = self.get_projection(bank._x.shape[1], bank._x.device)
+            proj = self.get_projection(buffer_x.shape[1], buffer_x.device)
 
             def project(rows: torch.Tensor) -> torch.Tensor:
                 return (rows.float() @ proj).to(bank.dtype)
 
-            px = self._rows_derived("px", bank._x, start, stop, project, self.project_dim, bank.dtype)
+            px = self._rows_derived("px", buffer_x, start, stop, project, self.project_dim, bank.dtype)
             # with a projection the kernel weights need only the projected rows' norms
             nx = self._rows_derived(
-                "px:" + tag, bank._x, start, stop, lambda r: norm(project(r)), None, compute
+                "px:" + tag, buffer_x, start, stop, lambda r: norm(project(r)), None, compute
             )
         return nx, ny, px
 
@@ -180,6 +198,7 @@ def _chunk_rows(rows: torch.Tensor, compute: torch.dtype, ws: Workspace, name: s
     return out
 
 
+@renamed_bandwidths
 def order2_sums(
     x: torch.Tensor,
     y: torch.Tensor | None,
@@ -189,8 +208,8 @@ def order2_sums(
     norm_y: torch.Tensor | None,
     *,
     kernel: str,
-    sigma_x: float,
-    sigma_y: float,
+    sigma_image: float,
+    sigma_prompt: float,
     ws: Workspace,
     proj_x: torch.Tensor | None = None,
     projection: torch.Tensor | None = None,
@@ -201,9 +220,10 @@ def order2_sums(
     ``row_weight`` (n,), Gaussian only: bank row j counts row_weight[j] times (sampled estimates).
 
     Gaussian: a = c = k^2 w on the raw rows; cosine: a = k w, c = k^2 w, the sum over unit rows. ``norm_x``,
-    ``norm_y``: squared norms (Gaussian) or norms (cosine) of the bank rows, in x's dtype. ``proj_x``: the
-    bank rows projected by ``projection`` (weights from projected distances; Gaussian only); ``norm_x`` then
-    holds the projected rows' squared norms.
+    ``norm_y``: squared norms (Gaussian) or norms (cosine) of the bank rows, in x's dtype, or None to compute
+    them chunk by chunk while the chunk is in cache (no extra pass over the bank). ``proj_x``: the bank rows
+    projected by ``projection`` (weights from projected distances; Gaussian only); ``norm_x`` then holds the
+    projected rows' squared norms.
     """
     compute = x.dtype
     device = x.device
@@ -235,6 +255,7 @@ def order2_sums(
         uy = None if y is None else unit_rows(y)
 
     search = bank_x if proj_x is None else proj_x
+    square = kernel == "gaussian"
     lhs_x = qx if kernel == "gaussian" else ux
     if half_gpu:
         lhs_x = _split(
@@ -258,6 +279,7 @@ def order2_sums(
         else:
             rows = _chunk_rows(search[start:stop], compute, ws, "rows_s")
             torch.mm(lhs_x, rows.T, out=g)
+        nx = norm_x[start:stop] if norm_x is not None else _norms(search[start:stop], compute, square)
         if y is not None:
             h = ws.scratch("h", (b, c), compute, device)
             if half_gpu:
@@ -266,13 +288,15 @@ def order2_sums(
             else:
                 rows_y = _chunk_rows(bank_y[start:stop], compute, ws, "rows_y")
                 torch.mm(y if kernel == "gaussian" else uy, rows_y.T, out=h)
+            ny = norm_y[start:stop] if norm_y is not None else _norms(bank_y[start:stop], compute, square)
 
         if kernel == "gaussian":
-            # log(k^2 w) = -|x - r|^2 / sigma_x^2 - |y - s|^2 / sigma_y^2, distances clamped at 0 against rounding
-            g.mul_(-2.0).add_(norm_x[start:stop]).add_(q_sq).clamp_min_(0.0).mul_(-1.0 / (sigma_x * sigma_x))
+            # log(k^2 w) = -|x - r|^2 / sigma_image^2 - |y - s|^2 / sigma_prompt^2, distances clamped at 0
+            g.mul_(-2.0).add_(nx).add_(q_sq).clamp_min_(0.0)
+            g.mul_(-1.0 / (sigma_image * sigma_image))
             if y is not None:
-                h.mul_(-2.0).add_(norm_y[start:stop]).add_(y_sq).clamp_min_(0.0)
-                g.add_(h, alpha=-1.0 / (sigma_y * sigma_y))
+                h.mul_(-2.0).add_(ny).add_(y_sq).clamp_min_(0.0)
+                g.add_(h, alpha=-1.0 / (sigma_prompt * sigma_prompt))
             a = g.exp_()
             if row_weight is not None:
                 a.mul_(row_weight[start:stop])
@@ -280,12 +304,12 @@ def order2_sums(
             cross += a.sum(dtype=torch.float64)
             coef = a
         else:
-            k = g.div_(norm_x[start:stop])
-            a = k.clone() if y is None else k * h.div_(norm_y[start:stop]).square_()
+            k = g.div_(nx)
+            a = k.clone() if y is None else k * h.div_(ny).square_()
             csum = a * k
             weight_sum += csum.sum(1)
             cross += csum.sum(dtype=torch.float64)
-            coef = a.div_(norm_x[start:stop])  # sum_j a_bj u_j = sum_j (a_bj / |r_j|) r_j
+            coef = a.div_(nx)  # sum_j a_bj u_j = sum_j (a_bj / |r_j|) r_j
 
         if half_gpu:
             # scale rows of the weights to max 1 so float16 neither underflows nor loses the small weights
@@ -299,6 +323,7 @@ def order2_sums(
     return weight_sum, weighted, cross
 
 
+@renamed_bandwidths
 def order2_direction(
     x: torch.Tensor,
     y: torch.Tensor | None,
@@ -306,8 +331,8 @@ def order2_direction(
     bank_y: torch.Tensor | None,
     *,
     kernel: str,
-    sigma_x: float,
-    sigma_y: float,
+    sigma_image: float,
+    sigma_prompt: float,
     pair_sum: float | torch.Tensor,
     norm_x: torch.Tensor | None = None,
     norm_y: torch.Tensor | None = None,
@@ -315,22 +340,20 @@ def order2_direction(
     proj_x: torch.Tensor | None = None,
     projection: torch.Tensor | None = None,
     sample: tuple | None = None,
+    keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Ascent direction (B, d) of log RKE / log Cond-RKE of bank U batch; see the module doc.
 
-    ``pair_sum``: the bank's own sum of squared (joint) kernel entries. Norms are computed when not given.
+    ``pair_sum``: the bank's own sum of squared (joint) kernel entries. Norms are computed when not given
+    (in the same pass over the bank as the kernel rows).
     ``sample``: (rows_x, rows_y, weight, norm_x, norm_y), extra rows each standing for ``weight`` rows of
     the bank (an unbiased estimate of the part of the sums that ``bank_x`` leaves out; used by
-    ``IndexedBank``); their norms as for ``norm_x``/``norm_y``, or None to compute them.
+    ``IndexedBank``); their norms as for ``norm_x``/``norm_y``, or None to compute them. ``keep``: see
+    ``finish_direction``.
     """
     ws = ws if ws is not None else Workspace()
     compute = x.dtype
     if bank_x.shape[0]:
-        square = kernel == "gaussian"
-        if norm_x is None:
-            norm_x = _norms(bank_x, compute, square)
-        if bank_y is not None and norm_y is None:
-            norm_y = _norms(bank_y, compute, square)
         weight_sum, weighted, cross = order2_sums(
             x,
             y,
@@ -339,8 +362,8 @@ def order2_direction(
             norm_x,
             norm_y,
             kernel=kernel,
-            sigma_x=sigma_x,
-            sigma_y=sigma_y,
+            sigma_image=sigma_image,
+            sigma_prompt=sigma_prompt,
             ws=ws,
             proj_x=proj_x,
             projection=projection,
@@ -351,11 +374,6 @@ def order2_direction(
         cross = torch.zeros((), dtype=torch.float64, device=x.device)
     if sample is not None and sample[0].shape[0]:
         rows_x, rows_y, weight, s_norm_x, s_norm_y = sample
-        square = kernel == "gaussian"
-        if s_norm_x is None:
-            s_norm_x = _norms(rows_x, compute, square)
-        if rows_y is not None and s_norm_y is None:
-            s_norm_y = _norms(rows_y, compute, square)
         s_sum, s_rows, s_cross = order2_sums(
             x,
             y,
@@ -364,18 +382,58 @@ def order2_direction(
             s_norm_x,
             s_norm_y,
             kernel=kernel,
-            sigma_x=sigma_x,
-            sigma_y=sigma_y,
+            sigma_image=sigma_image,
+            sigma_prompt=sigma_prompt,
             ws=ws,
         )
         weight_sum.add_(s_sum, alpha=weight)
         weighted.add_(s_rows, alpha=weight)
         cross = cross + s_cross * weight
     return finish_direction(
-        x, y, weight_sum, weighted, cross, pair_sum, kernel=kernel, sigma_x=sigma_x, sigma_y=sigma_y
+        x,
+        y,
+        weight_sum,
+        weighted,
+        cross,
+        pair_sum,
+        kernel=kernel,
+        sigma_image=sigma_image,
+        sigma_prompt=sigma_prompt,
+        keep=keep,
     )
 
 
+def order2_terms(x, y, rows_x, rows_y, kernel, sigma_image, sigma_prompt, same=False, mask=None):
+    """Per batch row, against ``rows``: (sum_j c_bj, sum_j a_bj r_j, sum_j k_bj^2 w_bj), dense (B x rows).
+
+    Gaussian: a = c = k^2 w with the raw rows r; cosine: a = k w, c = k^2 w with unit rows r.
+    ``same`` says rows are the batch itself: the diagonal is then exactly k = w = 1. ``mask`` (B, rows):
+    0/1 factors on a and c (pairs left out).
+    """
+    if kernel == "gaussian":
+        log_sq = squared_distances(x, rows_x) / (-sigma_image * sigma_image)
+        if y is not None:
+            log_sq += squared_distances(y, rows_y) / (-sigma_prompt * sigma_prompt)
+        if same:
+            log_sq.diagonal().fill_(0.0)
+        a = torch.exp(log_sq)
+        if mask is not None:
+            a = a * mask
+        return a.sum(1), a @ rows_x, a.sum(1)
+    units = unit_rows(rows_x)
+    k = unit_rows(x) @ units.T
+    w = (unit_rows(y) @ unit_rows(rows_y).T).square() if y is not None else torch.ones_like(k)
+    if same:
+        k.diagonal().fill_(1.0)
+        w.diagonal().fill_(1.0)
+    a = k * w
+    if mask is not None:
+        a = a * mask
+    c = (a * k).sum(1)
+    return c, a @ units, c
+
+
+@renamed_bandwidths
 def finish_direction(
     x: torch.Tensor,
     y: torch.Tensor | None,
@@ -385,21 +443,31 @@ def finish_direction(
     pair_sum: float | torch.Tensor,
     *,
     kernel: str,
-    sigma_x: float,
-    sigma_y: float,
+    sigma_image: float,
+    sigma_prompt: float,
+    keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Add the batch's own terms to the bank sums of ``order2_sums`` and form the direction (B, d)."""
-    from .direction import _order2_terms  # the batch against itself: tiny, shared with the reference code
+    """Add the batch's own terms to the bank sums of ``order2_sums`` and form the direction (B, d).
 
+    ``keep`` (B,) bool: rows left out of the score (``checks.finite_rows``): their terms leave the normaliser
+    and the other rows, so each kept row gets the direction of the batch without them (on the device, no
+    sync); their own rows of the result are meaningless (zeroed by the caller). None: every row counts.
+    """
     compute = x.dtype
+    mask = None
+    if keep is not None:
+        # the bank terms of a left-out row are its weight_sum (Gaussian: sum_j a_bj; cosine: sum_j c_bj)
+        cross = cross - torch.where(keep, 0.0, weight_sum).sum(dtype=torch.float64)
+        kept = keep.to(compute)
+        mask = kept.unsqueeze(1) * kept.unsqueeze(0)
     # The batch against itself; the b = b term adds nothing to the gradient and exactly 1 to F.
-    wsum, wrows, sq = _order2_terms(x, y, x, y, kernel, sigma_x, sigma_y, same=True)
+    wsum, wrows, sq = order2_terms(x, y, x, y, kernel, sigma_image, sigma_prompt, same=True, mask=mask)
     weight_sum = weight_sum + wsum
     weighted = weighted + wrows
     total = (cross * 2.0 + sq.sum(dtype=torch.float64) + pair_sum).to(compute)
     if kernel == "gaussian":
         # grad_b F = -(4 / sigma^2) (sum_j a_bj x_b - sum_j a_bj x_j)
-        grad_f = (weight_sum.unsqueeze(1) * x - weighted).mul_(-4.0 / (sigma_x * sigma_x))
+        grad_f = (weight_sum.unsqueeze(1) * x - weighted).mul_(-4.0 / (sigma_image * sigma_image))
     else:
         # grad_b F = (4 / |x_b|) (sum_j a_bj u_j - (sum_j a_bj k_bj) u_b), u = unit rows
         norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
@@ -417,104 +485,88 @@ def _norms(rows: torch.Tensor, compute: torch.dtype, square: bool) -> torch.Tens
     return out
 
 
+@renamed_bandwidths
 def bank_direction(
     bank,
     x: torch.Tensor,
     y: torch.Tensor | None = None,
     *,
-    objective: str = "cond-rke",
-    kernel: str = "gaussian",
-    sigma_x: float = 1.0,
-    sigma_y: float = 1.0,
+    objective: str = OBJECTIVE,
+    kernel: str = KERNEL,
+    sigma_image: float = SIGMA_IMAGE,
+    sigma_prompt: float = SIGMA_PROMPT,
     project_dim: int | None = None,
+    on_nonfinite: str = ON_NONFINITE,
+    skipped: torch.Tensor | None = None,
     check_finite: bool = True,
 ) -> torch.Tensor:
     """Order-2 direction of x: (B, d) (prompts y: (B, e)) against a ``Bank``, with its cached workspace.
 
-    Computed where the bank lives; returned on x's device.
-
-    Same value as ``Bank.direction`` (which calls this); ``check_finite=False`` skips the one host sync
-    (a non-finite input then gives a non-finite result instead of an error); ``project_dim`` see module doc.
+    Computed where the bank lives; returned on x's device. Same value as ``Bank.direction`` (which calls
+    this). ``on_nonfinite``: "raise" (one host sync) or "skip" (non-finite rows become zero rows, counted
+    into ``skipped``, a 0-d tensor, in place; no host sync on a bank whose pair sum is already kept).
+    ``check_finite=False`` checks nothing (a non-finite input gives a non-finite result); ``project_dim``
+    see module doc. The defaults assume L2-normalised features.
     """
-    from ._checks import check_kernel, check_objective, check_rows_match, check_sigma
-
     check_objective(objective)
     check_kernel(kernel)
-    sigma_x, sigma_y = check_sigma(sigma_x, "sigma_x"), check_sigma(sigma_y, "sigma_y")
+    check_on_nonfinite(on_nonfinite)
+    sigma_image, sigma_prompt = check_bandwidths(sigma_image, sigma_prompt)
     if objective not in ("rke", "cond-rke"):
         raise ValueError(f"objective: the fast path computes 'rke' and 'cond-rke', not {objective!r}")
     conditional = objective == "cond-rke"
     home = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
-    x = _light_features(x, "x", None, bank.device)
+    x = as_features(x, "x", device=bank.device, check_finite=False)
+    n = len(bank)
     if conditional:
         if y is None:
             raise ValueError(f"y: the {objective!r} objective needs prompt features for the batch")
-        y = _light_features(y, "y", x.dtype, x.device)
+        y = as_features(y, "y", dtype=x.dtype, device=x.device, check_finite=False)
         check_rows_match(x, y, "x", "y")
-        if len(bank) and bank._y is None:
+        if n and bank.dim_y is None:
             raise ValueError(f"objective: {objective!r} needs a bank with prompt features")
     else:
         y = None
-    n = len(bank)
     if n and x.shape[1] != bank.dim_x:
         raise ValueError(f"x: has {x.shape[1]} feature columns but the bank holds {bank.dim_x}")
     if n and y is not None and y.shape[1] != bank.dim_y:
         raise ValueError(f"y: has {y.shape[1]} feature columns but the bank holds {bank.dim_y}")
-    ws = getattr(bank, "_workspace", None)
-    if ws is None or ws.project_dim != project_dim:
-        ws = Workspace(project_dim)
-        bank._workspace = ws
+    ws = bank.workspace(project_dim)
     if n:
-        pair_sum = bank.pair_sum(kernel=kernel, sigma_x=sigma_x, sigma_y=sigma_y, conditional=conditional)
+        pair_sum = bank.pair_sum(
+            kernel=kernel, sigma_image=sigma_image, sigma_prompt=sigma_prompt, conditional=conditional
+        )
         nx, ny, px = ws.bank_norms(bank, x.dtype, kernel)
         bank_x, bank_y = bank.x, bank.y if conditional else None
         projection = ws.projection if px is not None else None
     else:
         pair_sum, nx, ny, px, bank_x, bank_y, projection = 0.0, None, None, None, x[:0], None, None
-    if kernel == "cosine" and check_finite:
-        from ._checks import check_nonzero_rows
-
+    raising = check_finite and on_nonfinite == "raise"
+    keep = None
+    if kernel == "cosine" and raising:
         check_nonzero_rows(x, "x")
         if y is not None:
             check_nonzero_rows(y, "y")
+    elif check_finite:  # "skip": bad rows are left out of the score on the device
+        x, y, keep = finite_rows(x, y, kernel)
     result = order2_direction(
         x,
         y,
         bank_x,
         bank_y,
         kernel=kernel,
-        sigma_x=sigma_x,
-        sigma_y=sigma_y,
+        sigma_image=sigma_image,
+        sigma_prompt=sigma_prompt,
         pair_sum=pair_sum,
         norm_x=nx,
         norm_y=None if not conditional else ny,
         ws=ws,
         proj_x=px,
         projection=projection,
+        keep=keep,
     )
-    if check_finite and not bool(torch.isfinite(result).all()):
-        from .direction import _check_finite_result
-
-        _check_finite_result(result, {"x": x, "y": y, "bank_x": bank_x, "bank_y": bank_y}, kernel)
+    if raising:
+        check_finite_result(result, {"x": x, "y": y, "bank_x": bank_x, "bank_y": bank_y}, kernel)
+    elif check_finite:
+        result = zero_nonfinite_rows(result, skipped, keep)
     return result.to(home)
-
-
-def _light_features(value, name: str, dtype: torch.dtype | None, device) -> torch.Tensor:
-    """Shape and type checks only (no finiteness scan, which would sync): see ``check_finite``."""
-    import numpy as np
-
-    if isinstance(value, np.ndarray):
-        value = torch.from_numpy(np.ascontiguousarray(value))
-    if not isinstance(value, torch.Tensor):
-        raise ValueError(f"{name}: expected a torch.Tensor or numpy array, got {type(value).__name__}")
-    if value.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D array (rows = samples), got shape {tuple(value.shape)}")
-    if value.shape[0] < 1:
-        raise ValueError(f"{name}: needs at least 1 row(s), got 0")
-    if value.shape[1] < 1:
-        raise ValueError(f"{name}: has zero feature columns")
-    if value.is_complex():
-        raise ValueError(f"{name}: complex values are not supported")
-    if dtype is None:
-        dtype = torch.float64 if value.dtype == torch.float64 else torch.float32
-    return value.to(device=device, dtype=dtype)

@@ -2,12 +2,14 @@
 
 For Gaussian kernels the conditional weight of a bank row is one Gaussian kernel on a joint vector:
 
-    k_x(x, r)^2 k_y(y, s)^2 = exp(-|x - r|^2 / sigma_x^2 - |y - s|^2 / sigma_y^2) = exp(-|z - z_r|^2),
-    z = [x / sigma_x, y / sigma_y],
+    k_x(x, r)^2 k_y(y, s)^2 = exp(-|x - r|^2 / sigma_image^2 - |y - s|^2 / sigma_prompt^2) = exp(-|z - z_r|^2),
+    z = [x / sigma_image, y / sigma_prompt],
 
 so the rows that dominate the order-2 direction (``diversity_direction``, objective "cond-rke", or "rke"
-without prompts) are the nearest neighbours of z. The index (exact FAISS flat search up to 32,768 rows,
-then an HNSW graph, approximate, about O(log n) per query) holds z after a fixed Gaussian random projection
+without prompts) are the nearest neighbours of z. The search runs where the rows live (``search``): on the
+CPU a FAISS index (exact flat search up to 32,768 rows, then an HNSW graph, approximate, about O(log n) per
+query); on CUDA an exact flat scan on the device (one matrix product plus ``torch.topk`` over the search
+vectors, 10^6 x 128 float32 = 0.5 GB). Either holds z after a fixed Gaussian random projection
 of each part to at most ``search_dim`` columns (squared distances preserved in expectation, relative error
 about sqrt(2 / search_dim)); the rows it returns are then weighted with the exact kernel on the full rows.
 
@@ -26,7 +28,8 @@ What is approximate, and how:
   nothing is projected, otherwise an estimate within a few percent (measured in docs/scale.md).
 
 Rows are kept (on ``device``, in ``dtype``) for the exact kernel and for ``save``; files are one
-safetensors file with the rows and the projections (no pickle), and the index is rebuilt on ``load``.
+safetensors file with the rows and the projections (no pickle), and the index is rebuilt on ``load`` (the
+search mode is not saved: it is chosen again for the device the bank is loaded on).
 """
 
 from __future__ import annotations
@@ -40,8 +43,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._checks import as_features, check_kernel, check_objective, check_rows_match, check_sigma
 from .bank import BankFileError, read_bank_file, save_atomically
+from .checks import (
+    as_features,
+    check_finite_result,
+    check_kernel,
+    check_objective,
+    check_on_nonfinite,
+    check_rows_match,
+    check_sigma,
+    renamed_bandwidths,
+    zero_nonfinite_rows,
+)
+from .defaults import ON_NONFINITE, SIGMA_IMAGE, SIGMA_PROMPT
 from .fast import Workspace, finish_direction, order2_direction, order2_sums
 from .kernels import squared_distances
 
@@ -54,6 +68,9 @@ HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 40
 # Below this many rows the search is exact (brute force over the short search vectors, under a millisecond).
 FLAT_BELOW = 32_768
+# Device flat search: keys scanned per product (B x chunk distances at a time).
+SEARCH_CHUNK = 1 << 20
+SEARCHES = ("auto", "faiss", "flat")
 # Rows added per search: new rows are compared with their nearest old rows and exactly among themselves.
 ADD_CHUNK = 1024
 # Rows searched per batch row, in multiples of ``neighbors``: the nearest are exact, the others sampled.
@@ -84,11 +101,14 @@ class IndexedBank:
     """Image features x: (n, dim_x), optional prompt features y: (n, dim_y), searchable by joint kernel.
 
     ``neighbors``: candidate rows per batch row read by ``direction``; ``samples``: rows drawn at random per
-    step for the rest of the bank (default ``3 * neighbors``; 0 = none). ``sigma_x``/``sigma_y``: the Gaussian
-    bandwidths, fixed because the search space is scaled by them. ``search_dim``: columns each of x and y is
-    projected to for the search (only when larger). ``dtype``: storage type of the kept rows.
+    step for the rest of the bank (default ``3 * neighbors``; 0 = none). ``sigma_image``/``sigma_prompt``: the
+    Gaussian bandwidths, fixed because the search space is scaled by them (``sigma_x``/``sigma_y``: deprecated
+    names). ``search_dim``: columns each of x and y is projected to for the search (only when larger).
+    ``dtype``: storage type of the kept rows. ``search``: "faiss" (CPU FAISS index), "flat" (exact scan on
+    the rows' device) or "auto" (flat on CUDA, FAISS elsewhere); ``to`` chooses again for "auto".
     """
 
+    @renamed_bandwidths
     def __init__(
         self,
         dim_x: int,
@@ -97,13 +117,14 @@ class IndexedBank:
         neighbors: int = 256,
         samples: int | None = None,
         kernel: str = "gaussian",
-        sigma_x: float = 0.8,
-        sigma_y: float = 0.3,
+        sigma_image: float = SIGMA_IMAGE,
+        sigma_prompt: float = SIGMA_PROMPT,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
         search_dim: int = 64,
         seed: int = 0,
         metadata: dict[str, Any] | None = None,
+        search: str = "auto",
     ) -> None:
         for name, value in (("dim_x", dim_x), ("neighbors", neighbors), ("search_dim", search_dim)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -127,7 +148,11 @@ class IndexedBank:
         self.samples = samples
         self._rng = np.random.default_rng(seed + 1)
         self.kernel = kernel
-        self.sigma_x, self.sigma_y = check_sigma(sigma_x, "sigma_x"), check_sigma(sigma_y, "sigma_y")
+        self.sigma_image = check_sigma(sigma_image, "sigma_image")
+        self.sigma_prompt = check_sigma(sigma_prompt, "sigma_prompt")
+        if search not in SEARCHES:
+            raise ValueError(f"search: must be one of {', '.join(SEARCHES)}, got {search!r}")
+        self.search = search
         self.device = torch.device(device)
         self.dtype = dtype
         self.search_dim = search_dim
@@ -154,8 +179,26 @@ class IndexedBank:
     def __repr__(self) -> str:
         return (
             f"IndexedBank(n={self._count}, dim_x={self.dim_x}, dim_y={self.dim_y}, neighbors={self.neighbors}, "
-            f"sigma_x={self.sigma_x}, sigma_y={self.sigma_y}, dtype={self.dtype}, device={self.device})"
+            f"sigma_image={self.sigma_image}, sigma_prompt={self.sigma_prompt}, dtype={self.dtype}, "
+            f"device={self.device}, search={self.search!r} ({self.search_mode}))"
         )
+
+    @property
+    def sigma_x(self) -> float:
+        """Deprecated name of ``sigma_image``."""
+        return self.sigma_image
+
+    @property
+    def sigma_y(self) -> float:
+        """Deprecated name of ``sigma_prompt``."""
+        return self.sigma_prompt
+
+    @property
+    def search_mode(self) -> str:
+        """The search in use: "flat" (exact scan on the rows' device) or "faiss" (CPU index)."""
+        if self.search == "auto":
+            return "flat" if self.device.type == "cuda" else "faiss"
+        return self.search
 
     @property
     def x(self) -> torch.Tensor:
@@ -216,7 +259,7 @@ class IndexedBank:
                 self._ny[self._count : self._count + m] = _sq_norms(rows_y)
             self._count += m
             self._index.add(z)
-            if self._count > FLAT_BELOW and not self._graph:
+            if self._count > FLAT_BELOW and not self._graph and self.search_mode == "faiss":
                 self._to_graph()
             if self._count >= CELLS_FROM and (
                 self._cells is None or self._count >= 2 * self._cells.trained_at
@@ -264,8 +307,11 @@ class IndexedBank:
         return total
 
     def _new_index(self):
-        """Exact (flat) search while the bank is small, an HNSW graph above ``FLAT_BELOW`` rows."""
+        """Device flat scan (``search_mode`` "flat"), or FAISS: exact (flat) search while the bank is small, an
+        HNSW graph above ``FLAT_BELOW`` rows."""
         self._graph = False
+        if self.search_mode == "flat":
+            return _FlatIndex(self.search_columns, self.device)
         return _faiss().IndexFlatL2(self.search_columns)
 
     def _to_graph(self) -> None:
@@ -278,14 +324,14 @@ class IndexedBank:
         self._index, self._graph = graph, True
 
     def _search_vectors(self, x: torch.Tensor, y: torch.Tensor | None) -> np.ndarray:
-        """z = [P_x^T x / sigma_x, P_y^T y / sigma_y] as contiguous float32 numpy, (m, search_columns)."""
+        """z = [P_x^T x / sigma_image, P_y^T y / sigma_prompt] as contiguous float32 numpy, (m, search_columns)."""
         # project where the rows live (on a GPU the full rows never cross to the host)
         zx = x.float()
-        zx = (zx if self._proj_x is None else zx @ self._proj_x) / self.sigma_x
+        zx = (zx if self._proj_x is None else zx @ self._proj_x) / self.sigma_image
         parts = [zx.cpu()]
         if y is not None:
             zy = y.float()
-            parts.append(((zy if self._proj_y is None else zy @ self._proj_y) / self.sigma_y).cpu())
+            parts.append(((zy if self._proj_y is None else zy @ self._proj_y) / self.sigma_prompt).cpu())
         return np.ascontiguousarray(torch.cat(parts, 1).numpy(), dtype=np.float32)
 
     def _gather(self, name: str, rows: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -333,6 +379,7 @@ class IndexedBank:
             yield np.concatenate(parts), np.concatenate(weights)
 
     # -- guidance --------------------------------------------------------------------------------------------
+    @renamed_bandwidths
     def direction(
         self,
         x: torch.Tensor,
@@ -340,14 +387,18 @@ class IndexedBank:
         *,
         objective: str | None = None,
         kernel: str | None = None,
-        sigma_x: float | None = None,
-        sigma_y: float | None = None,
+        sigma_image: float | None = None,
+        sigma_prompt: float | None = None,
+        on_nonfinite: str = ON_NONFINITE,
+        skipped: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Approximate ``diversity_direction`` of a batch x: (B, dim_x), y: (B, dim_y) against the bank.
+        """Approximate ``diversity_direction`` (B, d) of a batch x: (B, dim_x), y: (B, dim_y) against the bank.
 
-        The objective is "cond-rke" for a bank with prompts and "rke" without; ``objective``, ``sigma_x`` and
-        ``sigma_y`` may be passed (as the plug-in does) but must agree with the bank's. In-batch terms are
-        exact; bank terms come from the candidate rows (module doc).
+        The objective is "cond-rke" for a bank with prompts and "rke" without; ``objective``, ``kernel``,
+        ``sigma_image`` and ``sigma_prompt`` may be passed (as the plug-in does) but must agree with the bank's.
+        In-batch terms are exact; bank terms come from the candidate rows (module doc). ``on_nonfinite``:
+        "raise" (``ValueError`` naming the input) or "skip" (zero rows where the input or the result is not
+        finite, their number added to the 0-d integer tensor ``skipped`` when given).
         """
         expected = "rke" if self.dim_y is None else "cond-rke"
         if objective is not None:
@@ -359,41 +410,59 @@ class IndexedBank:
                 )
         if kernel is not None and check_kernel(kernel) != self.kernel:
             raise ValueError(f"kernel: this IndexedBank uses the {self.kernel!r} kernel, got {kernel!r}")
-        checks = [("sigma_x", sigma_x, self.sigma_x)]
-        if self.dim_y is not None:  # without prompts sigma_y plays no part
-            checks.append(("sigma_y", sigma_y, self.sigma_y))
+        checks = [("sigma_image", sigma_image, self.sigma_image)]
+        if self.dim_y is not None:  # without prompts sigma_prompt plays no part
+            checks.append(("sigma_prompt", sigma_prompt, self.sigma_prompt))
         for name, given, own in checks:
             if given is not None and not math.isclose(check_sigma(given, name), own, rel_tol=1e-9):
                 raise ValueError(f"{name}: the bank's search space is scaled by {name}={own}, got {given}")
+        check_on_nonfinite(on_nonfinite)
         home = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
-        x = as_features(x, "x", device=self.device)
+        strict = on_nonfinite == "raise"
+        x = as_features(x, "x", device=self.device, check_finite=strict)
         if x.shape[1] != self.dim_x:
             raise ValueError(f"x: has {x.shape[1]} feature columns but the bank holds {self.dim_x}")
         if self.dim_y is not None:
             if y is None:
                 raise ValueError("y: this bank is prompt-aware: pass the batch's prompt features")
-            y = as_features(y, "y", dtype=x.dtype, device=self.device)
+            y = as_features(y, "y", dtype=x.dtype, device=self.device, check_finite=strict)
             check_rows_match(x, y, "x", "y")
             if y.shape[1] != self.dim_y:
                 raise ValueError(f"y: has {y.shape[1]} feature columns but the bank holds {self.dim_y}")
         else:
             y = None
+        if strict:
+            result = self._direction(x, y)
+            check_finite_result(result, {"x": x, "y": y}, "gaussian", where="IndexedBank.direction")
+            return result.to(home)
+        # "skip": the search needs the host anyway, so bad rows are left out of the batch up front
+        ok = torch.isfinite(x).all(1)
+        if y is not None:
+            ok &= torch.isfinite(y).all(1)
+        result = torch.zeros_like(x)
+        if bool(ok.all()):
+            result = self._direction(x, y)
+        elif bool(ok.any()):
+            result[ok] = self._direction(x[ok], None if y is None else y[ok])
+        return zero_nonfinite_rows(result, skipped, ok).to(home)
+
+    def _direction(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """The direction (B, dim_x) of checked, finite x, y on the bank's device."""
         if self._count <= self.neighbors + self.samples:  # as cheap to read every row: exact
             n = self._count  # views of the live rows: no copy
-            result = order2_direction(
+            return order2_direction(
                 x,
                 y,
                 self._x[:n],
                 None if y is None else self._y[:n],
                 kernel="gaussian",
-                sigma_x=self.sigma_x,
-                sigma_y=self.sigma_y,
+                sigma_image=self.sigma_image,
+                sigma_prompt=self.sigma_prompt,
                 pair_sum=self._pair_sum,
                 norm_x=self._nx[:n].to(x.dtype),
                 norm_y=None if y is None else self._ny[:n].to(x.dtype),
                 ws=self._workspace,
             )
-            return result.to(home)
         weight_sum = torch.zeros(x.shape[0], dtype=x.dtype, device=self.device)
         weighted = torch.zeros_like(x)
         cross = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -407,15 +476,15 @@ class IndexedBank:
                 self._nx[idx].to(x.dtype),
                 None if y is None else self._ny[idx].to(x.dtype),
                 kernel="gaussian",
-                sigma_x=self.sigma_x,
-                sigma_y=self.sigma_y,
+                sigma_image=self.sigma_image,
+                sigma_prompt=self.sigma_prompt,
                 ws=self._workspace,
                 row_weight=torch.from_numpy(weights).to(self.device, x.dtype),
             )
             weight_sum[b] = wsum[0]
             weighted[b] = wrows[0]
             cross = cross + crs
-        result = finish_direction(
+        return finish_direction(
             x,
             y,
             weight_sum,
@@ -423,10 +492,45 @@ class IndexedBank:
             cross,
             self._pair_sum,
             kernel="gaussian",
-            sigma_x=self.sigma_x,
-            sigma_y=self.sigma_y,
+            sigma_image=self.sigma_image,
+            sigma_prompt=self.sigma_prompt,
         )
-        return result.to(home)
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> IndexedBank:
+        """Move the rows (and projections, norms, search) in place; returns self. With ``search="auto"`` the
+        search follows the rows: a device flat scan on CUDA, FAISS elsewhere (rebuilt from the kept keys)."""
+        device = self.device if device is None else torch.device(device)
+        dtype = self.dtype if dtype is None else dtype
+        if dtype not in _DTYPES.values():
+            raise ValueError(f"dtype: must be one of {', '.join(_DTYPES)}, got {dtype}")
+        if device == self.device and dtype == self.dtype:
+            return self
+        old_mode = self.search_mode
+        self._x = self._x.to(device, dtype)
+        self._y = None if self._y is None else self._y.to(device, dtype)
+        if dtype != self.dtype:  # the exact kernel uses the rows as stored
+            self._nx = _sq_norms(self._x)
+            self._ny = None if self._y is None else _sq_norms(self._y)
+        else:
+            self._nx = self._nx.to(device)
+            self._ny = None if self._ny is None else self._ny.to(device)
+        self._proj_x = None if self._proj_x is None else self._proj_x.to(device)
+        self._proj_y = None if self._proj_y is None else self._proj_y.to(device)
+        self.device, self.dtype = device, dtype
+        self._workspace = Workspace()
+        if isinstance(self._index, _FlatIndex) and self.search_mode == "flat":
+            self._index.to(device)
+        elif self.search_mode != old_mode:  # the search vectors do not change: copy them to the new index
+            old = self._index
+            self._index = self._new_index()
+            for start in range(0, old.ntotal, 65536):
+                stop = min(start + 65536, old.ntotal)
+                self._index.add(old.reconstruct_n(start, stop - start))
+            if self._count > FLAT_BELOW and self.search_mode == "faiss":
+                self._to_graph()
+        if self._cells is not None:  # the cells' nearest-centroid search goes with the index
+            self._cells._assigner.to(self.device if self.search_mode == "flat" else torch.device("cpu"))
+        return self
 
     # -- files -----------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
@@ -451,8 +555,9 @@ class IndexedBank:
                     "neighbors": self.neighbors,
                     "samples": self.samples,
                     "kernel": self.kernel,
-                    "sigma_x": self.sigma_x,
-                    "sigma_y": self.sigma_y,
+                    # the file keeps the names of format version 1, so older sparke reads it
+                    "sigma_x": self.sigma_image,
+                    "sigma_y": self.sigma_prompt,
                     "search_dim": self.search_dim,
                     "seed": self.seed,
                     "dtype": str(self.dtype).removeprefix("torch."),
@@ -464,8 +569,11 @@ class IndexedBank:
         save_atomically(tensors, path, meta)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> IndexedBank:
-        """Read a file written by ``save`` and rebuild its index; ``BankFileError`` names what is wrong."""
+    def load(
+        cls, path: str | os.PathLike, device: torch.device | str = "cpu", *, search: str = "auto"
+    ) -> IndexedBank:
+        """Read a file written by ``save`` and rebuild its index (``search`` as in the constructor) on
+        ``device``; ``BankFileError`` names what is wrong."""
         path = Path(path)
         meta, tensors = read_bank_file(path, FORMAT, FORMAT_VERSION, "indexed bank")
         try:
@@ -474,12 +582,15 @@ class IndexedBank:
             pair_sum = float(json.loads(meta["pair_sum"]))
             user = json.loads(meta["user"])
             dtype = _DTYPES[settings.pop("dtype")]
+            sigmas = {"sigma_image": settings.pop("sigma_x"), "sigma_prompt": settings.pop("sigma_y")}
             bank = cls(
                 settings.pop("dim_x"),
                 settings.pop("dim_y"),
                 device=device,
                 dtype=dtype,
                 metadata=user,
+                search=search,
+                **sigmas,
                 **settings,
             )
         except (KeyError, ValueError, TypeError) as error:
@@ -510,7 +621,7 @@ class IndexedBank:
             for start in range(0, count, 65536):  # rebuild the index from the stored rows
                 stop = min(start + 65536, count)
                 bank._index.add(bank._search_vectors(bank._x[start:stop], _slice(bank._y, start, stop)))
-            if count > FLAT_BELOW:
+            if count > FLAT_BELOW and bank.search_mode == "faiss":
                 bank._to_graph()
             if count >= CELLS_FROM:
                 bank._cells = _Cells.train(bank._index, count, bank.seed)
@@ -543,24 +654,31 @@ class _Cells:
     pi_c / size_c > 0 for every row: weighting each draw by 1 / (draws * p) keeps sums unbiased.
     """
 
-    def __init__(self, centroids: np.ndarray, trained_at: int) -> None:
+    def __init__(self, centroids: np.ndarray, trained_at: int, device: torch.device | str = "cpu") -> None:
         self.centroids = centroids  # (C, columns) float32
         self.trained_at = trained_at
-        self._assigner = _faiss().IndexFlatL2(centroids.shape[1])
+        self._assigner = _FlatIndex(centroids.shape[1], torch.device(device))  # nearest centroid, exact
         self._assigner.add(centroids)
         self.sizes = np.zeros(centroids.shape[0], dtype=np.int64)
         self._members = [np.empty(0, dtype=np.int64) for _ in range(centroids.shape[0])]
 
     @classmethod
     def train(cls, index: Any, count: int, seed: int) -> _Cells:
-        """Cells for the ``count`` rows of ``index`` (k-means on at most 64 rows per cell, 10 iterations)."""
-        faiss = _faiss()
+        """Cells for the ``count`` rows of ``index`` (k-means on at most 64 rows per cell, 10 iterations:
+        FAISS's for a FAISS index, ``_kmeans`` on the device for a device flat index)."""
         cells = max(1, min(MAX_CELLS, count // ROWS_PER_CELL))
         rng = np.random.default_rng(seed + count)
         sample = np.sort(rng.choice(count, size=min(count, 64 * cells), replace=False))
-        kmeans = faiss.Kmeans(index.d, cells, niter=10, seed=seed, verbose=False, max_points_per_centroid=64)
-        kmeans.train(index.reconstruct_batch(sample))
-        out = cls(np.ascontiguousarray(kmeans.centroids, dtype=np.float32), count)
+        if isinstance(index, _FlatIndex):
+            centroids = _kmeans(index.keys[torch.from_numpy(sample).to(index.device)], cells, seed)
+        else:
+            kmeans = _faiss().Kmeans(
+                index.d, cells, niter=10, seed=seed, verbose=False, max_points_per_centroid=64
+            )
+            kmeans.train(index.reconstruct_batch(sample))
+            centroids = kmeans.centroids
+        device = index.device if isinstance(index, _FlatIndex) else "cpu"
+        out = cls(np.ascontiguousarray(centroids, dtype=np.float32), count, device)
         for start in range(0, count, 65536):
             stop = min(start + 65536, count)
             out.assign(index.reconstruct_n(start, stop - start), start)
@@ -596,3 +714,87 @@ class _Cells:
             count=draws,
         )
         return rows, pi[cells] / sizes[cells]
+
+
+class _FlatIndex:
+    """Exact L2 search over search vectors kept as a (n, d) float32 tensor on ``device``: per chunk of
+    ``SEARCH_CHUNK`` keys one matrix product and ``torch.topk``. Answers as FAISS's flat index does (numpy
+    squared distances and int64 ids, -1 past the end), so the rest of the bank is the same for both."""
+
+    def __init__(self, d: int, device: torch.device) -> None:
+        self.d = d
+        self.device = torch.device(device)
+        self.ntotal = 0
+        self._z = torch.empty((0, d), device=self.device)
+        self._sq = torch.empty(0, device=self.device)
+
+    @property
+    def keys(self) -> torch.Tensor:
+        """(ntotal, d) float32 view of the stored vectors."""
+        return self._z[: self.ntotal]
+
+    def to(self, device: torch.device) -> None:
+        self.device = torch.device(device)
+        self._z, self._sq = self._z.to(self.device), self._sq.to(self.device)
+
+    def add(self, z: np.ndarray | torch.Tensor) -> None:
+        """Append (m, d) vectors; the buffer grows geometrically."""
+        z = torch.as_tensor(z).to(self.device, torch.float32)
+        m = z.shape[0]
+        if self.ntotal + m > self._z.shape[0]:
+            size = max(self.ntotal + m, 2 * self._z.shape[0], 16)
+            grown, sq = self._z.new_empty((size, self.d)), self._sq.new_empty(size)
+            grown[: self.ntotal], sq[: self.ntotal] = self.keys, self._sq[: self.ntotal]
+            self._z, self._sq = grown, sq
+        self._z[self.ntotal : self.ntotal + m] = z
+        self._sq[self.ntotal : self.ntotal + m] = z.square().sum(1)
+        self.ntotal += m
+
+    def search_tensor(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(squared distances (B, k) ascending, ids (B, k) int64) of the k nearest keys to q: (B, d), on the
+        device; 1 <= k <= ntotal."""
+        q = q.to(self.device, torch.float32)
+        q_sq = q.square().sum(1, keepdim=True)
+        best_d = best_i = None
+        for start in range(0, self.ntotal, SEARCH_CHUNK):
+            stop = min(start + SEARCH_CHUNK, self.ntotal)
+            dist = torch.addmm(self._sq[start:stop].unsqueeze(0), q, self._z[start:stop].T, alpha=-2.0)
+            dist.add_(q_sq).clamp_min_(0.0)
+            d, i = torch.topk(dist, min(k, stop - start), dim=1, largest=False, sorted=True)
+            i += start
+            if best_d is not None:  # merge with the best of the earlier chunks
+                both = torch.cat([best_d, d], 1)
+                d, pick = torch.topk(both, min(k, both.shape[1]), dim=1, largest=False, sorted=True)
+                i = torch.gather(torch.cat([best_i, i], 1), 1, pick)
+            best_d, best_i = d, i
+        return best_d, best_i
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS-style search: (distances (B, k) float32, ids (B, k) int64) as numpy, -1 ids past the end."""
+        found = min(k, self.ntotal)
+        dist = np.full((q.shape[0], k), np.inf, dtype=np.float32)
+        ids = np.full((q.shape[0], k), -1, dtype=np.int64)
+        if found:
+            d, i = self.search_tensor(torch.from_numpy(np.ascontiguousarray(q)), found)
+            dist[:, :found], ids[:, :found] = d.cpu().numpy(), i.cpu().numpy()
+        return dist, ids
+
+    def reconstruct_batch(self, ids: np.ndarray) -> np.ndarray:
+        return self.keys[torch.from_numpy(np.asarray(ids, dtype=np.int64)).to(self.device)].cpu().numpy()
+
+    def reconstruct_n(self, start: int, m: int) -> np.ndarray:
+        return self.keys[start : start + m].cpu().numpy()
+
+
+def _kmeans(points: torch.Tensor, cells: int, seed: int, iterations: int = 10) -> np.ndarray:
+    """Lloyd's k-means of points: (m, d) on their device: (cells, d) float32 numpy centroids (an emptied
+    cell keeps its centroid)."""
+    gen = torch.Generator().manual_seed(seed)
+    centroids = points[torch.randperm(points.shape[0], generator=gen)[:cells].to(points.device)].clone()
+    for _ in range(iterations):
+        nearest = torch.cdist(points, centroids).argmin(1)
+        sums = torch.zeros_like(centroids).index_add_(0, nearest, points)
+        sizes = torch.bincount(nearest, minlength=cells).to(points.dtype)
+        filled = sizes > 0
+        centroids[filled] = sums[filled] / sizes[filled].unsqueeze(1)
+    return centroids.cpu().numpy()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from .defaults import SIGMA_PROMPT
+
 DEFAULT_BLOCK = 2048
 
 
@@ -22,13 +24,6 @@ def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def unit_rows(x: torch.Tensor) -> torch.Tensor:
     return x / torch.linalg.vector_norm(x, dim=1, keepdim=True)
-
-
-def kernel_block(a: torch.Tensor, b: torch.Tensor, kernel: str, sigma: float) -> torch.Tensor:
-    """Kernel matrix between the rows of a (m, d) and b (n, d) -> (m, n)."""
-    if kernel == "gaussian":
-        return torch.exp(squared_distances(a, b) / (-2.0 * sigma * sigma))
-    return unit_rows(a) @ unit_rows(b).T
 
 
 def kernel_matrix(x: torch.Tensor, kernel: str, sigma: float) -> torch.Tensor:
@@ -48,12 +43,14 @@ def squared_kernel_sum(
     yb: torch.Tensor | None = None,
     *,
     kernel: str,
-    sigma_x: float,
-    sigma_y: float = 1.0,
+    sigma_image: float,
+    sigma_prompt: float = SIGMA_PROMPT,
     same: bool = False,
     block: int = DEFAULT_BLOCK,
 ) -> float:
     """sum_ij k_x(xa_i, xb_j)^2 * k_y(ya_i, yb_j)^2 (the y factor only when ya/yb are given), in float64.
+
+    k_x has bandwidth ``sigma_image``, k_y ``sigma_prompt`` (Gaussian; the cosine kernel ignores them).
 
     ``same=True`` says xa is xb (and ya is yb): the diagonal is then exactly 1 per row.
     Cost O(|a| |b| d) time, O(block |b|) memory.
@@ -70,9 +67,9 @@ def squared_kernel_sum(
         cols_x = xb[first:]
         cols_y = None if yb is None else yb[first:]
         if kernel == "gaussian":
-            log_sq = squared_distances(xa[start:stop], cols_x).div_(-sigma_x * sigma_x)
+            log_sq = squared_distances(xa[start:stop], cols_x).div_(-sigma_image * sigma_image)
             if ya is not None:
-                log_sq += squared_distances(ya[start:stop], cols_y).div_(-sigma_y * sigma_y)
+                log_sq += squared_distances(ya[start:stop], cols_y).div_(-sigma_prompt * sigma_prompt)
             if same:
                 log_sq[:, : stop - start].diagonal().fill_(0.0)
             sq = log_sq.exp_()

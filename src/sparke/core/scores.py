@@ -11,6 +11,9 @@ kernel it comes from the d x d dual (X^T X has the non-zero eigenvalues of X X^T
 Gaussian kernel it is an n x n eigendecomposition, O(n^3) time and O(n^2) memory, refused above
 ``MAX_DENSE_ROWS`` (8,192) rows; Cond-Vendi likewise, its cosine dual having d*e dimensions. Beyond that they
 raise a ``ValueError``: use the random-feature estimates of ``sparke.metrics``.
+
+The default bandwidths (``defaults.SIGMA_IMAGE`` = 0.8, ``defaults.SIGMA_PROMPT`` = 0.3, the paper's) assume
+L2-normalised features; ``sigma_image``/``sigma_prompt`` replace the deprecated ``sigma_x``/``sigma_y``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._checks import as_features, check_kernel, check_nonzero_rows, check_rows_match, check_sigma
+from .checks import (
+    as_features,
+    check_bandwidths,
+    check_kernel,
+    check_nonzero_rows,
+    check_rows_match,
+    check_sigma,
+    renamed_bandwidths,
+)
+from .defaults import KERNEL, SIGMA_IMAGE, SIGMA_PROMPT
 from .kernels import kernel_matrix, squared_kernel_sum, unit_rows
 
 Array = torch.Tensor | np.ndarray
@@ -44,22 +56,30 @@ def _prepare_pair(x: Array, y: Array, kernel: str) -> tuple[torch.Tensor, torch.
     return x.to(dtype), y.to(device=x.device, dtype=dtype)
 
 
-def rke(x: Array, *, kernel: str = "gaussian", sigma: float = 1.0) -> float:
+def rke(x: Array, *, kernel: str = KERNEL, sigma: float = SIGMA_IMAGE) -> float:
     """RKE score 1 / ||K~_x||_F^2 of x: (n, d). Between 1 (all alike) and n (all far apart)."""
     x = _prepare(x, "x", kernel)
     sigma = check_sigma(sigma, "sigma")
     n = x.shape[0]
-    return n * n / squared_kernel_sum(x, x, kernel=kernel, sigma_x=sigma, same=True)
+    return n * n / squared_kernel_sum(x, x, kernel=kernel, sigma_image=sigma, same=True)
 
 
+@renamed_bandwidths
 def cond_rke(
-    x: Array, y: Array, *, kernel: str = "gaussian", sigma_x: float = 1.0, sigma_y: float = 1.0
+    x: Array,
+    y: Array,
+    *,
+    kernel: str = KERNEL,
+    sigma_image: float = SIGMA_IMAGE,
+    sigma_prompt: float = SIGMA_PROMPT,
 ) -> float:
     """Conditional RKE ||K~_y||_F^2 / ||(K_x o K_y)~||_F^2 of images x: (n, d) given prompts y: (n, e)."""
     x, y = _prepare_pair(x, y, kernel)
-    sigma_x, sigma_y = check_sigma(sigma_x, "sigma_x"), check_sigma(sigma_y, "sigma_y")
-    prompt = squared_kernel_sum(y, y, kernel=kernel, sigma_x=sigma_y, same=True)
-    joint = squared_kernel_sum(x, x, y, y, kernel=kernel, sigma_x=sigma_x, sigma_y=sigma_y, same=True)
+    sigma_image, sigma_prompt = check_bandwidths(sigma_image, sigma_prompt)
+    prompt = squared_kernel_sum(y, y, kernel=kernel, sigma_image=sigma_prompt, same=True)
+    joint = squared_kernel_sum(
+        x, x, y, y, kernel=kernel, sigma_image=sigma_image, sigma_prompt=sigma_prompt, same=True
+    )
     return prompt / joint
 
 
@@ -101,7 +121,7 @@ def _dense_kernel(x: torch.Tensor, kernel: str, sigma: float) -> torch.Tensor:
     return kernel_matrix(x.to(dtype), kernel, sigma)
 
 
-def vendi(x: Array, *, kernel: str = "gaussian", sigma: float = 1.0) -> float:
+def vendi(x: Array, *, kernel: str = KERNEL, sigma: float = SIGMA_IMAGE) -> float:
     """Vendi score exp(H1(K~_x)) of x: (n, d). Cosine: O(n d^2) via the dual; Gaussian: O(n^3)."""
     x = _prepare(x, "x", kernel)
     sigma = check_sigma(sigma, "sigma")
@@ -113,8 +133,14 @@ def vendi(x: Array, *, kernel: str = "gaussian", sigma: float = 1.0) -> float:
     return float(np.exp(_spectral_entropy(None, _dense_kernel(x, kernel, sigma))))
 
 
+@renamed_bandwidths
 def cond_vendi(
-    x: Array, y: Array, *, kernel: str = "gaussian", sigma_x: float = 1.0, sigma_y: float = 1.0
+    x: Array,
+    y: Array,
+    *,
+    kernel: str = KERNEL,
+    sigma_image: float = SIGMA_IMAGE,
+    sigma_prompt: float = SIGMA_PROMPT,
 ) -> float:
     """Conditional Vendi exp(H1((K_x o K_y)~) - H1(K~_y)) of images x: (n, d) given prompts y: (n, e).
 
@@ -122,7 +148,7 @@ def cond_vendi(
     used while d*e < n; otherwise, and for the Gaussian kernel, an n x n eigendecomposition.
     """
     x, y = _prepare_pair(x, y, kernel)
-    sigma_x, sigma_y = check_sigma(sigma_x, "sigma_x"), check_sigma(sigma_y, "sigma_y")
+    sigma_image, sigma_prompt = check_bandwidths(sigma_image, sigma_prompt)
     n = x.shape[0]
     if n == 1:
         return 1.0
@@ -137,9 +163,9 @@ def cond_vendi(
             h_joint = _spectral_entropy(None, (xu @ xu.T) * (yu @ yu.T))
         return float(np.exp(h_joint - h_prompt))
     _check_dense_size(n)
-    k_y = _dense_kernel(y, kernel, sigma_y)
+    k_y = _dense_kernel(y, kernel, sigma_prompt)
     h_prompt = _spectral_entropy(None, k_y)
-    h_joint = _spectral_entropy(None, _dense_kernel(x, kernel, sigma_x) * k_y)
+    h_joint = _spectral_entropy(None, _dense_kernel(x, kernel, sigma_image) * k_y)
     return float(np.exp(h_joint - h_prompt))
 
 

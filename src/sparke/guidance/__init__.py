@@ -1,10 +1,12 @@
-"""The diffusers plug-in: ``SPARKE`` guidance and the per-step ``attach`` interface for other methods.
+"""The diffusers plug-in: ``SPARKE`` guidance, the guide base class and the per-step ``attach`` interface.
 
 Importing this package imports no diffusers module either; it works on any object that looks like a
 diffusers pipeline (a ``scheduler`` with ``step``, optional ``vae`` and text encoders).
 """
 
 from .attach import Attachment, Step, attach
-from .plugin import SPARKE, CallStats
+from .guide import Guide, GuideStats, Schedule
+from .plugin import SPARKE
+from .spec import MethodSpec
 
-__all__ = ["SPARKE", "Attachment", "CallStats", "Step", "attach"]
+__all__ = ["SPARKE", "Attachment", "Guide", "GuideStats", "MethodSpec", "Schedule", "Step", "attach"]

@@ -52,7 +52,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Attachment", "Step", "attach", "denoiser_of", "split_batch"]
+__all__ = ["Attachment", "Step", "attach", "denoiser_of", "num_steps_of", "split_batch"]
 
 
 @dataclass
@@ -108,7 +108,7 @@ def _second_order_pending(scheduler: Any) -> bool:
     return not bool(first)
 
 
-def _num_steps(scheduler: Any) -> int:
+def num_steps_of(scheduler: Any) -> int:
     """Denoising steps left in this call, from the scheduler's timesteps (img2img begins part-way)."""
     timesteps = getattr(scheduler, "timesteps", None)
     total = len(timesteps) if timesteps is not None else 0
@@ -142,7 +142,7 @@ class Attachment:
         model_output, timestep, sample, args, kwargs = _split_step_args(args, kwargs)
         scheduler = self.scheduler
         if self.num_steps is None:
-            self.num_steps = _num_steps(scheduler)
+            self.num_steps = num_steps_of(scheduler)
         starting = not _second_order_pending(scheduler)
         if starting:
             self.steps += 1

@@ -14,7 +14,7 @@ added to ``guide.bank`` with its prompt features. The attachment lives for that 
 
 from __future__ import annotations
 
-import inspect
+import os
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -22,37 +22,38 @@ from typing import Any
 import torch
 
 from sparke.core import Bank, diversity_direction, novelty_direction
+from sparke.core.auto import KINDS as BANK_KINDS
+from sparke.core.auto import make_bank
+from sparke.core.checks import check_kernel, check_objective, check_sigma
+from sparke.core.defaults import KERNEL, OBJECTIVE, SIGMA_IMAGE, SIGMA_PROMPT
 
-from .attach import Step, attach, split_batch
+from .attach import Attachment, Step, split_batch
+from .guide import Guide, Schedule, check_scale
 from .prompts import PromptEncoder, batch_prompts, encode_prompts
 from .spaces import Space, encode_images, encode_to_latents, features, unit_rows
+from .spec import MethodSpec, constructor_defaults
 
-__all__ = ["SPARKE"]
-
-OBJECTIVES = ("rke", "vendi", "cond-rke", "cond-vendi")
-
-
-@dataclass
-class CallStats:
-    """What the last guided call did (for logging and tests)."""
-
-    step_calls: int = 0  # raw scheduler.step() calls (Heun: about twice the steps)
-    steps: int = 0  # denoising steps
-    guided: int = 0  # steps whose latents were moved
-    skipped: int = 0  # guided steps skipped for a non-finite direction
+__all__ = ["NONE_SPEC", "SPARKE", "SPARKE_SPEC", "execution_device"]
 
 
 @dataclass
 class _Call:
-    batch: int | None
     y: torch.Tensor | None  # (B, e) per-sample prompt features
     height: int | None
     width: int | None
-    stats: CallStats
-    warned: bool = False
+    due: int = 0  # guided steps attempted
+    any_bad: torch.Tensor | None = None  # () int on the latents' device: steps with >= 1 sample dropped
+    all_bad: torch.Tensor | None = None  # () int: steps with every sample dropped
+    first_bad: str = ""
 
 
-class SPARKE:
+def execution_device(pipe: Any) -> torch.device:
+    """The device the pipeline runs its denoiser on (``_execution_device`` under CPU offload)."""
+    device = getattr(pipe, "_execution_device", None) or getattr(pipe, "device", None) or "cpu"
+    return torch.device(device)
+
+
+class SPARKE(Guide):
     """Prompt-aware diversity guidance (arXiv 2506.10173) attached to a diffusers pipeline per call.
 
     Args:
@@ -64,7 +65,9 @@ class SPARKE:
         window: (start, end) fractions of the trajectory in which to guide; 0 = first step, 1 = last.
         space: "latent", "x0", or a differentiable image encoder ``images (B, 3, H, W) in [-1, 1] -> (B, ...)``.
         prompt_encoder: "pipeline", "minilm" or a callable ``list[str] -> Tensor (N, e)``.
-        bank: a ``sparke.Bank`` (or any bank with add/x/y/len, optionally ``direction``); a new one if None.
+        bank: "auto" (default: a new bank that follows the pipeline's device, fp16 on CUDA), "exact", or a
+            bank object (``sparke.Bank``, ``sparke.IndexedBank`` or any ``sparke.core.BankLike``), which stays
+            where it is. A file path is refused: load it with ``sparke.Bank.load(path)``.
         reference: a Bank of reference features to stay away from (``encode_images``), used when novelty > 0.
         novelty: weight beta >= 0 of the novelty direction.
         step: "relative" (``scale * |z| * g / |g|``) or "raw" (``scale * g``).
@@ -73,40 +76,33 @@ class SPARKE:
     def __init__(
         self,
         scale: float = 0.03,
-        objective: str = "cond-rke",
-        kernel: str = "gaussian",
-        sigma_image: float = 0.8,
-        sigma_prompt: float = 0.3,
+        objective: str = OBJECTIVE,
+        kernel: str = KERNEL,
+        sigma_image: float = SIGMA_IMAGE,
+        sigma_prompt: float = SIGMA_PROMPT,
         every: int = 10,
         window: tuple[float, float] = (0.0, 1.0),
         space: Space = "latent",
         prompt_encoder: PromptEncoder = "pipeline",
-        bank: Any = None,
+        bank: Any = "auto",
         reference: Any = None,
         novelty: float = 0.0,
         step: str = "relative",
     ) -> None:
-        if not (isinstance(scale, (int, float)) and scale >= 0 and scale == scale):
-            raise ValueError(f"scale: must be a number >= 0, got {scale!r}")
-        if objective not in OBJECTIVES:
-            raise ValueError(f"objective: must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
-        if kernel not in ("gaussian", "cosine"):
-            raise ValueError(f"kernel: must be 'gaussian' or 'cosine', got {kernel!r}")
-        for name, value in (("sigma_image", sigma_image), ("sigma_prompt", sigma_prompt)):
-            if not (isinstance(value, (int, float)) and value > 0):
-                raise ValueError(f"{name}: must be a number > 0, got {value!r}")
-        if not (isinstance(every, int) and every >= 1):
-            raise ValueError(f"every: must be an integer >= 1, got {every!r}")
-        lo, hi = (float(v) for v in window)
-        if not 0.0 <= lo <= hi <= 1.0:
-            raise ValueError(f"window: must be (start, end) with 0 <= start <= end <= 1, got {window!r}")
+        super().__init__()
+        self.scale = check_scale(scale)
+        self.objective = check_objective(objective)
+        self.kernel = check_kernel(kernel)
+        self.sigma_image = check_sigma(sigma_image, "sigma_image")
+        self.sigma_prompt = check_sigma(sigma_prompt, "sigma_prompt")
+        self.schedule = Schedule(every, tuple(window))
         if not (space in ("latent", "x0") or callable(space)):
             raise ValueError(f"space: must be 'latent', 'x0' or an image encoder callable, got {space!r}")
         if not (prompt_encoder in ("pipeline", "minilm") or callable(prompt_encoder)):
             raise ValueError(
                 f"prompt_encoder: must be 'pipeline', 'minilm' or a callable, got {prompt_encoder!r}"
             )
-        if not (isinstance(novelty, (int, float)) and novelty >= 0):
+        if isinstance(novelty, bool) or not (isinstance(novelty, (int, float)) and novelty >= 0):
             raise ValueError(f"novelty: must be a number >= 0, got {novelty!r}")
         if novelty > 0 and reference is None:
             raise ValueError(
@@ -114,26 +110,29 @@ class SPARKE:
             )
         if step not in ("relative", "raw"):
             raise ValueError(f"step: must be 'relative' or 'raw', got {step!r}")
-        self.scale = float(scale)
-        self.objective = objective
-        self.kernel = kernel
-        self.sigma_image = float(sigma_image)
-        self.sigma_prompt = float(sigma_prompt)
-        self.every = every
-        self.window = (lo, hi)
         self.space = space
         self.prompt_encoder = prompt_encoder
-        self.bank = Bank() if bank is None else bank
+        self.follows_pipeline = bank is None or (isinstance(bank, str) and bank in BANK_KINDS)
+        self.bank = make_bank(bank or "auto") if self.follows_pipeline else _check_bank(bank)
         self.reference = reference
         self.novelty = float(novelty)
         self.step = step
-        self.stats = CallStats()
+        self._warned: set[str] = set()
+        self._call: _Call | None = None
+
+    @property
+    def every(self) -> int:
+        return self.schedule.every
+
+    @property
+    def window(self) -> tuple[float, float]:
+        return self.schedule.window
 
     def __repr__(self) -> str:
         space = self.space if isinstance(self.space, str) else type(self.space).__name__
         return (
             f"SPARKE(scale={self.scale}, objective={self.objective!r}, every={self.every}, window={self.window}, "
-            f"space={space!r}, step={self.step!r}, bank={len(self.bank)} rows)"
+            f"space={space!r}, step={self.step!r}, bank={type(self.bank).__name__} of {len(self.bank)} rows)"
         )
 
     @property
@@ -152,21 +151,71 @@ class SPARKE:
                 "SPARKE cannot run under torch.inference_mode(): the guidance step needs autograd for its "
                 "latent gradient. Call it outside inference_mode (torch.no_grad() is fine)."
             )
-        batch, y = self._prompt_rows(pipe, kwargs, prompt_features)
-        call = _Call(batch, y, kwargs.get("height"), kwargs.get("width"), CallStats())
-        self.stats = call.stats
-        active = self.scale > 0
-        with attach(pipe, (lambda step: self._on_step(call, step)) if active else None) as run:
-            out = pipe(**kwargs)
-        call.stats.step_calls = run.step_calls
-        call.stats.steps = run.steps
+        self._prompt_features = prompt_features
+        try:
+            return super().__call__(pipe, **kwargs)
+        finally:
+            self._prompt_features = None
+            self._call = None
+
+    def begin(self, pipe: Any, kwargs: dict[str, Any]) -> None:
+        batch, y = self._prompt_rows(pipe, kwargs, self._prompt_features)
+        if batch is not None:
+            self.batch = batch
+        self._call = _Call(y, kwargs.get("height"), kwargs.get("width"))
+        self._place_bank(pipe)
+        steps = kwargs.get("num_inference_steps")
+        if self.scale > 0 and isinstance(steps, int) and steps > 0:
+            due = self.schedule.count(steps)
+            if due < 2:
+                self._warn_once(
+                    "weak",
+                    f"SPARKE guides only {due} of {steps} denoising steps (every={self.every}, "
+                    f"window={self.window}); lower every (--every on the command line) to guide at least 2",
+                    UserWarning,
+                )
+
+    def end(self, pipe: Any, run: Attachment) -> None:
+        call = self._call
+        assert call is not None
         if run.step_calls == 0 or run.final_latents is None:
             raise RuntimeError(
                 f"{type(pipe).__name__} never called pipe.scheduler.step(): SPARKE attaches to the scheduler "
                 "and cannot guide this pipeline"
             )
+        # one host sync per call, not per step: the step kept its counts on the device
+        any_bad = 0 if call.any_bad is None else int(call.any_bad)
+        all_bad = 0 if call.all_bad is None else int(call.all_bad)
+        self.stats.guided = call.due - all_bad
+        self.stats.skipped = any_bad
+        if any_bad:
+            warnings.warn(
+                f"SPARKE: non-finite {call.first_bad or 'update'} in {any_bad} of {call.due} guided steps; "
+                "those samples were left unguided at those steps",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         self._record(pipe, call, run.final_latents)
-        return out
+
+    def _place_bank(self, pipe: Any) -> None:
+        """A bank of our own follows the pipeline (fp16 on CUDA); a user's bank stays, with one warning."""
+        device = execution_device(pipe)
+        bank_device = getattr(self.bank, "device", None)
+        if self.follows_pipeline and len(self.bank) == 0 and hasattr(self.bank, "to"):
+            dtype = torch.float16 if device.type == "cuda" else torch.float32
+            self.bank.to(device, dtype)
+        elif bank_device is not None and torch.device(bank_device).type != device.type:
+            self._warn_once(
+                "device",
+                f"SPARKE: the bank is on {bank_device} but the pipeline runs on {device}: every guided step "
+                f"copies features between them; move it with bank.to({str(device)!r})",
+                UserWarning,
+            )
+
+    def _warn_once(self, key: str, message: str, category: type[Warning]) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, category, stacklevel=4)
 
     def _prompt_rows(
         self, pipe: Any, kwargs: dict[str, Any], given: torch.Tensor | None
@@ -204,15 +253,12 @@ class SPARKE:
         return batch, y
 
     # -- one denoising step ----------------------------------------------------------------------------------
-    def _due(self, step: Step) -> bool:
-        lo, hi = self.window
-        return step.index % self.every == 0 and lo - 1e-9 <= step.fraction <= hi + 1e-9
-
-    def _on_step(self, call: _Call, step: Step) -> torch.Tensor | None:
-        if not self._due(step):
+    def on_step(self, step: Step) -> torch.Tensor | None:
+        call = self._call
+        if call is None or not self.schedule.due(step):
             return None
         latents = step.latents
-        b, dup = split_batch(latents, call.batch)
+        b, dup = split_batch(latents, self.batch)
         with torch.enable_grad():
             z = latents[:b].detach().float().requires_grad_(True)
             x = features(
@@ -228,12 +274,9 @@ class SPARKE:
             y = None if call.y is None else call.y.to(x.device)
             self._check_dims(x.shape[1], y, type(step.pipe).__name__)
             d = self._direction(x.detach(), y)
-            if not bool(torch.isfinite(d).all()):
-                return self._skip(call, step, "direction")
-            (g,) = torch.autograd.grad(x, z, d)
+            d_ok = torch.isfinite(d).all(1)
+            (g,) = torch.autograd.grad(x, z, torch.where(d_ok[:, None], d, torch.zeros_like(d)))
         g = g.flatten(1)
-        if not bool(torch.isfinite(g).all()):
-            return self._skip(call, step, "latent gradient")
         flat = z.detach().flatten(1)
         if self.step == "relative":
             g_norm = torch.linalg.vector_norm(g, dim=1, keepdim=True)
@@ -244,38 +287,32 @@ class SPARKE:
             )
         else:
             delta = self.scale * g
-        new = (flat + delta).view_as(z)
-        if not bool(torch.isfinite(new).all()):
-            return self._skip(call, step, "update")
-        call.stats.guided += 1
+        new = flat + delta
+        # a sample whose direction, gradient or update is not finite keeps its latents: decided on the device,
+        # counted there and reported after the call, so the step never waits for the host
+        ok = d_ok & torch.isfinite(new).all(1)
+        new = torch.where(ok[:, None], new, flat).view_as(z)
+        bad = (~ok).to(torch.int32)
+        call.due += 1
+        call.any_bad = bad.amax() + (0 if call.any_bad is None else call.any_bad)
+        call.all_bad = bad.amin() + (0 if call.all_bad is None else call.all_bad)
         new = new.to(latents.dtype)
         return torch.cat([new, new]) if dup else new
-
-    def _skip(self, call: _Call, step: Step, what: str) -> None:
-        call.stats.skipped += 1
-        if not call.warned:
-            call.warned = True
-            warnings.warn(
-                f"SPARKE: non-finite {what} at denoising step {step.index}; that update is skipped "
-                "(further skips in this call are not reported)",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        return None
 
     def _direction(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """Ascent direction (B, d) of log S(bank U batch), plus novelty * the novelty direction."""
         opts = dict(
-            objective=self.objective, kernel=self.kernel, sigma_x=self.sigma_image, sigma_y=self.sigma_prompt
+            objective=self.objective,
+            kernel=self.kernel,
+            sigma_image=self.sigma_image,
+            sigma_prompt=self.sigma_prompt,
+            on_nonfinite="skip",
         )
         yy = y if self.conditional else None
         bank = self.bank
         if hasattr(bank, "direction"):
-            # pass the options a bank's direction() takes (an index-backed bank may fix them at build time)
-            params = inspect.signature(bank.direction).parameters
-            takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-            d = bank.direction(x, yy, **{k: v for k, v in opts.items() if takes_any or k in params})
-        else:
+            d = bank.direction(x, yy, **opts)
+        else:  # a minimal user bank: rows only
             n = len(bank)
             d = diversity_direction(
                 x, yy, bank.x if n else None, bank.y if n and yy is not None else None, **opts
@@ -290,8 +327,8 @@ class SPARKE:
                 ref.x.to(x.device, torch.float32),
                 None if ref_y is None else ref_y.to(x.device, torch.float32),
                 kernel=self.kernel,
-                sigma_x=self.sigma_image,
-                sigma_y=self.sigma_prompt,
+                sigma_image=self.sigma_image,
+                sigma_prompt=self.sigma_prompt,
             )
             d = d + self.novelty * nov.to(d.dtype)
         return d
@@ -317,7 +354,7 @@ class SPARKE:
     # -- after the call --------------------------------------------------------------------------------------
     @torch.no_grad()
     def _record(self, pipe: Any, call: _Call, final: torch.Tensor) -> None:
-        b, _ = split_batch(final, call.batch)
+        b, _ = split_batch(final, self.batch)
         x = features(self.space, pipe, final[:b].float(), height=call.height, width=call.width)
         y = call.y
         self._check_dims(x.shape[1], y, type(pipe).__name__)
@@ -370,3 +407,64 @@ def _to_pixels(pipe: Any, images: Any) -> torch.Tensor:
         pixels = pixels * 2 - 1
     device = getattr(pipe, "_execution_device", None) or getattr(pipe, "device", "cpu")
     return pixels.to(device)
+
+
+def _check_bank(bank: Any) -> Any:
+    """A user's bank, refused at construction when it cannot be one (a file path, say)."""
+    if isinstance(bank, (str, os.PathLike)):
+        raise ValueError(
+            f"bank: got {os.fspath(bank)!r}; pass 'auto', 'exact', 'indexed' or a bank object. To start from a saved "
+            "bank, load it: bank=sparke.Bank.load(path) (or sparke.IndexedBank.load(path))"
+        )
+    missing = [name for name in ("add", "x", "y", "__len__") if not hasattr(bank, name)]
+    if missing:
+        raise ValueError(
+            f"bank: a {type(bank).__name__} lacks {', '.join(missing)}; pass a sparke.Bank, a "
+            "sparke.IndexedBank or an object with add(x, y), x, y and len()"
+        )
+    return bank
+
+
+_SPARKE_SETTINGS = ("objective", "kernel", "sigma_image", "sigma_prompt", "every", "window", "space", "step")
+SPARKE_HELP: dict[str, str] = {
+    "objective": "score the guidance raises: cond-rke (SPARKE), rke, cond-vendi, vendi",
+    "kernel": "kernel on the unit-norm features: gaussian or cosine",
+    "sigma_image": "bandwidth of the image-feature kernel (unit-norm features)",
+    "sigma_prompt": "bandwidth of the prompt-feature kernel (unit-norm features)",
+    "every": "guide at denoising steps 0, every, 2*every, ...",
+    "window": "(start, end) fractions of the trajectory where guidance acts",
+    "space": "feature space: latent (the paper's) or x0 (clean-sample estimate)",
+    "step": "relative (scale * |z| * g/|g|, the authors' rule) or raw (scale * g)",
+    "prompt_encoder": "prompt features: pipeline (its own text encoder) or minilm",
+}
+
+
+def _build(scale: float, settings: dict[str, Any]) -> SPARKE:
+    options = dict(settings)
+    if "window" in options:
+        options["window"] = tuple(options["window"])
+    return SPARKE(scale=scale, **options)
+
+
+SPARKE_SPEC = MethodSpec(
+    name="sparke",
+    doc="prompt-aware diversity guidance: raise the Cond-RKE of the bank plus the new images",
+    paper="Jalali, Lei, Gohari, Farnia, SPARKE, arXiv 2506.10173",
+    default_scale=constructor_defaults(SPARKE, ["scale"])["scale"],
+    defaults=constructor_defaults(SPARKE, [*_SPARKE_SETTINGS, "prompt_encoder"]),
+    build=_build,
+    help=SPARKE_HELP,
+)
+
+# scale 0 is exactly the unguided call (no hook is attached); the guide still records every image's final
+# latents in its bank, so an unguided run leaves a bank that a later guided run can start from.
+NONE_SPEC = MethodSpec(
+    name="none",
+    doc="the pipeline as is (classifier-free guidance only); its bank records the images' latents",
+    paper="Ho & Salimans, Classifier-Free Diffusion Guidance, arXiv 2207.12598",
+    default_scale=0.0,
+    defaults=constructor_defaults(SPARKE, ["space", "prompt_encoder"]),
+    build=lambda scale, settings: SPARKE(scale=0.0, **settings),
+    has_scale=False,
+    help={k: SPARKE_HELP[k] for k in ("space", "prompt_encoder")},
+)

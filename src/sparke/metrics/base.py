@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core._checks import as_features, check_rows_match
+from ..core.checks import as_features, check_rows_match
 
 
 class StreamingMetric:

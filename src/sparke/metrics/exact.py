@@ -11,14 +11,15 @@ from typing import Any
 import torch
 
 from ..core import cond_rke, cond_vendi, rke, vendi
-from ..core._checks import check_kernel, check_sigma
+from ..core.checks import check_kernel, check_sigma, renamed_bandwidths
+from ..core.defaults import KERNEL, SIGMA_IMAGE, SIGMA_PROMPT
 from .base import StreamingMetric
 
 
 class _Exact(StreamingMetric):
     _reductions = {"n": "sum", "x": "cat"}
 
-    def __init__(self, *, kernel: str = "gaussian", sigma: float = 1.0) -> None:
+    def __init__(self, *, kernel: str = KERNEL, sigma: float = SIGMA_IMAGE) -> None:
         super().__init__()
         self.kernel = check_kernel(kernel)
         self.sigma = check_sigma(sigma, "sigma")
@@ -46,13 +47,16 @@ class _ExactConditional(_Exact):
     conditional = True
     _reductions = {"n": "sum", "x": "cat", "y": "cat"}
 
-    def __init__(self, *, kernel: str = "gaussian", sigma_x: float = 1.0, sigma_y: float = 1.0) -> None:
-        super().__init__(kernel=kernel, sigma=sigma_x)
-        self.sigma_x = self.sigma
-        self.sigma_y = check_sigma(sigma_y, "sigma_y")
+    @renamed_bandwidths
+    def __init__(
+        self, *, kernel: str = KERNEL, sigma_image: float = SIGMA_IMAGE, sigma_prompt: float = SIGMA_PROMPT
+    ) -> None:
+        super().__init__(kernel=kernel, sigma=check_sigma(sigma_image, "sigma_image"))
+        self.sigma_image = self.sigma
+        self.sigma_prompt = check_sigma(sigma_prompt, "sigma_prompt")
 
     def _settings(self) -> dict[str, Any]:
-        return {"kernel": self.kernel, "sigma_x": self.sigma_x, "sigma_y": self.sigma_y}
+        return {"kernel": self.kernel, "sigma_image": self.sigma_image, "sigma_prompt": self.sigma_prompt}
 
 
 class RKE(_Exact):
@@ -74,7 +78,9 @@ class CondRKE(_ExactConditional):
 
     def _compute(self) -> float:
         s = self._state
-        return cond_rke(s["x"], s["y"], kernel=self.kernel, sigma_x=self.sigma_x, sigma_y=self.sigma_y)
+        return cond_rke(
+            s["x"], s["y"], kernel=self.kernel, sigma_image=self.sigma_image, sigma_prompt=self.sigma_prompt
+        )
 
 
 class CondVendi(_ExactConditional):
@@ -82,4 +88,6 @@ class CondVendi(_ExactConditional):
 
     def _compute(self) -> float:
         s = self._state
-        return cond_vendi(s["x"], s["y"], kernel=self.kernel, sigma_x=self.sigma_x, sigma_y=self.sigma_y)
+        return cond_vendi(
+            s["x"], s["y"], kernel=self.kernel, sigma_image=self.sigma_image, sigma_prompt=self.sigma_prompt
+        )

@@ -8,11 +8,11 @@ psi(v) . psi(v) = 1 exactly (the normalised kernel's trace stays n).
   sum_ij k_ij^2 ~ |sum_i psi(x_i)|^2 with s = sigma / sqrt(2). State: n and one D-vector (O(D) memory),
   RKE ~ n^2 / |sum psi|^2.
 - Cond-RKE: k_x^2 k_y^2 is the Gaussian kernel of bandwidth 1 / sqrt(2) on the concatenated vector
-  v = [x / sigma_x, y / sigma_y] (so its features are the RFF of the concatenation, equivalently the
+  v = [x / sigma_image, y / sigma_prompt] (so its features are the RFF of the concatenation, equivalently the
   Kronecker product of the x and y features, without its D^2 columns); the prompt part uses y alone.
 - Vendi: the non-zero eigenvalues of K / n are those of the D x D covariance C = sum_i phi phi^T / n
   (phi: bandwidth sigma), so H1 ~ H1(C). State: n and C (O(D^2) memory). Cond-Vendi: C of the concatenated
-  joint vector (bandwidth 1) and C of y (bandwidth sigma_y).
+  joint vector (bandwidth 1) and C of y (bandwidth sigma_prompt).
 
 The RKE estimates are unbiased in the pair sums (their error shrinks like 1 / sqrt(D)); the Vendi ones
 carry a bias from the spectrum of the RFF kernel, largest when n >> D and the score is large. Measured
@@ -26,7 +26,8 @@ from typing import Any
 
 import torch
 
-from ..core._checks import check_sigma
+from ..core.checks import check_sigma, renamed_bandwidths
+from ..core.defaults import SIGMA_IMAGE, SIGMA_PROMPT
 from ..core.scores import von_neumann_entropy
 from .base import StreamingMetric
 
@@ -100,7 +101,7 @@ class _RFF(StreamingMetric):
 class _Unconditional(_RFF):
     _maps = {"x": "x"}
 
-    def __init__(self, *, sigma: float = 1.0, features: int, seed: int = 0) -> None:
+    def __init__(self, *, sigma: float = SIGMA_IMAGE, features: int, seed: int = 0) -> None:
         self.sigma = check_sigma(sigma, "sigma")
         super().__init__(features=features, seed=seed)
 
@@ -115,24 +116,32 @@ class _Conditional(_RFF):
     conditional = True
     _maps = {"joint": "joint", "y": "y"}
 
-    def __init__(self, *, sigma_x: float = 1.0, sigma_y: float = 1.0, features: int, seed: int = 0) -> None:
-        self.sigma_x = check_sigma(sigma_x, "sigma_x")
-        self.sigma_y = check_sigma(sigma_y, "sigma_y")
+    @renamed_bandwidths
+    def __init__(
+        self,
+        *,
+        sigma_image: float = SIGMA_IMAGE,
+        sigma_prompt: float = SIGMA_PROMPT,
+        features: int,
+        seed: int = 0,
+    ) -> None:
+        self.sigma_image = check_sigma(sigma_image, "sigma_image")
+        self.sigma_prompt = check_sigma(sigma_prompt, "sigma_prompt")
         super().__init__(features=features, seed=seed)
 
     def _bandwidths(self) -> dict[str, float]:
-        return {"sigma_x": self.sigma_x, "sigma_y": self.sigma_y}
+        return {"sigma_image": self.sigma_image, "sigma_prompt": self.sigma_prompt}
 
     def _input(self, name, x, y):
         if name == "y":
             return y
-        return torch.cat([x / self.sigma_x, y / self.sigma_y], 1)
+        return torch.cat([x / self.sigma_image, y / self.sigma_prompt], 1)
 
 
 class RFFRKE(_Unconditional):
     """RKE ~ n^2 / |sum_i psi(x_i)|^2, psi the RFF of bandwidth sigma / sqrt(2). O(D) memory."""
 
-    def __init__(self, *, sigma: float = 1.0, features: int = 8192, seed: int = 0) -> None:
+    def __init__(self, *, sigma: float = SIGMA_IMAGE, features: int = 8192, seed: int = 0) -> None:
         super().__init__(sigma=sigma, features=features, seed=seed)
 
     def _bandwidth(self, name: str) -> float:
@@ -148,7 +157,7 @@ class RFFVendi(_Unconditional):
 
     second_moment = True
 
-    def __init__(self, *, sigma: float = 1.0, features: int = 2048, seed: int = 0) -> None:
+    def __init__(self, *, sigma: float = SIGMA_IMAGE, features: int = 2048, seed: int = 0) -> None:
         super().__init__(sigma=sigma, features=features, seed=seed)
 
     def _bandwidth(self, name: str) -> float:
@@ -159,15 +168,20 @@ class RFFVendi(_Unconditional):
 
 
 class RFFCondRKE(_Conditional):
-    """Cond-RKE ~ |sum psi_y|^2 / |sum psi_joint|^2 (joint: RFF of [x / sigma_x, y / sigma_y]). O(D)."""
+    """Cond-RKE ~ |sum psi_y|^2 / |sum psi_joint|^2 (joint: RFF of [x / sigma_image, y / sigma_prompt]). O(D)."""
 
     def __init__(
-        self, *, sigma_x: float = 1.0, sigma_y: float = 1.0, features: int = 8192, seed: int = 0
+        self,
+        *,
+        sigma_image: float = SIGMA_IMAGE,
+        sigma_prompt: float = SIGMA_PROMPT,
+        features: int = 8192,
+        seed: int = 0,
     ) -> None:
-        super().__init__(sigma_x=sigma_x, sigma_y=sigma_y, features=features, seed=seed)
+        super().__init__(sigma_image=sigma_image, sigma_prompt=sigma_prompt, features=features, seed=seed)
 
     def _bandwidth(self, name: str) -> float:
-        return (self.sigma_y if name == "y" else 1.0) / math.sqrt(2.0)
+        return (self.sigma_prompt if name == "y" else 1.0) / math.sqrt(2.0)
 
     def _compute(self) -> float:
         return self._pair_sum("y") / self._pair_sum("joint")
@@ -179,12 +193,17 @@ class RFFCondVendi(_Conditional):
     second_moment = True
 
     def __init__(
-        self, *, sigma_x: float = 1.0, sigma_y: float = 1.0, features: int = 2048, seed: int = 0
+        self,
+        *,
+        sigma_image: float = SIGMA_IMAGE,
+        sigma_prompt: float = SIGMA_PROMPT,
+        features: int = 2048,
+        seed: int = 0,
     ) -> None:
-        super().__init__(sigma_x=sigma_x, sigma_y=sigma_y, features=features, seed=seed)
+        super().__init__(sigma_image=sigma_image, sigma_prompt=sigma_prompt, features=features, seed=seed)
 
     def _bandwidth(self, name: str) -> float:
-        return self.sigma_y if name == "y" else 1.0
+        return self.sigma_prompt if name == "y" else 1.0
 
     def _compute(self) -> float:
         return math.exp(self._entropy("joint") - self._entropy("y"))

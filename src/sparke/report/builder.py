@@ -20,7 +20,7 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from sparke.evaluation import METRICS, RunImages, load_run, read_metrics
+from sparke.runs.evaluation import METRICS, RunImages, load_run, read_metrics
 from sparke.runs import RunError, atomic_write
 
 __all__ = ["build_report", "line_plot"]

@@ -28,9 +28,11 @@ from typing import Any
 
 import torch
 
-from ._base import AttachedGuide
+from sparke.guidance import Guide, MethodSpec
+from sparke.guidance.guide import check_scale
+from sparke.guidance.spec import constructor_defaults
 
-__all__ = ["CADS", "cads_gamma"]
+__all__ = ["CADS", "CADS_SPEC", "cads_gamma"]
 
 
 def cads_gamma(t: float, tau1: float = 0.6, tau2: float = 0.9) -> float:
@@ -56,7 +58,7 @@ def _mix(seed: int, image_seed: int) -> int:
     return (h * 0xD6E8FEB86659FD93 % (1 << 64)) >> 1
 
 
-class CADS(AttachedGuide):
+class CADS(Guide):
     """Condition-annealed sampling attached to a diffusers pipeline per call.
 
     Args:
@@ -83,8 +85,7 @@ class CADS(AttachedGuide):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if not (isinstance(scale, (int, float)) and scale >= 0):
-            raise ValueError(f"scale: must be a number >= 0, got {scale!r}")
+        check_scale(scale)
         if not 0.0 <= tau1 < tau2 <= 1.0:
             raise ValueError(f"tau1, tau2: need 0 <= tau1 < tau2 <= 1, got {tau1}, {tau2}")
         if not 0.0 <= psi <= 1.0:
@@ -182,3 +183,20 @@ class CADS(AttachedGuide):
             return None
         self.stats.guided += 1
         return args, kwargs
+
+
+CADS_SPEC = MethodSpec(
+    name="cads",
+    doc="condition-annealed sampling: scheduled Gaussian noise on the prompt embeddings, rescaled",
+    paper="Sadat et al., CADS: Condition-Annealed Sampling, ICLR 2024",
+    default_scale=constructor_defaults(CADS, ["scale"])["scale"],
+    defaults=constructor_defaults(CADS, ["tau1", "tau2", "psi", "rescale", "seed"]),
+    build=lambda scale, settings: CADS(scale=scale, **settings),
+    help={
+        "tau1": "diffusion time below which the condition is clean (1 = first step)",
+        "tau2": "diffusion time above which the condition is pure (rescaled) noise",
+        "psi": "mix of the rescaled embedding (1 = fully rescaled)",
+        "rescale": "rescale the noisy embedding to the clean one's mean and std",
+        "seed": "seed of the CADS noise generator",
+    },
+)

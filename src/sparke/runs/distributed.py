@@ -4,7 +4,7 @@
     accelerate launch -m sparke generate --prompts p.txt -o runs/x ...
 
 The launcher's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``) turns
-``sparke.generation.generate`` into ``generate_distributed``. The run is cut into rounds of ``world`` work
+``sparke.runs.generate`` into ``generate_distributed``. The run is cut into rounds of ``world`` work
 items of ``plan`` (what is left of it): in round k, rank r makes item ``k * world + r`` and writes its own
 PNGs (atomically); then every rank all-gathers the round's new bank rows and manifest records (padded
 tensors plus counts: no pickle) and adds all the rows to its bank in item order, so every process guides the
@@ -31,18 +31,19 @@ from typing import Any
 
 import torch
 
+from .folder import BANK_FILE, RunConfig, RunError, WorkItem
 from .generation import (
     BatchResult,
     GenerateSummary,
     Session,
-    _as_pil,
+    as_pil,
     call_kwargs,
     load_model,
     manifest_record,
     open_session,
     resolve_device,
+    save_bank,
 )
-from .runs import BANK_FILE, RunConfig, RunError, WorkItem
 
 __all__ = ["DistEnv", "dist_env", "generate_distributed", "is_main_process"]
 
@@ -102,14 +103,14 @@ def _run_local(session: Session, item: WorkItem) -> BatchResult:
     bank = session.bank
     if bank is None:
         out = session.guide(session.pipe, **call_kwargs(session.config, item))
-        return BatchResult(_as_pil(out.images if hasattr(out, "images") else out[0]))
+        return BatchResult(as_pil(out.images if hasattr(out, "images") else out[0]))
     deferred = _DeferredBank(bank)
     session.guide.bank = deferred
     try:
         out = session.guide(session.pipe, **call_kwargs(session.config, item))
     finally:
         session.guide.bank = bank
-    images = _as_pil(out.images if hasattr(out, "images") else out[0])
+    images = as_pil(out.images if hasattr(out, "images") else out[0])
     m = len(item.indices)
     if len(images) != m:
         raise RuntimeError(f"the pipeline returned {len(images)} images for a batch of {m}")
@@ -260,11 +261,30 @@ def _drive(
         error = None
         if main == turn:
             try:
-                session = open_session(config, out, device=device, pipe=pipe)
+                session = open_session(config, out, device=device, pipe=pipe, writer=main)
             except (RunError, OSError) as e:
                 error = e
         _agree(error, comm, "opening the run folder")
     assert session is not None
+    try:
+        return _rounds(session, env, comm, main, start, on_start, on_batch)
+    except BaseException:
+        session.abandon()
+        raise
+    finally:
+        session.close()
+
+
+def _rounds(
+    session: Session,
+    env: DistEnv,
+    comm: torch.device,
+    main: bool,
+    start: float,
+    on_start: Callable[[Session], None] | None,
+    on_batch: Callable[[Session, int], None] | None,
+) -> GenerateSummary:
+    """The rounds of a run whose folder rank 0 holds (its lock, and every file but the ranks' own PNGs)."""
     bank = session.bank
     _same_everywhere(
         [len(session.todo), session.committed_batches, -1 if bank is None else len(bank)],
@@ -287,7 +307,8 @@ def _drive(
             result = _run_local(session, mine)
             for i, image in zip(mine.indices, result.images, strict=True):
                 if i not in session.records:
-                    records.append(manifest_record(cfg, i, mine.batch, folder.write_png(i, image)))
+                    rel = folder.write_png(i, image)
+                    records.append(manifest_record(cfg, i, mine.batch, rel, folder.stamp(rel)))
             folder.sync_images_dir()
         rows, recs = _gather_round(result, records, comm)
         if bank is not None:
@@ -297,6 +318,7 @@ def _drive(
                 bank.add(x, y)
         new = [r for part in recs for r in part]
         if main:
+            session.write_config_once()
             folder.append_manifest(new)
         for record in new:
             session.records[int(record["index"])] = record
@@ -314,7 +336,7 @@ def _drive(
                 "initial_rows": session.initial_rows,
             }
             if main:
-                bank.save(folder.path / BANK_FILE)
+                save_bank(bank, folder.path / BANK_FILE)
         generated += len(new)
         if main and on_batch is not None:
             on_batch(session, len(new))

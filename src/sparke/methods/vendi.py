@@ -19,19 +19,44 @@ from __future__ import annotations
 from typing import Any
 
 from sparke.core import Bank
+from sparke.guidance import SPARKE, MethodSpec
+from sparke.guidance.plugin import SPARKE_HELP
+from sparke.guidance.spec import constructor_defaults
 
-__all__ = ["VendiGuidance", "WINDOW"]
+from .rke import SETTINGS
+
+__all__ = ["VENDI_SPEC", "WINDOW", "VendiGuidance"]
 
 WINDOW = 150
 
 
-def VendiGuidance(scale: float = 0.03, memory: int = WINDOW, **options: Any):  # noqa: N802 - a class-like factory
+def VendiGuidance(scale: float = 0.03, memory: int = WINDOW, **options: Any) -> SPARKE:  # noqa: N802 - a class-like factory
     """A ``sparke.SPARKE`` guide with objective "vendi" and a sliding bank of the last ``memory`` rows.
 
     ``options`` go to ``SPARKE`` (every, window = the trajectory fractions, space, sigma_image, step, ...).
     """
-    from sparke.guidance import SPARKE
-
-    if not (isinstance(memory, int) and memory >= 1):
+    if isinstance(memory, bool) or not (isinstance(memory, int) and memory >= 1):
         raise ValueError(f"memory: must be a positive integer, got {memory!r}")
-    return SPARKE(scale=scale, objective="vendi", bank=Bank(capacity=memory), **options)
+    guide = SPARKE(scale=scale, objective="vendi", bank=Bank(capacity=memory), **options)
+    guide.follows_pipeline = (
+        True  # our own sliding bank: it moves to the pipeline's device like a default one
+    )
+    return guide
+
+
+def _build(scale: float, settings: dict[str, Any]) -> SPARKE:
+    return VendiGuidance(scale, **{**settings, "window": tuple(settings["window"])})
+
+
+VENDI_SPEC = MethodSpec(
+    name="vendi",
+    doc=f"Vendi score guidance over a sliding window of the last {WINDOW} images (as in c-VSG)",
+    paper="Askari Hemmat et al., contextualized Vendi Score Guidance (c-VSG), ECCV 2024",
+    default_scale=constructor_defaults(VendiGuidance, ["scale"])["scale"],
+    defaults={**constructor_defaults(SPARKE, SETTINGS), **constructor_defaults(VendiGuidance, ["memory"])},
+    build=_build,
+    help={
+        **{k: SPARKE_HELP[k] for k in SETTINGS},
+        "memory": "rows of the sliding memory (the last images generated)",
+    },
+)

@@ -4,10 +4,10 @@
     summary = generate(config, "runs/x")          # resumes when runs/x holds the same run
 
 The loop is three pure-ish steps so that work can be sharded across processes without rewriting it:
-``plan(config)`` lists the batches (``sparke.runs``), ``run_item(session, item)`` makes one batch (images and
+``plan(config)`` lists the batches (``sparke.runs.folder``), ``run_item(session, item)`` makes one batch (images and
 the bank rows it added) and ``commit(session, item, result)`` writes it (PNGs, manifest lines, bank). A
 multi-process driver runs each round of k items as: rank r ``run_item``s item r of the round, all ranks
-all-gather the new rows into their banks in item order, rank 0 ``commit``s the round (``sparke.distributed``
+all-gather the new rows into their banks in item order, rank 0 ``commit``s the round (``sparke.runs.distributed``
 is that driver, used by ``generate`` under ``torchrun`` / ``accelerate launch``).
 
 Per-image seeds come from ``image_seed(seed, index)`` with one CPU generator per image, so an image does not
@@ -28,8 +28,9 @@ from typing import Any
 
 import torch
 
-from .methods import METHODS
-from .runs import (
+from sparke.methods import METHODS
+
+from .folder import (
     BANK_FILE,
     PromptEntry,
     RunConfig,
@@ -40,14 +41,17 @@ from .runs import (
     file_sha256,
     image_seed,
     plan,
+    repair_command,
 )
+from .lock import RunLock
 
 __all__ = [
     "BatchResult",
     "GenerateSummary",
     "Session",
     "commit",
-    "generate",
+    "as_pil",
+    "generate_single",
     "load_model",
     "model_record",
     "open_session",
@@ -110,7 +114,7 @@ def load_model(model: str, device: str = "cpu", dtype: str = "float32") -> Any:
     torch_dtype = DTYPES[dtype]
     quiet_loading()
     if model == EMBEDDED:
-        from .embedded.pipeline import load_pipeline
+        from sparke.embedded.pipeline import load_pipeline
 
         try:
             pipe = load_pipeline(device=device, dtype=torch_dtype)
@@ -135,7 +139,7 @@ def load_model(model: str, device: str = "cpu", dtype: str = "float32") -> Any:
         class_name = None
     try:
         if class_name == "ShapesPipeline":
-            from .embedded.pipeline import ShapesPipeline
+            from sparke.embedded.pipeline import ShapesPipeline
 
             pipe = ShapesPipeline.from_pretrained(str(path), torch_dtype=torch_dtype)
         else:
@@ -147,14 +151,13 @@ def load_model(model: str, device: str = "cpu", dtype: str = "float32") -> Any:
                 local_files_only=os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"),
             )
     except (OSError, ValueError, ImportError, AttributeError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        where = "this folder" if class_name else "a local folder nor in the Hugging Face cache"
-        prefix = (
-            f"--model {model}: cannot load it from {where}"
-            if class_name
-            else (f"--model {model}: not {where}")
-        )
-        raise RunError(f"{prefix} ({first[:200]})") from None
+        if class_name:
+            raise RunError(f"--model {model}: cannot load this folder ({one_line(error)})") from None
+        raise RunError(
+            f"--model {model}: not a local folder nor in the Hugging Face cache ({one_line(error, 160)}); "
+            "give a pipeline folder, or download the model once (`huggingface-cli download "
+            f"{model}`) and rerun"
+        ) from None
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -203,10 +206,39 @@ class Session:
     records: dict[int, dict[str, Any]]
     committed_batches: int = 0
     initial_rows: int = 0
+    fresh: bool = False  # no run.json yet: it is written with the first batch
+    notes: list[str] = field(default_factory=list)
+    made: list[Path] = field(default_factory=list)  # folders this session created
+    lock: RunLock | None = None
 
     @property
     def bank(self) -> Any:
         return getattr(self.guide, "bank", None)
+
+    def write_config_once(self) -> None:
+        """Write ``run.json`` before the first batch is committed (a start that fails earlier leaves none)."""
+        if self.fresh:
+            self.folder.write_config(self.config)
+            self.fresh = False
+
+    def abandon(self) -> None:
+        """After a failure: release the lock and, when nothing was committed, remove the folders this session
+        made (when empty), so the disk is as it was."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+        if self.fresh:
+            for folder in reversed(self.made):
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break  # not empty (or gone): keep it and everything above it
+        self.made = []
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     @property
     def done_images(self) -> int:
@@ -273,14 +305,71 @@ def check_bank_compatible(meta: dict[str, Any], config: RunConfig, pipe: Any, wh
 
 
 def _load_bank(path: Path, where: str) -> Any:
-    from .core import Bank, BankFileError
+    from sparke.core import Bank, BankFileError
 
     try:
         return Bank.load(path)
     except FileNotFoundError:
         raise RunError(f"{where}: no such bank file") from None
     except BankFileError as error:
-        raise RunError(f"{where}: {error}") from None
+        message = str(error)
+        for name in (str(path), os.fspath(Path(path).resolve())):
+            if message.startswith(f"{name}: "):  # the error names the file already: say it once
+                message = message[len(name) + 2 :]
+        raise RunError(f"{where}: {message}") from None
+
+
+def check_call_arguments(pipe: Any, config: RunConfig) -> None:
+    """``RunError`` when the pipeline's ``__call__`` does not take an option the run sets (``--height`` on a
+    fixed-size model, a height its autoencoder cannot make, ...): checked before the first batch."""
+    params = inspect.signature(pipe.__call__).parameters
+    name = type(pipe).__name__
+    for option, key, value in (
+        ("--height", "height", config.height),
+        ("--width", "width", config.width),
+        ("--negative-prompt", "negative_prompt", config.negative_prompt),
+    ):
+        if value is None:
+            continue
+        if key not in params:
+            fixed = ""
+            if key in ("height", "width") and getattr(pipe, "image_size", None):
+                fixed = f" (it makes {pipe.image_size}x{pipe.image_size} images)"
+            raise RunError(f"{option}: the model ({name}) takes no {key}{fixed}; leave {option} out")
+    factor = getattr(pipe, "vae_scale_factor", None)
+    for option, value in (("--height", config.height), ("--width", config.width)):
+        if value is None:
+            continue
+        if value < 1:
+            raise RunError(f"{option} {value}: must be a positive number of pixels")
+        if isinstance(factor, int) and factor > 1 and value % factor:
+            raise RunError(f"{option} {value}: the model ({name}) needs a multiple of {factor}")
+    for option, key, value in (
+        ("--steps", "num_inference_steps", config.steps),
+        ("--cfg", "guidance_scale", config.cfg),
+    ):
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        if value is not None and key not in params and not takes_any:
+            raise RunError(f"{option}: the model ({name}) takes no {key}; leave {option} out")
+    if config.steps is not None and config.steps < 1:
+        raise RunError(f"--steps {config.steps}: must be at least 1")
+
+
+def bank_placement(pipe: Any) -> tuple[torch.device, torch.dtype]:
+    """Where a run's bank lives: the pipeline's execution device, in half precision on CUDA."""
+    from sparke.guidance.plugin import execution_device
+
+    device = execution_device(pipe)
+    return device, (torch.float16 if device.type == "cuda" else torch.float32)
+
+
+def _place(bank: Any, pipe: Any) -> Any:
+    """``bank`` moved to the pipeline's device and dtype (its files stay loadable on a CPU)."""
+    if hasattr(bank, "to"):
+        device, dtype = bank_placement(pipe)
+        moved = bank.to(device, dtype)
+        return bank if moved is None else moved
+    return bank
 
 
 def open_session(
@@ -289,8 +378,16 @@ def open_session(
     *,
     device: str = "auto",
     pipe: Any = None,
+    writer: bool = True,
 ) -> Session:
-    """Check the folder, load the model (unless ``pipe`` is given), reconcile with what the folder holds."""
+    """Check everything, then take the folder: options, the model and its arguments, the folder's own record
+    and banks are checked before anything is written, so a refused start leaves the disk as it was.
+
+    ``writer``: this process writes the folder (it takes the lock, cuts a damaged manifest tail and removes
+    damaged images, which are then made again). Ranks other than 0 of a launcher open with ``writer=False``
+    after rank 0 did, and read the folder as it is. Notes for the user (what was repaired) are in
+    ``session.notes``.
+    """
     if config.method not in METHODS:
         raise RunError(f"--method {config.method!r}: choose one of {', '.join(METHODS)}")
     if not config.prompts:
@@ -298,26 +395,26 @@ def open_session(
     if config.images_per_prompt < 1 or config.batch_size < 1:
         raise RunError("--images-per-prompt and --batch-size must be at least 1")
     folder = RunFolder(out)
-    folder.ensure_writable()
+    folder.check_target()
     stored = folder.read_config()
     if stored is None and (folder.manifest_file.exists() or folder.bank_file.exists()):
         raise RunError(f"{folder.path}: has a manifest or bank but no run.json; not a sparke run folder")
-    current = config.to_json()
     unresolved = [k for k in ("steps", "cfg") if getattr(config, k) is None]
     if config.init_bank is None:
         unresolved.append("init_bank")  # a resumed run keeps the bank it started from
     if stored is not None:
-        _refuse_if_different(folder, stored, current, unresolved)
+        _refuse_if_different(folder, stored, config.to_json(), unresolved)
 
     spec = METHODS[config.method]
     try:
         guide = spec.build(config.scale, dict(config.settings))
-    except ValueError as error:  # the method's own check of its settings
-        raise RunError(f"--method {config.method}: {error}") from None
+    except (ValueError, TypeError) as error:  # the method's own check of its settings
+        raise RunError(f"--method {config.method}: {one_line(error)}") from None
 
     if pipe is None:
         device = resolve_device(device)
         pipe = load_model(config.model, device, config.dtype)
+    check_call_arguments(pipe, config)
     steps, cfg = pipeline_defaults(pipe)
     config.steps = steps if config.steps is None else config.steps
     config.cfg = cfg if config.cfg is None else config.cfg
@@ -328,30 +425,87 @@ def open_session(
 
     items = plan(config)
     session = Session(config, folder, pipe, guide, items, [], {})
+    session.fresh = stored is None
+    init_bank = None
+    if session.bank is not None and config.init_bank is not None and not folder.bank_file.exists():
+        init_bank = _load_init_bank(session, pipe)  # checked before the folder is touched
 
-    if stored is None:
-        folder.write_config(config)
-    folder.remove_stale_temporaries()
-    folder.repair_manifest_tail()
+    if not writer:
+        return _reconcile(session, stored, init_bank, writer=False)
+    made = folder.create()
+    session.made = made
+    session.lock = RunLock(folder.path)
+    try:
+        note = session.lock.acquire()
+        if note:
+            session.notes.append(note)
+        if folder.read_config() != stored:
+            raise RunError(f"{folder.path}: another process started a run here meanwhile; rerun to resume it")
+        return _reconcile(session, stored, init_bank, writer=True)
+    except BaseException:
+        session.abandon()
+        raise
+
+
+def _reconcile(session: Session, stored: dict | None, init_bank: Any, *, writer: bool) -> Session:
+    """Read what the folder holds (bank, manifest, images) and decide what is left to make."""
+    folder, items, pipe = session.folder, session.items, session.pipe
+    bank = None
+    if session.bank is not None:
+        bank = _restore_bank(session, pipe, init_bank)
+    if writer:
+        removed = folder.remove_stale_temporaries()
+        if removed and stored is not None:
+            session.notes.append(
+                f"removed {removed} temporary file{'s' if removed > 1 else ''} of an interrupted run"
+            )
+        note = folder.repair_manifest_tail()
+        if note:
+            session.notes.append(note)
     records = folder.read_manifest()
-    finished = folder.finished(records)
+    n = session.config.n_images
+    stray = sorted(i for i in records if i >= n)
+    if stray:
+        raise RunError(
+            f"{folder.manifest_file}: lists image {stray[0]}, but the run has {n}; run `{repair_command(folder.path)}`"
+        )
+    problems = folder.verify(records, deep=writer)
+    if writer and problems:
+        _note_problems(session, problems, records)
+        for index in problems:
+            if problems[index] != "missing":
+                (folder.path / records[index]["file"]).unlink(missing_ok=True)  # made again below
+    finished = set(records) - set(problems)
     session.records = {i: r for i, r in records.items() if i in finished}
 
     def complete(item: WorkItem) -> bool:
         return all(i in finished for i in item.indices)
 
-    if session.bank is None:
+    if bank is None:
         session.todo = [item for item in items if not complete(item)]
         return session
-
-    bank = _restore_bank(session, pipe)
-    guide.bank = bank
+    session.guide.bank = bank
     committed = session.committed_batches
     first_missing = next((b for b in range(committed) if not complete(items[b])), committed)
     if first_missing < committed:
         _roll_back(session, first_missing)
     session.todo = items[session.committed_batches :]
     return session
+
+
+def _note_problems(session: Session, problems: dict[int, str], records: dict[int, dict[str, Any]]) -> None:
+    missing = [i for i, p in problems.items() if p == "missing"]
+    damaged = {i: p for i, p in problems.items() if p != "missing"}
+    for index, problem in list(damaged.items())[:3]:
+        session.notes.append(f"{records[index]['file']} is damaged ({problem}): making it again")
+    if len(damaged) > 3:
+        session.notes.append(f"and {len(damaged) - 3} more damaged images: making them again")
+    if missing:
+        shown = ", ".join(records[i]["file"] for i in missing[:3]) + (" ..." if len(missing) > 3 else "")
+        session.notes.append(
+            f"{len(missing)} image{'s' if len(missing) > 1 else ''} of the manifest missing ({shown}): making "
+            f"{'them' if len(missing) > 1 else 'it'} again"
+        )
 
 
 def _refuse_if_different(folder: RunFolder, stored: dict, current: dict, skip: list[str]) -> None:
@@ -364,9 +518,22 @@ def _refuse_if_different(folder: RunFolder, stored: dict, current: dict, skip: l
         )
 
 
-def _restore_bank(session: Session, pipe: Any) -> Any:
-    """The run's bank from its file, or the --bank it starts from, or a fresh one; checked against the run."""
-    from .core import Bank
+def _load_init_bank(session: Session, pipe: Any) -> Any:
+    """The --bank a run starts from, checked against the run (model, space, prompt encoder, unchanged file)."""
+    config = session.config
+    path = Path(config.init_bank["path"])
+    where = f"--bank {path}"
+    bank = _load_bank(path, where)
+    check_bank_compatible(bank.metadata, config, pipe, where)
+    if config.init_bank.get("sha256") not in (None, file_sha256(path)):
+        raise RunError(f"{where}: the file changed since this run started from it")
+    return bank
+
+
+def _restore_bank(session: Session, pipe: Any, init_bank: Any = None) -> Any:
+    """The run's bank from its file, or the --bank it starts from, or a fresh one; checked against the run,
+    and placed on the pipeline's device (fp16 on CUDA)."""
+    from sparke.core import Bank
 
     config, folder = session.config, session.folder
     if folder.bank_file.exists():
@@ -384,23 +551,20 @@ def _restore_bank(session: Session, pipe: Any) -> Any:
         )
         if bank.capacity is None and len(bank) != expected:
             raise RunError(f"{folder.bank_file}: holds {len(bank)} rows, the run's records say {expected}")
-        return bank
+        return _place(bank, pipe)
     if config.init_bank is not None:
-        path = Path(config.init_bank["path"])
-        bank = _load_bank(path, f"--bank {path}")
-        check_bank_compatible(bank.metadata, config, pipe, f"--bank {path}")
-        if config.init_bank.get("sha256") not in (None, file_sha256(path)):
-            raise RunError(f"--bank {path}: the file changed since this run started from it")
+        bank = init_bank if init_bank is not None else _load_init_bank(session, pipe)
         session.initial_rows = len(bank)
     else:
-        bank = Bank()
+        device, dtype = bank_placement(pipe)
+        bank = Bank(device=device, dtype=dtype)
     bank.metadata.update(_bank_metadata(config))
-    return bank
+    return _place(bank, pipe)
 
 
 def _roll_back(session: Session, batches: int) -> None:
     """Keep only the bank rows of the first ``batches`` batches (their images were removed from the folder)."""
-    from .core import Bank
+    from sparke.core import Bank
 
     bank = session.bank
     keep = session.initial_rows + sum(len(session.items[b].indices) for b in range(batches))
@@ -442,7 +606,7 @@ def run_item(session: Session, item: WorkItem) -> BatchResult:
     bank = session.bank
     before = len(bank) if bank is not None else 0
     out = session.guide(session.pipe, **call_kwargs(session.config, item))
-    images = _as_pil(out.images if hasattr(out, "images") else out[0])
+    images = as_pil(out.images if hasattr(out, "images") else out[0])
     if len(images) != len(item.indices):
         raise RuntimeError(f"the pipeline returned {len(images)} images for a batch of {len(item.indices)}")
     if bank is None:
@@ -454,7 +618,7 @@ def run_item(session: Session, item: WorkItem) -> BatchResult:
     return BatchResult(images, bank.x[-m:].clone(), None if bank.y is None else bank.y[-m:].clone())
 
 
-def _as_pil(images: Any) -> list[Any]:
+def as_pil(images: Any) -> list[Any]:
     from PIL import Image
 
     if isinstance(images, list) and images and hasattr(images[0], "save"):
@@ -467,12 +631,15 @@ def _as_pil(images: Any) -> list[Any]:
     return [Image.fromarray((np.clip(a, 0, 1) * 255).round().astype(np.uint8)) for a in arr]
 
 
-def manifest_record(config: RunConfig, index: int, batch: int, file: str) -> dict[str, Any]:
-    """The manifest line of image ``index``."""
+def manifest_record(
+    config: RunConfig, index: int, batch: int, file: str, stamp: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The manifest line of image ``index``; ``stamp``: the PNG's ``{"size", "sha256"}`` (verified on resume)."""
     per = config.images_per_prompt
     entry: PromptEntry = config.prompts[index // per]
     record: dict[str, Any] = {
         "file": file,
+        **(stamp or {}),
         "index": index,
         "prompt": entry.prompt,
         "prompt_index": index // per,
@@ -496,8 +663,12 @@ def manifest_record(config: RunConfig, index: int, batch: int, file: str) -> dic
 def commit(session: Session, item: WorkItem, result: BatchResult) -> int:
     """Write one batch: new PNGs, their manifest lines, then the bank; returns the number of new images."""
     folder, config = session.folder, session.config
+    session.write_config_once()
     new = [(i, im) for i, im in zip(item.indices, result.images, strict=True) if i not in session.records]
-    records = [manifest_record(config, i, item.batch, folder.write_png(i, im)) for i, im in new]
+    records = []
+    for i, im in new:
+        rel = folder.write_png(i, im)
+        records.append(manifest_record(config, i, item.batch, rel, folder.stamp(rel)))
     folder.sync_images_dir()
     folder.append_manifest(records)
     for record in records:
@@ -513,12 +684,20 @@ def commit(session: Session, item: WorkItem, result: BatchResult) -> int:
             "committed_images": sum(len(session.items[b].indices) for b in range(session.committed_batches)),
             "initial_rows": session.initial_rows,
         }
-        bank.save(folder.path / BANK_FILE)
+        save_bank(bank, folder.path / BANK_FILE)
     return len(records)
 
 
+def save_bank(bank: Any, path: Path) -> None:
+    """``bank.save(path)``, with the file's mode from the umask (like every file of a run folder)."""
+    from .folder import honour_umask
+
+    bank.save(path)
+    honour_umask(path)
+
+
 # -- the whole run ----------------------------------------------------------------------------------------------
-def generate(
+def generate_single(
     config: RunConfig,
     out: str | os.PathLike,
     *,
@@ -530,16 +709,25 @@ def generate(
     """Generate (or resume) the run ``config`` in folder ``out``; see the module docstring.
 
     ``on_start(session)`` is called once before the first batch, ``on_batch(session, new_images)`` after each.
-    Under a launcher (``WORLD_SIZE`` > 1) it runs ``sparke.distributed.generate_distributed`` instead.
+    One process; ``sparke.runs.generate`` dispatches to ``generate_distributed`` under a launcher.
     """
-    from .distributed import dist_env, generate_distributed
-
-    if dist_env() is not None:  # under torchrun / accelerate launch: see sparke.distributed
-        return generate_distributed(
-            config, out, device=device, pipe=pipe, on_start=on_start, on_batch=on_batch
-        )
     start = time.perf_counter()
     session = open_session(config, out, device=device, pipe=pipe)
+    try:
+        return _generate_session(session, start, on_start, on_batch)
+    except BaseException:
+        session.abandon()
+        raise
+    finally:
+        session.close()
+
+
+def _generate_session(
+    session: Session,
+    start: float,
+    on_start: Callable[[Session], None] | None,
+    on_batch: Callable[[Session, int], None] | None,
+) -> GenerateSummary:
     resumed = session.done_images
     if on_start is not None:
         on_start(session)
@@ -547,6 +735,13 @@ def generate(
     for item in session.todo:
         try:
             result = run_item(session, item)
+        except (TypeError, ValueError) as error:
+            if not session.fresh:
+                raise
+            # the model refuses the run's arguments at its first call: one line, nothing left on disk
+            raise RunError(
+                f"the model ({type(session.pipe).__name__}) refused the first batch: {one_line(error)}"
+            ) from None
         except torch.cuda.OutOfMemoryError:
             raise RunError(
                 f"out of GPU memory in batch {item.batch}: lower --batch-size; {session.done_images} images are "
@@ -574,3 +769,16 @@ def generate(
         bank_rows=None if bank is None else len(bank),
         config=session.config,
     )
+
+
+def one_line(error: BaseException | str, limit: int = 240) -> str:
+    """The first line of an error's message, without library prefixes, cut at a word (never mid-word)."""
+    text = str(error).strip() or type(error).__name__
+    text = text.splitlines()[0].strip()
+    for prefix in ("Value error, ", "Assertion failed, ", "Type error, "):  # pydantic's wording
+        if text.startswith(prefix):
+            text = text[len(prefix) :]
+    if len(text) > limit:
+        cut = text.rfind(" ", 0, limit)
+        text = text[: cut if cut > limit // 2 else limit].rstrip(" ,;:") + " ..."
+    return text

@@ -35,7 +35,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .runs import MANIFEST_FILE, RunError, RunFolder
+from sparke.core.defaults import SIGMA_IMAGE, SIGMA_PROMPT
+
+from .folder import MANIFEST_FILE, RunError, RunFolder, file_sha256, repair_command
 
 __all__ = [
     "METRICS_FILE",
@@ -48,8 +50,8 @@ __all__ = [
 ]
 
 METRICS_FILE = "metrics.json"
-DEFAULT_SIGMA_IMAGE = 0.8
-DEFAULT_SIGMA_PROMPT = 0.3
+DEFAULT_SIGMA_IMAGE = SIGMA_IMAGE  # the paper's bandwidths on unit-norm features (sparke.core.defaults)
+DEFAULT_SIGMA_PROMPT = SIGMA_PROMPT
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -90,7 +92,7 @@ def load_features(spec: str = "embedded", device: str = "cpu", batch_size: int =
 
     quiet_loading()
     if spec == "embedded":
-        from .embedded.encoder import load_encoder
+        from sparke.embedded.encoder import load_encoder
 
         try:
             encoder = load_encoder(device)
@@ -211,7 +213,9 @@ class RunImages:
                 with Image.open(file) as im:
                     arrays.append(np.asarray(im.convert("RGB")))
             except (OSError, ValueError) as error:
-                raise RunError(f"{file}: unreadable image ({error})") from None
+                raise RunError(
+                    f"{file}: unreadable image ({error}); run `{repair_command(self.path)}` to make it again"
+                ) from None
         shapes = {a.shape for a in arrays}
         if len(shapes) > 1:
             raise RunError(f"{self.path}: images of different sizes {sorted(shapes)}")
@@ -228,8 +232,15 @@ def load_run(path: str | os.PathLike) -> RunImages:
         raise RunError(f"{folder.path}: no {MANIFEST_FILE}; is it a folder made by `sparke generate`?")
     config = folder.read_config() or {}
     records = folder.read_manifest()
-    finished = folder.finished(records)
-    kept = [records[i] for i in sorted(finished)]
+    problems = folder.verify(records, deep=False)  # sizes (hashes cost a read of every image)
+    if problems:
+        index = min(problems)
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise RunError(
+            f"{folder.path / records[index]['file']}: {problems[index]}{more}; run "
+            f"`{repair_command(folder.path)}` to make {'them' if more else 'it'} again"
+        )
+    kept = [records[i] for i in sorted(records)]
     if not kept:
         raise RunError(f"{folder.path}: no finished images yet")
     return RunImages(folder.path, config, kept)
@@ -239,7 +250,7 @@ def load_run(path: str | os.PathLike) -> RunImages:
 def required_from_prompt(prompt: str) -> dict[str, Any] | None:
     """Attributes a shapes-world prompt requires (shape, colour, count; size, background, position if stated),
     read with the world's vocabulary; None when it names no known shape or colour."""
-    from .embedded import world as W
+    from sparke.embedded import world as W
 
     text = " " + re.sub(r"\s+", " ", prompt.lower()) + " "
 
@@ -292,7 +303,7 @@ def is_embedded_run(run: RunImages) -> bool:
 def match_flags(run: RunImages, images: torch.Tensor) -> list[tuple[bool, bool] | None]:
     """Per image: (all required attributes found, shape + colour + count found) by the checker, or None
     when the prompt's requirements are unknown."""
-    from .embedded.checker import check, matches
+    from sparke.embedded.checker import check, matches
 
     pixels = ((images.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
     flags: list[tuple[bool, bool] | None] = []
@@ -329,7 +340,7 @@ def group_metrics(
     flags: Sequence[tuple[bool, bool] | None] | None = None,
 ) -> dict[str, Any]:
     """All metrics of one group of images: x (n, d) image features, y (n, e) prompt features."""
-    from .core import cond_rke, cond_vendi, in_batch_similarity, rke, vendi
+    from sparke.core import cond_rke, cond_vendi, in_batch_similarity, rke, vendi
 
     n = x.shape[0]
     out: dict[str, Any] = {"n_images": n, "n_prompts": len(set(prompts))}
@@ -341,7 +352,7 @@ def group_metrics(
             out[name] = None  # beyond the exact limit (n > 16,384 for Gaussian Vendi)
     for name, fn in (("cond_vendi", cond_vendi), ("cond_rke", cond_rke)):
         try:
-            out[name] = _finite(fn(x, y, sigma_x=sigma_image, sigma_y=sigma_prompt, **kw))
+            out[name] = _finite(fn(x, y, sigma_image=sigma_image, sigma_prompt=sigma_prompt, **kw))
         except ValueError:
             out[name] = None
     sims = []
@@ -368,7 +379,7 @@ def evaluate_run(
     write: bool = True,
 ) -> dict[str, Any]:
     """Metrics of one run folder, overall and per cluster; written to ``DIR/metrics.json`` when ``write``."""
-    from .encoders.minilm import encode_minilm
+    from sparke.encoders.minilm import encode_minilm
 
     if kernel not in ("gaussian", "cosine"):
         raise RunError(f"--kernel {kernel!r}: choose gaussian or cosine")
@@ -383,6 +394,9 @@ def evaluate_run(
     table = encode_minilm(unique)
     y = table[[unique.index(p) for p in prompts]]
     flags, notes = None, []
+    mismatch = encoder_mismatch(run, extractor.name, tuple(images.shape[-2:]))
+    if mismatch:
+        notes.append(mismatch)
     if is_embedded_run(run):
         try:
             flags = match_flags(run, images)
@@ -419,13 +433,14 @@ def evaluate_run(
         "overall": overall,
         "clusters": clusters,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "manifest": manifest_stamp(run.path),
     }
     if notes:
         result["notes"] = notes
     if write:
         target = run.path / METRICS_FILE
         try:
-            from .runs import atomic_write
+            from .folder import atomic_write
 
             atomic_write(target, (json.dumps(result, indent=1) + "\n").encode())
         except OSError as error:
@@ -441,3 +456,63 @@ def read_metrics(path: str | os.PathLike) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) and data.get("format") == "sparke.metrics" else None
+
+
+# -- staleness and suitability ----------------------------------------------------------------------------------
+def manifest_stamp(path: str | os.PathLike) -> dict[str, Any]:
+    """``{"sha256", "size"}`` of a run's manifest: a metrics.json is fresh while its stamp matches."""
+    file = Path(path) / MANIFEST_FILE
+    return {"sha256": file_sha256(file), "size": file.stat().st_size}
+
+
+def metrics_stale(path: str | os.PathLike, metrics: dict[str, Any] | None = None) -> str | None:
+    """Why ``DIR/metrics.json`` no longer describes the run (its manifest changed since, or it counts other
+    images), or None when it is fresh (or absent)."""
+    path = Path(path)
+    metrics = read_metrics(path) if metrics is None else metrics
+    if metrics is None:
+        return None
+    folder = RunFolder(path)
+    try:
+        now = len(folder.read_manifest())
+    except RunError:
+        return "the manifest is damaged"
+    made = metrics.get("n_images")
+    counts = f"made from {made} images, the run has {now} now" if made != now else ""
+    stamp = metrics.get("manifest")
+    if isinstance(stamp, dict) and stamp.get("sha256"):
+        try:
+            if manifest_stamp(path) == {"sha256": stamp.get("sha256"), "size": stamp.get("size")}:
+                return None
+        except OSError:
+            pass
+        return counts or "the manifest changed since it was made"
+    if counts:
+        return counts
+    try:  # a metrics.json of an older sparke: compare the times
+        if (path / METRICS_FILE).stat().st_mtime < folder.manifest_file.stat().st_mtime:
+            return "it is older than the manifest"
+    except OSError:
+        pass
+    return None
+
+
+def encoder_mismatch(run: RunImages, features: str, size: tuple[int, int]) -> str | None:
+    """A warning when the image encoder does not suit the run: the embedded shapes encoder (trained on 32x32
+    renders of the shapes world) on another model's images or at another resolution."""
+    if features != "embedded":
+        return None
+    if not is_embedded_run(run):
+        model = run.config.get("model") or (run.records[0].get("model") if run.records else None)
+        return (
+            f"the embedded shapes encoder knows only the shapes world's 32x32 renders, not the images of "
+            f"{model or 'this model'}: its numbers mean little here; use --features with a CLIP or DINOv2 "
+            "model (e.g. --features openai/clip-vit-base-patch32)"
+        )
+    if tuple(size) != (32, 32):
+        return (
+            f"the images are {size[1]}x{size[0]} but the embedded shapes encoder was trained at 32x32: they are "
+            "resized to 32x32 first"
+        )
+    return None
+

@@ -19,14 +19,16 @@ details), scale = 0.05 (our choice on the embedded model; sweep it). scale = 0 i
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
-from sparke.guidance.attach import Step
+from sparke.guidance import Guide, MethodSpec, Schedule, Step
+from sparke.guidance.attach import split_batch
+from sparke.guidance.guide import check_scale
+from sparke.guidance.spec import constructor_defaults
 
-from ._base import AttachedGuide, split_batch
-
-__all__ = ["ParticleGuidance", "repulsion"]
+__all__ = ["PARTICLE_SPEC", "ParticleGuidance", "repulsion"]
 
 
 def repulsion(z: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -45,7 +47,7 @@ def repulsion(z: torch.Tensor) -> tuple[torch.Tensor, float]:
     return push, h
 
 
-class ParticleGuidance(AttachedGuide):
+class ParticleGuidance(Guide):
     """In-batch RBF repulsion of the latents (median-heuristic bandwidth), attached per call.
 
     Args:
@@ -56,22 +58,16 @@ class ParticleGuidance(AttachedGuide):
 
     def __init__(self, scale: float = 0.05, every: int = 1, window: tuple[float, float] = (0.0, 0.8)) -> None:
         super().__init__()
-        if not (isinstance(scale, (int, float)) and scale >= 0):
-            raise ValueError(f"scale: must be a number >= 0, got {scale!r}")
-        if not (isinstance(every, int) and every >= 1):
-            raise ValueError(f"every: must be an integer >= 1, got {every!r}")
-        lo, hi = (float(v) for v in window)
-        if not 0.0 <= lo <= hi <= 1.0:
-            raise ValueError(f"window: need 0 <= start <= end <= 1, got {window!r}")
-        self.scale, self.every, self.window = float(scale), every, (lo, hi)
+        self.scale = check_scale(scale)
+        self.schedule = Schedule(every, tuple(window))
+        self.every, self.window = self.schedule.every, self.schedule.window
         self.last_bandwidth = float("nan")
 
     def __repr__(self) -> str:
         return f"ParticleGuidance(scale={self.scale}, every={self.every}, window={self.window})"
 
     def on_step(self, step: Step) -> torch.Tensor | None:
-        lo, hi = self.window
-        if step.index % self.every or not (lo - 1e-9 <= step.fraction <= hi + 1e-9):
+        if not self.schedule.due(step):
             return None
         latents = step.latents
         b, dup = split_batch(latents, self.batch)
@@ -82,3 +78,21 @@ class ParticleGuidance(AttachedGuide):
         new = (z + self.scale * push).view_as(latents[:b]).to(latents.dtype)
         self.stats.guided += 1
         return torch.cat([new, new]) if dup else new
+
+
+def _build(scale: float, settings: dict[str, Any]) -> ParticleGuidance:
+    return ParticleGuidance(scale, every=settings["every"], window=tuple(settings["window"]))
+
+
+PARTICLE_SPEC = MethodSpec(
+    name="pg",
+    doc="particle guidance: in-batch RBF repulsion of the latents, median-heuristic bandwidth",
+    paper="Corso et al., Particle Guidance: non-I.I.D. Diverse Sampling, ICLR 2024",
+    default_scale=constructor_defaults(ParticleGuidance, ["scale"])["scale"],
+    defaults=constructor_defaults(ParticleGuidance, ["every", "window"]),
+    build=_build,
+    help={
+        "every": "repel at denoising steps 0, every, 2*every, ...",
+        "window": "(start, end) fractions of the trajectory where the particles repel",
+    },
+)

@@ -1,6 +1,6 @@
 """``make demo``: the embedded model with and without SPARKE, evaluated, in one HTML report.
 
-    python -m sparke.demo --out runs/demo
+    python -m sparke.cli.demo --out runs/demo
 
 Four clusters of paraphrased prompts (4 prompts each, from ``sparke.embedded.prompt_clusters``), 4 images per
 prompt, 15 DPM-Solver++ steps with classifier-free guidance 4, three runs:
@@ -75,13 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     from rich import box
     from rich.table import Table
 
-    from sparke.cli._common import err, out, user_errors
+    from sparke.cli.common import err, out, user_errors
     from sparke.cli.generate import run_with_progress
-    from sparke.evaluation import evaluate_run, load_features
-    from sparke.generation import load_model, resolve_device
     from sparke.methods import METHODS, resolve_settings
     from sparke.report import build_report
     from sparke.runs import RunConfig
+    from sparke.runs.evaluation import evaluate_run, load_features
+    from sparke.runs.generation import load_model, resolve_device
 
     start = time.perf_counter()
     try:
@@ -156,7 +156,7 @@ def _ensure_passive_openmp() -> None:
     if "OMP_WAIT_POLICY" in os.environ:
         return
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    os.execve(sys.executable, [sys.executable, "-m", "sparke.demo", *sys.argv[1:]], env)
+    os.execve(sys.executable, [sys.executable, "-m", "sparke.cli.demo", *sys.argv[1:]], env)
 
 
 if __name__ == "__main__":

@@ -2,17 +2,21 @@
 
     DIR/run.json            what defines the run (model, method, settings, prompts, seed, ...), written once
     DIR/images/000012.png   image 12 (index = prompt_index * images_per_prompt + k)
-    DIR/manifest.jsonl      one JSON line per finished image: file, prompt, cluster, seed, method, settings, ...
+    DIR/manifest.jsonl      one JSON line per finished image: file, size, sha256, prompt, cluster, seed, ...
     DIR/bank.safetensors    the guide's memory bank after the last finished batch (``sparke.Bank`` file)
+    DIR/.sparke.lock        while a process writes the folder: its pid and host (``sparke.runs.lock``)
 
 A batch is committed in this order: each PNG to a temporary file, fsync, ``os.replace``; the batch's manifest
 lines appended (one ``write`` per line) and fsynced; the bank saved atomically with the number of committed
 batches in its metadata. A kill at any point leaves whole files and whole lines only; on restart a PNG
 without a manifest line is regenerated, and a batch whose lines exist but whose rows are missing from the bank
 is regenerated (its images are not rewritten) so that the bank, and every later image, equals the one an
-uninterrupted run would have made.
+uninterrupted run would have made. A resume verifies each listed image against the size and sha256 of its
+manifest line (see ``verify``): a damaged image is regenerated like a missing one.
 
-This module does no generation (see ``sparke.generation``); everything here is plain file I/O.
+Files are created with the process umask (0644 under the usual 022), atomic writes included.
+
+This module does no generation (see ``sparke.runs.generation``); everything here is plain file I/O.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -38,6 +43,9 @@ __all__ = [
     "RunError",
     "RunFolder",
     "WorkItem",
+    "ManifestScan",
+    "file_stamp",
+    "honour_umask",
     "image_seed",
     "plan",
     "read_prompts",
@@ -49,6 +57,7 @@ BANK_FILE = "bank.safetensors"
 IMAGES_DIR = "images"
 FORMAT = "sparke.run"
 FORMAT_VERSION = 1
+LOCK_FILE = ".sparke.lock"
 
 
 class RunError(Exception):
@@ -87,11 +96,12 @@ def read_prompts(path: str | os.PathLike) -> list[PromptEntry]:
         if path.suffix == ".jsonl":
             try:
                 obj = json.loads(line)
-                entries.append(
-                    PromptEntry(str(obj["prompt"]), obj.get("cluster"), obj.get("required") or None)
-                )
+                entry = PromptEntry(str(obj["prompt"]), obj.get("cluster"), obj.get("required") or None)
             except (ValueError, KeyError, TypeError):
                 raise RunError(f'{path}:{number}: expected a JSON object with a "prompt" field') from None
+            if entry.required is not None:
+                check_required(entry.required, f"{path}:{number}")
+            entries.append(entry)
         elif "\t" in line:
             cluster, prompt = (part.strip() for part in line.split("\t", 1))
             entries.append(PromptEntry(prompt, cluster or None))
@@ -102,6 +112,42 @@ def read_prompts(path: str | os.PathLike) -> list[PromptEntry]:
     if any(not e.prompt.strip() for e in entries):
         raise RunError(f"{path}: contains an empty prompt")
     return entries
+
+
+def required_vocabulary() -> dict[str, tuple[Any, ...]]:
+    """The values a prompt's ``required`` may take, per attribute: the embedded shapes world's vocabulary."""
+    from sparke.embedded import world as W
+
+    positions = tuple(W.cell_name(r, c) for r in range(3) for c in range(3))
+    return {
+        "shape": tuple(W.SHAPES),
+        "colour": tuple(W.COLOURS),
+        "count": (1, 2),
+        "size": tuple(W.SIZE_NAMES),
+        "background": tuple(W.BACKGROUND_NAMES),
+        "position": positions,
+    }
+
+
+def check_required(required: Any, where: str) -> None:
+    """``RunError`` naming the bad key or value when ``required`` leaves the shapes world's vocabulary
+    (the checker would silently score such a prompt 0)."""
+    vocabulary = required_vocabulary()
+    if not isinstance(required, dict):
+        raise RunError(
+            f'{where}: "required" must be an object such as {{"shape": "circle", "colour": "red"}}'
+        )
+    for key, value in required.items():
+        if key not in vocabulary:
+            raise RunError(
+                f'{where}: "required" has an unknown attribute {key!r} (known: {", ".join(vocabulary)})'
+            )
+        allowed = vocabulary[key]
+        if value not in allowed or isinstance(value, bool):
+            shown = ", ".join(str(v) for v in allowed)
+            raise RunError(
+                f'{where}: "required" {key} {value!r} is not in the shapes world (one of: {shown})'
+            )
 
 
 # -- the run's definition ---------------------------------------------------------------------------------------
@@ -167,6 +213,8 @@ def config_differences(
     """Human-readable differences between two ``RunConfig.to_json()`` dicts (keys in ``skip`` ignored)."""
     diffs: list[str] = []
     skip = set(skip)
+    if stored.get("method") != current.get("method"):
+        skip.add("settings")  # another method has other settings: the method's difference says it all
     for key in sorted(set(stored) | set(current)):
         if key in skip or key in ("format", "format_version"):
             continue
@@ -182,11 +230,21 @@ def config_differences(
                 diffs.append(f"prompt {i + 1} was {a[i]['prompt']!r}, now {b[i]['prompt']!r}")
         elif key == "settings" and isinstance(a, dict) and isinstance(b, dict):
             for name in sorted(set(a) | set(b)):
-                if a.get(name) != b.get(name):
-                    diffs.append(f"{name} was {a.get(name)!r}, now {b.get(name)!r}")
+                if name not in b:
+                    diffs.append(f"{name} was {a[name]!r}, now not set")
+                elif name not in a:
+                    diffs.append(f"{name} was not set, now {b[name]!r}")
+                elif a[name] != b[name]:
+                    diffs.append(f"{name} was {a[name]!r}, now {b[name]!r}")
+        elif key == "init_bank":
+            diffs.append(f"bank was {_bank_name(a)}, now {_bank_name(b)}")
         else:
             diffs.append(f"{key} was {a!r}, now {b!r}")
     return diffs
+
+
+def _bank_name(init_bank: Any) -> str:
+    return "none" if not init_bank else repr(str(init_bank.get("path")))
 
 
 # -- the work ---------------------------------------------------------------------------------------------------
@@ -211,7 +269,7 @@ def plan(config: RunConfig) -> list[WorkItem]:
     """All pipeline calls of a run, in order: image indices 0..n-1 cut into batches of ``batch_size``.
 
     Pure: the same config always gives the same list. A batch may span two prompts. To shard across k
-    processes, process r takes items r, r + k, ... of each round of k items (see ``sparke.generation``).
+    processes, process r takes items r, r + k, ... of each round of k items (see ``sparke.runs.generation``).
     """
     n, size = config.n_images, config.batch_size
     return [
@@ -225,6 +283,39 @@ def image_file(index: int) -> str:
 
 
 # -- the folder -------------------------------------------------------------------------------------------------
+def repair_command(path: str | os.PathLike) -> str:
+    """The command that repairs run folder ``path`` (quoted for a shell)."""
+    return f"sparke repair {shlex.quote(str(path))}"
+
+
+@dataclass
+class ManifestScan:
+    """What ``manifest.jsonl`` holds: the valid records (by index, a later line wins over an earlier one) and
+    where it is damaged. ``tail``: damaged or torn lines after the last valid one (an interrupted write; cut by
+    ``repair_manifest_tail``); ``middle``: numbers of damaged lines followed by valid ones (``sparke repair``)."""
+
+    records: dict[int, dict[str, Any]] = field(default_factory=dict)
+    middle: list[int] = field(default_factory=list)
+    tail: int = 0
+    torn: bool = False
+    keep_bytes: int = 0
+
+
+def _parse_record(line: bytes) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    index = record.get("index")
+    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        return None
+    if record.get("file") != image_file(index):  # never trust a path from a damaged line
+        return None
+    return record
+
+
 class RunFolder:
     """Reads and writes one run folder; every write is atomic (see the module docstring)."""
 
@@ -247,6 +338,10 @@ class RunFolder:
     def images_dir(self) -> Path:
         return self.path / IMAGES_DIR
 
+    @property
+    def lock_file(self) -> Path:
+        return self.path / LOCK_FILE
+
     # -- reading (no writes: safe on any folder) --------------------------------------------------------------
     def read_config(self) -> dict[str, Any] | None:
         """The stored ``run.json`` dict, or None when the folder has none."""
@@ -265,39 +360,139 @@ class RunFolder:
             )
         return data
 
-    def read_manifest(self) -> dict[int, dict[str, Any]]:
-        """Manifest records by image index. A last line without its newline (a write cut short) is ignored;
-        a damaged line elsewhere is a ``RunError``."""
+    def scan_manifest(self) -> ManifestScan:
+        """Every line of the manifest, sorted into valid records and damage (nothing is changed)."""
+        scan = ManifestScan()
         if not self.manifest_file.exists():
-            return {}
-        data = self.manifest_file.read_bytes()
-        records: dict[int, dict[str, Any]] = {}
+            return scan
+        try:
+            data = self.manifest_file.read_bytes()
+        except OSError as error:
+            raise RunError(f"{self.manifest_file}: unreadable ({error.strerror or error})") from None
         lines = data.split(b"\n")
-        complete = lines[:-1]  # the part after the last newline is empty or a torn write
-        for number, line in enumerate(complete, start=1):
+        scan.torn = bool(lines[-1].strip())  # the part after the last newline: empty, or a torn write
+        damaged: list[int] = []
+        offset = 0
+        for number, line in enumerate(lines[:-1], start=1):
+            offset += len(line) + 1
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-                index = int(record["index"])
-                record["file"]  # noqa: B018 - must be present
-            except (ValueError, KeyError, TypeError):
-                raise RunError(f"{self.manifest_file}:{number}: damaged manifest line") from None
-            records[index] = record
-        return records
+            record = _parse_record(line)
+            if record is None:
+                damaged.append(number)
+                continue
+            scan.records[record["index"]] = record
+            scan.middle.extend(damaged)  # damaged lines followed by a valid one
+            damaged = []
+            scan.keep_bytes = offset
+        scan.tail = len(damaged) + int(scan.torn)
+        return scan
 
-    def finished(self, records: dict[int, dict[str, Any]]) -> set[int]:
-        """Indices whose manifest line exists and whose PNG file is present and non-empty."""
-        done = set()
-        for index, record in records.items():
-            file = self.path / record["file"]
-            if file.is_file() and file.stat().st_size > 0:
-                done.add(index)
-        return done
+    def read_manifest(self) -> dict[int, dict[str, Any]]:
+        """Manifest records by image index. Damaged lines at the end (a write cut short) are ignored; a damaged
+        line followed by valid ones is a ``RunError`` that names ``sparke repair``."""
+        scan = self.scan_manifest()
+        if scan.middle:
+            raise RunError(self.damage_message(scan))
+        return scan.records
+
+    def damage_message(self, scan: ManifestScan) -> str:
+        more = len(scan.middle) - 1
+        return (
+            f"{self.manifest_file}:{scan.middle[0]}: damaged manifest line"
+            + (f" (and {more} more)" if more else "")
+            + f" before valid ones; run `{repair_command(self.path)}` to rebuild the manifest"
+        )
+
+    def check_image(self, record: dict[str, Any], deep: bool = True) -> str | None:
+        """None when the image of ``record`` is whole, else what is wrong with it ("missing", ...).
+
+        The size and sha256 of the manifest line are checked (the hash only when ``deep``); a line written
+        before they were recorded gets a full decode of the PNG instead (when ``deep``)."""
+        file = self.path / record["file"]
+        try:
+            size = file.stat().st_size
+        except FileNotFoundError:
+            return "missing"
+        except OSError as error:
+            return f"unreadable ({error.strerror or error})"
+        if not file.is_file():
+            return "not a file"
+        want = record.get("size")
+        if isinstance(want, int) and size != want:
+            return f"{size} bytes, the manifest says {want}"
+        if size == 0:
+            return "empty"
+        if not deep:
+            return None
+        digest = record.get("sha256")
+        try:
+            if isinstance(digest, str):
+                return None if file_sha256(file) == digest else "its sha256 differs from the manifest's"
+            from PIL import Image
+
+            with Image.open(file) as image:
+                image.load()
+        except OSError as error:
+            return f"unreadable ({error.strerror or error})"
+        except (ValueError, SyntaxError) as error:  # PIL's errors on a truncated or corrupt PNG
+            return f"unreadable ({error})"
+        return None
+
+    def verify(self, records: dict[int, dict[str, Any]], deep: bool = True) -> dict[int, str]:
+        """``{index: problem}`` for the listed images that are missing or damaged (see ``check_image``)."""
+        indices = sorted(records)
+        if not indices:
+            return {}
+        workers = min(8, os.cpu_count() or 1) if deep and len(indices) > 64 else 1
+        if workers > 1:  # hashing releases the GIL: big runs verify in parallel
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(workers) as pool:
+                found = list(pool.map(lambda i: self.check_image(records[i], deep), indices))
+        else:
+            found = [self.check_image(records[i], deep) for i in indices]
+        return {i: problem for i, problem in zip(indices, found, strict=True) if problem is not None}
+
+    def finished(self, records: dict[int, dict[str, Any]], deep: bool = False) -> set[int]:
+        """Indices whose manifest line exists and whose PNG is whole (sizes only unless ``deep``)."""
+        return set(records) - set(self.verify(records, deep))
 
     # -- preparing for writes ---------------------------------------------------------------------------------
-    def ensure_writable(self) -> None:
-        """Create the folder and ``images/``, and prove they can be written (a probe file), or ``RunError``."""
+    def check_target(self) -> None:
+        """``RunError`` when the folder cannot be created or written; writes nothing."""
+        path = self.path
+        if path.exists() or path.is_symlink():
+            if not path.is_dir():
+                raise RunError(
+                    f"{path}: is a file, not a folder; --out names the run folder (made if missing)"
+                )
+            images = self.images_dir
+            if images.exists() and not images.is_dir():
+                raise RunError(f"{images}: is a file, not a folder")
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise RunError(f"{path}: permission denied; choose an output folder you can write")
+            return
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise RunError(f"{path}: cannot be made, because {parent} is a file, not a folder")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise RunError(f"{path}: permission denied in {parent}; choose an output folder you can write")
+
+    def create(self) -> list[Path]:
+        """Make the folder and ``images/`` and prove they can be written (a probe file), or ``RunError``;
+        returns the folders it made (outermost first), so that a start that fails can remove them."""
+        self.check_target()
+        made = []
+        for folder in (self.path, self.images_dir):
+            missing = []
+            p = folder
+            while not p.exists():
+                missing.append(p)
+                p = p.parent
+            made.extend(reversed([m for m in missing if m not in made]))
         try:
             self.images_dir.mkdir(parents=True, exist_ok=True)
             for folder in (self.path, self.images_dir):
@@ -305,13 +500,18 @@ class RunFolder:
                 os.close(fd)
                 os.unlink(probe)
         except FileExistsError:
-            raise RunError(f"{self.path}: exists and is not a folder") from None
+            raise RunError(f"{self.path}: is a file, not a folder") from None
         except NotADirectoryError:
             raise RunError(f"{self.path}: a parent of this path is a file, not a folder") from None
         except PermissionError:
             raise RunError(f"{self.path}: permission denied; choose an output folder you can write") from None
         except OSError as error:
             raise RunError(f"{self.path}: cannot write here ({error.strerror or error})") from None
+        return made
+
+    def ensure_writable(self) -> None:
+        """Create the folder and ``images/`` (see ``create``)."""
+        self.create()
 
     def remove_stale_temporaries(self) -> int:
         """Delete temporary files left by a killed run (never a finished file); returns how many."""
@@ -323,19 +523,30 @@ class RunFolder:
                     count += 1
         return count
 
-    def repair_manifest_tail(self) -> None:
-        """Cut a torn last line (no newline) so the next append starts on a fresh line."""
-        if not self.manifest_file.exists():
-            return
-        data = self.manifest_file.read_bytes()
-        if data and not data.endswith(b"\n"):
-            with open(self.manifest_file, "r+b") as handle:
-                handle.truncate(data.rfind(b"\n") + 1)
-                handle.flush()
-                os.fsync(handle.fileno())
+    def repair_manifest_tail(self) -> str | None:
+        """Cut damaged or torn lines after the last valid one, so the next append starts on a fresh line;
+        returns a note saying what was cut (None when nothing was)."""
+        scan = self.scan_manifest()
+        if not scan.tail:
+            return None
+        with open(self.manifest_file, "r+b") as handle:
+            handle.truncate(scan.keep_bytes)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if scan.tail == 1 and scan.torn:
+            return f"{self.manifest_file}: cut its last line, torn by an interrupted write"
+        return (
+            f"{self.manifest_file}: cut {scan.tail} damaged line{'s' if scan.tail > 1 else ''} at its end "
+            "(an interrupted write); their images are made again"
+        )
 
     def write_config(self, config: RunConfig) -> None:
         atomic_write(self.run_file, (json.dumps(config.to_json(), indent=1) + "\n").encode())
+
+    def write_manifest(self, records: Sequence[dict[str, Any]]) -> None:
+        """Replace the whole manifest (atomically) with ``records``, one line each."""
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        atomic_write(self.manifest_file, text.encode())
 
     # -- committing a batch -----------------------------------------------------------------------------------
     def write_png(self, index: int, image: Any) -> str:
@@ -344,6 +555,7 @@ class RunFolder:
         target = self.path / rel
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         try:
+            honour_umask(fd)
             with os.fdopen(fd, "wb") as handle:
                 image.save(handle, format="PNG")
                 handle.flush()
@@ -354,11 +566,15 @@ class RunFolder:
             raise
         return rel
 
+    def stamp(self, rel: str) -> dict[str, Any]:
+        """``{"size", "sha256"}`` of a file of the folder, as recorded in its manifest line."""
+        return file_stamp(self.path / rel)
+
     def append_manifest(self, records: Sequence[dict[str, Any]]) -> None:
         """Append one line per record (each one ``write``: never a half line), then fsync."""
         if not records:
             return
-        fd = os.open(self.manifest_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.manifest_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         try:
             for record in records:
                 line = (json.dumps(record, ensure_ascii=False) + "\n").encode()
@@ -381,9 +597,40 @@ class RunFolder:
             os.close(fd)
 
 
+# -- files ------------------------------------------------------------------------------------------------------
+def process_umask() -> int:
+    """The process umask, read without changing it where the system allows (Linux ``/proc``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: the classic read (set and restore)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(target: int | str | os.PathLike, mode: int = 0o666) -> None:
+    """Give a file made by ``tempfile.mkstemp`` (always 0600) the mode ``open`` would have given it:
+    ``mode`` less the umask, as any Unix tool does. ``target``: a file descriptor or a path."""
+    wanted = mode & ~process_umask()
+    try:
+        if isinstance(target, int):
+            os.fchmod(target, wanted)
+        else:
+            os.chmod(target, wanted)
+    except (OSError, AttributeError, NotImplementedError):
+        pass  # a file system without modes (or Windows): nothing to honour
+
+
 def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file, fsync and rename (mode from the umask)."""
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        honour_umask(fd)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -410,3 +657,8 @@ def file_sha256(path: str | os.PathLike, limit: int | None = None) -> str:
                 if remaining <= 0:
                     break
     return digest.hexdigest()
+
+
+def file_stamp(path: str | os.PathLike) -> dict[str, Any]:
+    """``{"size": bytes, "sha256": hex}`` of a file."""
+    return {"size": os.stat(path).st_size, "sha256": file_sha256(path)}

@@ -1,0 +1,99 @@
+"""Shared pieces of the commands: the consoles and the one-line handling of bad input."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import warnings
+from collections.abc import Iterable, Iterator
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+# results on stdout, messages and progress on stderr (so `sparke evaluate ... > table.txt` stays clean)
+out = Console()
+err = Console(stderr=True)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, turned into an interrupt so that the same tidy exit applies."""
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print one red line on stderr and return the exit to raise."""
+    message = " ".join(
+        str(message).replace("Value error, ", "").split("\n")[0].split()
+    )  # one line, no pydantic prefix
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+@contextlib.contextmanager
+def user_errors(interrupted_hint: str = "") -> Iterator[None]:
+    """Turn bad input (``RunError``) and interrupts into one line and a non-zero exit, with no traceback."""
+    from sparke.runs import RunError
+
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: object) -> None:
+        raise Interrupted()
+
+    try:
+        signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread (e.g. inside a test runner's worker): keep the default
+        previous = None
+    try:
+        yield
+    except RunError as error:
+        raise fail(str(error)) from None
+    except KeyboardInterrupt:
+        err.print(
+            f"[yellow]interrupted[/]{'; ' + interrupted_hint if interrupted_hint else ''}", highlight=False
+        )
+        raise typer.Exit(130) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def user_warnings() -> Iterator[None]:
+    """Show the library's warnings (weak guidance, a bank on another device, ...) as one yellow line each,
+    once per message, instead of Python's two-line ``file:line: UserWarning`` form."""
+    seen: set[str] = set()
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+        text = str(message).strip()
+        if text in seen:
+            return
+        seen.add(text)
+        err.print(f"[yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", UserWarning)
+        warnings.simplefilter("always", RuntimeWarning)
+        warnings.filterwarnings("ignore", message=".*torch_dtype.*is deprecated", category=FutureWarning)
+        warnings.showwarning = show
+        try:
+            yield
+        finally:
+            warnings.showwarning = previous
+
+
+def print_notes(notes: Iterable[str], where: str = "") -> None:
+    """What a command repaired or noticed, one yellow line each on stderr."""
+    for note in notes:
+        err.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
+
+
+def human_size(size: int) -> str:
+    """``532 bytes``, ``14.2 kB``, ``3.1 MB``, ``1.20 GB`` (powers of 1000, like ``ls --si``)."""
+    if size < 1000:
+        return f"{size} bytes"
+    for unit, scale in (("kB", 1e3), ("MB", 1e6), ("GB", 1e9)):
+        if size < scale * 1000 or unit == "GB":
+            value = size / scale
+            return f"{value:.1f} {unit}" if value < 100 else f"{value:.0f} {unit}"
+    return f"{size} bytes"

@@ -1,0 +1,324 @@
+"""A bank that is exact while small and indexed once large: ``AutoBank``, and ``make_bank`` for the strings
+"auto", "exact" and "indexed" that the plug-in and the CLI accept.
+
+``AutoBank`` starts as an exact ``Bank``. Once it holds more than ``crossover`` rows (default: the figure of
+its device in ``CROSSOVER``), it moves its rows into an ``IndexedBank`` (a one-off cost, measured in
+benchmarks/results/cpu-2core-2026-11-29-crossover.md), whose step reads a fixed number of rows whatever n is. The index is built for the bandwidths of the last ``direction`` call (or the constructor's);
+a call with other bandwidths rebuilds it, and a call the index cannot answer (cosine kernel, Vendi
+objectives, "rke" on a bank with prompts) moves the rows back into an exact bank for good, with one warning.
+
+Files are the underlying bank's own (``Bank`` or ``IndexedBank`` format): ``AutoBank.load`` reads both.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+
+from . import bank as _bank
+from . import indexed as _indexed
+from .bank import Bank, BankFileError
+from .checks import check_device, check_kernel, check_objective, check_sigma, renamed_bandwidths
+from .defaults import KERNEL, OBJECTIVE, ON_NONFINITE, SIGMA_IMAGE, SIGMA_PROMPT
+from .indexed import IndexedBank
+
+# Bank rows from which the indexed step is faster than the exact one, per device type.
+# cpu: MEASURED with benchmarks/crossover.py (shared 2-core x86_64, one thread, B = 4, default neighbors and
+#   samples; benchmarks/results/cpu-2core-2026-11-29-crossover.md): break-even near 3,000 rows at
+#   d = 4,096 and 1,500-2,000 at d = 16,384 (the larger d, the earlier the index wins); 3,000 is the figure
+#   for d = 4,096 and costs at most ~1.5x at d = 16,384 between 2,000 and 3,000 rows.
+# cuda: DERIVED, NOT MEASURED (no GPU in the session that set it), from /work/shared/GPU-NOTES.md (H200,
+#   fp16, d = 16,384): the exact step is 1.39 ms at 10^4 rows, 2.2 ms at 10^5 and 16.2 ms at 10^6
+#   (~1.6e-5 ms per row past 10^5); the indexed step with the device flat search is taken as ~3 ms whatever
+#   n (0.25 ms search and 0.16 ms gather at 10^6, plus the host-side sampling and per-row products that
+#   made it 3.7 ms at 10^4 with a CPU search). The lines cross near 1.5e5 rows; 200,000 leaves the exact
+#   scan in charge until it clearly loses. Measure with benchmarks/crossover.py on a GPU and replace.
+CROSSOVER = {"cpu": 3000, "cuda": 200_000}
+# device types not listed above
+CROSSOVER_OTHER = 3000
+KINDS = ("auto", "exact", "indexed")
+# Rows moved per ``IndexedBank.add`` when switching (bounds the float32 copy it makes).
+MOVE_CHUNK = 65536
+
+
+def default_crossover(device: torch.device | str) -> int:
+    """Rows from which ``AutoBank`` on ``device`` switches to the indexed bank (``CROSSOVER``)."""
+    return CROSSOVER.get(torch.device(device).type, CROSSOVER_OTHER)
+
+
+class AutoBank:
+    """Image features x: (n, dim_x), optional prompt features y: (n, dim_y): an exact ``Bank`` up to
+    ``crossover`` rows (None: ``default_crossover(device)``; 0: indexed from the first row), an
+    ``IndexedBank`` past it. ``neighbors``, ``samples``, ``search_dim``, ``seed``, ``search``: the index's
+    options (see ``IndexedBank``); ``sigma_image``/``sigma_prompt``: its bandwidths until a ``direction``
+    call gives others. ``inner`` is the bank in use.
+    """
+
+    @renamed_bandwidths
+    def __init__(
+        self,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        crossover: int | None = None,
+        sigma_image: float = SIGMA_IMAGE,
+        sigma_prompt: float = SIGMA_PROMPT,
+        neighbors: int = 256,
+        samples: int | None = None,
+        search_dim: int = 64,
+        seed: int = 0,
+        search: str = "auto",
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        if crossover is not None and (
+            not isinstance(crossover, int) or isinstance(crossover, bool) or crossover < 0
+        ):
+            raise ValueError(f"crossover: must be a non-negative integer or None, got {crossover!r}")
+        if search not in _indexed.SEARCHES:
+            raise ValueError(f"search: must be one of {', '.join(_indexed.SEARCHES)}, got {search!r}")
+        self.crossover = crossover
+        self.index_options = dict(
+            neighbors=neighbors, samples=samples, search_dim=search_dim, seed=seed, search=search
+        )
+        # (objective or None for the bank's natural one, kernel, sigma_image, sigma_prompt) of the last call
+        self._settings = (
+            None,
+            KERNEL,
+            check_sigma(sigma_image, "sigma_image"),
+            check_sigma(sigma_prompt, "sigma_prompt"),
+        )
+        self._pinned = False  # True once a call needed the exact bank: it stays exact
+        self.inner: Bank | IndexedBank = Bank(device=check_device(device), dtype=dtype, metadata=metadata)
+
+    # -- reading ---------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __repr__(self) -> str:
+        return f"AutoBank(crossover={self.threshold}, inner={self.inner!r})"
+
+    @property
+    def threshold(self) -> int:
+        """The crossover in use: rows past which the bank is indexed."""
+        return default_crossover(self.device) if self.crossover is None else self.crossover
+
+    @property
+    def indexed(self) -> bool:
+        """Whether the rows are in an ``IndexedBank`` now."""
+        return isinstance(self.inner, IndexedBank)
+
+    @property
+    def x(self) -> torch.Tensor:
+        """(n, dim_x) view of the image features, oldest first."""
+        return self.inner.x
+
+    @property
+    def y(self) -> torch.Tensor | None:
+        """(n, dim_y) view of the prompt features, or None."""
+        return self.inner.y
+
+    @property
+    def dim_x(self) -> int | None:
+        return self.inner.dim_x
+
+    @property
+    def dim_y(self) -> int | None:
+        return self.inner.dim_y
+
+    @property
+    def device(self) -> torch.device:
+        return self.inner.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.inner.dtype
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The free-form dict saved with the bank (the same object across a switch)."""
+        return self.inner.metadata
+
+    # -- writing ---------------------------------------------------------------------------------------------
+    def add(self, x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray | None = None) -> None:
+        """Append rows x: (m, dim_x) and, for a prompt-aware bank, y: (m, dim_y); may switch to the index."""
+        self.inner.add(x, y)
+        self._maybe_index(self._settings)
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> AutoBank:
+        """Move the rows in place (the crossover follows the device); returns self."""
+        self.inner.to(device=device, dtype=dtype)
+        self._maybe_index(self._settings)
+        return self
+
+    # -- guidance --------------------------------------------------------------------------------------------
+    @renamed_bandwidths
+    def direction(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None = None,
+        *,
+        objective: str = OBJECTIVE,
+        kernel: str = KERNEL,
+        sigma_image: float = SIGMA_IMAGE,
+        sigma_prompt: float = SIGMA_PROMPT,
+        on_nonfinite: str = ON_NONFINITE,
+        skipped: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Ascent direction (B, dim_x) of the score of bank U batch for x: (B, dim_x), y: (B, dim_y), as
+        ``Bank.direction`` (exact) or ``IndexedBank.direction`` (past the crossover)."""
+        check_objective(objective)
+        check_kernel(kernel)
+        settings = (
+            objective,
+            kernel,
+            check_sigma(sigma_image, "sigma_image"),
+            check_sigma(sigma_prompt, "sigma_prompt"),
+        )
+        if self.indexed and not self._fits(settings):
+            if self._can_index(settings):
+                self._move(exact=True)  # other bandwidths: rebuild the index for them (below)
+            else:
+                warnings.warn(
+                    f"AutoBank: objective={objective!r}, kernel={kernel!r} needs the exact bank; moving "
+                    f"{len(self)} rows back to it for good",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                self._move(exact=True)
+                self._pinned = True
+        self._settings = settings
+        self._maybe_index(settings)
+        options = dict(objective=objective, kernel=kernel, sigma_image=sigma_image, sigma_prompt=sigma_prompt)
+        return self.inner.direction(x, y, **options, on_nonfinite=on_nonfinite, skipped=skipped)
+
+    def _fits(self, settings: tuple) -> bool:
+        """Whether the current index answers a call with these settings."""
+        objective, kernel, sigma_image, sigma_prompt = settings
+        index = self.inner
+        return (
+            self._can_index(settings)
+            and math.isclose(sigma_image, index.sigma_image, rel_tol=1e-9)
+            and (index.dim_y is None or math.isclose(sigma_prompt, index.sigma_prompt, rel_tol=1e-9))
+        )
+
+    def _can_index(self, settings: tuple) -> bool:
+        """Whether an index can answer calls with these settings (the order-2 score, Gaussian kernel)."""
+        objective, kernel, _, _ = settings
+        prompts = self.dim_y is not None
+        return (
+            kernel == "gaussian"
+            and objective in (None, "cond-rke" if prompts else "rke")
+            and self.dtype in _indexed._DTYPES.values()
+            and getattr(self.inner, "capacity", None) is None
+        )
+
+    def _maybe_index(self, settings: tuple) -> None:
+        if not self.indexed and not self._pinned and len(self) > self.threshold and self._can_index(settings):
+            self._move(exact=False, settings=settings)
+
+    def _move(self, *, exact: bool, settings: tuple | None = None) -> None:
+        """Copy the rows into a new exact bank, or into a new index for ``settings`` (the old bank is dropped)."""
+        old = self.inner
+        if exact:
+            new = Bank(device=old.device, dtype=old.dtype)
+        else:
+            _, kernel, sigma_image, sigma_prompt = settings
+            new = IndexedBank(
+                old.dim_x,
+                old.dim_y,
+                kernel=kernel,
+                sigma_image=sigma_image,
+                sigma_prompt=sigma_prompt,
+                device=old.device,
+                dtype=old.dtype,
+                **self.index_options,
+            )
+        n = len(old)
+        for start in range(0, n, MOVE_CHUNK):
+            stop = min(start + MOVE_CHUNK, n)
+            new.add(old.x[start:stop], None if old.y is None else old.y[start:stop])
+        new.metadata = old.metadata  # the same dict: a caller's reference stays valid
+        if not exact:
+            kept = _kept_pair_sum(old, settings)
+            if kept is not None:  # the exact bank's kept normaliser beats the index's estimate
+                new._pair_sum = kept
+        self.inner = new
+
+    # -- files -----------------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the underlying bank's own file (``Bank`` or ``IndexedBank`` format)."""
+        self.inner.save(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu", **options: Any) -> AutoBank:
+        """Read a ``Bank`` or ``IndexedBank`` file onto ``device``; ``options`` as for the constructor (an
+        indexed file keeps its own index settings). ``BankFileError`` names what is wrong."""
+        kind = bank_file_kind(path)
+        if kind == "indexed":
+            inner = IndexedBank.load(path, device, search=options.get("search", "auto"))
+            options.setdefault("sigma_image", inner.sigma_image)
+            options.setdefault("sigma_prompt", inner.sigma_prompt)
+        else:
+            inner = Bank.load(path, device)
+        bank = cls(device=device, dtype=inner.dtype, **options)
+        bank.inner = inner
+        if kind == "indexed":
+            bank.index_options.update(
+                neighbors=inner.neighbors, samples=inner.samples, search_dim=inner.search_dim, seed=inner.seed
+            )
+        bank._maybe_index(bank._settings)
+        return bank
+
+
+def bank_file_kind(path: str | os.PathLike) -> str:
+    """ "exact" for a ``Bank`` file, "indexed" for an ``IndexedBank`` file; ``BankFileError`` otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such bank file")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            tag = (handle.metadata() or {}).get("format")
+    except (SafetensorError, OSError, RuntimeError) as error:
+        raise BankFileError(f"{path}: truncated or corrupt bank file ({error})") from None
+    kinds = {_bank.FORMAT: "exact", _indexed.FORMAT: "indexed"}
+    if tag not in kinds:
+        raise BankFileError(f"{path}: not a sparke bank file (format tag {tag!r})")
+    return kinds[tag]
+
+
+def make_bank(
+    kind: str = "auto",
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    **options: Any,
+) -> Bank | AutoBank:
+    """A new empty bank for the plug-in and the CLI: "exact" (``Bank``), "auto" (``AutoBank``: exact, then
+    indexed past the device's crossover) or "indexed" (``AutoBank(crossover=0)``: indexed from the first
+    row, with dimensions taken from it). ``options`` go to the constructor."""
+    if kind == "exact":
+        return Bank(device=check_device(device), dtype=dtype, **options)
+    if kind == "auto":
+        return AutoBank(device=device, dtype=dtype, **options)
+    if kind == "indexed":
+        return AutoBank(device=device, dtype=dtype, crossover=0, **options)
+    raise ValueError(f"kind: must be one of {', '.join(KINDS)}, got {kind!r}")
+
+
+def _kept_pair_sum(bank: Bank, settings: tuple) -> float | None:
+    """The exact bank's normaliser for ``settings`` if it already keeps it (never computed here)."""
+    objective, kernel, sigma_image, sigma_prompt = settings
+    conditional = objective != "rke" and bank.y is not None
+    try:  # the exact bank's private cache: anything unexpected means "not kept"
+        key = _bank._key(kernel, sigma_image, sigma_prompt if conditional else None)
+        value = bank._pair_sums.get(key)
+    except (AttributeError, TypeError):
+        return None
+    return None if value is None else float(value)

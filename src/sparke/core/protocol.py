@@ -1,0 +1,86 @@
+"""What the guidance plug-in needs from a memory bank: ``BankLike``.
+
+``Bank``, ``IndexedBank`` and any user bank with these members can be passed wherever a bank is expected;
+``isinstance(bank, BankLike)`` checks that the members exist (not their signatures).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from .defaults import KERNEL, OBJECTIVE, ON_NONFINITE, SIGMA_IMAGE, SIGMA_PROMPT
+
+
+@runtime_checkable
+class BankLike(Protocol):
+    """Rows of image features x: (n, d) and optional prompt features y: (n, e), oldest first."""
+
+    def __len__(self) -> int:
+        """Number of rows n."""
+        ...
+
+    @property
+    def x(self) -> torch.Tensor:
+        """(n, d) image features (read-only view)."""
+        ...
+
+    @property
+    def y(self) -> torch.Tensor | None:
+        """(n, e) prompt features, or None for a bank without prompts."""
+        ...
+
+    @property
+    def dim_x(self) -> int | None:
+        """d, or None before the first ``add``."""
+        ...
+
+    @property
+    def dim_y(self) -> int | None:
+        """e, or None for a bank without prompts (or before the first ``add``)."""
+        ...
+
+    @property
+    def device(self) -> torch.device:
+        """Where the rows live."""
+        ...
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Storage type of the rows."""
+        ...
+
+    def add(self, x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray | None = None) -> None:
+        """Append rows x: (m, d) and, for a prompt-aware bank, their prompt features y: (m, e)."""
+        ...
+
+    def direction(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None = None,
+        *,
+        objective: str = OBJECTIVE,
+        kernel: str = KERNEL,
+        sigma_image: float = SIGMA_IMAGE,
+        sigma_prompt: float = SIGMA_PROMPT,
+        on_nonfinite: str = ON_NONFINITE,
+        skipped: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Ascent direction (B, d) of the diversity score of bank U batch for x: (B, d), y: (B, e).
+
+        ``on_nonfinite="raise"`` raises ``ValueError`` naming the bad input when the result is not finite;
+        ``"skip"`` returns zero rows where the direction is not finite, with no host synchronisation, and adds
+        the number of such rows to ``skipped`` (a 0-d integer tensor, updated in place) when it is given.
+        """
+        ...
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the bank to one file that the class's ``load`` reads back."""
+        ...
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> BankLike:
+        """Move the rows (and any cached state) in place; returns self, like ``torch.nn.Module.to``."""
+        ...

@@ -1,0 +1,53 @@
+"""Generation methods by name: one table for ``sparke generate --method``, ``sparke bench`` and ``sparke methods``.
+
+Each guide module declares its method's ``MethodSpec`` next to its class; ``METHODS`` collects them:
+
+- ``none``: the pipeline as is (``SPARKE`` at scale 0: nothing attached, the bank still records the images);
+- ``sparke``: prompt-aware Cond-RKE guidance (``sparke.SPARKE``, the paper's method);
+- ``rke``: latent RKE, SPARKE without the prompt kernel (``rke.LatentRKE``);
+- ``vendi``: Vendi score guidance over a 150-sample sliding window, as in c-VSG (``vendi.VendiGuidance``);
+- ``cads``: condition-annealed sampling, noise on the prompt embeddings (``cads.CADS``);
+- ``pg``: particle guidance, in-batch RBF repulsion (``particle.ParticleGuidance``).
+
+Adding a method is adding a spec: ``METHODS["mine"] = MethodSpec(name="mine", ..., build=...)``.
+A guide is a callable ``guide(pipe, **pipe_kwargs) -> pipeline output``; when it has a ``bank`` the command line
+saves it after each batch and restores it on resume.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sparke.guidance.plugin import NONE_SPEC, SPARKE_SPEC
+from sparke.guidance.spec import GuideLike, MethodSpec, resolve_settings
+
+from .cads import CADS, CADS_SPEC
+from .particle import PARTICLE_SPEC, ParticleGuidance
+from .rke import LATENT_RKE_SPEC, LatentRKE
+from .vendi import VENDI_SPEC, VendiGuidance
+
+__all__ = [
+    "CADS",
+    "METHODS",
+    "NAMES",
+    "GuideLike",
+    "LatentRKE",
+    "MethodSpec",
+    "ParticleGuidance",
+    "VendiGuidance",
+    "make",
+    "resolve_settings",
+]
+
+METHODS: dict[str, MethodSpec] = {
+    spec.name: spec
+    for spec in (NONE_SPEC, SPARKE_SPEC, LATENT_RKE_SPEC, VENDI_SPEC, CADS_SPEC, PARTICLE_SPEC)
+}
+NAMES = tuple(METHODS)
+
+
+def make(name: str, scale: float | None = None, **settings: Any) -> GuideLike:
+    """A fresh guide for method ``name`` (see ``METHODS``); ``scale`` None = the method's default."""
+    if name not in METHODS:
+        raise ValueError(f"method: must be one of {', '.join(METHODS)}, got {name!r}")
+    return METHODS[name].make(scale, **settings)

@@ -1,0 +1,39 @@
+"""Latent RKE guidance: SPARKE's unconditional ablation (Jalali et al., arXiv 2506.10173, the "latent RKE"
+baseline of its tables).
+
+The same plug-in as SPARKE with ``objective="rke"``: each new sample is pushed away from every earlier sample
+in the bank, whatever its prompt (no prompt kernel), so a red circle is also pushed away from blue squares.
+Defaults are the plug-in's: scale 0.03, every 10th step, sigma 0.8, latent space, whole-history bank.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sparke.guidance import SPARKE, MethodSpec
+from sparke.guidance.plugin import SPARKE_HELP
+from sparke.guidance.spec import constructor_defaults
+
+__all__ = ["LATENT_RKE_SPEC", "LatentRKE"]
+
+SETTINGS = ("every", "window", "space", "step", "sigma_image")
+
+
+def LatentRKE(scale: float = 0.03, **options: Any) -> SPARKE:  # noqa: N802 - a class-like factory
+    """A ``sparke.SPARKE`` guide with objective "rke"; ``options`` go to ``SPARKE``."""
+    return SPARKE(scale=scale, objective="rke", **options)
+
+
+def _build(scale: float, settings: dict[str, Any]) -> SPARKE:
+    return LatentRKE(scale, **{**settings, "window": tuple(settings["window"])})
+
+
+LATENT_RKE_SPEC = MethodSpec(
+    name="rke",
+    doc="latent RKE guidance: SPARKE without the prompt kernel (pushes away from every earlier image)",
+    paper="Jalali, Lei, Gohari, Farnia, SPARKE, arXiv 2506.10173 (latent RKE baseline)",
+    default_scale=constructor_defaults(LatentRKE, ["scale"])["scale"],
+    defaults=constructor_defaults(SPARKE, SETTINGS),
+    build=_build,
+    help={k: SPARKE_HELP[k] for k in SETTINGS},
+)

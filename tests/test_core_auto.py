@@ -1,0 +1,170 @@
+"""AutoBank: exact while small, indexed past the crossover, files of both kinds, and make_bank."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("faiss")
+
+import sparke  # noqa: E402
+from sparke.core import auto  # noqa: E402
+from sparke.core.auto import AutoBank, bank_file_kind, default_crossover, make_bank  # noqa: E402
+from sparke.core.bank import BankFileError  # noqa: E402
+from sparke.core.protocol import BankLike  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from _data import clustered  # noqa: E402
+
+SX, SY = 0.8, 0.3
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+def cos(a, b):
+    return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=1)
+
+
+def exact_direction(rows_x, rows_y, x, y, **options):
+    bank = sparke.Bank()
+    bank.add(rows_x, rows_y)
+    return bank.direction(x, y, **{"sigma_image": SX, "sigma_prompt": SY, **options})
+
+
+def test_is_a_bank_and_the_crossover_follows_the_device():
+    bank = AutoBank()
+    assert isinstance(bank, BankLike) and len(bank) == 0 and not bank.indexed
+    assert bank.threshold == default_crossover("cpu") == auto.CROSSOVER["cpu"]
+    assert default_crossover("cuda:0") == auto.CROSSOVER["cuda"]
+    assert AutoBank(crossover=7).threshold == 7
+    with pytest.raises(ValueError, match="^crossover:"):
+        AutoBank(crossover=-1)
+    with pytest.raises(ValueError, match="^search:"):
+        AutoBank(search="gpu")
+
+
+@pytest.mark.parametrize("conditional", [True, False])
+def test_switches_past_the_crossover_and_stays_close_to_exact(conditional):
+    x, y = clustered(1508, 64, 8, prompts=15, seed=1)
+    yy = y if conditional else None
+    bank = AutoBank(crossover=400, neighbors=128, samples=128, metadata={"model": "tiny"})
+    meta = bank.metadata
+    bank.add(x[8:408], None if yy is None else yy[8:408])
+    assert not bank.indexed and len(bank) == 400
+    objective = "cond-rke" if conditional else "rke"
+    q = (x[:8], None if yy is None else yy[:8])
+    before = bank.direction(*q, objective=objective, sigma_image=SX, sigma_prompt=SY)
+    want = exact_direction(x[8:408], None if yy is None else yy[8:408], *q, objective=objective)
+    assert torch.equal(before, want)  # the exact bank itself
+    bank.add(x[408:409], None if yy is None else yy[408:409])  # 401 rows: past the crossover
+    assert bank.indexed and len(bank) == 401 and bank.metadata is meta
+    reference = sparke.Bank()
+    reference.add(x[8:409], None if yy is None else yy[8:409])
+    kept = reference.pair_sum(sigma_image=SX, sigma_prompt=SY, conditional=conditional)
+    assert bank.inner.pair_sum() == pytest.approx(kept, rel=1e-6)  # the exact normaliser moved over
+    bank.add(x[409:], None if yy is None else yy[409:])
+    assert bank.indexed and torch.equal(bank.x, x[8:])
+    assert (bank.y is None) == (not conditional) and (yy is None or torch.equal(bank.y, yy[8:]))
+    assert bank.inner.sigma_image == SX and bank.inner.sigma_prompt == SY
+    after = torch.cat(
+        [
+            bank.direction(x[b : b + 1], None if yy is None else yy[b : b + 1], objective=objective)
+            for b in range(8)
+        ]
+    )
+    want = exact_direction(x[8:], None if yy is None else yy[8:], *q, objective=objective)
+    assert cos(after, want).min() > 0.98
+    ratio = torch.linalg.norm(after.double(), dim=1) / torch.linalg.norm(want.double(), dim=1)
+    assert ((ratio > 0.8) & (ratio < 1.25)).all()
+
+
+def test_other_bandwidths_rebuild_the_index_and_other_kernels_go_back_to_exact():
+    x, y = clustered(300, 32, 8, prompts=4, seed=2)
+    bank = AutoBank(crossover=100, neighbors=16, samples=16)
+    bank.add(x[4:], y[4:])
+    assert bank.indexed and bank.inner.sigma_image == SX
+    bank.direction(x[:4], y[:4], sigma_image=0.5, sigma_prompt=0.2)
+    assert bank.indexed and (bank.inner.sigma_image, bank.inner.sigma_prompt) == (0.5, 0.2)
+    with pytest.warns(RuntimeWarning, match="exact bank"):
+        got = bank.direction(x[:4], y[:4], kernel="cosine")
+    assert not bank.indexed and len(bank) == 296
+    assert torch.allclose(got, exact_direction(x[4:], y[4:], x[:4], y[:4], kernel="cosine"))
+    bank.add(x[:4], y[:4])
+    assert not bank.indexed  # pinned: it stays exact
+
+
+@pytest.mark.parametrize("crossover", [10**6, 50])
+def test_save_load_round_trips_both_kinds(tmp_path, crossover):
+    x, y = clustered(204, 32, 8, prompts=4, seed=3)
+    bank = AutoBank(crossover=crossover, neighbors=16, samples=0, metadata={"run": 1})
+    bank.add(x[4:], y[4:])
+    path = tmp_path / "bank.safetensors"
+    bank.save(path)
+    kind = "indexed" if crossover == 50 else "exact"
+    assert bank.indexed == (kind == "indexed") and bank_file_kind(path) == kind
+    # the file is the underlying bank's own: its class reads it
+    own = (sparke.IndexedBank if kind == "indexed" else sparke.Bank).load(path)
+    assert torch.equal(own.x, bank.x)
+    loaded = AutoBank.load(path, crossover=crossover)
+    assert loaded.indexed == bank.indexed and loaded.metadata == {"run": 1}
+    assert torch.equal(loaded.x, bank.x) and torch.equal(loaded.y, bank.y)
+    a = loaded.direction(x[:4], y[:4])
+    b = bank.direction(x[:4], y[:4])
+    assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+    loaded.add(x[:4], y[:4])
+    assert len(loaded) == 204
+
+
+def test_an_exact_file_past_the_crossover_loads_indexed(tmp_path):
+    x, y = clustered(200, 16, 8, prompts=3, seed=4)
+    plain = sparke.Bank()
+    plain.add(x, y)
+    plain.save(tmp_path / "b.safetensors")
+    assert AutoBank.load(tmp_path / "b.safetensors", crossover=100).indexed
+    assert not AutoBank.load(tmp_path / "b.safetensors").indexed
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        AutoBank.load(tmp_path / "missing.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a file")
+    with pytest.raises(BankFileError, match="corrupt"):
+        AutoBank.load(tmp_path / "junk.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(2, 2)}, str(tmp_path / "other.safetensors"), metadata={"format": "other"})
+    with pytest.raises(BankFileError, match="not a sparke bank"):
+        AutoBank.load(tmp_path / "other.safetensors")
+
+
+def test_make_bank():
+    assert type(make_bank("exact")) is sparke.Bank
+    bank = make_bank("auto", dtype=torch.float16)
+    assert (
+        isinstance(bank, AutoBank) and bank.dtype == torch.float16 and bank.threshold == auto.CROSSOVER["cpu"]
+    )
+    bank = make_bank("indexed", neighbors=8)
+    x, y = clustered(20, 16, 8, prompts=2, seed=5)
+    bank.add(x, y)
+    assert bank.indexed and bank.inner.neighbors == 8 and bank.inner.dim_x == 16
+    with pytest.raises(ValueError, match="^kind:"):
+        make_bank("hnsw")
+
+
+def test_to_moves_the_inner_bank():
+    x, y = clustered(120, 16, 8, prompts=2, seed=6)
+    for crossover in (10**6, 50):
+        bank = AutoBank(crossover=crossover, neighbors=8, samples=8)
+        bank.add(x[4:], y[4:])
+        assert bank.to(dtype=torch.float16) is bank
+        assert bank.dtype == torch.float16 and bank.x.dtype == torch.float16
+        assert torch.isfinite(bank.direction(x[:4], y[:4])).all()
+
+
+def test_old_bandwidth_names_warn():
+    with pytest.warns(DeprecationWarning, match="sigma_x"):
+        bank = AutoBank(crossover=0, sigma_x=0.5)
+    bank.add(torch.randn(3, 6), torch.randn(3, 2))
+    assert bank.inner.sigma_image == 0.5
