@@ -16,7 +16,6 @@ import os
 import platform
 import resource
 import time
-
 import warnings
 
 import torch
@@ -49,7 +48,9 @@ def plain(n: int, d: int, repeats: int) -> None:
     batch = torch.nn.functional.normalize(torch.randn(4, d, generator=gen), dim=1)
     batch_y = bank_y[:4].clone()
     size = (bank_x.numel() + bank_y.numel()) * 4 / 2**30
-    print(f"bank: {n} x {d} (+ {n} x 384 prompts) float32 = {size:.2f} GiB; process RSS {current_rss_gib():.2f} GiB")
+    print(
+        f"bank: {n} x {d} (+ {n} x 384 prompts) float32 = {size:.2f} GiB; process RSS {current_rss_gib():.2f} GiB"
+    )
     for repeat in range(repeats):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the "pair sum was estimated" warning
@@ -68,10 +69,13 @@ def plain(n: int, d: int, repeats: int) -> None:
 
 
 def timed(label: str, fn) -> float:
-    start = time.perf_counter()
+    """Wall seconds of fn(); also prints the process CPU seconds (a figure less sensitive to other load)."""
+    start, cpu = time.perf_counter(), time.process_time()
     value = fn()
     seconds = time.perf_counter() - start
-    print(f"{label:<42} {seconds:8.2f} s   value {value if isinstance(value, float) else '-'}")
+    cpu = time.process_time() - cpu
+    shown = value if isinstance(value, float) else "-"
+    print(f"{label:<42} {seconds:8.2f} s   (cpu {cpu:.2f} s)   value {shown}")
     return seconds
 
 

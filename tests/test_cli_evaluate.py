@@ -73,7 +73,9 @@ def test_hf_clip_features(runs, tiny_clip):
     x = extractor(run.load_images())
     y = encode_minilm([r["prompt"] for r in run.records])
     assert overall["vendi"] == pytest.approx(vendi(x, sigma=0.8), rel=1e-6)
-    assert overall["cond_vendi"] == pytest.approx(cond_vendi(x, y, sigma_image=0.8, sigma_prompt=0.3), rel=1e-6)
+    assert overall["cond_vendi"] == pytest.approx(
+        cond_vendi(x, y, sigma_image=0.8, sigma_prompt=0.3), rel=1e-6
+    )
     sims = [in_batch_similarity(x[i * 4 : i * 4 + 4]) for i in range(3)]
     assert overall["in_batch_similarity"] == pytest.approx(sum(sims) / 3, rel=1e-6)
 
@@ -153,3 +155,78 @@ def test_bad_input(tmp_path, runs):
         cli("evaluate", runs[0], "--sigma-image", 0, "--features", "embedded", "--device", "cpu")
     )
     assert "sigma-image" in line
+
+
+# -- issue 12 ----------------------------------------------------------------------------------------------------
+def _add_image(run: Path, index: int, prompt: str = "a red circle", cluster: str = "red") -> None:
+    import numpy as np
+    from PIL import Image
+
+    from sparke.runs import image_file
+
+    Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(run / image_file(index))
+    record = {"file": image_file(index), "index": index, "prompt": prompt, "cluster": cluster}
+    with open(run / "manifest.jsonl", "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def test_stale_metrics_are_recomputed_by_report(tmp_path):
+    from sparke.runs.evaluation import metrics_stale, read_metrics
+
+    run = fake_run(tmp_path / "run", method="none", scale=0.0, prompts=CLUSTERS, seed=3, model="embedded")
+    assert cli("evaluate", run, "--device", "cpu").exit_code == 0
+    assert metrics_stale(run) is None and read_metrics(run)["n_images"] == 12
+    _add_image(run, 12)  # a resumed run: one more image
+    assert metrics_stale(run) == "made from 12 images, the run has 13 now"
+    page = tmp_path / "page.html"
+    result = cli("report", run, "--out", page, "--no-evaluate")
+    assert result.exit_code == 0 and "stale" in result.stderr and f"sparke evaluate {run}" in result.stderr
+    assert read_metrics(run)["n_images"] == 12
+    result = cli("report", run, "--out", page, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "is stale" in result.stderr
+    assert read_metrics(run)["n_images"] == 13 and metrics_stale(run) is None
+    # a metrics.json of an older sparke (no manifest stamp) older than the manifest is stale too
+    data = read_metrics(run)
+    del data["manifest"]
+    (run / "metrics.json").write_text(json.dumps(data))
+    import os
+
+    os.utime(run / "metrics.json", (1, 1))
+    assert metrics_stale(run) == "it is older than the manifest"
+
+
+def test_embedded_encoder_on_another_model_warns(runs):
+    result = cli("evaluate", runs[0], "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert any("embedded shapes encoder" in line and "fake-model" in line for line in warnings), result.stderr
+    data = json.loads((runs[0] / "metrics.json").read_text())
+    assert any("embedded shapes encoder" in note for note in data["notes"])
+
+
+def test_truncated_png_names_the_repair(tmp_path):
+    run = fake_run(tmp_path / "run", method="none", scale=0.0, prompts=CLUSTERS, seed=4)
+    png = run / "images" / "000003.png"
+    png.write_bytes(png.read_bytes()[:30])
+    line = one_error_line(cli("evaluate", run, "--device", "cpu"))
+    assert "000003.png" in line and f"sparke repair {run}" in line
+
+
+def test_report_messages(runs, tmp_path):
+    line = one_error_line(cli("report", *runs, "--out", tmp_path / "missing" / "dir" / "r.html"))
+    assert "no such folder" in line and "mkdir -p" in line
+    assert not (tmp_path / "missing").exists()
+    line = one_error_line(cli("report", *runs, "--out", tmp_path))
+    assert "is a folder" in line
+    result = cli("report", *runs, "--out", tmp_path / "r.html", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "0.0 MB" not in result.stdout and ("kB" in result.stdout or "MB" in result.stdout)
+
+
+def test_human_size():
+    from sparke.cli.common import human_size
+
+    assert human_size(532) == "532 bytes"
+    assert human_size(14_200) == "14.2 kB"
+    assert human_size(3_100_000) == "3.1 MB"

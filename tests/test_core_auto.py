@@ -38,6 +38,9 @@ def test_is_a_bank_and_the_crossover_follows_the_device():
     assert isinstance(bank, BankLike) and len(bank) == 0 and not bank.indexed
     assert bank.threshold == default_crossover("cpu") == auto.CROSSOVER["cpu"]
     assert default_crossover("cuda:0") == auto.CROSSOVER["cuda"]
+    # narrower rows: the exact scan stays cheaper for longer
+    assert default_crossover("cpu", 256) == 4 * default_crossover("cpu", 1024) == 4 * auto.CROSSOVER["cpu"]
+    assert default_crossover("cpu", 16_384) == auto.CROSSOVER["cpu"] == default_crossover("mps", 16_384)
     assert AutoBank(crossover=7).threshold == 7
     with pytest.raises(ValueError, match="^crossover:"):
         AutoBank(crossover=-1)

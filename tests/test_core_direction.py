@@ -93,7 +93,9 @@ def test_estimated_normaliser_keeps_the_direction(monkeypatch):
 
 def test_ascending_the_direction_raises_the_score():
     x, y, bank_x, bank_y = data(25, 4, seed=7)
-    before = sparke.cond_rke(torch.cat([bank_x, x]), torch.cat([bank_y, y]), sigma_image=0.8, sigma_prompt=0.6)
+    before = sparke.cond_rke(
+        torch.cat([bank_x, x]), torch.cat([bank_y, y]), sigma_image=0.8, sigma_prompt=0.6
+    )
     step = sparke.diversity_direction(x, y, bank_x, bank_y, sigma_image=0.8, sigma_prompt=0.6)
     after = sparke.cond_rke(
         torch.cat([bank_x, x + 1e-3 * step]), torch.cat([bank_y, y]), sigma_image=0.8, sigma_prompt=0.6

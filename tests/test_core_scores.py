@@ -164,7 +164,10 @@ def test_unrelated_prompts_do_not_compare():
         (lambda: sparke.rke(torch.ones(2, 2), kernel="laplace"), "kernel"),
         (lambda: sparke.cond_rke(torch.ones(3, 2), torch.ones(2, 2)), "y"),
         (lambda: sparke.cond_vendi(torch.ones(2, 2), torch.ones(2, 2), sigma_prompt=0), "sigma_prompt"),
-        (lambda: sparke.cond_rke(torch.ones(2, 2), torch.ones(2, 2), sigma_image=float("nan")), "sigma_image"),
+        (
+            lambda: sparke.cond_rke(torch.ones(2, 2), torch.ones(2, 2), sigma_image=float("nan")),
+            "sigma_image",
+        ),
         (lambda: sparke.rke(torch.zeros(2, 2), kernel="cosine"), "x"),
         (lambda: sparke.in_batch_similarity(torch.zeros(2, 2)), "x"),
     ],

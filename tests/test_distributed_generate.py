@@ -15,6 +15,7 @@ import torch.distributed as dist
 
 from cli_helpers import SUBPROCESS_ENV, cli, folder_state, one_thread, save_tiny_shapes
 from sparke import Bank
+from sparke.runs import RunFolder
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()),
@@ -61,6 +62,9 @@ def check_complete(out: Path) -> Bank:
     assert [r["index"] for r in records] == list(range(6))  # one line per image, in image order
     assert [r["batch"] for r in records] == [0, 0, 1, 1, 2, 2]
     assert sorted(p.name for p in (out / "images").iterdir()) == [f"{i:06d}.png" for i in range(6)]
+    # every rank's PNG is stamped (size, sha256) and rank 0's lock is gone once the run ends
+    assert RunFolder(out).verify({r["index"]: r for r in records}) == {}
+    assert all("sha256" in r for r in records) and not (out / ".sparke.lock").exists()
     bank = Bank.load(out / "bank.safetensors")
     assert len(bank) == 6 and bank.y is not None
     assert bank.metadata["run"]["committed_batches"] == 3

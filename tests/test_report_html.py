@@ -92,13 +92,57 @@ def test_line_plot_svg():
     assert line_plot([{"label": "a", "points": [(0, None)]}], title="t", x_label="x", y_label="y") == ""
 
 
+def test_line_plot_starts_at_zero_so_a_small_difference_stays_small():
+    series = [{"label": "a", "points": [(0, 2.50), (0.01, 2.515)]}]
+    zoomed = line_plot(series, title="t", x_label="x", y_label="y")
+    honest = line_plot(series, title="t", x_label="x", y_label="y", y_from_zero=True)
+
+    def y_ticks(svg: str) -> list[float]:
+        return [float(v) for v in re.findall(r'text-anchor="end" fill="#5d6677">([-0-9.e]+)<', svg)]
+
+    assert min(y_ticks(zoomed)) > 2.0  # auto-zoom: a 0.6% step fills the plot
+    assert min(y_ticks(honest)) == 0.0 and max(y_ticks(honest)) >= 2.515
+
+
+def test_line_plot_draws_intervals():
+    svg = line_plot(
+        [{"label": "a", "points": [(0, 1.0), (0.1, 2.0)], "ci": {0: (0.8, 1.2), 0.1: (1.7, 2.3)}}],
+        title="t",
+        x_label="x",
+        y_label="y",
+        y_from_zero=True,
+    )
+    assert svg.count('opacity="0.6"') == 2
+
+
+def test_intervals_and_small_run_note(runs, tmp_path):
+    import json
+
+    for run in runs:
+        data = json.loads((run / "metrics.json").read_text())
+        cv = data["overall"]["cond_vendi"]
+        data["overall"]["ci"] = {"cond_vendi": [cv - 0.3, cv + 0.3]}
+        (run / "metrics.json").write_text(json.dumps(data))
+    try:
+        text = build_report(runs, tmp_path / "ci.html").read_text()
+    finally:
+        for run in runs:
+            data = json.loads((run / "metrics.json").read_text())
+            data["overall"].pop("ci")
+            (run / "metrics.json").write_text(json.dumps(data))
+    assert "<small class='ci'>[2.20, 2.80]</small>" in text
+    assert "95% bootstrap interval" in text
+    # 12 images in 2 clusters per run: the page says plainly that the differences may be noise
+    assert "Too small to conclude" in text and "12 images in 2 prompt clusters" in text
+
+
 def test_bad_input(tmp_path, runs):
     line = one_error_line(cli("report", tmp_path / "nowhere", "--out", tmp_path / "r.html"))
     assert "no such run folder" in line
     blocker = tmp_path / "file"
     blocker.write_text("x")
     line = one_error_line(cli("report", runs[0], "--out", blocker / "r.html", "--no-evaluate"))
-    assert "cannot write" in line
+    assert "cannot write" in line or "not a folder" in line
 
 
 def _chromium(page: Path, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:

@@ -24,6 +24,9 @@ __version__ = "0.1.0"
 _LAZY = {
     "SPARKE": "sparke.guidance",
     "IndexedBank": "sparke.core.indexed",
+    "AutoBank": "sparke.core.auto",
+    "make_bank": "sparke.core.auto",
+    "BankLike": "sparke.core.protocol",
 }
 
 
@@ -38,7 +41,9 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "AutoBank",
     "Bank",
+    "BankLike",
     "BankFileError",
     "IndexedBank",
     "SPARKE",
@@ -46,6 +51,7 @@ __all__ = [
     "cond_vendi",
     "diversity_direction",
     "in_batch_similarity",
+    "make_bank",
     "novelty_direction",
     "rke",
     "vendi",

@@ -137,12 +137,6 @@ def load_denoiser(path: str | Path | None = None) -> Denoiser:
     return model.eval().requires_grad_(False)
 
 
-def save_denoiser(model: Denoiser, path: str | Path) -> None:
-    from safetensors.torch import save_file
-
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-
-
 @dataclass
 class MixtureOutput:
     images: torch.Tensor  # (B, 2) points (named like diffusers' outputs)

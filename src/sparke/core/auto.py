@@ -29,11 +29,13 @@ from .checks import check_device, check_kernel, check_objective, check_sigma, re
 from .defaults import KERNEL, OBJECTIVE, ON_NONFINITE, SIGMA_IMAGE, SIGMA_PROMPT
 from .indexed import IndexedBank
 
-# Bank rows from which the indexed step is faster than the exact one, per device type.
-# cpu: MEASURED with benchmarks/crossover.py (shared 2-core x86_64, one thread, B = 4, default neighbors and
-#   samples; benchmarks/results/cpu-2core-2026-11-29-crossover.md): break-even near 3,000 rows at
-#   d = 4,096 and 1,500-2,000 at d = 16,384 (the larger d, the earlier the index wins); 3,000 is the figure
-#   for d = 4,096 and costs at most ~1.5x at d = 16,384 between 2,000 and 3,000 rows.
+# Bank rows from which the indexed step is faster than the exact one, per device type, for image rows of at
+# least CROSSOVER_DIM[device type] columns; for narrower rows the crossover grows as CROSSOVER_DIM / dim_x
+# (the exact scan gets cheaper per row, the index's fixed costs do not).
+# cpu: MEASURED with benchmarks/crossover.py (shared 2-core x86_64, one thread, B = 4, 768 prompt columns,
+#   default neighbors and samples; benchmarks/results/cpu-2core-2026-11-29-crossover.md): break-even near
+#   10,000 rows at d = 256, 3,000 at d = 1,024 and 4,096, 1,500-2,000 at d = 16,384; 3,000 costs at most
+#   ~1.6x at d = 16,384 between 2,000 and 3,000 rows.
 # cuda: DERIVED, NOT MEASURED (no GPU in the session that set it), from /work/shared/GPU-NOTES.md (H200,
 #   fp16, d = 16,384): the exact step is 1.39 ms at 10^4 rows, 2.2 ms at 10^5 and 16.2 ms at 10^6
 #   (~1.6e-5 ms per row past 10^5); the indexed step with the device flat search is taken as ~3 ms whatever
@@ -41,21 +43,27 @@ from .indexed import IndexedBank
 #   made it 3.7 ms at 10^4 with a CPU search). The lines cross near 1.5e5 rows; 200,000 leaves the exact
 #   scan in charge until it clearly loses. Measure with benchmarks/crossover.py on a GPU and replace.
 CROSSOVER = {"cpu": 3000, "cuda": 200_000}
-# device types not listed above
-CROSSOVER_OTHER = 3000
+CROSSOVER_DIM = {"cpu": 1024, "cuda": 16_384}
+# device types not listed above: as the CPU
 KINDS = ("auto", "exact", "indexed")
-# Rows moved per ``IndexedBank.add`` when switching (bounds the float32 copy it makes).
-MOVE_CHUNK = 65536
+# Rows moved per ``IndexedBank.add`` when switching (bounds the float32 copy it makes: 512 MiB at d = 16,384).
+MOVE_CHUNK = 8192
 
 
-def default_crossover(device: torch.device | str) -> int:
-    """Rows from which ``AutoBank`` on ``device`` switches to the indexed bank (``CROSSOVER``)."""
-    return CROSSOVER.get(torch.device(device).type, CROSSOVER_OTHER)
+def default_crossover(device: torch.device | str, dim_x: int | None = None) -> int:
+    """Rows from which ``AutoBank`` on ``device`` switches to the indexed bank, for image rows of ``dim_x``
+    columns (None: not known yet, the figure for wide rows): ``CROSSOVER`` scaled by ``CROSSOVER_DIM``."""
+    kind = torch.device(device).type
+    kind = kind if kind in CROSSOVER else "cpu"
+    rows, dim = CROSSOVER[kind], CROSSOVER_DIM[kind]
+    if dim_x is None or dim_x >= dim:
+        return rows
+    return rows * dim // dim_x
 
 
 class AutoBank:
     """Image features x: (n, dim_x), optional prompt features y: (n, dim_y): an exact ``Bank`` up to
-    ``crossover`` rows (None: ``default_crossover(device)``; 0: indexed from the first row), an
+    ``crossover`` rows (None: ``default_crossover(device, dim_x)``; 0: indexed from the first row), an
     ``IndexedBank`` past it. ``neighbors``, ``samples``, ``search_dim``, ``seed``, ``search``: the index's
     options (see ``IndexedBank``); ``sigma_image``/``sigma_prompt``: its bandwidths until a ``direction``
     call gives others. ``inner`` is the bank in use.
@@ -107,7 +115,7 @@ class AutoBank:
     @property
     def threshold(self) -> int:
         """The crossover in use: rows past which the bank is indexed."""
-        return default_crossover(self.device) if self.crossover is None else self.crossover
+        return default_crossover(self.device, self.dim_x) if self.crossover is None else self.crossover
 
     @property
     def indexed(self) -> bool:

@@ -87,7 +87,9 @@ class Bank:
         self._count = 0
         self._has_y: bool | None = None
         self._pair_sums: dict[str, float] = {}
-        self._workspace: Workspace | None = None  # of the order-2 direction: cached row norms, scratch buffers
+        self._workspace: Workspace | None = (
+            None  # of the order-2 direction: cached row norms, scratch buffers
+        )
 
     # -- reading ---------------------------------------------------------------------------------------------
     def __len__(self) -> int:

@@ -138,7 +138,9 @@ def check_device(device: torch.device | str, name: str = "device") -> torch.devi
         raise ValueError(f"{name}: not a torch device: {device!r} (e.g. 'cpu', 'cuda', 'cuda:1')") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"{name}: CUDA is not available on this machine (got {str(device)!r}); use 'cpu'")
+            raise ValueError(
+                f"{name}: CUDA is not available on this machine (got {str(device)!r}); use 'cpu'"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(f"{name}: {device} does not exist ({torch.cuda.device_count()} CUDA device(s))")
     elif device.type == "mps" and not torch.backends.mps.is_available():
@@ -153,7 +155,10 @@ def check_nonzero_rows(x: torch.Tensor, name: str) -> None:
 
 
 def check_finite_result(
-    result: torch.Tensor, inputs: dict[str, torch.Tensor | None], kernel: str, where: str = "diversity_direction"
+    result: torch.Tensor,
+    inputs: dict[str, torch.Tensor | None],
+    kernel: str,
+    where: str = "diversity_direction",
 ) -> None:
     """Raise ``ValueError`` naming the input that made ``result`` non-finite (one host sync when it is finite).
 

@@ -46,9 +46,9 @@ Array = torch.Tensor | np.ndarray
 # Above this many multiply-adds, the bank's own pair sum is estimated rather than computed (see module doc).
 EXACT_PAIR_SUM_BUDGET = 2**36
 ESTIMATE_PAIRS = 2**16
-# Feature values gathered per side and chunk of the estimate's random pairs (16 MiB of float32): bounds
-# its extra memory whatever the number of pairs.
-PAIR_CHUNK_ELEMENTS = 1 << 22
+# Feature values gathered per side and chunk of the estimate's random pairs (4 MiB of float32, which stays in
+# cache): bounds its extra memory whatever the number of pairs.
+PAIR_CHUNK_ELEMENTS = 1 << 20
 
 
 def _validate(x, y, bank_x, bank_y, objective, kernel, sigma_image, sigma_prompt, on_nonfinite):

@@ -543,11 +543,11 @@ def bank_direction(
         pair_sum, nx, ny, px, bank_x, bank_y, projection = 0.0, None, None, None, x[:0], None, None
     raising = check_finite and on_nonfinite == "raise"
     keep = None
-    if kernel == "cosine" and raising:
+    if raising and kernel == "cosine":
         check_nonzero_rows(x, "x")
         if y is not None:
             check_nonzero_rows(y, "y")
-    elif check_finite:  # "skip": bad rows are left out of the score on the device
+    if check_finite and not raising:  # "skip": bad rows are left out of the score, on the device
         x, y, keep = finite_rows(x, y, kernel)
     result = order2_direction(
         x,

@@ -35,6 +35,7 @@ __all__ = [
     "LEVEL",
     "N_BOOT",
     "Draws",
+    "cluster_intervals",
     "cond_vendi_replicates",
     "delta",
     "draw_units",
@@ -184,3 +185,59 @@ def cond_vendi_replicates(
         prompt_entropy = spectral_entropy_replicates(k_y, item_weights)
     joint = spectral_entropy_replicates(gaussian_kernel(x, sigma_x) * k_y, item_weights)
     return np.exp(joint - prompt_entropy)
+
+
+MAX_KERNEL_ROWS = 2048  # beyond this, run intervals skip the kernel scores (500 eigendecompositions each)
+
+
+def cluster_intervals(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    groups: list,
+    estimates: dict,
+    *,
+    kernel: str = "gaussian",
+    sigma_image: float = 0.8,
+    sigma_prompt: float = 0.3,
+    flags: list | None = None,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+) -> dict[str, list[float]] | None:
+    """95% intervals of one run's overall scores over its prompt clusters (``groups``: cluster of each image):
+    ``{metric: [low, high]}`` for vendi, cond_vendi (at most ``MAX_KERNEL_ROWS`` images), match_rate and
+    match_shape_colour (when ``flags``: per image (all, shape+colour) or None). None with fewer than 2 clusters.
+    """
+    names = list(dict.fromkeys(groups))
+    if len(names) < 2 or n_boot < 1:
+        return None
+    index = {g: i for i, g in enumerate(names)}
+    cluster = np.asarray([index[g] for g in groups])
+    draws = draw_units(len(names), 1, n_boot, seed=seed)
+    item = draws.per_item(cluster, np.zeros_like(cluster))
+    out: dict[str, list[float]] = {}
+
+    def kern(a: torch.Tensor, sigma: float) -> torch.Tensor:
+        if kernel == "cosine":
+            a = torch.nn.functional.normalize(a.to(torch.float64), dim=1)
+            return a @ a.T
+        return gaussian_kernel(a, sigma)
+
+    if x.shape[0] <= MAX_KERNEL_ROWS:
+        k_x, k_y = kern(x, sigma_image), kern(y, sigma_prompt)
+        if estimates.get("vendi") is not None:
+            out["vendi"] = interval(estimates["vendi"], np.exp(spectral_entropy_replicates(k_x, item)))
+        if estimates.get("cond_vendi") is not None:
+            joint = spectral_entropy_replicates(k_x * k_y, item) - spectral_entropy_replicates(k_y, item)
+            out["cond_vendi"] = interval(estimates["cond_vendi"], np.exp(joint))
+    if flags is not None:
+        known = np.asarray([f is not None for f in flags])
+        for j, metric in enumerate(("match_rate", "match_shape_colour")):
+            if estimates.get(metric) is None or not known.any():
+                continue
+            hit = np.asarray([bool(f[j]) if f is not None else False for f in flags], float)
+            sums = np.zeros((len(names), 1))
+            counts = np.zeros((len(names), 1))
+            np.add.at(sums, (cluster, 0), hit * known)
+            np.add.at(counts, (cluster, 0), known.astype(float))
+            out[metric] = interval(estimates[metric], mean_replicates(sums, counts, draws))
+    return out

@@ -20,8 +20,8 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from sparke.runs.evaluation import METRICS, RunImages, load_run, read_metrics
 from sparke.runs import RunError, atomic_write
+from sparke.runs.evaluation import METRICS, RunImages, load_run, read_metrics
 
 __all__ = ["build_report", "line_plot"]
 
@@ -102,14 +102,21 @@ def line_plot(
     y_label: str,
     width: int = 380,
     height: int = 250,
+    y_from_zero: bool = False,
 ) -> str:
-    """An inline SVG line plot. ``series``: dicts with ``label``, ``points`` [(x, y)], optional ``dashed``."""
+    """An inline SVG line plot. ``series``: dicts with ``label``, ``points`` [(x, y)], optional ``dashed`` and
+    ``ci`` {x: (low, high)} (drawn as error bars). ``y_from_zero``: the y axis starts at 0 (for scores >= 0),
+    so a small difference is drawn small instead of being zoomed into a cliff."""
     pts = [p for s in series for p in s["points"] if p[1] is not None]
     if not pts:
         return ""
     left, right, top, bottom = 52, 14, 40, 44
     xt = _nice_ticks(min(p[0] for p in pts), max(p[0] for p in pts))
-    yt = _nice_ticks(min(p[1] for p in pts), max(p[1] for p in pts))
+    bounds = [p[1] for p in pts] + [v for s in series for ci in (s.get("ci") or {}).values() for v in ci]
+    y_lo, y_hi = min(bounds), max(bounds)
+    if y_from_zero and y_lo >= 0:
+        y_lo = 0.0
+    yt = _nice_ticks(y_lo, y_hi)
     x0, x1, y0, y1 = xt[0], xt[-1], yt[0], yt[-1]
     pw, ph = width - left - right, height - top - bottom
 
@@ -156,6 +163,11 @@ def line_plot(
                 f"{'M' if i == 0 else 'L'}{sx(x):.1f},{sy(y):.1f}" for i, (x, y) in enumerate(points)
             )
             out.append(f'<path d="{path}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>')
+        for x, (low, high) in (s.get("ci") or {}).items():  # 95% intervals as error bars
+            out.append(
+                f'<line x1="{sx(x):.1f}" x2="{sx(x):.1f}" y1="{sy(low):.1f}" y2="{sy(high):.1f}" '
+                f'stroke="{colour}" stroke-width="1.2" opacity="0.6"/>'
+            )
         for x, y in [] if s.get("dashed") else points:  # a dashed reference line has no data points
             out.append(
                 f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3.5" fill="{colour}"><title>{_e(s["label"])}: '
@@ -190,7 +202,12 @@ def scale_plots(runs: Sequence[dict[str, Any]]) -> str:
                 for r in evaluated
                 if r["method"] == method
             ]
-            series.append({"label": method, "points": pts, "colour": PALETTE[k % len(PALETTE)]})
+            cis = {
+                float(r["scale"] or 0.0): tuple(r["metrics"]["overall"]["ci"][metric])
+                for r in evaluated
+                if r["method"] == method and metric in (r["metrics"]["overall"].get("ci") or {})
+            }
+            series.append({"label": method, "points": pts, "colour": PALETTE[k % len(PALETTE)], "ci": cis})
         # the unguided level as a dashed reference across the whole axis
         base = [
             r for r in evaluated if r["method"] == "none" and r["metrics"]["overall"].get(metric) is not None
@@ -213,14 +230,15 @@ def scale_plots(runs: Sequence[dict[str, Any]]) -> str:
                 else f"{label} (fidelity)",
                 x_label="guidance scale",
                 y_label=label,
+                y_from_zero=True,
             )
         )
     if not figures:
         return ""
     return (
-        '<section id="plots"><h2>Diversity against guidance scale</h2><div class="plots">'
-        + "\n".join(figures)
-        + "</div></section>"
+        '<section id="plots"><h2>Diversity against guidance scale</h2>'
+        "<p class='note'>Y axes start at 0, so a small difference looks small; bars: 95% intervals over the "
+        'prompt clusters.</p><div class="plots">' + "\n".join(figures) + "</div></section>"
     )
 
 
@@ -266,7 +284,9 @@ def metrics_table(runs: Sequence[dict[str, Any]]) -> str:
         for m in shown:
             value = r["metrics"]["overall"].get(m) if r["metrics"] else None
             cls = " class='best'" if value is not None and m in best and value == best[m] else ""
-            cells.append(f"<td{cls}>{_fmt(value, m)}</td>")
+            ci = (r["metrics"]["overall"].get("ci") or {}).get(m) if r["metrics"] else None
+            extra = f"<br><small class='ci'>[{_fmt(ci[0], m)}, {_fmt(ci[1], m)}]</small>" if ci else ""
+            cells.append(f"<td{cls}>{_fmt(value, m)}{extra}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return (
         "<div class='scroll'><table><thead><tr>"
@@ -304,7 +324,47 @@ def metrics_note(runs: Sequence[dict[str, Any]]) -> str:
     missing = [r["label"] for r in runs if r["metrics"] is None]
     if missing:
         text += f" Not evaluated: {_e(', '.join(missing))}."
+    if any("ci" in m["overall"] for m in evaluated):
+        text += (
+            " Under each value: its 95% bootstrap interval over the prompt clusters (how much the value would "
+            "move with other prompts of the same kind)."
+        )
+    text += small_run_note(runs)
     return text
+
+
+SMALL_CLUSTERS = 8  # fewer prompt clusters than this: intervals are rough and differences mean little
+SMALL_IMAGES = 200
+
+
+def small_run_note(runs: Sequence[dict[str, Any]]) -> str:
+    """A plain warning when the runs are too small for their differences to mean anything ('' otherwise)."""
+    evaluated = [r for r in runs if r["metrics"] is not None]
+    if len(evaluated) < 2:
+        return ""
+    n_images = min(r["metrics"]["n_images"] for r in evaluated)
+    n_clusters = min(len(r["metrics"].get("clusters") or []) for r in evaluated)
+    overlap = False
+    values = [
+        (
+            r["metrics"]["overall"].get("cond_vendi"),
+            (r["metrics"]["overall"].get("ci") or {}).get("cond_vendi"),
+        )
+        for r in evaluated
+    ]
+    known = [(v, ci) for v, ci in values if v is not None and ci]
+    if len(known) > 1:
+        spread = max(v for v, _ in known) - min(v for v, _ in known)
+        overlap = spread < max(ci[1] - ci[0] for _, ci in known) / 2
+    if n_images >= SMALL_IMAGES and n_clusters >= SMALL_CLUSTERS and not overlap:
+        return ""
+    why = f"{n_images} images in {n_clusters} prompt cluster{'s' if n_clusters != 1 else ''} per run"
+    tail = " and the Cond-Vendi differences are smaller than the intervals" if overlap else ""
+    return (
+        f" <span class='warning'><b>Too small to conclude:</b> {why}{tail}. Differences between these runs may "
+        "be noise: read the pictures, not the decimals. For a conclusion use more prompts and images "
+        "(<code>sparke bench</code> uses 384 images in 12 clusters per setting, with paired intervals).</span>"
+    )
 
 
 def settings_block(runs: Sequence[dict[str, Any]]) -> str:
@@ -398,6 +458,7 @@ def build_report(
         line = _cluster_metrics_line(infos, name, members)
         if line:
             parts.append(f"<p class='cluster-metrics'>{line}</p>")
+        parts.append(free_attributes_block(infos, members, by_run_prompt))
         for prompt in members:
             text = "" if members == [name] else f"<p class='ptext'>{_e(prompt)}</p>"  # cluster = this prompt
             parts.append(f"<div class='prompt' data-prompt='{_e(prompt.lower())}'>{text}")
@@ -448,6 +509,73 @@ def build_report(
     except OSError as error:
         raise RunError(f"{target}: cannot write the report ({error.strerror or error})") from None
     return target
+
+
+FREE_ATTRIBUTES = (("position", "positions", 9), ("size", "sizes", 3), ("background", "backgrounds", 4))
+
+
+def free_attributes_block(
+    infos: Sequence[dict[str, Any]], members: Sequence[str], by_run_prompt: Sequence[dict[str, list]]
+) -> str:
+    """Per run, the positions, sizes and backgrounds (the attributes the prompts leave free) that occur among
+    the cluster's images that match their prompt, read by the embedded world's checker ('' for other models)."""
+    try:
+        from sparke.embedded.checker import check, matches
+        from sparke.runs.evaluation import is_embedded_run, required_from_prompt
+    except ImportError:  # the checker needs scipy
+        return ""
+    import numpy as np
+    from PIL import Image
+
+    rows = []
+    for info, groups in zip(infos, by_run_prompt, strict=True):
+        if not is_embedded_run(info["run"]):
+            continue
+        records = [rec for p in members for rec in groups.get(p, [])]
+        if not records:
+            continue
+        required = records[0].get("required") or required_from_prompt(records[0]["prompt"]) or {}
+        free = [a for a in FREE_ATTRIBUTES if required.get(a[0]) is None]
+        counts: dict[str, dict[str, int]] = {a[0]: {} for a in free}
+        good = 0
+        for rec in records:
+            req = rec.get("required") or required_from_prompt(rec["prompt"])
+            if req is None:
+                continue
+            try:
+                with Image.open(info["run"].path / rec["file"]) as im:
+                    detected = check(np.asarray(im.convert("RGB")))
+            except OSError:
+                continue
+            if not matches(detected, req):
+                continue
+            good += 1
+            for name, *_ in free:
+                value = detected["objects"][0]["position"] if name == "position" else detected.get(name)
+                if value is not None:
+                    counts[name][value] = counts[name].get(value, 0) + 1
+        cells = []
+        for name, _plural, possible in free:
+            if name == "size" and int(required.get("count", 1)) == 2:
+                possible = 2  # two large shapes do not fit
+            seen = sorted(counts[name].items(), key=lambda kv: (-kv[1], kv[0]))
+            chips = " ".join(f"<span class='chip'>{_e(v)}&times;{n}</span>" for v, n in seen)
+            cells.append(f"<td><b>{min(len(seen), possible)}/{possible}</b> {chips}</td>")
+        rows.append(
+            f"<tr><td class='l'>{_e(info['label'])}</td><td>{good}/{len(records)}</td>"
+            + "".join(cells)
+            + "</tr>"
+        )
+    if not rows:
+        return ""
+    head = "".join(f"<th class='l'>{plural}</th>" for _, plural, _ in free)
+    return (
+        "<details class='free-attrs' open><summary>Free attributes among the images that match their prompt "
+        "(the checker's reading; more distinct values = more diverse)</summary><table><thead><tr>"
+        f"<th class='l'>run</th><th>matching</th>{head}</tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table></details>"
+    )
 
 
 def _cluster_metrics_line(infos: Sequence[dict[str, Any]], cluster: str, members: Sequence[str]) -> str:

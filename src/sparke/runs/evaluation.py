@@ -406,6 +406,14 @@ def evaluate_run(
             )
     opts = dict(kernel=kernel, sigma_image=sigma_image, sigma_prompt=sigma_prompt)
     overall = group_metrics(x, y, prompts, flags=flags, **opts)
+    # 95% bootstrap intervals over the prompt clusters (sparke.metrics.bootstrap); absent with one cluster
+    from sparke.metrics.bootstrap import cluster_intervals
+
+    intervals = cluster_intervals(
+        x, y, [r.get("cluster") or r["prompt"] for r in run.records], overall, flags=flags, **opts
+    )
+    if intervals is not None:
+        overall["ci"] = intervals
     clusters = []
     names = [r.get("cluster") or r["prompt"] for r in run.records]
     for name in dict.fromkeys(names):
