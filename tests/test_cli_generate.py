@@ -843,3 +843,23 @@ def test_bank_follows_the_pipeline_device():
 def test_run_bank_is_float32_on_cpu_and_loadable(reference):
     bank = Bank.load(reference / "bank.safetensors")
     assert bank.x.dtype == torch.float32 and bank.x.device.type == "cpu"
+
+
+def test_the_run_bank_switches_to_the_index_and_resumes_exactly(tiny, prompt_file, tmp_path, monkeypatch):
+    """The CLI's SPARKE bank is an AutoBank: past the crossover its rows move into an IndexedBank, the saved
+    file is an indexed bank file, and an interrupted run resumes to the same bytes."""
+    pytest.importorskip("faiss")
+    from sparke.core import auto
+    from sparke.core.auto import bank_file_kind
+
+    monkeypatch.setitem(auto.CROSSOVER, "cpu", 3)
+    monkeypatch.setitem(auto.CROSSOVER_DIM, "cpu", 1)  # no widening for narrow rows: switch past 3 rows
+    whole = tmp_path / "whole"
+    assert cli(*args(tiny, prompt_file, whole)).exit_code == 0
+    assert bank_file_kind(whole / "bank.safetensors") == "indexed"
+    part = tmp_path / "part"
+    assert cli(*args(tiny, prompt_file, part)).exit_code == 0
+    (part / "images" / "000008.png").unlink()  # the last batch is lost: replayed from the saved index
+    result = cli(*args(tiny, prompt_file, part))
+    assert result.exit_code == 0, result.output
+    assert (whole / "images" / "000008.png").read_bytes() == (part / "images" / "000008.png").read_bytes()

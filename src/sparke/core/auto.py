@@ -149,6 +149,11 @@ class AutoBank:
         return self.inner.dtype
 
     @property
+    def capacity(self) -> None:
+        """No capacity: an AutoBank keeps every row (evicting would fight the index)."""
+        return None
+
+    @property
     def metadata(self) -> dict[str, Any]:
         """The free-form dict saved with the bank (the same object across a switch)."""
         return self.inner.metadata
@@ -229,7 +234,15 @@ class AutoBank:
 
     def _maybe_index(self, settings: tuple) -> None:
         if not self.indexed and not self._pinned and len(self) > self.threshold and self._can_index(settings):
-            self._move(exact=False, settings=settings)
+            try:
+                self._move(exact=False, settings=settings)
+            except ImportError as error:  # no FAISS for a CPU index (pip install "sparke[index]"): stay exact
+                self._pinned = True
+                warnings.warn(
+                    f"AutoBank: {len(self)} rows would be faster indexed, but {error}; the bank stays exact",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
 
     def _move(self, *, exact: bool, settings: tuple | None = None) -> None:
         """Copy the rows into a new exact bank, or into a new index for ``settings`` (the old bank is dropped)."""

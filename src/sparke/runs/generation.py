@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from sparke.core import Bank, BankFileError
+from sparke.core.auto import AutoBank
 from sparke.methods import METHODS
 
 from .folder import (
@@ -304,11 +306,11 @@ def check_bank_compatible(meta: dict[str, Any], config: RunConfig, pipe: Any, wh
         raise RunError(f"{where}: bank with prompt encoder {encoder!r}, but this run uses {wanted!r}")
 
 
-def _load_bank(path: Path, where: str) -> Any:
-    from sparke.core import Bank, BankFileError
-
+def _load_bank(path: Path, where: str, like: Any = None) -> Any:
+    """The bank file at ``path``, as the same kind of bank as ``like`` (the guide's own): an ``AutoBank``
+    reads exact and indexed files alike and keeps switching; anything else is an exact ``Bank``."""
     try:
-        return Bank.load(path)
+        return (AutoBank if isinstance(like, AutoBank) else Bank).load(path)
     except FileNotFoundError:
         raise RunError(f"{where}: no such bank file") from None
     except BankFileError as error:
@@ -523,7 +525,7 @@ def _load_init_bank(session: Session, pipe: Any) -> Any:
     config = session.config
     path = Path(config.init_bank["path"])
     where = f"--bank {path}"
-    bank = _load_bank(path, where)
+    bank = _load_bank(path, where, like=session.bank)
     check_bank_compatible(bank.metadata, config, pipe, where)
     if config.init_bank.get("sha256") not in (None, file_sha256(path)):
         raise RunError(f"{where}: the file changed since this run started from it")
@@ -533,11 +535,9 @@ def _load_init_bank(session: Session, pipe: Any) -> Any:
 def _restore_bank(session: Session, pipe: Any, init_bank: Any = None) -> Any:
     """The run's bank from its file, or the --bank it starts from, or a fresh one; checked against the run,
     and placed on the pipeline's device (fp16 on CUDA)."""
-    from sparke.core import Bank
-
     config, folder = session.config, session.folder
     if folder.bank_file.exists():
-        bank = _load_bank(folder.bank_file, str(folder.bank_file))
+        bank = _load_bank(folder.bank_file, str(folder.bank_file), like=session.bank)
         check_bank_compatible(bank.metadata, config, pipe, str(folder.bank_file))
         run = bank.metadata.get("run") or {}
         if run.get("fingerprint") not in (None, config.fingerprint()):
@@ -555,17 +555,14 @@ def _restore_bank(session: Session, pipe: Any, init_bank: Any = None) -> Any:
     if config.init_bank is not None:
         bank = init_bank if init_bank is not None else _load_init_bank(session, pipe)
         session.initial_rows = len(bank)
-    else:
-        device, dtype = bank_placement(pipe)
-        bank = Bank(device=device, dtype=dtype)
+    else:  # the guide's own new bank: AutoBank for SPARKE, a sliding Bank for Vendi guidance
+        bank = session.bank
     bank.metadata.update(_bank_metadata(config))
     return _place(bank, pipe)
 
 
 def _roll_back(session: Session, batches: int) -> None:
     """Keep only the bank rows of the first ``batches`` batches (their images were removed from the folder)."""
-    from sparke.core import Bank
-
     bank = session.bank
     keep = session.initial_rows + sum(len(session.items[b].indices) for b in range(batches))
     if bank.capacity is not None:
@@ -573,7 +570,10 @@ def _roll_back(session: Session, batches: int) -> None:
             f"{session.folder.path}: images of batch {batches} are missing but the bank (with a capacity) "
             "cannot be rolled back; delete bank.safetensors and manifest.jsonl to start over"
         )
-    fresh = Bank(bank.capacity, device=bank.device, dtype=bank.dtype, metadata=bank.metadata)
+    if isinstance(bank, AutoBank):
+        fresh = AutoBank(device=bank.device, dtype=bank.dtype, metadata=bank.metadata)
+    else:
+        fresh = Bank(bank.capacity, device=bank.device, dtype=bank.dtype, metadata=bank.metadata)
     fresh.add(bank.x[:keep], None if bank.y is None else bank.y[:keep])
     session.guide.bank = fresh
     session.committed_batches = batches
