@@ -80,14 +80,16 @@ def main() -> None:
     moves = []
     for d in [int(v) for v in args.ds.split(",") if v]:
         qx, qy = clustered(args.batch, d, E, prompts=100, seed=999, centres_seed=d)
-        exact = sparke.Bank()
         index = sparke.IndexedBank(d, E)
-        n = 0
+        exact, n = sparke.Bank(), 0
         for target in [int(v) for v in args.ns.split(",") if v]:
-            kept = dict(exact._pair_sums)
-            exact._pair_sums.clear()  # not updated on add (see the module doc)
+            # a fresh exact bank each time: a kept normaliser would be updated on add, O(n m d) per add
+            previous, exact = exact, sparke.Bank()
+            if len(previous):
+                exact.add(previous.x, previous.y)
+            del previous
             grow([exact, index], n, target, d)
-            exact._pair_sums.update(kept)
+            exact.set_pair_sum(float(target))  # its value does not change the cost (see the module doc)
             n = target
             t_exact = median_ms(lambda b=exact, q=(qx, qy): b.direction(*q), args.reps)
             t_index = median_ms(lambda b=index, q=(qx, qy): b.direction(*q), args.reps)

@@ -43,6 +43,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 import sparke  # noqa: E402
 from tiny_pipelines import clip_tokenizer  # noqa: E402  (an in-memory tokenizer: no hub)
 
+from sparke.core.defaults import SIGMA_IMAGE, SIGMA_PROMPT  # noqa: E402
+from sparke.guidance.prompts import encode_prompts  # noqa: E402
+
 PROMPT = "a photo of a red car"
 
 
@@ -78,7 +81,11 @@ def build_pipeline(kind: str, tiny: bool) -> Any:
     tokenizer = clip_tokenizer()
     vocab = len(tokenizer)
     scheduler = DPMSolverMultistepScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        steps_offset=1,
     )
     if tiny:
         blocks, vae_blocks, layers, head, text = (32, 64), (32, 64), 1, 8, (32, 2, 4)
@@ -161,11 +168,17 @@ def prefill(bank: Any, n: int, d: int, e: int, device: torch.device, chunk: int 
     """Add n random unit rows (image dim d, prompt dim e) to ``bank`` and set its kept pair sum."""
     if n == 0:
         return bank
-    bank.reserve(n, d, e)  # one allocation of the final size, no geometric-growth copies
+    if isinstance(getattr(bank, "inner", bank), sparke.Bank):  # an AutoBank fills the bank it holds now
+        getattr(bank, "inner", bank).reserve(n, d, e)  # one allocation of the final size, no regrowth
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
         bank.add(unit_rows(m, d, device, start), unit_rows(m, e, device, 10**8 + start))
-    bank.assume_pair_sum(float(n))  # n distinct random rows: the pair sum is about n (see the module doc)
+    inner = getattr(bank, "inner", bank)
+    # n distinct random unit rows: the pair sum is about n (see the module doc)
+    if isinstance(inner, sparke.Bank):
+        inner.set_pair_sum(float(n), sigma_image=SIGMA_IMAGE, sigma_prompt=SIGMA_PROMPT)
+    else:
+        inner.set_pair_sum(float(n))
     return bank
 
 
@@ -253,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
     if device.type == "cpu" and not args.tiny:
         parser.error("no CUDA device: run with --tiny for the CPU smoke test")
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # tiny models: more threads only spin on a shared CPU
     kind = "sdxl" if args.sdxl else "sd"
     ns = [int(float(v)) for v in (args.ns or ("0,64,256" if args.tiny else "0,1e4,1e5,1e6")).split(",") if v]
     rounds = args.rounds or (1 if args.tiny else 5)
@@ -261,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     pipe = build_pipeline(kind, args.tiny)
     pipe.set_progress_bar_config(disable=True)
     pipe = pipe.to(device, torch.float16 if device.type == "cuda" else torch.float32)
-    dims = (4 * (size // 8) ** 2, pipe.text_encoder.config.hidden_size)
+    prompt_dim = encode_prompts("pipeline", pipe, [PROMPT]).shape[1]  # what the guide's prompt rows will be
+    dims = (pipe.unet.config.in_channels * (size // pipe.vae_scale_factor) ** 2, prompt_dim)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(
         f"{name}: {kind} pipeline, {steps} steps, {size} px, image features {dims[0]}, prompt features {dims[1]}"

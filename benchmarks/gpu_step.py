@@ -40,7 +40,6 @@ import _unet  # noqa: E402
 
 import sparke  # noqa: E402
 from sparke.core import fast  # noqa: E402
-from sparke.core.bank import _key  # noqa: E402
 
 SIGMA_X, SIGMA_Y, PROMPT_DIM = 0.8, 0.3, 768
 
@@ -89,8 +88,8 @@ def filled_bank(n: int, d: int, dtype: torch.dtype, device: torch.device, chunk:
             unit_rows(m, PROMPT_DIM, device, torch.float32, 10**7 + start),
         )
         if start == 0:
-            bank._reserve(n - m, d, PROMPT_DIM)  # one allocation of the final size
-    bank._pair_sums[_key("gaussian", SIGMA_X, SIGMA_Y)] = float(n)  # see the module doc
+            bank.reserve(n - m, d, PROMPT_DIM)  # one allocation of the final size
+    bank.set_pair_sum(float(n), sigma_image=SIGMA_X, sigma_prompt=SIGMA_Y)  # see the module doc
     return bank
 
 
@@ -125,11 +124,13 @@ def measure(kind: str, ns: list[int], args, device, out: dict) -> None:
                 continue
             banks[name] = filled_bank(n, d, bdtype, device)
             bank = banks[name]
-            variants[f"exact-{name}"] = lambda b=bank: b.direction(x, y, sigma_x=SIGMA_X, sigma_y=SIGMA_Y)
+            variants[f"exact-{name}"] = lambda b=bank: b.direction(
+                x, y, sigma_image=SIGMA_X, sigma_prompt=SIGMA_Y
+            )
         if "fp16" in banks:
             b16 = banks["fp16"]
             variants["exact-fp16-nosync"] = lambda b16=b16: fast.bank_direction(
-                b16, x, y, sigma_x=SIGMA_X, sigma_y=SIGMA_Y, check_finite=False
+                b16, x, y, sigma_image=SIGMA_X, sigma_prompt=SIGMA_Y, check_finite=False
             )
         indexed = None
         try:
@@ -160,13 +161,13 @@ def measure(kind: str, ns: list[int], args, device, out: dict) -> None:
         if "fp16" in banks and "exact-fp16-proj256" not in variants:
             # the projected variant changes the fp16 bank's workspace: timed after the others
             b16 = banks["fp16"]
-            fast.bank_direction(b16, x, y, sigma_x=SIGMA_X, sigma_y=SIGMA_Y, project_dim=256)
+            fast.bank_direction(b16, x, y, sigma_image=SIGMA_X, sigma_prompt=SIGMA_Y, project_dim=256)
             for _ in range(args.reps):
                 timer.time("unet", unet_step)
                 timer.time(
                     "exact-fp16-proj256",
                     lambda b16=b16: fast.bank_direction(
-                        b16, x, y, sigma_x=SIGMA_X, sigma_y=SIGMA_Y, project_dim=256
+                        b16, x, y, sigma_image=SIGMA_X, sigma_prompt=SIGMA_Y, project_dim=256
                     ),
                 )
         med = timer.collect()
@@ -196,7 +197,7 @@ def end_to_end(model, kw, bank, x, y, args, device) -> dict:
             model(**{**kw, "sample": z})
             if guided and step % 10 == 0:
                 flat = z[: args.images].reshape(args.images, -1).float()
-                direction = bank.direction(flat, y, sigma_x=SIGMA_X, sigma_y=SIGMA_Y)
+                direction = bank.direction(flat, y, sigma_image=SIGMA_X, sigma_prompt=SIGMA_Y)
                 z[: args.images] += 0.03 * direction.reshape(z[: args.images].shape).to(z.dtype)
         if device.type == "cuda":
             torch.cuda.synchronize()

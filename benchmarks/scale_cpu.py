@@ -31,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data import clustered  # noqa: E402
 
 import sparke  # noqa: E402
-from sparke.core.bank import _key  # noqa: E402
 
 SX, SY = 0.8, 0.3
 
@@ -99,7 +98,7 @@ def main() -> None:
             bank = sparke.Bank(dtype=dtype)
             fill(bank, n, args.d, e, seed=1)
             # the kept normaliser: its value does not change the cost (computing it is a one-off O(n^2 d))
-            bank._pair_sums[_key("gaussian", SX, SY)] = float(n)
+            bank.set_pair_sum(float(n), sigma_image=SX, sigma_prompt=SY)
             row[name] = median_ms(
                 lambda b=bank: b.direction(qx, qy, sigma_image=SX, sigma_prompt=SY), args.reps
             )

@@ -39,7 +39,14 @@ def exact_rows(qx, qy, bx, by):
     return torch.cat(
         [
             fast.order2_direction(
-                qx[b : b + 1], qy[b : b + 1], bx, by, kernel="gaussian", sigma_x=SX, sigma_y=SY, pair_sum=1.0
+                qx[b : b + 1],
+                qy[b : b + 1],
+                bx,
+                by,
+                kernel="gaussian",
+                sigma_image=SX,
+                sigma_prompt=SY,
+                pair_sum=1.0,
             )
             for b in range(qx.shape[0])
         ]
@@ -53,12 +60,15 @@ def indexed_part(ns, ks, d, out):
             qx, qy = clustered(QUERIES, d, 32, prompts=prompts, seed=2, centres_seed=7)
             exact = exact_rows(qx, qy, x, y)
             t0 = time.perf_counter()
-            bank = sparke.IndexedBank(d, 32, sigma_x=SX, sigma_y=SY)
+            bank = sparke.IndexedBank(d, 32, sigma_image=SX, sigma_prompt=SY)
             bank.add(x, y)
             build = time.perf_counter() - t0
             ratio = None
             if n <= 20_000:
-                ratio = bank.pair_sum() / bank_pair_sum(x, y, kernel="gaussian", sigma_x=SX, sigma_y=SY)[0]
+                ratio = (
+                    bank.pair_sum()
+                    / bank_pair_sum(x, y, kernel="gaussian", sigma_image=SX, sigma_prompt=SY)[0]
+                )
             for k in ks:
                 bank.neighbors, bank.samples = k, 3 * k  # the default samples = 3 * neighbors
                 got = torch.cat([bank.direction(qx[b : b + 1], qy[b : b + 1]) for b in range(QUERIES)])
@@ -86,14 +96,16 @@ def projection_part(n, d, dims, out):
     bank.add(x, y)
     exact = torch.cat(
         [
-            fast.bank_direction(bank, qx[b : b + 1], qy[b : b + 1], sigma_x=SX, sigma_y=SY)
+            fast.bank_direction(bank, qx[b : b + 1], qy[b : b + 1], sigma_image=SX, sigma_prompt=SY)
             for b in range(QUERIES)
         ]
     )
     for p in dims:
         got = torch.cat(
             [
-                fast.bank_direction(bank, qx[b : b + 1], qy[b : b + 1], sigma_x=SX, sigma_y=SY, project_dim=p)
+                fast.bank_direction(
+                    bank, qx[b : b + 1], qy[b : b + 1], sigma_image=SX, sigma_prompt=SY, project_dim=p
+                )
                 for b in range(QUERIES)
             ]
         )
@@ -110,16 +122,16 @@ def rff_part(n, d, seeds, out):
         (metrics.RFFRKE, sparke.rke(x, sigma=SX), dict(sigma=SX), (1024, 4096, 16384), False),
         (
             metrics.RFFCondRKE,
-            sparke.cond_rke(x, y, sigma_x=SX, sigma_y=SY),
-            dict(sigma_x=SX, sigma_y=SY),
+            sparke.cond_rke(x, y, sigma_image=SX, sigma_prompt=SY),
+            dict(sigma_image=SX, sigma_prompt=SY),
             (1024, 4096, 16384),
             True,
         ),
         (metrics.RFFVendi, sparke.vendi(x, sigma=SX), dict(sigma=SX), (256, 512, 1024), False),
         (
             metrics.RFFCondVendi,
-            sparke.cond_vendi(x, y, sigma_x=SX, sigma_y=SY),
-            dict(sigma_x=SX, sigma_y=SY),
+            sparke.cond_vendi(x, y, sigma_image=SX, sigma_prompt=SY),
+            dict(sigma_image=SX, sigma_prompt=SY),
             (256, 512, 1024),
             True,
         ),

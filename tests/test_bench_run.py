@@ -214,3 +214,29 @@ def test_scales_option_replaces_or_drops_one_sweep():
     for bad in ("sparke", "nope=0.1", "none=0.1", "sparke=a", "sparke=-1"):
         with pytest.raises(typer.BadParameter):
             parse_sweeps(base, [bad])
+
+
+def test_combine_runs_of_one_prompt_set(tmp_path):
+    from sparke.bench.combine import combine
+
+    pipe, encoder = _tiny()
+    base = BenchConfig(clusters=2, prompts=2, seeds=2, steps=2, n_boot=20, mixture=False)
+    a = dataclasses.replace(base, sweeps={"sparke": [0.1]})
+    b = dataclasses.replace(base, sweeps={"cads": [0.25]})
+    for name, config in (("a", a), ("b", b)):
+        run_bench(config, tmp_path / name, command=name, progress=None, pipe=pipe, encoder=encoder)
+    goal = combine(tmp_path / "ab", [tmp_path / "a", tmp_path / "b"])
+    rows = json.loads((tmp_path / "ab" / "results.json").read_text())
+    assert [r["label"] for r in rows] == ["world", "none", "sparke", "cads"]
+    assert "criteria" in goal or "reason" in goal
+    assert (tmp_path / "ab" / "results.md").stat().st_size > 0
+    with pytest.raises(ValueError, match="not paired"):
+        run_bench(
+            dataclasses.replace(b, seed=1),
+            tmp_path / "c",
+            command="c",
+            progress=None,
+            pipe=pipe,
+            encoder=encoder,
+        )
+        combine(tmp_path / "ac", [tmp_path / "a", tmp_path / "c"])

@@ -31,3 +31,25 @@ def test_gpu_step_tiny(tmp_path):
         assert {"unet", "exact-fp32", "exact-fp16", "exact-bf16", "exact-fp16-nosync"} <= set(row["ms"])
         assert all(v > 0 for v in row["ms"].values())
     assert result["end_to_end"]["s_per_image_guided"] > 0
+
+
+def test_gpu_plugin_tiny(tmp_path):
+    """The end-to-end plug-in benchmark on a tiny real StableDiffusionPipeline: every variant, every n."""
+    out = tmp_path / "plugin.json"
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "gpu_plugin.py"),
+        "--tiny",
+        "--ns",
+        "0,40",
+        "--out",
+        str(out),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert [row["n"] for row in result["rows"]] == [0, 40]
+    for row in result["rows"]:
+        assert {"vanilla", "default", "exact", "indexed", "exact-cpu"} <= set(row["per_image"])
+        assert all(v["median_s"] > 0 for v in row["per_image"].values())
+    assert result["rows"][1]["bank_kind"]["default"] == "AutoBank"

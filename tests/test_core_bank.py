@@ -245,3 +245,21 @@ def test_file_keys_of_the_pair_sums_are_unchanged(tmp_path):
         meta = handle.metadata()
     assert json.loads(meta["pair_sums"]) == {json.dumps(["gaussian", 0.8, 0.3]): value}
     assert sparke.Bank.load(tmp_path / "b.safetensors").pair_sum() == value
+
+
+def test_a_given_pair_sum_is_kept_and_updated():
+    gen = torch.Generator().manual_seed(1)
+    x, y = (
+        torch.randn(30, 4, generator=gen, dtype=torch.float64),
+        torch.randn(30, 2, generator=gen, dtype=torch.float64),
+    )
+    bank = sparke.Bank(dtype=torch.float64)
+    bank.add(x[:20], y[:20])
+    exact = sparke.Bank(dtype=torch.float64)
+    exact.add(x[:20], y[:20])
+    bank.set_pair_sum(exact.pair_sum(sigma_image=0.7, sigma_prompt=0.4), sigma_image=0.7, sigma_prompt=0.4)
+    bank.add(x[20:], y[20:])
+    exact.add(x[20:], y[20:])
+    assert bank.pair_sum(sigma_image=0.7, sigma_prompt=0.4) == pytest.approx(
+        exact.pair_sum(sigma_image=0.7, sigma_prompt=0.4), rel=1e-12
+    )

@@ -125,3 +125,26 @@ def test_vendi_interval_of_identical_sets_is_a_point_and_differs_from_a_spread_s
     cluster, round_ = np.repeat(np.arange(4), 4), np.tile(np.arange(4), 4)
     reps = vendi_replicates(x, 0.8, draws.per_item(cluster, round_))
     assert np.allclose(reps, 1.0, atol=1e-4)
+
+
+def test_cluster_intervals_of_a_run():
+    from sparke.core import cond_vendi, vendi
+    from sparke.metrics.bootstrap import cluster_intervals
+
+    torch.manual_seed(1)
+    x = torch.nn.functional.normalize(torch.randn(24, 6, dtype=torch.float64), dim=1)
+    y = torch.nn.functional.normalize(torch.randn(24, 5, dtype=torch.float64), dim=1)
+    groups = [f"c{i // 4}" for i in range(24)]  # 6 clusters of 4 images
+    flags = [(i % 3 != 0, True) for i in range(23)] + [None]
+    est = {
+        "vendi": vendi(x, sigma=0.8),
+        "cond_vendi": cond_vendi(x, y, sigma_image=0.8, sigma_prompt=0.3),
+        "match_rate": float(np.mean([f[0] for f in flags[:23]])),
+        "match_shape_colour": 1.0,
+    }
+    ci = cluster_intervals(x, y, groups, est, flags=flags, n_boot=100)
+    assert set(ci) == {"vendi", "cond_vendi", "match_rate", "match_shape_colour"}
+    for metric, (low, high) in ci.items():
+        assert low <= est[metric] + 1e-9 <= high + 2e-9, metric
+    assert ci["match_shape_colour"] == pytest.approx([1.0, 1.0])
+    assert cluster_intervals(x, y, ["one"] * 24, est) is None  # one cluster: nothing to resample

@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
-from . import bank as _bank
-from . import indexed as _indexed
+from .bank import FORMAT as EXACT_FORMAT
 from .bank import Bank, BankFileError
 from .checks import check_device, check_kernel, check_objective, check_sigma, renamed_bandwidths
 from .defaults import KERNEL, OBJECTIVE, ON_NONFINITE, SIGMA_IMAGE, SIGMA_PROMPT
-from .indexed import IndexedBank
+from .indexed import FORMAT as INDEXED_FORMAT
+from .indexed import SEARCHES, STORAGE_DTYPES, IndexedBank
 
 # Bank rows from which the indexed step is faster than the exact one, per device type, for image rows of at
 # least CROSSOVER_DIM[device type] columns; for narrower rows the crossover grows as CROSSOVER_DIM / dim_x
@@ -89,8 +89,8 @@ class AutoBank:
             not isinstance(crossover, int) or isinstance(crossover, bool) or crossover < 0
         ):
             raise ValueError(f"crossover: must be a non-negative integer or None, got {crossover!r}")
-        if search not in _indexed.SEARCHES:
-            raise ValueError(f"search: must be one of {', '.join(_indexed.SEARCHES)}, got {search!r}")
+        if search not in SEARCHES:
+            raise ValueError(f"search: must be one of {', '.join(SEARCHES)}, got {search!r}")
         self.crossover = crossover
         self.index_options = dict(
             neighbors=neighbors, samples=samples, search_dim=search_dim, seed=seed, search=search
@@ -228,7 +228,7 @@ class AutoBank:
         return (
             kernel == "gaussian"
             and objective in (None, "cond-rke" if prompts else "rke")
-            and self.dtype in _indexed._DTYPES.values()
+            and self.dtype in STORAGE_DTYPES.values()
             and getattr(self.inner, "capacity", None) is None
         )
 
@@ -269,7 +269,7 @@ class AutoBank:
         if not exact:
             kept = _kept_pair_sum(old, settings)
             if kept is not None:  # the exact bank's kept normaliser beats the index's estimate
-                new._pair_sum = kept
+                new.set_pair_sum(kept)
         self.inner = new
 
     # -- files -----------------------------------------------------------------------------------------------
@@ -308,7 +308,7 @@ def bank_file_kind(path: str | os.PathLike) -> str:
             tag = (handle.metadata() or {}).get("format")
     except (SafetensorError, OSError, RuntimeError) as error:
         raise BankFileError(f"{path}: truncated or corrupt bank file ({error})") from None
-    kinds = {_bank.FORMAT: "exact", _indexed.FORMAT: "indexed"}
+    kinds = {EXACT_FORMAT: "exact", INDEXED_FORMAT: "indexed"}
     if tag not in kinds:
         raise BankFileError(f"{path}: not a sparke bank file (format tag {tag!r})")
     return kinds[tag]
@@ -336,10 +336,6 @@ def make_bank(
 def _kept_pair_sum(bank: Bank, settings: tuple) -> float | None:
     """The exact bank's normaliser for ``settings`` if it already keeps it (never computed here)."""
     objective, kernel, sigma_image, sigma_prompt = settings
-    conditional = objective != "rke" and bank.y is not None
-    try:  # the exact bank's private cache: anything unexpected means "not kept"
-        key = _bank._key(kernel, sigma_image, sigma_prompt if conditional else None)
-        value = bank._pair_sums.get(key)
-    except (AttributeError, TypeError):
-        return None
-    return None if value is None else float(value)
+    return bank.kept_pair_sum(
+        kernel=kernel, sigma_image=sigma_image, sigma_prompt=sigma_prompt, conditional=objective != "rke"
+    )

@@ -44,7 +44,7 @@ from .kernels import squared_kernel_sum
 
 FORMAT = "sparke.bank"
 FORMAT_VERSION = 1
-_DTYPES = {
+STORAGE_DTYPES = {
     "float32": torch.float32,
     "float64": torch.float64,
     "float16": torch.float16,
@@ -75,8 +75,8 @@ class Bank:
     ) -> None:
         if capacity is not None and (not isinstance(capacity, int) or capacity < 1):
             raise ValueError(f"capacity: must be a positive integer or None, got {capacity!r}")
-        if dtype not in _DTYPES.values():
-            raise ValueError(f"dtype: must be one of {', '.join(_DTYPES)}, got {dtype}")
+        if dtype not in STORAGE_DTYPES.values():
+            raise ValueError(f"dtype: must be one of {', '.join(STORAGE_DTYPES)}, got {dtype}")
         self.capacity = capacity
         self._device = check_device(device)
         self._dtype = dtype
@@ -252,8 +252,8 @@ class Bank:
         cached row norms are recomputed at the next direction."""
         device = self._device if device is None else check_device(device)
         dtype = self._dtype if dtype is None else dtype
-        if dtype not in _DTYPES.values():
-            raise ValueError(f"dtype: must be one of {', '.join(_DTYPES)}, got {dtype}")
+        if dtype not in STORAGE_DTYPES.values():
+            raise ValueError(f"dtype: must be one of {', '.join(STORAGE_DTYPES)}, got {dtype}")
         if device == self._device and dtype == self._dtype:
             return self
         if self._x is not None:  # only the live rows move: the new buffers are full, ``add`` grows them
@@ -288,6 +288,50 @@ class Bank:
                 bx, by, kernel=kernel, sigma_image=sigma_image, sigma_prompt=sigma_prompt, max_work=1 << 62
             )[0]
         return self._pair_sums[key]
+
+    @renamed_bandwidths
+    def set_pair_sum(
+        self,
+        value: float,
+        *,
+        kernel: str = KERNEL,
+        sigma_image: float = SIGMA_IMAGE,
+        sigma_prompt: float = SIGMA_PROMPT,
+        conditional: bool = True,
+    ) -> None:
+        """Keep ``value`` as the pair sum of these settings instead of computing it (O(n^2 d)): for benchmarks
+        and banks whose pair sum is known; it is kept up to date by later ``add`` calls like a computed one."""
+        check_kernel(kernel)
+        sigma_image, sigma_prompt = check_bandwidths(sigma_image, sigma_prompt)
+        conditional = conditional and self._y is not None
+        self._pair_sums[_key(kernel, sigma_image, sigma_prompt if conditional else None)] = float(value)
+
+    @renamed_bandwidths
+    def kept_pair_sum(
+        self,
+        *,
+        kernel: str = KERNEL,
+        sigma_image: float = SIGMA_IMAGE,
+        sigma_prompt: float = SIGMA_PROMPT,
+        conditional: bool = True,
+    ) -> float | None:
+        """The pair sum of these settings if the bank already keeps it, else None (never computed here)."""
+        conditional = conditional and self._y is not None
+        value = self._pair_sums.get(
+            _key(kernel, float(sigma_image), float(sigma_prompt) if conditional else None)
+        )
+        return None if value is None else float(value)
+
+    def reserve(self, rows: int, dim_x: int, dim_y: int | None = None) -> None:
+        """Allocate room for ``rows`` more rows now (one allocation instead of geometric growth): for filling a
+        large bank in chunks. ``dim_x``/``dim_y`` must match the bank's once it has rows."""
+        if not (isinstance(rows, int) and rows >= 0):
+            raise ValueError(f"rows: must be an integer >= 0, got {rows!r}")
+        if self.dim_x is not None and (dim_x, dim_y) != (self.dim_x, self.dim_y):
+            raise ValueError(
+                f"dim_x, dim_y: the bank holds ({self.dim_x}, {self.dim_y}), got ({dim_x}, {dim_y})"
+            )
+        self._reserve(rows, dim_x, dim_y)
 
     @renamed_bandwidths
     def direction(
@@ -375,7 +419,7 @@ class Bank:
             capacity = json.loads(meta["capacity"])
             user = json.loads(meta["user"])
             pair_sums = json.loads(meta.get("pair_sums", "{}"))
-            dtype = _DTYPES[meta["dtype"]]
+            dtype = STORAGE_DTYPES[meta["dtype"]]
         except (KeyError, ValueError) as error:
             raise BankFileError(f"{path}: bank metadata is incomplete or corrupt ({error})") from None
         if x.shape[0] != count or (count and x.shape[1] != dim_x):

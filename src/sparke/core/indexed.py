@@ -61,7 +61,7 @@ from .kernels import squared_distances
 
 FORMAT = "sparke.indexed_bank"
 FORMAT_VERSION = 1
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # HNSW graph degree and construction breadth: about 1,500 rows/s per core to add, recall of the top 256
 # good enough for the direction (docs/scale.md).
 HNSW_M = 16
@@ -137,8 +137,8 @@ class IndexedBank:
                 "kernel: IndexedBank supports 'gaussian' only (the squared cosine kernel is not a function of "
                 "a distance, so nearest neighbours do not carry its weight); use sparke.Bank"
             )
-        if dtype not in _DTYPES.values():
-            raise ValueError(f"dtype: must be one of {', '.join(_DTYPES)}, got {dtype}")
+        if dtype not in STORAGE_DTYPES.values():
+            raise ValueError(f"dtype: must be one of {', '.join(STORAGE_DTYPES)}, got {dtype}")
         self.dim_x, self.dim_y = dim_x, dim_y
         self.neighbors = neighbors
         if samples is None:
@@ -221,6 +221,11 @@ class IndexedBank:
     def pair_sum(self) -> float:
         """The kept estimate of the bank's own sum of squared joint kernel entries (see the module doc)."""
         return self._pair_sum
+
+    def set_pair_sum(self, value: float) -> None:
+        """Keep ``value`` as the bank's pair sum instead of the running estimate (a known or exact figure, such
+        as an exact bank's when its rows move here); later ``add`` calls update it as usual."""
+        self._pair_sum = float(value)
 
     # -- writing ---------------------------------------------------------------------------------------------
     def add(self, x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray | None = None) -> None:
@@ -501,8 +506,8 @@ class IndexedBank:
         search follows the rows: a device flat scan on CUDA, FAISS elsewhere (rebuilt from the kept keys)."""
         device = self.device if device is None else torch.device(device)
         dtype = self.dtype if dtype is None else dtype
-        if dtype not in _DTYPES.values():
-            raise ValueError(f"dtype: must be one of {', '.join(_DTYPES)}, got {dtype}")
+        if dtype not in STORAGE_DTYPES.values():
+            raise ValueError(f"dtype: must be one of {', '.join(STORAGE_DTYPES)}, got {dtype}")
         if device == self.device and dtype == self.dtype:
             return self
         old_mode = self.search_mode
@@ -581,7 +586,7 @@ class IndexedBank:
             settings = json.loads(meta["settings"])
             pair_sum = float(json.loads(meta["pair_sum"]))
             user = json.loads(meta["user"])
-            dtype = _DTYPES[settings.pop("dtype")]
+            dtype = STORAGE_DTYPES[settings.pop("dtype")]
             sigmas = {"sigma_image": settings.pop("sigma_x"), "sigma_prompt": settings.pop("sigma_y")}
             bank = cls(
                 settings.pop("dim_x"),
