@@ -41,10 +41,9 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import sparke  # noqa: E402
-from tiny_pipelines import clip_tokenizer  # noqa: E402  (an in-memory tokenizer: no hub)
-
 from sparke.core.defaults import SIGMA_IMAGE, SIGMA_PROMPT  # noqa: E402
 from sparke.guidance.prompts import encode_prompts  # noqa: E402
+from tiny_pipelines import clip_tokenizer  # noqa: E402  (an in-memory tokenizer: no hub)
 
 PROMPT = "a photo of a red car"
 
