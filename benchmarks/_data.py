@@ -1,6 +1,10 @@
-"""Synthetic guidance-like features shared by the benchmarks: unit image rows in prompt clusters."""
+"""Synthetic guidance-like features and a timer shared by the benchmarks: unit image rows in prompt clusters."""
 
 from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
 
 import torch
 
@@ -42,3 +46,15 @@ def clustered(
         x[start : start + m] = torch.nn.functional.normalize(xs, dim=1)
         y[start : start + m] = torch.nn.functional.normalize(ys, dim=1)
     return x, y
+
+
+def median_ms(fn: Callable[[], object], reps: int) -> float:
+    """Median milliseconds of ``reps`` calls of ``fn``, after two warm-up calls."""
+    fn()
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(1e3 * (time.perf_counter() - t0))
+    return statistics.median(times)

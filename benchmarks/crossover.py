@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -24,23 +23,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _data import clustered  # noqa: E402
+from _data import clustered, median_ms  # noqa: E402
 
 import sparke  # noqa: E402
 from sparke.core.auto import CROSSOVER  # noqa: E402
 
 E = 768
-
-
-def median_ms(fn, reps: int) -> float:
-    fn()
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(1e3 * (time.perf_counter() - t0))
-    return statistics.median(times)
 
 
 def grow(banks, n_from: int, n_to: int, d: int, chunk: int = 2048) -> None:

@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,22 +27,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _data import clustered  # noqa: E402
+from _data import clustered, median_ms  # noqa: E402
 
 import sparke  # noqa: E402
 
 SX, SY = 0.8, 0.3
-
-
-def median_ms(fn, reps: int) -> float:
-    fn()
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(1e3 * (time.perf_counter() - t0))
-    return statistics.median(times)
 
 
 def fill(bank, n: int, d: int, e: int, seed: int, chunk: int = 4096) -> float:

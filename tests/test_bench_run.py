@@ -182,6 +182,10 @@ def test_best_rows_respect_the_fidelity_floor_and_goal_check():
     assert not goal_check(rows)["met"]
     rows[1]["cond_vendi"] = 11.6
     assert goal_check(rows)["met"]
+    # a scale fixed beforehand (held-out prompt sets): checked even when it misses the fidelity floor
+    fixed = goal_check(rows, fixed=("sparke", 0.3))
+    assert fixed["sparke_scale"] == 0.3 and not fixed["met"] and not fixed["criteria"]["fidelity"]
+    assert "reason" in goal_check(rows, fixed=("sparke", 0.05))
 
 
 def test_mixture_experiment_runs_small(tmp_path):

@@ -821,7 +821,7 @@ def test_bank_follows_the_pipeline_device():
     """Issue 10 point 1: a run's bank lives on the pipeline's execution device, fp16 on CUDA."""
     from types import SimpleNamespace
 
-    from sparke.runs.generation import _place, bank_placement
+    from sparke.runs.generation import bank_placement, place_bank
 
     assert bank_placement(SimpleNamespace(_execution_device=torch.device("cpu"))) == (
         torch.device("cpu"),
@@ -836,7 +836,7 @@ def test_bank_follows_the_pipeline_device():
             calls.append((device, dtype))
             return self
 
-    _place(FakeBank(), cuda_pipe)
+    place_bank(FakeBank(), cuda_pipe)
     assert calls == [(torch.device("cuda", 0), torch.float16)]
 
 

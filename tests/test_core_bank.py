@@ -263,3 +263,20 @@ def test_a_given_pair_sum_is_kept_and_updated():
     assert bank.pair_sum(sigma_image=0.7, sigma_prompt=0.4) == pytest.approx(
         exact.pair_sum(sigma_image=0.7, sigma_prompt=0.4), rel=1e-12
     )
+
+
+def test_saved_bank_files_follow_the_umask(tmp_path):
+    """Bank files are created like any Unix tool's: 0666 less the umask (not mkstemp's 0600)."""
+    import os
+    import stat
+
+    bank = sparke.Bank()
+    bank.add(torch.randn(3, 4), torch.randn(3, 2))
+    for umask, mode in ((0o022, 0o644), (0o077, 0o600)):
+        old = os.umask(umask)
+        try:
+            path = tmp_path / f"bank-{umask:o}.safetensors"
+            bank.save(path)
+        finally:
+            os.umask(old)
+        assert stat.S_IMODE(path.stat().st_mode) == mode

@@ -113,6 +113,7 @@ def run_bench(
         "wall_seconds": time.perf_counter() - start,
         "torch_threads": torch.get_num_threads(),
         "goal": report.goal_check(rows, reps),
+        "goal_at_default": report.goal_check(rows, reps, fixed=report.RECOMMENDED),
         "intervals": intervals.describe(),
         "best": {k: (None if v is None else v["scale"]) for k, v in report.best_rows(rows).items()},
     }

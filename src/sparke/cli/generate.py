@@ -283,7 +283,7 @@ def generate_command(
         )
         summary = run_with_progress(config, out_dir, device=device_name)
     if _is_main_process():
-        _print_summary(summary)
+        print_summary(summary)
 
 
 def _is_main_process() -> bool:
@@ -386,7 +386,7 @@ def run_with_progress(
         progress.stop()
 
 
-def _print_summary(summary: Any) -> None:
+def print_summary(summary: Any) -> None:
     per = summary.seconds / summary.generated if summary.generated else None
     timing = f" in {summary.seconds:.1f} s ({per:.2f} s/image)" if per is not None else ""
     before = f", {summary.resumed} from before" if summary.resumed else ""

@@ -30,7 +30,7 @@ def repair_command(
     """
     from sparke.runs.repair import repair
 
-    from .generate import _print_summary, run_with_progress
+    from .generate import print_summary, run_with_progress
 
     with user_errors("rerun `sparke repair` to finish"), user_warnings():
         summary = repair(run)
@@ -53,4 +53,4 @@ def repair_command(
             )
             return
         result = run_with_progress(summary.config, run, device=device)
-    _print_summary(result)
+    print_summary(result)

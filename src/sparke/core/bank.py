@@ -40,6 +40,7 @@ from .checks import (
 from .defaults import KERNEL, OBJECTIVE, ON_NONFINITE, SIGMA_IMAGE, SIGMA_PROMPT
 from .direction import bank_pair_sum, diversity_direction
 from .fast import Workspace, bank_direction
+from .files import honour_umask
 from .kernels import squared_kernel_sum
 
 FORMAT = "sparke.bank"
@@ -474,6 +475,7 @@ def save_atomically(
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        honour_umask(tmp)  # shared bank files are readable by others under umask 022, as with any tool
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -215,7 +215,7 @@ class SPARKE(Guide):
     def _warn_once(self, key: str, message: str, category: type[Warning]) -> None:
         if key not in self._warned:
             self._warned.add(key)
-            warnings.warn(message, category, stacklevel=4)
+            warnings.warn(message, category, stacklevel=5)  # the user's guide(pipe, ...) line
 
     def _prompt_rows(
         self, pipe: Any, kwargs: dict[str, Any], given: torch.Tensor | None

@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from sparke.core.files import honour_umask
+
 __all__ = [
     "BANK_FILE",
     "atomic_write",
@@ -598,33 +600,6 @@ class RunFolder:
 
 
 # -- files ------------------------------------------------------------------------------------------------------
-def process_umask() -> int:
-    """The process umask, read without changing it where the system allows (Linux ``/proc``)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)  # elsewhere: the classic read (set and restore)
-    os.umask(mask)
-    return mask
-
-
-def honour_umask(target: int | str | os.PathLike, mode: int = 0o666) -> None:
-    """Give a file made by ``tempfile.mkstemp`` (always 0600) the mode ``open`` would have given it:
-    ``mode`` less the umask, as any Unix tool does. ``target``: a file descriptor or a path."""
-    wanted = mode & ~process_umask()
-    try:
-        if isinstance(target, int):
-            os.fchmod(target, wanted)
-        else:
-            os.chmod(target, wanted)
-    except (OSError, AttributeError, NotImplementedError):
-        pass  # a file system without modes (or Windows): nothing to honour
-
-
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file, fsync and rename (mode from the umask)."""
     path = Path(path)

@@ -30,6 +30,7 @@ import torch
 
 from sparke.core import Bank, BankFileError
 from sparke.core.auto import AutoBank
+from sparke.core.files import honour_umask
 from sparke.methods import METHODS
 
 from .folder import (
@@ -365,7 +366,7 @@ def bank_placement(pipe: Any) -> tuple[torch.device, torch.dtype]:
     return device, (torch.float16 if device.type == "cuda" else torch.float32)
 
 
-def _place(bank: Any, pipe: Any) -> Any:
+def place_bank(bank: Any, pipe: Any) -> Any:
     """``bank`` moved to the pipeline's device and dtype (its files stay loadable on a CPU)."""
     if hasattr(bank, "to"):
         device, dtype = bank_placement(pipe)
@@ -551,14 +552,14 @@ def _restore_bank(session: Session, pipe: Any, init_bank: Any = None) -> Any:
         )
         if bank.capacity is None and len(bank) != expected:
             raise RunError(f"{folder.bank_file}: holds {len(bank)} rows, the run's records say {expected}")
-        return _place(bank, pipe)
+        return place_bank(bank, pipe)
     if config.init_bank is not None:
         bank = init_bank if init_bank is not None else _load_init_bank(session, pipe)
         session.initial_rows = len(bank)
     else:  # the guide's own new bank: AutoBank for SPARKE, a sliding Bank for Vendi guidance
         bank = session.bank
     bank.metadata.update(_bank_metadata(config))
-    return _place(bank, pipe)
+    return place_bank(bank, pipe)
 
 
 def _roll_back(session: Session, batches: int) -> None:
@@ -689,9 +690,7 @@ def commit(session: Session, item: WorkItem, result: BatchResult) -> int:
 
 
 def save_bank(bank: Any, path: Path) -> None:
-    """``bank.save(path)``, with the file's mode from the umask (like every file of a run folder)."""
-    from .folder import honour_umask
-
+    """``bank.save(path)``, with the file's mode from the umask even for a user's bank class."""
     bank.save(path)
     honour_umask(path)
 
