@@ -7,8 +7,8 @@ import functools
 import pytest
 import torch
 
-from sparke.methods import NAMES, make
 from sparke.guidance import attach
+from sparke.methods import NAMES, make
 from tiny_pipelines import build, call_kwargs, final_latents, pipeline_state, same_state
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
