@@ -1,0 +1,62 @@
+"""Runs: a folder of images, manifest and bank that a ``sparke generate`` fills, resumes and evaluates.
+
+- ``folder``: the run folder's files (settings, manifest, images, bank), plain file I/O;
+- ``generation``: one process makes the batches of a run and commits them;
+- ``distributed``: the same across processes with one shared bank;
+- ``launch``: ``generate``, which picks one of the two;
+- ``lock``: one writer per run folder (``DIR/.sparke.lock``);
+- ``repair``: ``sparke repair``, a manifest rebuilt from the images and the run's settings;
+- ``evaluation``: the diversity and fidelity metrics of a finished run.
+"""
+
+from .folder import (
+    BANK_FILE,
+    IMAGES_DIR,
+    LOCK_FILE,
+    MANIFEST_FILE,
+    RUN_FILE,
+    PromptEntry,
+    RunConfig,
+    RunError,
+    RunFolder,
+    WorkItem,
+    atomic_write,
+    check_required,
+    config_differences,
+    file_sha256,
+    file_stamp,
+    image_file,
+    image_seed,
+    plan,
+    read_prompts,
+    repair_command,
+)
+from .launch import generate
+from .lock import RunLock
+from .repair import repair
+
+__all__ = [
+    "BANK_FILE",
+    "IMAGES_DIR",
+    "LOCK_FILE",
+    "MANIFEST_FILE",
+    "RUN_FILE",
+    "PromptEntry",
+    "RunConfig",
+    "RunError",
+    "RunFolder",
+    "RunLock",
+    "WorkItem",
+    "atomic_write",
+    "check_required",
+    "config_differences",
+    "file_sha256",
+    "file_stamp",
+    "generate",
+    "image_file",
+    "image_seed",
+    "plan",
+    "read_prompts",
+    "repair",
+    "repair_command",
+]
