@@ -523,4 +523,3 @@ def encoder_mismatch(run: RunImages, features: str, size: tuple[int, int]) -> st
             "resized to 32x32 first"
         )
     return None
-
