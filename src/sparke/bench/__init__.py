@@ -149,12 +149,12 @@ class Intervals:
             return None
         from sparke.metrics.bootstrap import delta, gaussian_kernel, interval, spectral_entropy_replicates
 
-        from .metrics import CI_METRICS, SIGMA_TEXT, replicates
+        from .metrics import CI_METRICS, SIGMA_PROMPT, replicates
 
         if self.prompt_entropy is None:  # the same prompts, in the same order, for every setting
             item = self.draws.per_item(evidence.cluster, evidence.round)
             self.prompt_entropy = spectral_entropy_replicates(
-                gaussian_kernel(evidence.prompt_feats, SIGMA_TEXT), item
+                gaussian_kernel(evidence.prompt_feats, SIGMA_PROMPT), item
             )
         r = replicates(evidence, self.draws, self.prompt_entropy)
         row["ci"] = {m: interval(row[m], r[m]) for m in CI_METRICS}

@@ -32,12 +32,13 @@ import numpy as np
 import torch
 
 from sparke.core import cond_rke, cond_vendi, in_batch_similarity, rke, vendi
+from sparke.core.defaults import SIGMA_IMAGE, SIGMA_PROMPT  # the paper's, on unit-norm features
 from sparke.metrics.bootstrap import Draws, cond_vendi_replicates, mean_replicates, vendi_replicates
 
 __all__ = [
     "CI_METRICS",
     "SIGMA_IMAGE",
-    "SIGMA_TEXT",
+    "SIGMA_PROMPT",
     "Evidence",
     "attribute_values",
     "feature_scores",
@@ -47,9 +48,6 @@ __all__ = [
 
 # the metrics that get a bootstrap interval and a paired difference to `none`
 CI_METRICS = ("fidelity", "cond_vendi", "vendi", "free_attribute_coverage", "free_attribute_entropy")
-
-SIGMA_IMAGE = 0.8  # the paper's image bandwidth (unit-norm features)
-SIGMA_TEXT = 0.3  # the paper's text bandwidth (unit-norm prompt features)
 
 
 def attribute_values(attribute: str, count: int) -> int:
@@ -100,9 +98,9 @@ def feature_scores(
     groups = np.asarray(groups)
     sims = [in_batch_similarity(x[torch.from_numpy(groups == g)]) for g in np.unique(groups)]
     return {
-        "cond_vendi": cond_vendi(x, y, sigma_image=SIGMA_IMAGE, sigma_prompt=SIGMA_TEXT),
+        "cond_vendi": cond_vendi(x, y, sigma_image=SIGMA_IMAGE, sigma_prompt=SIGMA_PROMPT),
         "vendi": vendi(x, sigma=SIGMA_IMAGE),
-        "cond_rke": cond_rke(x, y, sigma_image=SIGMA_IMAGE, sigma_prompt=SIGMA_TEXT),
+        "cond_rke": cond_rke(x, y, sigma_image=SIGMA_IMAGE, sigma_prompt=SIGMA_PROMPT),
         "rke": rke(x, sigma=SIGMA_IMAGE),
         "cond_vendi_cosine": cond_vendi(x, y, kernel="cosine"),
         "in_batch_similarity": float(np.mean(sims)),
@@ -139,7 +137,7 @@ def replicates(ev: Evidence, draws: Draws, prompt_entropy: np.ndarray | None = N
     return {
         "fidelity": mean_replicates(ok_sum, count, draws),
         "cond_vendi": cond_vendi_replicates(
-            ev.feats, ev.prompt_feats, SIGMA_IMAGE, SIGMA_TEXT, item, prompt_entropy
+            ev.feats, ev.prompt_feats, SIGMA_IMAGE, SIGMA_PROMPT, item, prompt_entropy
         ),
         "vendi": vendi_replicates(ev.feats, SIGMA_IMAGE, item),
         "free_attribute_coverage": cluster_weight @ ev.coverage,

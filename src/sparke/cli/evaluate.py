@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
+from sparke.core.defaults import SIGMA_IMAGE, SIGMA_PROMPT
+
 from .common import err, out, user_errors, user_warnings
 
 
@@ -22,10 +24,10 @@ def evaluate_command(
         ),
     ] = "embedded",
     kernel: Annotated[str, typer.Option(help="gaussian or cosine, on L2-normalised features.")] = "gaussian",
-    sigma_image: Annotated[float, typer.Option(help="Gaussian bandwidth on image features.")] = 0.8,
+    sigma_image: Annotated[float, typer.Option(help="Gaussian bandwidth on image features.")] = SIGMA_IMAGE,
     sigma_prompt: Annotated[
         float, typer.Option(help="Gaussian bandwidth on prompt features (MiniLM).")
-    ] = 0.3,
+    ] = SIGMA_PROMPT,
     per_cluster: Annotated[
         bool,
         typer.Option("--per-cluster/--overall-only", help="Also print one table per run by prompt cluster."),

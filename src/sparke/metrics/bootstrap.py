@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from sparke.core.defaults import KERNEL, SIGMA_IMAGE, SIGMA_PROMPT
+
 __all__ = [
     "LEVEL",
     "N_BOOT",
@@ -173,17 +175,17 @@ def vendi_replicates(x: torch.Tensor, sigma: float, item_weights: np.ndarray) ->
 def cond_vendi_replicates(
     x: torch.Tensor,
     y: torch.Tensor,
-    sigma_x: float,
-    sigma_y: float,
+    sigma_image: float,
+    sigma_prompt: float,
     item_weights: np.ndarray,
     prompt_entropy: np.ndarray | None = None,
 ) -> np.ndarray:
     """(B,) Cond-Vendi exp(H(K_x o K_y) - H(K_y)) of the resamples; ``prompt_entropy``: H(K_y) replicates
     when already known (the same prompts and draws for every method)."""
-    k_y = gaussian_kernel(y, sigma_y)
+    k_y = gaussian_kernel(y, sigma_prompt)
     if prompt_entropy is None:
         prompt_entropy = spectral_entropy_replicates(k_y, item_weights)
-    joint = spectral_entropy_replicates(gaussian_kernel(x, sigma_x) * k_y, item_weights)
+    joint = spectral_entropy_replicates(gaussian_kernel(x, sigma_image) * k_y, item_weights)
     return np.exp(joint - prompt_entropy)
 
 
@@ -196,9 +198,9 @@ def cluster_intervals(
     groups: list,
     estimates: dict,
     *,
-    kernel: str = "gaussian",
-    sigma_image: float = 0.8,
-    sigma_prompt: float = 0.3,
+    kernel: str = KERNEL,
+    sigma_image: float = SIGMA_IMAGE,
+    sigma_prompt: float = SIGMA_PROMPT,
     flags: list | None = None,
     n_boot: int = N_BOOT,
     seed: int = 0,
