@@ -414,7 +414,7 @@ def _check_bank(bank: Any) -> Any:
     if isinstance(bank, (str, os.PathLike)):
         raise ValueError(
             f"bank: got {os.fspath(bank)!r}; pass 'auto', 'exact', 'indexed' or a bank object. To start from a saved "
-            "bank, load it: bank=sparke.Bank.load(path) (or sparke.IndexedBank.load(path))"
+            "bank, load it: bank=sparke.AutoBank.load(path, device=...) (it reads exact and indexed bank files)"
         )
     missing = [name for name in ("add", "x", "y", "__len__") if not hasattr(bank, name)]
     if missing:
