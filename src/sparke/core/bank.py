@@ -279,10 +279,9 @@ class Bank:
 
         A host number: reading it again costs no device sync.
         """
-        check_kernel(kernel)
-        sigma_image, sigma_prompt = check_bandwidths(sigma_image, sigma_prompt)
-        conditional = conditional and self._y is not None
-        key = _key(kernel, sigma_image, sigma_prompt if conditional else None)
+        key, sigma_image, sigma_prompt, conditional = self._pair_sum_key(
+            kernel, sigma_image, sigma_prompt, conditional
+        )
         if key not in self._pair_sums:
             bx, by = self.x, self.y if conditional else None
             self._pair_sums[key] = bank_pair_sum(
@@ -302,10 +301,8 @@ class Bank:
     ) -> None:
         """Keep ``value`` as the pair sum of these settings instead of computing it (O(n^2 d)): for benchmarks
         and banks whose pair sum is known; it is kept up to date by later ``add`` calls like a computed one."""
-        check_kernel(kernel)
-        sigma_image, sigma_prompt = check_bandwidths(sigma_image, sigma_prompt)
-        conditional = conditional and self._y is not None
-        self._pair_sums[_key(kernel, sigma_image, sigma_prompt if conditional else None)] = float(value)
+        key = self._pair_sum_key(kernel, sigma_image, sigma_prompt, conditional)[0]
+        self._pair_sums[key] = float(value)
 
     @renamed_bandwidths
     def kept_pair_sum(
@@ -317,11 +314,22 @@ class Bank:
         conditional: bool = True,
     ) -> float | None:
         """The pair sum of these settings if the bank already keeps it, else None (never computed here)."""
-        conditional = conditional and self._y is not None
-        value = self._pair_sums.get(
-            _key(kernel, float(sigma_image), float(sigma_prompt) if conditional else None)
-        )
+        value = self._pair_sums.get(self._pair_sum_key(kernel, sigma_image, sigma_prompt, conditional)[0])
         return None if value is None else float(value)
+
+    def _pair_sum_key(
+        self, kernel: str, sigma_image: float, sigma_prompt: float, conditional: bool
+    ) -> tuple[str, float, float, bool]:
+        """(key of a kept pair sum, checked sigma_image, sigma_prompt, whether the prompts count)."""
+        check_kernel(kernel)
+        sigma_image, sigma_prompt = check_bandwidths(sigma_image, sigma_prompt)
+        conditional = conditional and self._y is not None
+        return (
+            _key(kernel, sigma_image, sigma_prompt if conditional else None),
+            sigma_image,
+            sigma_prompt,
+            conditional,
+        )
 
     def reserve(self, rows: int, dim_x: int, dim_y: int | None = None) -> None:
         """Allocate room for ``rows`` more rows now (one allocation instead of geometric growth): for filling a

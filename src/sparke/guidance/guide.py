@@ -52,17 +52,16 @@ class Schedule:
         object.__setattr__(self, "window", (lo, hi))
 
     def due(self, step: Step) -> bool:
-        lo, hi = self.window
-        return step.index % self.every == 0 and lo - 1e-9 <= step.fraction <= hi + 1e-9
+        return step.index % self.every == 0 and self._inside(step.fraction)
 
     def count(self, num_steps: int) -> int:
-        """How many of ``num_steps`` denoising steps are due."""
+        """How many of ``num_steps`` denoising steps are due (fractions as ``attach`` computes them)."""
         last = max(num_steps - 1, 1)
-        return sum(
-            1
-            for i in range(0, num_steps, self.every)
-            if self.window[0] - 1e-9 <= (i / last if num_steps > 1 else 0.0) <= self.window[1] + 1e-9
-        )
+        return sum(1 for i in range(0, num_steps, self.every) if self._inside(i / last))
+
+    def _inside(self, fraction: float) -> bool:
+        lo, hi = self.window
+        return lo - 1e-9 <= fraction <= hi + 1e-9
 
 
 def check_scale(scale: Any) -> float:
