@@ -220,6 +220,35 @@ def test_scales_option_replaces_or_drops_one_sweep():
             parse_sweeps(base, [bad])
 
 
+def test_variant_option_adds_a_labelled_row_group_with_checked_settings():
+    import typer
+
+    from sparke.bench import settings_of
+    from sparke.cli.bench import parse_variants
+
+    got = parse_variants(
+        ["sparke x0:sparke:0.01,0.03:space=x0", "early:sparke:0.03:window=[0,0.5];smooth=1.5"]
+    )
+    assert got == {
+        "sparke x0": {"method": "sparke", "scales": [0.01, 0.03], "options": {"space": "x0"}},
+        "early": {"method": "sparke", "scales": [0.03], "options": {"window": [0, 0.5], "smooth": 1.5}},
+    }
+    config = BenchConfig(sweeps={"sparke": [0.01]}, variants=got)
+    rows = [(s.label, s.method, s.scale, s.options) for s in settings_of(config)]
+    assert rows[-1] == ("early", "sparke", 0.03, {"window": [0, 0.5], "smooth": 1.5})
+    assert len(rows) == 5  # none, sparke 0.01, two x0 rows, one early row
+    for bad in (
+        "x0:sparke",  # no scales
+        "x0:nope:0.1",  # unknown method
+        "sparke:sparke:0.1",  # the label of a method's own rows
+        "x0:sparke:a",  # scales not numbers
+        "x0:sparke:0.1:colour=1",  # a setting SPARKE lacks
+        "x0:sparke:0.1:space",  # KEY without =VALUE
+    ):
+        with pytest.raises(typer.BadParameter):
+            parse_variants([bad])
+
+
 def test_combine_runs_of_one_prompt_set(tmp_path):
     from sparke.bench.combine import combine
 

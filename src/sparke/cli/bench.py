@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -57,6 +58,16 @@ def bench_command(
             "an empty list (pg=) drops the method.",
         ),
     ] = None,
+    variants: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--variant",
+            metavar="LABEL:METHOD:S1,S2:KEY=VALUE;...",
+            help="Add a row group: METHOD at scales S1,S2 with settings beyond its defaults (repeatable), "
+            "e.g. --variant 'sparke x0:sparke:0.01,0.03:space=x0'; values are JSON where they parse "
+            "(window=[0,0.5]).",
+        ),
+    ] = None,
 ) -> None:
     """Generate the prompt-cluster set with every method over its scale sweep; measure fidelity (checker),
     free-attribute coverage, Cond-Vendi, Vendi, RKE, in-batch similarity, s/image and memory; write
@@ -76,6 +87,8 @@ def bench_command(
     }
     if scales:
         overrides["sweeps"] = parse_sweeps(base.sweeps, scales)
+    if variants:
+        overrides["variants"] = {**base.variants, **parse_variants(variants)}
     config = dataclasses.replace(
         base,
         device=device,
@@ -115,3 +128,41 @@ def parse_sweeps(base: dict[str, list[float]], options: list[str]) -> dict[str, 
         else:
             sweeps.pop(method, None)
     return sweeps
+
+
+def parse_variants(options: list[str]) -> dict[str, dict]:
+    """``LABEL:METHOD:S1,S2:KEY=VALUE;KEY=VALUE`` options -> ``BenchConfig.variants`` entries (settings checked)."""
+    from sparke.methods import METHODS, NAMES, resolve_settings
+
+    variants: dict[str, dict] = {}
+    for option in options:
+        parts = option.split(":", 3)
+        if len(parts) < 3 or not parts[0].strip():
+            raise typer.BadParameter(f"{option!r}: expected LABEL:METHOD:S1,S2[:KEY=VALUE;...]")
+        label, method, values = (p.strip() for p in parts[:3])
+        if method not in NAMES or method == "none":
+            known = ", ".join(n for n in NAMES if n != "none")
+            raise typer.BadParameter(f"{option!r}: METHOD must be one of {known}")
+        if label in NAMES or label in variants:
+            raise typer.BadParameter(f"{option!r}: the label {label!r} is taken; choose another")
+        try:
+            scales = [float(v) for v in values.split(",") if v.strip()]
+        except ValueError:
+            raise typer.BadParameter(f"{option!r}: the scales must be numbers") from None
+        if not scales or any(v < 0 for v in scales):
+            raise typer.BadParameter(f"{option!r}: give at least one scale, each >= 0")
+        settings: dict = {}
+        for item in filter(None, (p.strip() for p in (parts[3] if len(parts) > 3 else "").split(";"))):
+            key, sep, raw = item.partition("=")
+            if not sep:
+                raise typer.BadParameter(f"{option!r}: expected KEY=VALUE, got {item!r}")
+            try:
+                settings[key.strip()] = json.loads(raw)
+            except ValueError:
+                settings[key.strip()] = raw.strip()
+        try:
+            resolve_settings(METHODS[method], settings)
+        except ValueError as e:
+            raise typer.BadParameter(f"{option!r}: {e}") from None
+        variants[label] = {"method": method, "scales": scales, "options": settings}
+    return variants

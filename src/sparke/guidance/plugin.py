@@ -14,12 +14,14 @@ added to ``guide.bank`` with its prompt features. The attachment lives for that 
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from sparke.core import Bank, diversity_direction, novelty_direction
 from sparke.core.auto import KINDS as BANK_KINDS
@@ -30,10 +32,10 @@ from sparke.core.defaults import KERNEL, OBJECTIVE, SIGMA_IMAGE, SIGMA_PROMPT
 from .attach import Attachment, Step, split_batch
 from .guide import Guide, Schedule, check_scale
 from .prompts import PromptEncoder, batch_prompts, encode_prompts
-from .spaces import Space, encode_images, encode_to_latents, features, unit_rows
+from .spaces import Space, encode_images, encode_to_latents, features, noise_share, unit_rows
 from .spec import MethodSpec, constructor_defaults
 
-__all__ = ["NONE_SPEC", "SPARKE", "SPARKE_SPEC", "execution_device"]
+__all__ = ["NONE_SPEC", "SPARKE", "SPARKE_SPEC", "execution_device", "lowpass", "median_distance"]
 
 
 @dataclass
@@ -71,6 +73,13 @@ class SPARKE(Guide):
         reference: a Bank of reference features to stay away from (``encode_images``), used when novelty > 0.
         novelty: weight beta >= 0 of the novelty direction.
         step: "relative" (``scale * |z| * g / |g|``) or "raw" (``scale * g``).
+        step_schedule: "constant" (the authors') or "noise": each step times the sample's noise share
+            sigma_t / sqrt(alpha_t^2 + sigma_t^2) (about 1 at the first step, 0 at the last).
+        smooth: standard deviation, in latent pixels, of a Gaussian blur of g before the step (0: none);
+            keeps the step from adding high-frequency noise (needs (B, C, H, W) latents).
+
+    ``sigma_image="median"`` sets the image bandwidth at each guided step to the median distance between the
+    batch's features and the bank's (and each other), instead of a fixed number.
     """
 
     def __init__(
@@ -88,12 +97,16 @@ class SPARKE(Guide):
         reference: Any = None,
         novelty: float = 0.0,
         step: str = "relative",
+        step_schedule: str = "constant",
+        smooth: float = 0.0,
     ) -> None:
         super().__init__()
         self.scale = check_scale(scale)
         self.objective = check_objective(objective)
         self.kernel = check_kernel(kernel)
-        self.sigma_image = check_sigma(sigma_image, "sigma_image")
+        self.sigma_image: float | str = (
+            "median" if sigma_image == "median" else check_sigma(sigma_image, "sigma_image")
+        )
         self.sigma_prompt = check_sigma(sigma_prompt, "sigma_prompt")
         self.schedule = Schedule(every, tuple(window))
         if not (space in ("latent", "x0") or callable(space)):
@@ -110,7 +123,13 @@ class SPARKE(Guide):
             )
         if step not in ("relative", "raw"):
             raise ValueError(f"step: must be 'relative' or 'raw', got {step!r}")
+        if step_schedule not in ("constant", "noise"):
+            raise ValueError(f"step_schedule: must be 'constant' or 'noise', got {step_schedule!r}")
+        if isinstance(smooth, bool) or not (isinstance(smooth, (int, float)) and 0 <= smooth < math.inf):
+            raise ValueError(f"smooth: must be a blur width >= 0 (latent pixels), got {smooth!r}")
         self.space = space
+        self.step_schedule = step_schedule
+        self.smooth = float(smooth)
         self.prompt_encoder = prompt_encoder
         self.follows_pipeline = bank is None or (isinstance(bank, str) and bank in BANK_KINDS)
         self.bank = make_bank(bank or "auto") if self.follows_pipeline else _check_bank(bank)
@@ -132,7 +151,8 @@ class SPARKE(Guide):
         space = self.space if isinstance(self.space, str) else type(self.space).__name__
         return (
             f"SPARKE(scale={self.scale}, objective={self.objective!r}, every={self.every}, window={self.window}, "
-            f"space={space!r}, step={self.step!r}, bank={type(self.bank).__name__} of {len(self.bank)} rows)"
+            f"space={space!r}, step={self.step!r}, step_schedule={self.step_schedule!r}, smooth={self.smooth:g}, "
+            f"bank={type(self.bank).__name__} of {len(self.bank)} rows)"
         )
 
     @property
@@ -276,17 +296,20 @@ class SPARKE(Guide):
             d = self._direction(x.detach(), y)
             d_ok = torch.isfinite(d).all(1)
             (g,) = torch.autograd.grad(x, z, torch.where(d_ok[:, None], d, torch.zeros_like(d)))
+        if self.smooth > 0:
+            g = lowpass(g, self.smooth)
         g = g.flatten(1)
         flat = z.detach().flatten(1)
+        scale = self.scale
+        if self.step_schedule == "noise":
+            scale *= noise_share(step.scheduler, step.timestep)
         if self.step == "relative":
             g_norm = torch.linalg.vector_norm(g, dim=1, keepdim=True)
             z_norm = torch.linalg.vector_norm(flat, dim=1, keepdim=True)
             # a zero gradient (single sample, empty bank) means no move, not 0/0
-            delta = torch.where(
-                g_norm > 0, self.scale * z_norm * g / g_norm.clamp_min(1e-30), torch.zeros_like(g)
-            )
+            delta = torch.where(g_norm > 0, scale * z_norm * g / g_norm.clamp_min(1e-30), torch.zeros_like(g))
         else:
-            delta = self.scale * g
+            delta = scale * g
         new = flat + delta
         # a sample whose direction, gradient or update is not finite keeps its latents: decided on the device,
         # counted there and reported after the call, so the step never waits for the host
@@ -301,10 +324,13 @@ class SPARKE(Guide):
 
     def _direction(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """Ascent direction (B, d) of log S(bank U batch), plus novelty * the novelty direction."""
+        sigma_image = self.sigma_image
+        if sigma_image == "median":
+            sigma_image = median_distance(x, self.bank)
         opts = dict(
             objective=self.objective,
             kernel=self.kernel,
-            sigma_image=self.sigma_image,
+            sigma_image=sigma_image,
             sigma_prompt=self.sigma_prompt,
             on_nonfinite="skip",
         )
@@ -327,7 +353,7 @@ class SPARKE(Guide):
                 ref.x.to(x.device, torch.float32),
                 None if ref_y is None else ref_y.to(x.device, torch.float32),
                 kernel=self.kernel,
-                sigma_image=self.sigma_image,
+                sigma_image=sigma_image,
                 sigma_prompt=self.sigma_prompt,
             )
             d = d + self.novelty * nov.to(d.dtype)
@@ -409,6 +435,44 @@ def _to_pixels(pipe: Any, images: Any) -> torch.Tensor:
     return pixels.to(device)
 
 
+def lowpass(g: torch.Tensor, std: float) -> torch.Tensor:
+    """(B, C, H, W) -> the same, blurred over H and W by a Gaussian of ``std`` pixels (reflected edges)."""
+    if g.ndim != 4:
+        raise ValueError(
+            f"smooth: needs (B, C, H, W) latents, got shape {tuple(g.shape)} (packed latents: use smooth=0)"
+        )
+    radius = max(1, min(math.ceil(3 * std), min(g.shape[-2:]) - 1))
+    taps = torch.arange(-radius, radius + 1, device=g.device, dtype=g.dtype)
+    kernel = torch.exp(-0.5 * (taps / std) ** 2)
+    kernel = kernel / kernel.sum()
+    c = g.shape[1]
+    rows = kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1)
+    cols = kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1)
+    out = F.conv2d(F.pad(g, (0, 0, radius, radius), mode="reflect"), rows, groups=c)
+    return F.conv2d(F.pad(out, (radius, radius, 0, 0), mode="reflect"), cols, groups=c)
+
+
+def median_distance(x: torch.Tensor, bank: Any, max_rows: int = 4096) -> float:
+    """The median Euclidean distance from the rows of x (B, d) to the bank's rows and to each other.
+
+    The bandwidth of ``sigma_image="median"``; at most ``max_rows`` evenly spaced bank rows are read.
+    Falls back to the fixed default when there is no pair (one sample, empty bank).
+    """
+    parts = []
+    n = len(bank)
+    if n:
+        rows = bank.x
+        if n > max_rows:
+            rows = rows[torch.linspace(0, n - 1, max_rows, device=rows.device).long()]
+        parts.append(torch.cdist(x, rows.to(x.device, x.dtype)).flatten())
+    if len(x) > 1:
+        i, j = torch.triu_indices(len(x), len(x), offset=1, device=x.device)
+        parts.append((x[i] - x[j]).norm(dim=1))
+    if not parts:
+        return SIGMA_IMAGE
+    return max(float(torch.cat(parts).median()), 1e-3)
+
+
 def _check_bank(bank: Any) -> Any:
     """A user's bank, refused at construction when it cannot be one (a file path, say)."""
     if isinstance(bank, (str, os.PathLike)):
@@ -425,16 +489,29 @@ def _check_bank(bank: Any) -> Any:
     return bank
 
 
-_SPARKE_SETTINGS = ("objective", "kernel", "sigma_image", "sigma_prompt", "every", "window", "space", "step")
+_SPARKE_SETTINGS = (
+    "objective",
+    "kernel",
+    "sigma_image",
+    "sigma_prompt",
+    "every",
+    "window",
+    "space",
+    "step",
+    "step_schedule",
+    "smooth",
+)
 SPARKE_HELP: dict[str, str] = {
     "objective": "score the guidance raises: cond-rke (SPARKE), rke, cond-vendi, vendi",
     "kernel": "kernel on the unit-norm features: gaussian or cosine",
-    "sigma_image": "bandwidth of the image-feature kernel (unit-norm features)",
+    "sigma_image": "bandwidth of the image-feature kernel (unit-norm features), or median (per step, from distances)",
     "sigma_prompt": "bandwidth of the prompt-feature kernel (unit-norm features)",
     "every": "guide at denoising steps 0, every, 2*every, ...",
     "window": "(start, end) fractions of the trajectory where guidance acts",
     "space": "feature space: latent (the paper's) or x0 (clean-sample estimate)",
     "step": "relative (scale * |z| * g/|g|, the authors' rule) or raw (scale * g)",
+    "step_schedule": "constant, or noise: each step times the sample's noise share (large early, none late)",
+    "smooth": "Gaussian blur (latent pixels) of the step's gradient, against high-frequency noise; 0: none",
     "prompt_encoder": "prompt features: pipeline (its own text encoder) or minilm",
 }
 

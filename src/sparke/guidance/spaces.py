@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["decode", "encode_to_latents", "features", "unit_rows", "x0_estimate"]
+__all__ = ["decode", "encode_to_latents", "features", "noise_share", "unit_rows", "x0_estimate"]
 
 Space = str | Callable[[torch.Tensor], Any]
 
@@ -80,19 +80,39 @@ def x0_estimate(
         if kind == "v_prediction":
             return sample / (sigma**2 + 1) - out * sigma / (sigma**2 + 1) ** 0.5
         raise ValueError(f"x0 space: unsupported prediction_type {kind!r} for {type(scheduler).__name__}")
-    if hasattr(scheduler, "sigmas") and hasattr(scheduler, "_sigma_to_alpha_sigma_t"):
-        # DPM-Solver family: VP sample, with its own (possibly Karras) sigma schedule
-        s = scheduler.sigmas[_index(scheduler, timestep)].to(sample.device, sample.dtype)
-        alpha_t, sigma_t = scheduler._sigma_to_alpha_sigma_t(s)
-    else:
-        t = int(torch.as_tensor(timestep).flatten()[0])
-        abar = scheduler.alphas_cumprod[max(t, 0)].to(sample.device, sample.dtype)
-        alpha_t, sigma_t = abar.sqrt(), (1 - abar).sqrt()
+    alpha_t, sigma_t = (v.to(sample.device, sample.dtype) for v in _vp_alpha_sigma(scheduler, timestep))
     if kind == "epsilon":
         return (sample - sigma_t * out) / alpha_t
     if kind == "v_prediction":
         return alpha_t * sample - sigma_t * out
     raise ValueError(f"x0 space: unsupported prediction_type {kind!r} for {type(scheduler).__name__}")
+
+
+def _vp_alpha_sigma(scheduler: Any, timestep: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alpha_t, sigma_t) of a variance-preserving sample alpha_t x0 + sigma_t eps at this step."""
+    if hasattr(scheduler, "sigmas") and hasattr(scheduler, "_sigma_to_alpha_sigma_t"):
+        # DPM-Solver family: VP sample, with its own (possibly Karras) sigma schedule
+        return scheduler._sigma_to_alpha_sigma_t(scheduler.sigmas[_index(scheduler, timestep)].float())
+    t = int(torch.as_tensor(timestep).flatten()[0])
+    abar = scheduler.alphas_cumprod[max(t, 0)].float()
+    return abar.sqrt(), (1 - abar).sqrt()
+
+
+def noise_share(scheduler: Any, timestep: Any) -> float:
+    """Share of noise in the sample at this step, sigma / sqrt(alpha^2 + sigma^2): ~1 at the start, 0 clean.
+
+    For the sample alpha x0 + sigma eps of each family: flow matching (1 - s, s), sigma-space Euler/Heun
+    (1, sigma), variance-preserving (sqrt(abar), sqrt(1 - abar)).
+    """
+    if _is_flow(scheduler):
+        s = float(scheduler.sigmas[_index(scheduler, timestep)])
+        alpha, sigma = 1.0 - s, s
+    elif _ddpm_style_sigma(scheduler) and hasattr(scheduler, "sigmas"):
+        alpha, sigma = 1.0, float(scheduler.sigmas[_index(scheduler, timestep)])
+    else:
+        a, b = _vp_alpha_sigma(scheduler, timestep)
+        alpha, sigma = float(a), float(b)
+    return sigma / max((alpha**2 + sigma**2) ** 0.5, 1e-12)
 
 
 def _is_packed(pipe: Any, latents: torch.Tensor) -> bool:

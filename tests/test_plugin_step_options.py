@@ -1,0 +1,198 @@
+"""The step options of SPARKE (issue 13's trade-off candidates): noise-level schedule, smoothed step, median
+bandwidth; each against a slow definition or an exact relation to the default step."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sparke.core import Bank
+from sparke.core.defaults import SIGMA_IMAGE
+from sparke.guidance import SPARKE
+from sparke.guidance.plugin import lowpass, median_distance
+from sparke.guidance.spaces import noise_share
+from tiny_pipelines import call_kwargs, tiny_sd
+
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("torch_one_thread")]
+
+SD_BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+
+
+# -- noise share -------------------------------------------------------------------------------------------------
+
+
+def test_noise_share_of_each_scheduler_family():
+    from diffusers import (
+        DDIMScheduler,
+        DPMSolverMultistepScheduler,
+        EulerDiscreteScheduler,
+        FlowMatchEulerDiscreteScheduler,
+    )
+
+    ddim = DDIMScheduler(**SD_BETAS)
+    euler = EulerDiscreteScheduler(**SD_BETAS)
+    dpm = DPMSolverMultistepScheduler(**SD_BETAS)
+    for s in (ddim, euler, dpm):
+        s.set_timesteps(6)
+    abar = ddim.alphas_cumprod
+    shares = []
+    for i, t in enumerate(ddim.timesteps):
+        expected = math.sqrt(1 - float(abar[int(t)]))
+        assert noise_share(ddim, t) == pytest.approx(expected, rel=1e-6)
+        # Euler's sample is x0 + sigma eps (not variance preserving)
+        euler._step_index = i
+        sigma = float(euler.sigmas[i])
+        assert noise_share(euler, euler.timesteps[i]) == pytest.approx(sigma / math.hypot(1, sigma), rel=1e-6)
+        dpm._step_index = i
+        alpha, sigma = dpm._sigma_to_alpha_sigma_t(dpm.sigmas[i])
+        assert noise_share(dpm, dpm.timesteps[i]) == pytest.approx(
+            float(sigma / (alpha**2 + sigma**2) ** 0.5)
+        )
+        shares.append(noise_share(ddim, t))
+    assert all(a > b for a, b in zip(shares, shares[1:], strict=False))  # noise falls along the trajectory
+    assert 0.98 < shares[0] <= 1.0 and shares[-1] < 0.5
+
+    flow = FlowMatchEulerDiscreteScheduler()
+    flow.set_timesteps(5)
+    for i in range(5):
+        flow._step_index = i
+        s = float(flow.sigmas[i])
+        assert noise_share(flow, flow.timesteps[i]) == pytest.approx(s / math.hypot(1 - s, s))
+
+
+# -- low-pass --------------------------------------------------------------------------------------------------
+
+
+def _slow_blur(g: np.ndarray, std: float, radius: int) -> np.ndarray:
+    """Separable Gaussian with reflected edges, one output pixel at a time."""
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / std) ** 2)
+    taps /= taps.sum()
+    h, w = g.shape[-2:]
+
+    def reflect(i: int, n: int) -> int:
+        return -i if i < 0 else (2 * (n - 1) - i if i >= n else i)
+
+    out = np.zeros_like(g)
+    for y in range(h):
+        for x in range(w):
+            acc = 0.0
+            for dy in range(-radius, radius + 1):
+                for dx in range(-radius, radius + 1):
+                    weight = taps[dy + radius] * taps[dx + radius]
+                    acc = acc + weight * g[..., reflect(y + dy, h), reflect(x + dx, w)]
+            out[..., y, x] = acc
+    return out
+
+
+def test_lowpass_matches_a_slow_gaussian_blur():
+    g = torch.randn(2, 3, 7, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for std in (0.7, 1.0, 2.0):
+        radius = max(1, min(math.ceil(3 * std), 5))
+        np.testing.assert_allclose(lowpass(g, std).numpy(), _slow_blur(g.numpy(), std, radius), atol=1e-12)
+    const = torch.full((1, 4, 8, 8), 3.0)
+    torch.testing.assert_close(lowpass(const, 1.5), const)  # a normalised kernel keeps flat fields
+    checker = (torch.arange(8)[:, None] + torch.arange(8)[None]) % 2 * 2.0 - 1.0
+    assert lowpass(checker.expand(1, 1, 8, 8), 1.0).abs().max() < 0.1  # the highest frequency is damped
+    with pytest.raises(ValueError, match="B, C, H, W"):
+        lowpass(torch.zeros(2, 16, 8), 1.0)
+
+
+# -- median bandwidth ------------------------------------------------------------------------------------------
+
+
+def test_median_distance_is_the_median_over_bank_and_batch_pairs():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.nn.functional.normalize(torch.randn(3, 5, generator=gen), dim=1)
+    rows = torch.nn.functional.normalize(torch.randn(7, 5, generator=gen), dim=1)
+    bank = Bank()
+    bank.add(rows, None)
+    pairs = [float((a - b).norm()) for a in x for b in rows]
+    pairs += [float((x[i] - x[j]).norm()) for i in range(3) for j in range(i + 1, 3)]
+    assert median_distance(x, bank) == pytest.approx(float(torch.tensor(pairs).median()), rel=1e-6)
+    assert median_distance(x[:1], Bank()) == SIGMA_IMAGE  # no pair: the fixed default
+    # a large bank is read at evenly spaced rows only
+    assert median_distance(x, bank, max_rows=7) == median_distance(x, bank)
+    assert 0 < median_distance(x, bank, max_rows=2) <= 2
+
+
+# -- the options inside SPARKE on a tiny SD ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sd():
+    from diffusers import DDIMScheduler
+
+    return tiny_sd(DDIMScheduler(**SD_BETAS, clip_sample=False, set_alpha_to_one=False, steps_offset=1))
+
+
+def _first_step(guide: SPARKE, sd, bank_rows: torch.Tensor | None = None):
+    """(latents before, latents after) of the first guided step, and that step's noise share."""
+    seen = []
+    original = guide.on_step
+
+    def spy(step):
+        new = original(step)
+        if new is not None and not seen:
+            seen.append((step.latents.clone(), new.clone(), noise_share(step.scheduler, step.timestep)))
+        return new
+
+    guide.on_step = spy
+    guide(sd, **call_kwargs(sd, prompt=["a cat", "a dog", "a cat"], steps=3, seed=0))
+    return seen[0]
+
+
+def _seeded(**kw) -> SPARKE:
+    guide = SPARKE(scale=0.1, every=1, **kw)
+    g = torch.Generator().manual_seed(3)
+    # a bank of earlier images so that the first step has something to move away from
+    guide.bank.add(torch.nn.functional.normalize(torch.randn(4, 4 * 8 * 8, generator=g), dim=1), None)
+    return guide
+
+
+def test_noise_schedule_scales_the_step_by_the_noise_share(sd):
+    before, constant, _ = _first_step(SPARKE(scale=0.1, every=1), sd)
+    before2, noisy, share = _first_step(SPARKE(scale=0.1, every=1, step_schedule="noise"), sd)
+    assert torch.equal(before, before2)
+    assert 0.5 < share < 1.0
+    torch.testing.assert_close(noisy - before, share * (constant - before), rtol=1e-4, atol=1e-6)
+
+
+def test_smooth_step_is_the_blurred_step_at_the_same_length(sd):
+    before, plain, _ = _first_step(SPARKE(scale=0.1, every=1), sd)
+    _, smooth, _ = _first_step(SPARKE(scale=0.1, every=1, smooth=1.0), sd)
+    step, smoothed = plain - before, smooth - before
+    expected = lowpass(step, 1.0)
+    for a, b in zip(smoothed, expected, strict=True):
+        torch.testing.assert_close(a / a.norm(), b / b.norm(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        smoothed.flatten(1).norm(dim=1), step.flatten(1).norm(dim=1), rtol=1e-4, atol=0
+    )
+
+
+def test_median_bandwidth_equals_the_fixed_bandwidth_it_computes():
+    gen = torch.Generator().manual_seed(2)
+    x = torch.nn.functional.normalize(torch.randn(3, 6, generator=gen), dim=1)
+    y = torch.nn.functional.normalize(torch.randn(3, 4, generator=gen), dim=1)
+    median = SPARKE(sigma_image="median")
+    median.bank.add(
+        torch.nn.functional.normalize(torch.randn(5, 6, generator=gen), dim=1), y[[0, 1, 2, 0, 1]]
+    )
+    fixed = SPARKE(sigma_image=median_distance(x, median.bank), bank=median.bank)
+    torch.testing.assert_close(median._direction(x, y), fixed._direction(x, y))
+    assert not torch.allclose(median._direction(x, y), SPARKE(bank=median.bank)._direction(x, y))
+
+
+def test_step_options_are_checked():
+    for kw in (
+        dict(step_schedule="cosine"),
+        dict(smooth=-1.0),
+        dict(smooth=True),
+        dict(smooth=float("inf")),
+        dict(sigma_image="mean"),
+    ):
+        with pytest.raises(ValueError):
+            SPARKE(**kw)
+    assert "step_schedule='noise'" in repr(SPARKE(step_schedule="noise", smooth=2))
