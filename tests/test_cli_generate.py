@@ -863,3 +863,16 @@ def test_the_run_bank_switches_to_the_index_and_resumes_exactly(tiny, prompt_fil
     result = cli(*args(tiny, prompt_file, part))
     assert result.exit_code == 0, result.output
     assert (whole / "images" / "000008.png").read_bytes() == (part / "images" / "000008.png").read_bytes()
+
+
+def test_folders_from_before_a_new_setting_still_resume():
+    from sparke.runs.folder import ADDED_SETTINGS, config_differences
+
+    old = {"method": "sparke", "settings": {"every": 2, "sigma_image": 0.8}}
+    now = {"method": "sparke", "settings": {"every": 2, "sigma_image": 0.8, **ADDED_SETTINGS}}
+    assert config_differences(old, now) == []  # the folder ran with what the new settings default to
+    changed = {"method": "sparke", "settings": {**now["settings"], "smooth": 1.0}}
+    assert config_differences(old, changed) == ["smooth was not set, now 1.0"]
+    assert config_differences(now, old) == [
+        f"{k} was {v!r}, now not set" for k, v in sorted(ADDED_SETTINGS.items())
+    ]

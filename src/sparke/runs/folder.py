@@ -209,6 +209,10 @@ def _prompt_json(p: PromptEntry) -> dict[str, Any]:
     return out
 
 
+# settings added to a method after run folders existed -> the behaviour of the folders made before them
+ADDED_SETTINGS: dict[str, Any] = {"step_schedule": "constant", "smooth": 0.0}
+
+
 def config_differences(
     stored: dict[str, Any], current: dict[str, Any], skip: Iterable[str] = ()
 ) -> list[str]:
@@ -235,6 +239,8 @@ def config_differences(
                 if name not in b:
                     diffs.append(f"{name} was {a[name]!r}, now not set")
                 elif name not in a:
+                    if name in ADDED_SETTINGS and b[name] == ADDED_SETTINGS[name]:
+                        continue  # a folder from before the setting existed ran with this value
                     diffs.append(f"{name} was not set, now {b[name]!r}")
                 elif a[name] != b[name]:
                     diffs.append(f"{name} was {a[name]!r}, now {b[name]!r}")
