@@ -13,7 +13,7 @@ from sparke.core import Bank
 from sparke.core.defaults import SIGMA_IMAGE
 from sparke.guidance import SPARKE
 from sparke.guidance.plugin import lowpass, median_distance
-from sparke.guidance.spaces import noise_share
+from sparke.guidance.spaces import centred, noise_share
 from tiny_pipelines import call_kwargs, tiny_sd
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("torch_one_thread")]
@@ -128,7 +128,7 @@ def sd():
     return tiny_sd(DDIMScheduler(**SD_BETAS, clip_sample=False, set_alpha_to_one=False, steps_offset=1))
 
 
-def _first_step(guide: SPARKE, sd, bank_rows: torch.Tensor | None = None):
+def _first_step(guide: SPARKE, sd):
     """(latents before, latents after) of the first guided step, and that step's noise share."""
     seen = []
     original = guide.on_step
@@ -142,14 +142,6 @@ def _first_step(guide: SPARKE, sd, bank_rows: torch.Tensor | None = None):
     guide.on_step = spy
     guide(sd, **call_kwargs(sd, prompt=["a cat", "a dog", "a cat"], steps=3, seed=0))
     return seen[0]
-
-
-def _seeded(**kw) -> SPARKE:
-    guide = SPARKE(scale=0.1, every=1, **kw)
-    g = torch.Generator().manual_seed(3)
-    # a bank of earlier images so that the first step has something to move away from
-    guide.bank.add(torch.nn.functional.normalize(torch.randn(4, 4 * 8 * 8, generator=g), dim=1), None)
-    return guide
 
 
 def test_noise_schedule_scales_the_step_by_the_noise_share(sd):
@@ -185,6 +177,35 @@ def test_median_bandwidth_equals_the_fixed_bandwidth_it_computes():
     assert not torch.allclose(median._direction(x, y), SPARKE(bank=median.bank)._direction(x, y))
 
 
+def test_centred_removes_each_channels_spatial_mean():
+    z = torch.randn(2, 4, 5, 6, generator=torch.Generator().manual_seed(4)) + torch.arange(4.0).view(
+        1, 4, 1, 1
+    )
+    c = centred(z)
+    torch.testing.assert_close(c.mean(dim=(2, 3)), torch.zeros(2, 4), atol=1e-6, rtol=0)
+    torch.testing.assert_close(z - c, z.mean(dim=(2, 3), keepdim=True).expand_as(z))
+    packed = torch.randn(2, 9, 16, generator=torch.Generator().manual_seed(5)) + 3
+    torch.testing.assert_close(centred(packed).mean(dim=1), torch.zeros(2, 16), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="centre"):
+        centred(torch.zeros(2, 8))
+
+
+def test_centred_guidance_never_moves_a_channels_mean(sd):
+    """The features see only the centred latents, so the gradient (and the step) has zero channel means."""
+    before, plain, _ = _first_step(SPARKE(scale=0.1, every=1), sd)
+    guide = SPARKE(scale=0.1, every=1, centre=True)
+    before2, moved, _ = _first_step(guide, sd)
+    assert torch.equal(before, before2)
+    step = (moved - before).double()
+    assert step.norm() > 0
+    assert step.mean(dim=(2, 3)).abs().max() < 1e-6 * step.abs().max()
+    assert (plain - before).double().mean(dim=(2, 3)).abs().max() > 1e-3 * (plain - before).abs().max()
+    assert guide.bank.metadata["space"] == "latent-centred"
+    # the bank holds centred final latents: unit rows whose channel means are 0
+    rows = guide.bank.x.view(len(guide.bank), *moved.shape[1:])
+    torch.testing.assert_close(rows.mean(dim=(2, 3)), torch.zeros(len(guide.bank), 4), atol=1e-6, rtol=0)
+
+
 def test_step_options_are_checked():
     for kw in (
         dict(step_schedule="cosine"),
@@ -192,6 +213,8 @@ def test_step_options_are_checked():
         dict(smooth=True),
         dict(smooth=float("inf")),
         dict(sigma_image="mean"),
+        dict(centre="yes"),
+        dict(centre=True, space=lambda images: images.flatten(1)),
     ):
         with pytest.raises(ValueError):
             SPARKE(**kw)

@@ -32,7 +32,7 @@ from sparke.core.defaults import KERNEL, OBJECTIVE, SIGMA_IMAGE, SIGMA_PROMPT
 from .attach import Attachment, Step, split_batch
 from .guide import Guide, Schedule, check_scale
 from .prompts import PromptEncoder, batch_prompts, encode_prompts
-from .spaces import Space, encode_images, encode_to_latents, features, noise_share, unit_rows
+from .spaces import Space, centred, encode_images, encode_to_latents, features, noise_share, unit_rows
 from .spec import MethodSpec, constructor_defaults
 
 __all__ = ["NONE_SPEC", "SPARKE", "SPARKE_SPEC", "execution_device", "lowpass", "median_distance"]
@@ -77,6 +77,8 @@ class SPARKE(Guide):
             sigma_t / sqrt(alpha_t^2 + sigma_t^2) (about 1 at the first step, 0 at the last).
         smooth: standard deviation, in latent pixels, of a Gaussian blur of g before the step (0: none);
             keeps the step from adding high-frequency noise (needs (B, C, H, W) latents).
+        centre: in the latent and x0 spaces, compare the latents minus each channel's spatial mean, so the
+            step moves spatial structure (layout) and leaves global colour and brightness alone.
 
     ``sigma_image="median"`` sets the image bandwidth at each guided step to the median distance between the
     batch's features and the bank's (and each other), instead of a fixed number.
@@ -99,6 +101,7 @@ class SPARKE(Guide):
         step: str = "relative",
         step_schedule: str = "constant",
         smooth: float = 0.0,
+        centre: bool = False,
     ) -> None:
         super().__init__()
         self.scale = check_scale(scale)
@@ -130,6 +133,11 @@ class SPARKE(Guide):
         self.space = space
         self.step_schedule = step_schedule
         self.smooth = float(smooth)
+        if not isinstance(centre, bool):
+            raise ValueError(f"centre: must be True or False, got {centre!r}")
+        if centre and callable(space):
+            raise ValueError("centre: applies to space='latent' or 'x0', not to an image encoder")
+        self.centre = centre
         self.prompt_encoder = prompt_encoder
         self.follows_pipeline = bank is None or (isinstance(bank, str) and bank in BANK_KINDS)
         self.bank = make_bank(bank or "auto") if self.follows_pipeline else _check_bank(bank)
@@ -152,6 +160,7 @@ class SPARKE(Guide):
         return (
             f"SPARKE(scale={self.scale}, objective={self.objective!r}, every={self.every}, window={self.window}, "
             f"space={space!r}, step={self.step!r}, step_schedule={self.step_schedule!r}, smooth={self.smooth:g}, "
+            f"centre={self.centre}, "
             f"bank={type(self.bank).__name__} of {len(self.bank)} rows)"
         )
 
@@ -290,6 +299,7 @@ class SPARKE(Guide):
                 timestep=step.timestep,
                 height=call.height,
                 width=call.width,
+                centre=self.centre,
             )
             y = None if call.y is None else call.y.to(x.device)
             self._check_dims(x.shape[1], y, type(step.pipe).__name__)
@@ -381,11 +391,14 @@ class SPARKE(Guide):
     @torch.no_grad()
     def _record(self, pipe: Any, call: _Call, final: torch.Tensor) -> None:
         b, _ = split_batch(final, self.batch)
-        x = features(self.space, pipe, final[:b].float(), height=call.height, width=call.width)
+        x = features(
+            self.space, pipe, final[:b].float(), height=call.height, width=call.width, centre=self.centre
+        )
         y = call.y
         self._check_dims(x.shape[1], y, type(pipe).__name__)
         if not len(self.bank) and hasattr(self.bank, "metadata") and isinstance(self.bank.metadata, dict):
             space = self.space if isinstance(self.space, str) else "image-encoder"
+            space += "-centred" if self.centre else ""
             encoder = self.prompt_encoder if isinstance(self.prompt_encoder, str) else "callable"
             meta = dict(pipeline=type(pipe).__name__, space=space, prompt_encoder=encoder)
             for key, value in meta.items():
@@ -404,7 +417,8 @@ class SPARKE(Guide):
         """
         pixels = _to_pixels(pipe, images)
         if self.space in ("latent", "x0"):
-            x = unit_rows(encode_to_latents(pipe, pixels))
+            latents = encode_to_latents(pipe, pixels)
+            x = unit_rows(centred(latents) if self.centre else latents)
         else:
             x = unit_rows(encode_images(self.space, pixels))
         y = None
@@ -500,6 +514,7 @@ _SPARKE_SETTINGS = (
     "step",
     "step_schedule",
     "smooth",
+    "centre",
 )
 SPARKE_HELP: dict[str, str] = {
     "objective": "score the guidance raises: cond-rke (SPARKE), rke, cond-vendi, vendi",
@@ -511,6 +526,7 @@ SPARKE_HELP: dict[str, str] = {
     "space": "feature space: latent (the paper's) or x0 (clean-sample estimate)",
     "step": "relative (scale * |z| * g/|g|, the authors' rule) or raw (scale * g)",
     "step_schedule": "constant, or noise: each step times the sample's noise share (large early, none late)",
+    "centre": "compare latents minus each channel's spatial mean: move layout, not global colour (latent, x0)",
     "smooth": "Gaussian blur (latent pixels) of the step's gradient, against high-frequency noise; 0: none",
     "prompt_encoder": "prompt features: pipeline (its own text encoder) or minilm",
 }

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["decode", "encode_to_latents", "features", "noise_share", "unit_rows", "x0_estimate"]
+__all__ = ["centred", "decode", "encode_to_latents", "features", "noise_share", "unit_rows", "x0_estimate"]
 
 Space = str | Callable[[torch.Tensor], Any]
 
@@ -113,6 +113,18 @@ def noise_share(scheduler: Any, timestep: Any) -> float:
         a, b = _vp_alpha_sigma(scheduler, timestep)
         alpha, sigma = float(a), float(b)
     return sigma / max((alpha**2 + sigma**2) ** 0.5, 1e-12)
+
+
+def centred(z: torch.Tensor) -> torch.Tensor:
+    """Latents minus each channel's spatial mean: (B, C, H, W) over H, W; packed (B, seq, C) over seq.
+
+    What is left is the spatial structure (where things are); the means carry global colour and brightness.
+    """
+    if z.ndim == 4:
+        return z - z.mean(dim=(2, 3), keepdim=True)
+    if z.ndim == 3:
+        return z - z.mean(dim=1, keepdim=True)
+    raise ValueError(f"centre: needs (B, C, H, W) or packed (B, seq, C) latents, got shape {tuple(z.shape)}")
 
 
 def _is_packed(pipe: Any, latents: torch.Tensor) -> bool:
@@ -219,15 +231,17 @@ def features(
     timestep: Any = None,
     height: int | None = None,
     width: int | None = None,
+    centre: bool = False,
 ) -> torch.Tensor:
     """(B, d) unit feature rows of `latents` in `space`; without `model_output` the latents count as clean.
 
-    Differentiable with respect to `latents` (the model output is held fixed).
+    Differentiable with respect to `latents` (the model output is held fixed). ``centre``: in the latent and
+    x0 spaces, each channel's spatial mean is removed first (``centred``).
     """
     clean = latents
     if space != "latent" and model_output is not None:
         clean = x0_estimate(scheduler, latents, model_output, timestep)
     if space in ("latent", "x0"):
-        return unit_rows(clean)
+        return unit_rows(centred(clean) if centre else clean)
     images = decode(pipe, clean, height=height, width=width)
     return unit_rows(encode_images(space, images))

@@ -210,7 +210,7 @@ def _prompt_json(p: PromptEntry) -> dict[str, Any]:
 
 
 # settings added to a method after run folders existed -> the behaviour of the folders made before them
-ADDED_SETTINGS: dict[str, Any] = {"step_schedule": "constant", "smooth": 0.0}
+ADDED_SETTINGS: dict[str, Any] = {"step_schedule": "constant", "smooth": 0.0, "centre": False}
 
 
 def config_differences(

@@ -271,7 +271,9 @@ class GenerateSummary:
 
 
 def _space(config: RunConfig) -> str:
-    return str(config.settings.get("space", "latent"))
+    """The feature space as banks record it: "latent", "x0", "latent-centred", "x0-centred", ..."""
+    space = str(config.settings.get("space", "latent"))
+    return f"{space}-centred" if config.settings.get("centre") else space
 
 
 def _bank_metadata(config: RunConfig) -> dict[str, Any]:
