@@ -220,6 +220,35 @@ def test_scales_option_replaces_or_drops_one_sweep():
             parse_sweeps(base, [bad])
 
 
+def test_a_run_stopped_midway_keeps_its_finished_rows_paired(tmp_path):
+    from sparke.bench.combine import combine
+
+    pipe, encoder = _tiny()
+    config = BenchConfig(clusters=2, prompts=2, seeds=2, steps=2, n_boot=20, mixture=False)
+    config = dataclasses.replace(config, sweeps={"sparke": [0.1], "cads": [0.25]})
+
+    def stop_at_cads(message: str) -> None:
+        if message.startswith("cads"):
+            raise KeyboardInterrupt  # as a Ctrl-C in the middle of the third setting
+
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(config, tmp_path / "a", command="a", progress=stop_at_cads, pipe=pipe, encoder=encoder)
+    rows = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert [r["label"] for r in rows] == ["world", "none", "sparke"]
+    assert json.loads((tmp_path / "a" / "meta.json").read_text())["complete"] is False
+    assert not list((tmp_path / "a").glob(".*.tmp"))  # every file was replaced whole
+    full = run_bench(config, tmp_path / "b", command="b", progress=None, pipe=pipe, encoder=encoder)
+    assert full["complete"] is True
+    combine(tmp_path / "ab", [tmp_path / "a", tmp_path / "b"])
+    merged = json.loads((tmp_path / "ab" / "results.json").read_text())
+    done = json.loads((tmp_path / "b" / "results.json").read_text())
+    # the stopped run's rows are those of the complete run (same noise, same resamples)
+    assert [r["label"] for r in merged] == ["world", "none", "sparke", "cads"]
+    for a, b in zip(merged[:3], done[:3], strict=True):
+        assert a["cond_vendi"] == b["cond_vendi"] and a["ci"] == b["ci"]
+    assert json.loads((tmp_path / "ab" / "meta.json").read_text())["complete"] is False
+
+
 def test_variant_option_adds_a_labelled_row_group_with_checked_settings():
     import typer
 

@@ -90,7 +90,8 @@ def run_bench(
             f"coverage {row['free_attribute_coverage']:.3f} {row['sec_per_image']:.2f} s/image "
             f"({time.perf_counter() - start:.0f} s elapsed)"
         )
-        report.write_json(out / "results.json", rows)  # after each setting: a partial run still leaves rows
+        # after each setting: a run stopped midway leaves its finished rows, paired and combinable
+        write_state(out, config, command, start, rows, reps, intervals, complete=False)
 
     mixture_rows = None
     if config.mixture:
@@ -107,9 +108,32 @@ def run_bench(
         mixture_rows = run_mixture(mix_settings, out=out, seed=config.seed)
         report.write_json(out / "mixture.json", mixture_rows)
 
+    meta = write_state(out, config, command, start, rows, reps, intervals, complete=True)
+    report.plot_tradeoff(out, rows)
+    report.plot_samples(out, samples, clusters)
+    report.write_markdown(out, rows, meta, mixture_rows)
+    return meta
+
+
+def write_state(
+    out: Path,
+    config: BenchConfig,
+    command: str,
+    start: float,
+    rows: list[dict[str, Any]],
+    reps: list[Any],
+    intervals: Intervals,
+    complete: bool,
+) -> dict[str, Any]:
+    """DIR/results.json, DIR/meta.json (``complete`` False while settings remain) and DIR/replicates.npz."""
+    import torch
+
+    from . import report
+
     meta = {
         "command": command or "sparke.bench.run_bench(...)",
         "config": config.to_dict(),
+        "complete": complete,
         "wall_seconds": time.perf_counter() - start,
         "torch_threads": torch.get_num_threads(),
         "goal": report.goal_check(rows, reps),
@@ -120,9 +144,6 @@ def run_bench(
     report.write_json(out / "results.json", rows)
     report.write_json(out / "meta.json", meta)
     intervals.save(out / "replicates.npz", rows, reps)
-    report.plot_tradeoff(out, rows)
-    report.plot_samples(out, samples, clusters)
-    report.write_markdown(out, rows, meta, mixture_rows)
     return meta
 
 
@@ -172,11 +193,17 @@ class Intervals:
 
     def save(self, path: Path, rows: list[dict[str, Any]], reps: list[dict[str, Any] | None]) -> None:
         """DIR/replicates.npz: each row's bootstrap replicates (``ROW-INDEX/METRIC``), to redo the checks."""
+        import io
+
         import numpy as np
+
+        from sparke.runs.folder import atomic_write
 
         arrays = {f"{i}/{m}": v for i, r in enumerate(reps) if r is not None for m, v in r.items()}
         if arrays:
-            np.savez_compressed(path, **arrays)
+            buffer = io.BytesIO()
+            np.savez_compressed(buffer, **arrays)
+            atomic_write(path, buffer.getvalue())
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -65,6 +65,9 @@ def combine(out: Path, folders: list[Path]) -> dict[str, Any]:
         "command": " + ".join(m["command"] for m in metas),
         "config": first,
         "wall_seconds": sum(m["wall_seconds"] for m in metas),
+        "complete": all(
+            m.get("complete", True) for m in metas
+        ),  # False: a run stopped before its last setting
         "intervals": metas[0].get("intervals"),
         "goal": report.goal_check(rows, reps),
         "goal_at_default": report.goal_check(rows, reps, fixed=report.RECOMMENDED),

@@ -373,7 +373,10 @@ def _error_bars(ax: Any, rows: list[dict[str, Any]], colour: str) -> None:
 
 
 def write_json(path: Path, value: Any) -> None:
-    path.write_text(json.dumps(value, indent=1, default=float))
+    """``value`` as JSON at ``path``, replaced atomically: a run killed while writing keeps the last file."""
+    from sparke.runs.folder import atomic_write
+
+    atomic_write(path, json.dumps(value, indent=1, default=float).encode())
 
 
 def plot_samples(out: Path, samples: dict[str, Any], clusters: list, cluster: int = 0) -> None:
