@@ -19,7 +19,17 @@ GUIDANCE = "Guidance (see `sparke.methods`)"
 OUTPUT = "Output"
 
 # option name -> setting name of the method (only the settings the chosen method has may be given)
-SETTING_OPTIONS = ("every", "sigma_image", "sigma_prompt", "space", "objective", "kernel", "window", "step")
+SETTING_OPTIONS = (
+    "every",
+    "sigma_image",
+    "sigma_prompt",
+    "space",
+    "centre",
+    "objective",
+    "kernel",
+    "window",
+    "step",
+)
 
 
 # a str Enum of the registry's names, so --help lists the choices (methods added to METHODS appear too)
@@ -164,6 +174,16 @@ def generate_command(
             help="Feature space: latent (the paper's) or x0." + _defaults("space"), rich_help_panel=GUIDANCE
         ),
     ] = None,
+    centre: Annotated[
+        bool | None,
+        typer.Option(
+            "--centre/--no-centre",
+            help="Compare latents minus each channel's spatial mean: guidance moves layout, not global colour "
+            "(latent and x0 spaces)." + _defaults("centre"),
+            rich_help_panel=GUIDANCE,
+            show_default=False,
+        ),
+    ] = None,
     objective: Annotated[
         str | None,
         typer.Option(
@@ -243,6 +263,7 @@ def generate_command(
             sigma_image=sigma_image,
             sigma_prompt=sigma_prompt,
             space=space,
+            centre=centre,
             objective=objective,
             kernel=kernel,
             window=window,

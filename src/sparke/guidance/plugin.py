@@ -556,8 +556,8 @@ NONE_SPEC = MethodSpec(
     doc="the pipeline as is (classifier-free guidance only); its bank records the images' latents",
     paper="Ho & Salimans, Classifier-Free Diffusion Guidance, arXiv 2207.12598",
     default_scale=0.0,
-    defaults=constructor_defaults(SPARKE, ["space", "prompt_encoder"]),
+    defaults=constructor_defaults(SPARKE, ["space", "centre", "prompt_encoder"]),
     build=lambda scale, settings: SPARKE(scale=0.0, **settings),
     has_scale=False,
-    help={k: SPARKE_HELP[k] for k in ("space", "prompt_encoder")},
+    help={k: SPARKE_HELP[k] for k in ("space", "centre", "prompt_encoder")},
 )
