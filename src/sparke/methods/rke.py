@@ -3,7 +3,8 @@ baseline of its tables).
 
 The same plug-in as SPARKE with ``objective="rke"``: each new sample is pushed away from every earlier sample
 in the bank, whatever its prompt (no prompt kernel), so a red circle is also pushed away from blue squares.
-Defaults are the plug-in's: scale 0.03, every 10th step, sigma 0.8, latent space, whole-history bank.
+Defaults are the plug-in's (scale 0.03, every 10th step, sigma 0.8, whole-history bank), in the paper's feature
+space: the latents as they are (``space="latent"``, ``centre=False``), whatever SPARKE's own default space.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ from sparke.guidance.spec import constructor_defaults
 
 __all__ = ["LATENT_RKE_SPEC", "LatentRKE"]
 
-SETTINGS = ("every", "window", "space", "step", "sigma_image")
+SETTINGS = ("every", "window", "step", "sigma_image")
+SPACE_SETTINGS = ("space", "centre")  # pinned to the paper's latent space (see the module docstring)
 
 
-def LatentRKE(scale: float = 0.03, **options: Any) -> SPARKE:  # noqa: N802 - a class-like factory
+def LatentRKE(  # noqa: N802 - a class-like factory
+    scale: float = 0.03, space: Any = "latent", centre: bool = False, **options: Any
+) -> SPARKE:
     """A ``sparke.SPARKE`` guide with objective "rke"; ``options`` go to ``SPARKE``."""
-    return SPARKE(scale=scale, objective="rke", **options)
+    return SPARKE(scale=scale, objective="rke", space=space, centre=centre, **options)
 
 
 def _build(scale: float, settings: dict[str, Any]) -> SPARKE:
@@ -33,7 +37,7 @@ LATENT_RKE_SPEC = MethodSpec(
     doc="latent RKE guidance: SPARKE without the prompt kernel (pushes away from every earlier image)",
     paper="Jalali, Lei, Gohari, Farnia, SPARKE, arXiv 2506.10173 (latent RKE baseline)",
     default_scale=constructor_defaults(LatentRKE, ["scale"])["scale"],
-    defaults=constructor_defaults(SPARKE, SETTINGS),
+    defaults={**constructor_defaults(SPARKE, SETTINGS), **constructor_defaults(LatentRKE, SPACE_SETTINGS)},
     build=_build,
-    help={k: SPARKE_HELP[k] for k in SETTINGS},
+    help={k: SPARKE_HELP[k] for k in (*SETTINGS, *SPACE_SETTINGS)},
 )

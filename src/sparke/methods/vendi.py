@@ -10,8 +10,9 @@ unconditional: prompts are ignored (c-VSG's "contextualisation" with real exempl
 is no exemplar set here).
 
 Built on the SPARKE plug-in (same attachment, step rule and feature spaces). Defaults: memory 150 rows, the
-Gaussian kernel with sigma 0.8 on unit features, the latent space, every 10th step, relative step,
-``scale`` = 0.03 (the plug-in's defaults, so that only the objective and the memory differ from SPARKE).
+Gaussian kernel with sigma 0.8 on unit features, every 10th step, relative step, ``scale`` = 0.03 (the
+plug-in's defaults), in the latent space as c-VSG and the SPARKE paper run it (``space="latent"``,
+``centre=False``, whatever SPARKE's own default space).
 """
 
 from __future__ import annotations
@@ -23,21 +24,25 @@ from sparke.guidance import SPARKE, MethodSpec
 from sparke.guidance.plugin import SPARKE_HELP
 from sparke.guidance.spec import constructor_defaults
 
-from .rke import SETTINGS
+from .rke import SETTINGS, SPACE_SETTINGS
 
 __all__ = ["VENDI_SPEC", "WINDOW", "VendiGuidance"]
 
 WINDOW = 150
 
 
-def VendiGuidance(scale: float = 0.03, memory: int = WINDOW, **options: Any) -> SPARKE:  # noqa: N802 - a class-like factory
+def VendiGuidance(  # noqa: N802 - a class-like factory
+    scale: float = 0.03, memory: int = WINDOW, space: Any = "latent", centre: bool = False, **options: Any
+) -> SPARKE:
     """A ``sparke.SPARKE`` guide with objective "vendi" and a sliding bank of the last ``memory`` rows.
 
     ``options`` go to ``SPARKE`` (every, window = the trajectory fractions, space, sigma_image, step, ...).
     """
     if isinstance(memory, bool) or not (isinstance(memory, int) and memory >= 1):
         raise ValueError(f"memory: must be a positive integer, got {memory!r}")
-    guide = SPARKE(scale=scale, objective="vendi", bank=Bank(capacity=memory), **options)
+    guide = SPARKE(
+        scale=scale, objective="vendi", bank=Bank(capacity=memory), space=space, centre=centre, **options
+    )
     guide.follows_pipeline = (
         True  # our own sliding bank: it moves to the pipeline's device like a default one
     )
@@ -53,10 +58,13 @@ VENDI_SPEC = MethodSpec(
     doc=f"Vendi score guidance over a sliding window of the last {WINDOW} images (as in c-VSG)",
     paper="Askari Hemmat et al., contextualized Vendi Score Guidance (c-VSG), ECCV 2024",
     default_scale=constructor_defaults(VendiGuidance, ["scale"])["scale"],
-    defaults={**constructor_defaults(SPARKE, SETTINGS), **constructor_defaults(VendiGuidance, ["memory"])},
+    defaults={
+        **constructor_defaults(SPARKE, SETTINGS),
+        **constructor_defaults(VendiGuidance, [*SPACE_SETTINGS, "memory"]),
+    },
     build=_build,
     help={
-        **{k: SPARKE_HELP[k] for k in SETTINGS},
+        **{k: SPARKE_HELP[k] for k in (*SETTINGS, *SPACE_SETTINGS)},
         "memory": "rows of the sliding memory (the last images generated)",
     },
 )
