@@ -45,12 +45,28 @@ def test_demo_small(tmp_path, capsys):
         before = (tmp_path / "demo" / "none" / "manifest.jsonl").read_bytes()
         assert main(args) == 0
         assert (tmp_path / "demo" / "none" / "manifest.jsonl").read_bytes() == before
+        # a folder an older version made with other settings is moved aside and made again, not refused
+        run_file = tmp_path / "demo" / "sparke" / "run.json"
+        old = json.loads(run_file.read_text())
+        old["settings"].update(space="latent", centre=False)
+        run_file.write_text(json.dumps(old))
+        assert main(args) == 0
+        aside = list((tmp_path / "demo").glob("sparke.before-*"))
+        assert len(aside) == 1, aside
+        assert json.loads((aside[0] / "run.json").read_text()) == old
+        assert json.loads(run_file.read_text())["settings"]["space"] == "x0"
+        assert "moved to sparke.before-" in capsys.readouterr().err
 
 
-def test_demo_guides_only_at_the_recommended_scale():
-    # docs/benchmark.md: 0.01 keeps fidelity within 2 points of none, 0.03 costs ~6 points
-    from sparke.cli.demo import RECOMMENDED_SCALE, RUNS
+def test_demo_guides_at_the_defaults_the_benchmark_recommends():
+    # docs/benchmark.md: SPARKE's defaults (x0, centred, 0.03) keep fidelity within ~1 point on held-out sets
+    from sparke.bench import QUICK
+    from sparke.bench.report import RECOMMENDED
+    from sparke.cli.demo import RUNS
+    from sparke.methods import METHODS
 
-    assert RECOMMENDED_SCALE <= 0.01
+    default = METHODS["sparke"].default_scale
     assert RUNS[0][1] == "none"
-    assert all(scale <= RECOMMENDED_SCALE for _, method, scale, _ in RUNS if method != "none")
+    assert [(method, scale) for _, method, scale, _ in RUNS[1:]] == [("sparke", None)]  # None: the default
+    assert RECOMMENDED == ("sparke", default) and QUICK.sweeps["sparke"] == [default]
+    assert METHODS["sparke"].defaults["space"] == "x0" and METHODS["sparke"].defaults["centre"] is True

@@ -114,7 +114,9 @@ def test_run_folder_contents(reference, tiny):
     bank = Bank.load(reference / "bank.safetensors")
     assert len(bank) == 9 and bank.x.shape[1] == 3 * 32 * 32 and bank.y.shape[1] == 384
     meta = bank.metadata
-    assert meta["model"] == str(tiny.resolve()) and meta["method"] == "sparke" and meta["space"] == "latent"
+    assert (
+        meta["model"] == str(tiny.resolve()) and meta["method"] == "sparke" and meta["space"] == "x0-centred"
+    )
     assert meta["kernel"] == "gaussian" and meta["sigma_image"] == 0.8 and meta["sigma_prompt"] == 0.3
     assert meta["run"]["committed_batches"] == 5 and meta["run"]["committed_images"] == 9
     with safe_open(str(reference / "bank.safetensors"), "pt") as handle:

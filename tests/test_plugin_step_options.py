@@ -186,24 +186,27 @@ def test_centred_removes_each_channels_spatial_mean():
     torch.testing.assert_close(z - c, z.mean(dim=(2, 3), keepdim=True).expand_as(z))
     packed = torch.randn(2, 9, 16, generator=torch.Generator().manual_seed(5)) + 3
     torch.testing.assert_close(centred(packed).mean(dim=1), torch.zeros(2, 16), atol=1e-6, rtol=0)
+    flat = torch.randn(2, 8)
+    assert centred(flat) is flat  # no spatial axis: nothing to centre
     with pytest.raises(ValueError, match="centre"):
-        centred(torch.zeros(2, 8))
+        centred(torch.zeros(2, 3, 4, 5, 6))
 
 
 def test_centred_guidance_never_moves_a_channels_mean(sd):
     """The features see only the centred latents, so the gradient (and the step) has zero channel means."""
-    before, plain, _ = _first_step(SPARKE(scale=0.1, every=1), sd)
-    guide = SPARKE(scale=0.1, every=1, centre=True)
-    before2, moved, _ = _first_step(guide, sd)
-    assert torch.equal(before, before2)
-    step = (moved - before).double()
-    assert step.norm() > 0
-    assert step.mean(dim=(2, 3)).abs().max() < 1e-6 * step.abs().max()
+    before, plain, _ = _first_step(SPARKE(scale=0.1, every=1, space="latent", centre=False), sd)
     assert (plain - before).double().mean(dim=(2, 3)).abs().max() > 1e-3 * (plain - before).abs().max()
-    assert guide.bank.metadata["space"] == "latent-centred"
-    # the bank holds centred final latents: unit rows whose channel means are 0
-    rows = guide.bank.x.view(len(guide.bank), *moved.shape[1:])
-    torch.testing.assert_close(rows.mean(dim=(2, 3)), torch.zeros(len(guide.bank), 4), atol=1e-6, rtol=0)
+    for space in ("latent", "x0"):  # x0 = (z - sigma eps) / alpha: its gradient is the latent one over alpha
+        guide = SPARKE(scale=0.1, every=1, space=space, centre=True)
+        before2, moved, _ = _first_step(guide, sd)
+        assert torch.equal(before, before2)
+        step = (moved - before).double()
+        assert step.norm() > 0
+        assert step.mean(dim=(2, 3)).abs().max() < 1e-6 * step.abs().max()
+        assert guide.bank.metadata["space"] == f"{space}-centred"
+        # the bank holds centred final latents: unit rows whose channel means are 0
+        rows = guide.bank.x.view(len(guide.bank), *moved.shape[1:])
+        torch.testing.assert_close(rows.mean(dim=(2, 3)), torch.zeros(len(guide.bank), 4), atol=1e-6, rtol=0)
 
 
 def test_step_options_are_checked():
@@ -214,8 +217,9 @@ def test_step_options_are_checked():
         dict(smooth=float("inf")),
         dict(sigma_image="mean"),
         dict(centre="yes"),
-        dict(centre=True, space=lambda images: images.flatten(1)),
     ):
         with pytest.raises(ValueError):
             SPARKE(**kw)
     assert "step_schedule='noise'" in repr(SPARKE(step_schedule="noise", smooth=2))
+    assert SPARKE().centre and SPARKE().space == "x0"  # the defaults: the benchmark's best trade-off
+    assert not SPARKE(space=lambda images: images.flatten(1)).centre  # an encoder's features stay as they are

@@ -101,7 +101,8 @@ def run_bench(
         from .mixture import SCALES as MIX_SCALES
 
         mix_settings = [("none", 0.0, {})] + [
-            (m, s, {"every": 4} if m in ("sparke", "rke", "vendi") else {})
+            # the paper's latent space for every bank method (the 2-D points have no spatial axis to centre)
+            (m, s, {"every": 4, "space": "latent"} if m in ("sparke", "rke", "vendi") else {})
             for m, scales in MIX_SCALES.items()
             for s in scales
         ]

@@ -65,7 +65,9 @@ class SPARKE(Guide):
         sigma_image, sigma_prompt: kernel bandwidths on the unit-norm image and prompt features.
         every: guide at steps 0, every, 2 * every, ... (denoising steps, not scheduler calls).
         window: (start, end) fractions of the trajectory in which to guide; 0 = first step, 1 = last.
-        space: "latent", "x0", or a differentiable image encoder ``images (B, 3, H, W) in [-1, 1] -> (B, ...)``.
+        space: "x0" (default: the clean-sample estimate, compared with the bank's clean final latents), "latent"
+            (the paper's: the noisy latents as they are), or a differentiable image encoder
+            ``images (B, 3, H, W) in [-1, 1] -> (B, ...)``.
         prompt_encoder: "pipeline", "minilm" or a callable ``list[str] -> Tensor (N, e)``.
         bank: "auto" (default: a new bank that follows the pipeline's device, fp16 on CUDA), "exact", or a
             bank object (``sparke.Bank``, ``sparke.IndexedBank`` or any ``sparke.core.BankLike``), which stays
@@ -77,8 +79,10 @@ class SPARKE(Guide):
             sigma_t / sqrt(alpha_t^2 + sigma_t^2) (about 1 at the first step, 0 at the last).
         smooth: standard deviation, in latent pixels, of a Gaussian blur of g before the step (0: none);
             keeps the step from adding high-frequency noise (needs (B, C, H, W) latents).
-        centre: in the latent and x0 spaces, compare the latents minus each channel's spatial mean, so the
-            step moves spatial structure (layout) and leaves global colour and brightness alone.
+        centre: in the latent and x0 spaces (default True), compare the latents minus each channel's spatial
+            mean, so the step moves spatial structure (layout) and leaves global colour and brightness alone;
+            an image encoder's features are used as they are. ``space="latent", centre=False`` is the paper's
+            setting; the defaults are the best trade-off measured by ``sparke bench`` (docs/benchmark.md).
 
     ``sigma_image="median"`` sets the image bandwidth at each guided step to the median distance between the
     batch's features and the bank's (and each other), instead of a fixed number.
@@ -93,7 +97,7 @@ class SPARKE(Guide):
         sigma_prompt: float = SIGMA_PROMPT,
         every: int = 10,
         window: tuple[float, float] = (0.0, 1.0),
-        space: Space = "latent",
+        space: Space = "x0",
         prompt_encoder: PromptEncoder = "pipeline",
         bank: Any = "auto",
         reference: Any = None,
@@ -101,7 +105,7 @@ class SPARKE(Guide):
         step: str = "relative",
         step_schedule: str = "constant",
         smooth: float = 0.0,
-        centre: bool = False,
+        centre: bool = True,
     ) -> None:
         super().__init__()
         self.scale = check_scale(scale)
@@ -135,9 +139,7 @@ class SPARKE(Guide):
         self.smooth = float(smooth)
         if not isinstance(centre, bool):
             raise ValueError(f"centre: must be True or False, got {centre!r}")
-        if centre and callable(space):
-            raise ValueError("centre: applies to space='latent' or 'x0', not to an image encoder")
-        self.centre = centre
+        self.centre = centre and not callable(space)  # an encoder's features are used as they are
         self.prompt_encoder = prompt_encoder
         self.follows_pipeline = bank is None or (isinstance(bank, str) and bank in BANK_KINDS)
         self.bank = make_bank(bank or "auto") if self.follows_pipeline else _check_bank(bank)

@@ -119,12 +119,17 @@ def centred(z: torch.Tensor) -> torch.Tensor:
     """Latents minus each channel's spatial mean: (B, C, H, W) over H, W; packed (B, seq, C) over seq.
 
     What is left is the spatial structure (where things are); the means carry global colour and brightness.
+    Flat (B, d) latents have no spatial axis and come back as they are.
     """
     if z.ndim == 4:
         return z - z.mean(dim=(2, 3), keepdim=True)
     if z.ndim == 3:
         return z - z.mean(dim=1, keepdim=True)
-    raise ValueError(f"centre: needs (B, C, H, W) or packed (B, seq, C) latents, got shape {tuple(z.shape)}")
+    if z.ndim == 2:
+        return z
+    raise ValueError(
+        f"centre: needs (B, C, H, W), packed (B, seq, C) or flat (B, d) latents, got {tuple(z.shape)}"
+    )
 
 
 def _is_packed(pipe: Any, latents: torch.Tensor) -> bool:

@@ -30,6 +30,7 @@ from .folder import (
     plan,
     read_prompts,
     repair_command,
+    unresolved_keys,
 )
 from .launch import generate
 from .lock import RunLock
@@ -50,6 +51,7 @@ __all__ = [
     "atomic_write",
     "check_required",
     "config_differences",
+    "unresolved_keys",
     "file_sha256",
     "file_stamp",
     "generate",

@@ -213,6 +213,12 @@ def _prompt_json(p: PromptEntry) -> dict[str, Any]:
 ADDED_SETTINGS: dict[str, Any] = {"step_schedule": "constant", "smooth": 0.0, "centre": False}
 
 
+def unresolved_keys(config: RunConfig) -> list[str]:
+    """Keys of ``config`` not yet decided (steps/cfg: the pipeline's own; no init_bank: the stored run's)."""
+    keys = [k for k in ("steps", "cfg") if getattr(config, k) is None]
+    return keys + (["init_bank"] if config.init_bank is None else [])
+
+
 def config_differences(
     stored: dict[str, Any], current: dict[str, Any], skip: Iterable[str] = ()
 ) -> list[str]:

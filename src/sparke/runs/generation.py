@@ -45,6 +45,7 @@ from .folder import (
     image_seed,
     plan,
     repair_command,
+    unresolved_keys,
 )
 from .lock import RunLock
 
@@ -404,11 +405,8 @@ def open_session(
     stored = folder.read_config()
     if stored is None and (folder.manifest_file.exists() or folder.bank_file.exists()):
         raise RunError(f"{folder.path}: has a manifest or bank but no run.json; not a sparke run folder")
-    unresolved = [k for k in ("steps", "cfg") if getattr(config, k) is None]
-    if config.init_bank is None:
-        unresolved.append("init_bank")  # a resumed run keeps the bank it started from
-    if stored is not None:
-        _refuse_if_different(folder, stored, config.to_json(), unresolved)
+    if stored is not None:  # a resumed run keeps the bank it started from
+        _refuse_if_different(folder, stored, config.to_json(), unresolved_keys(config))
 
     spec = METHODS[config.method]
     try:
