@@ -49,13 +49,14 @@ def test_scale_zero_is_exactly_unguided(name):
     assert guide.stats.guided == 0
 
 
+@pytest.mark.parametrize("space", [{}, {"space": "latent", "centre": False}], ids=["default", "paper-latent"])
 @pytest.mark.parametrize("name", NAMES)
-def test_guidance_changes_images_and_raises_spread(name):
+def test_guidance_changes_images_and_raises_spread(name, space):
     pipe = _pipe(name)
     base, guided = [], []
     for seed in SEEDS:
         out_v, z_v = _run(pipe, seed=seed)
-        guide = SPARKE(scale=0.3, every=1)
+        guide = SPARKE(scale=0.3, every=1, **space)
         out_g, z_g = _run(pipe, guide, seed=seed)
         assert not torch.equal(final_latents(out_g), final_latents(out_v))
         assert guide.stats.guided == guide.stats.steps == 3

@@ -153,9 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     out.print(table)
     n_images = results[0]["overall"]["n_images"]
     out.print(
-        f"[Cond-Vendi with its 95% interval over the prompt clusters.] With {n_images} images per run, "
-        "differences this small are within the noise; `sparke bench` (docs/benchmark.md) measures them with "
-        "enough images and paired intervals.",
+        f"[Cond-Vendi with its 95% interval over the prompt clusters.] With {n_images} images per run the "
+        "differences are rough (a few images move a rate by points); `sparke bench` (docs/benchmark.md) "
+        "measures them with enough images and paired intervals.",
         highlight=False,
     )
     minutes, seconds = divmod(time.perf_counter() - start, 60)
