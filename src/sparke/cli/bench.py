@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from .common import err, out, user_errors
+from .common import err, out, setting_value, user_errors
 
 
 def bench_command(
@@ -156,10 +155,7 @@ def parse_variants(options: list[str]) -> dict[str, dict]:
             key, sep, raw = item.partition("=")
             if not sep:
                 raise typer.BadParameter(f"{option!r}: expected KEY=VALUE, got {item!r}")
-            try:
-                settings[key.strip()] = json.loads(raw)
-            except ValueError:
-                settings[key.strip()] = raw.strip()
+            settings[key.strip()] = setting_value(raw.strip())
         try:
             resolve_settings(METHODS[method], settings)
         except ValueError as e:

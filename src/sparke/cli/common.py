@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import warnings
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -86,6 +88,14 @@ def print_notes(notes: Iterable[str], where: str = "") -> None:
     """What a command repaired or noticed, one yellow line each on stderr."""
     for note in notes:
         err.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
+
+
+def setting_value(raw: str) -> Any:
+    """A ``KEY=VALUE`` option's value: JSON where it parses (1.5, true, [0, 0.5]), else the text itself."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
 
 
 def human_size(size: int) -> str:

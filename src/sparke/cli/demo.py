@@ -167,16 +167,10 @@ def main(argv: list[str] | None = None) -> int:
 def _move_aside_if_other(folder: Path, config: Any) -> None:
     """A demo folder made with other settings (an older version's) is renamed, not refused: the demo remakes it."""
     from sparke.cli.common import err
-    from sparke.runs import RUN_FILE, config_differences, unresolved_keys
+    from sparke.runs import RunFolder, config_differences, unresolved_keys
 
-    file = folder / RUN_FILE
-    if not file.is_file():
-        return
-    try:
-        stored = json.loads(file.read_text())
-    except (OSError, ValueError):
-        return  # a damaged run.json: the run's own checks say what is wrong
-    if config_differences(stored, config.to_json(), unresolved_keys(config)):
+    stored = RunFolder(folder).read_config()  # a damaged run.json: its RunError says so, as a run would
+    if stored is not None and config_differences(stored, config.to_json(), unresolved_keys(config)):
         aside = folder.with_name(f"{folder.name}.before-{time.strftime('%Y%m%d-%H%M%S')}")
         folder.rename(aside)
         err.print(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,7 +10,7 @@ import typer
 
 from sparke.methods import METHODS
 
-from .common import err, fail, out, print_notes, user_errors, user_warnings
+from .common import err, fail, out, print_notes, setting_value, user_errors, user_warnings
 
 PROMPTS = "Prompts"
 MODEL = "Model and sampling"
@@ -171,7 +170,8 @@ def generate_command(
     space: Annotated[
         str | None,
         typer.Option(
-            help="Feature space: latent (the paper's) or x0." + _defaults("space"), rich_help_panel=GUIDANCE
+            help="Feature space: x0 (the clean estimate) or latent (the paper's)." + _defaults("space"),
+            rich_help_panel=GUIDANCE,
         ),
     ] = None,
     centre: Annotated[
@@ -343,11 +343,7 @@ def _overrides(
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise RunError(f"--set {item!r}: expected KEY=VALUE")
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw
-        overrides[key.strip().replace("-", "_")] = value
+        overrides[key.strip().replace("-", "_")] = setting_value(raw)
     return overrides
 
 

@@ -32,7 +32,16 @@ from sparke.core.defaults import KERNEL, OBJECTIVE, SIGMA_IMAGE, SIGMA_PROMPT
 from .attach import Attachment, Step, split_batch
 from .guide import Guide, Schedule, check_scale
 from .prompts import PromptEncoder, batch_prompts, encode_prompts
-from .spaces import Space, centred, encode_images, encode_to_latents, features, noise_share, unit_rows
+from .spaces import (
+    Space,
+    centred,
+    encode_images,
+    encode_to_latents,
+    features,
+    noise_share,
+    space_label,
+    unit_rows,
+)
 from .spec import MethodSpec, constructor_defaults
 
 __all__ = ["NONE_SPEC", "SPARKE", "SPARKE_SPEC", "execution_device", "lowpass", "median_distance"]
@@ -399,8 +408,7 @@ class SPARKE(Guide):
         y = call.y
         self._check_dims(x.shape[1], y, type(pipe).__name__)
         if not len(self.bank) and hasattr(self.bank, "metadata") and isinstance(self.bank.metadata, dict):
-            space = self.space if isinstance(self.space, str) else "image-encoder"
-            space += "-centred" if self.centre else ""
+            space = space_label(self.space if isinstance(self.space, str) else "image-encoder", self.centre)
             encoder = self.prompt_encoder if isinstance(self.prompt_encoder, str) else "callable"
             meta = dict(pipeline=type(pipe).__name__, space=space, prompt_encoder=encoder)
             for key, value in meta.items():

@@ -18,7 +18,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["centred", "decode", "encode_to_latents", "features", "noise_share", "unit_rows", "x0_estimate"]
+__all__ = [
+    "centred",
+    "decode",
+    "encode_to_latents",
+    "features",
+    "noise_share",
+    "space_label",
+    "unit_rows",
+    "x0_estimate",
+]
 
 Space = str | Callable[[torch.Tensor], Any]
 
@@ -113,6 +122,11 @@ def noise_share(scheduler: Any, timestep: Any) -> float:
         a, b = _vp_alpha_sigma(scheduler, timestep)
         alpha, sigma = float(a), float(b)
     return sigma / max((alpha**2 + sigma**2) ** 0.5, 1e-12)
+
+
+def space_label(space: str, centre: bool) -> str:
+    """The feature space as banks record it: "latent", "x0", "latent-centred", "x0-centred", "image-encoder"."""
+    return f"{space}-centred" if centre else space
 
 
 def centred(z: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,7 @@ import torch
 from sparke.core import Bank, BankFileError
 from sparke.core.auto import AutoBank
 from sparke.core.files import honour_umask
+from sparke.guidance.spaces import space_label
 from sparke.methods import METHODS
 
 from .folder import (
@@ -272,9 +273,7 @@ class GenerateSummary:
 
 
 def _space(config: RunConfig) -> str:
-    """The feature space as banks record it: "latent", "x0", "latent-centred", "x0-centred", ..."""
-    space = str(config.settings.get("space", "latent"))
-    return f"{space}-centred" if config.settings.get("centre") else space
+    return space_label(str(config.settings.get("space", "latent")), bool(config.settings.get("centre")))
 
 
 def _bank_metadata(config: RunConfig) -> dict[str, Any]:
