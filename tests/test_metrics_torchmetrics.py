@@ -269,7 +269,8 @@ def test_missing_torchmetrics_names_the_extra():
 _DDP_WORKER = """
 import os, sys, torch, torch.distributed as dist
 import sparke
-from sparke.metrics.torchmetrics import CondRKE, InBatchSimilarity, Vendi
+from sparke.metrics import prdc
+from sparke.metrics.torchmetrics import PRDC, CondRKE, InBatchSimilarity, Vendi
 rank = int(sys.argv[1])
 dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[2], rank=rank, world_size=2)
 g = torch.Generator().manual_seed(0)
@@ -293,6 +294,12 @@ expected = [
 for value, want in zip(values, expected):
     assert abs(value - want) <= 1e-12 * abs(want), (rank, values, expected)
 assert float(empty.compute()) == sparke.vendi(x, sigma=0.7)
+scores = PRDC(nearest_k=2)  # the real rows all on rank 0, the fake rows split
+if rank == 0:
+    scores.update(x, real=True)
+scores.update(y[parts[rank]] @ torch.ones(3, 4, dtype=torch.float64), real=False)
+got = {k: float(v) for k, v in scores.compute().items()}
+assert got == prdc(x, y @ torch.ones(3, 4, dtype=torch.float64), 2), (rank, got)
 print("ok", rank)
 dist.destroy_process_group()
 """

@@ -1,7 +1,7 @@
 """The diversity scores as ``torchmetrics.Metric`` classes, for Lightning and ``MetricCollection``.
 
 Each class feeds the core function of the same name (``sparke.vendi``, ``rke``, ``cond_vendi``, ``cond_rke``,
-``in_batch_similarity``) with every row seen, so ``compute()`` equals that function on the concatenation of
+``in_batch_similarity``, ``sparke.metrics.prdc``) with every row seen, so ``compute()`` equals that function on the concatenation of
 all the ``update`` batches, as a 0-dim float64 tensor. The rows are kept as lists of tensors that
 torchmetrics concatenates across processes (``dist_reduce_fx="cat"``), so the scores sync under DDP like
 any other metric; ``InBatchSimilarity`` keeps only the sum of each batch's unit rows.
@@ -37,10 +37,11 @@ from ..core.checks import (
 )
 from ..core.defaults import KERNEL, SIGMA_IMAGE, SIGMA_PROMPT
 from ..core.kernels import unit_rows
+from .manifold import check_nearest_k, prdc
 
 Array = torch.Tensor | np.ndarray
 
-__all__ = ["RKE", "CondRKE", "CondVendi", "InBatchSimilarity", "Vendi"]
+__all__ = ["PRDC", "RKE", "CondRKE", "CondVendi", "InBatchSimilarity", "Vendi"]
 
 
 class _SparkeMetric(Metric):
@@ -212,6 +213,48 @@ class InBatchSimilarity(_SparkeMetric):
             return self._score(1.0)
         total = self._rows("sums").sum(0)
         return self._score(float((total @ total - n) / (n * (n - 1))))
+
+
+class PRDC(_SparkeMetric):
+    """Precision, recall, density and coverage of the fake rows against the real rows fed
+    (``sparke.metrics.prdc``), as torchmetrics' FID takes them: ``update(features, real=True/False)``.
+
+    ``compute()`` returns a dict of 0-dim float64 tensors keyed ``precision``, ``recall``, ``density`` and
+    ``coverage``. Both row sets are kept; ``reset_real_features=False`` keeps the real rows across ``reset``.
+    """
+
+    def __init__(self, nearest_k: int = 5, *, reset_real_features: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.nearest_k = check_nearest_k(nearest_k)
+        self.reset_real_features = bool(reset_real_features)
+        self.add_state("real_rows", default=[], dist_reduce_fx="cat")
+        self.add_state("fake_rows", default=[], dist_reduce_fx="cat")
+
+    def _settings(self) -> dict[str, Any]:
+        return {"nearest_k": self.nearest_k}
+
+    def update(self, features: Array, real: bool) -> None:  # type: ignore[override]
+        """Add feature rows (B, d) to the real set (``real=True``) or to the generated set."""
+        other = "fake_rows" if real else "real_rows"
+        state = "real_rows" if real else "fake_rows"
+        features = self._features(features, "features", state, cosine=False)
+        width = _width(getattr(self, other))
+        if width is not None and features.shape[1] != width:
+            raise ValueError(
+                f"features: has {features.shape[1]} feature columns, the {other[:4]} rows had {width}"
+            )
+        if features.shape[0]:
+            self._append(state, features)
+
+    def compute(self) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        scores = prdc(self._rows("real_rows"), self._rows("fake_rows"), self.nearest_k)
+        return {name: self._score(value) for name, value in scores.items()}
+
+    def reset(self) -> None:
+        real_rows = list(self.real_rows)  # reset empties the list in place
+        super().reset()
+        if not self.reset_real_features:
+            self.real_rows = real_rows
 
 
 def _width(state: list[torch.Tensor] | torch.Tensor) -> int | None:
