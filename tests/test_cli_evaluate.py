@@ -145,7 +145,7 @@ def test_required_from_prompt():
 
 def test_bad_input(tmp_path, runs):
     line = one_error_line(cli("evaluate", tmp_path / "nowhere"))
-    assert "no such run folder" in line
+    assert "nowhere: no such folder" in line
     (tmp_path / "empty").mkdir()
     line = one_error_line(cli("evaluate", tmp_path / "empty"))
     assert "manifest.jsonl" in line

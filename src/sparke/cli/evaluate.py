@@ -1,4 +1,4 @@
-"""``sparke evaluate``: diversity metrics of run folders, as a table and DIR/metrics.json."""
+"""``sparke evaluate``: diversity metrics of run folders or plain image folders, as a table and a metrics JSON."""
 
 from __future__ import annotations
 
@@ -9,12 +9,18 @@ import typer
 
 from sparke.core.defaults import SIGMA_IMAGE, SIGMA_PROMPT
 
-from .common import err, out, user_errors, user_warnings
+from .common import err, user_errors, user_warnings
+from .common import out as console
 
 
 def evaluate_command(
     runs: Annotated[
-        list[Path], typer.Argument(help="Run folders made by `sparke generate`.", show_default=False)
+        list[Path],
+        typer.Argument(
+            help="Run folders made by `sparke generate`, or image folders with metadata.jsonl or metadata.csv "
+            "(columns file_name and prompt).",
+            show_default=False,
+        ),
     ],
     features: Annotated[
         str,
@@ -34,35 +40,66 @@ def evaluate_command(
     ] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1, help="Images per feature-extractor call.")] = 64,
+    prompt_column: Annotated[
+        str, typer.Option(help="The prompt column of an image folder's metadata.")
+    ] = "prompt",
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write the metrics JSON here instead of FOLDER/metrics.json (one folder only)."),
+    ] = None,
+    reference: Annotated[
+        Path | None,
+        typer.Option(
+            help="Reference images (a folder) or their saved features (a features-*.safetensors file written "
+            "by this command with the same --features): adds precision, recall, density, coverage (k=5) "
+            "and the Fréchet distance.",
+        ),
+    ] = None,
+    clip: Annotated[
+        str | None,
+        typer.Option(help="A CLIP model folder or hub id (transformers CLIPModel): adds CLIPScore."),
+    ] = None,
 ) -> None:
     """Diversity of runs: Vendi, RKE, Cond-Vendi, Cond-RKE, in-batch similarity (overall and per cluster).
 
-    Image features from --features, prompt features from all-MiniLM-L6-v2, both L2-normalised; Gaussian kernels exp(-|a-b|^2 / 2 sigma^2). Runs of the embedded model also get the checker's prompt-match rate. Writes DIR/metrics.json for each run.
+    Image features from --features, prompt features from all-MiniLM-L6-v2, both L2-normalised; Gaussian kernels exp(-|a-b|^2 / 2 sigma^2). Runs of the embedded model also get the checker's prompt-match rate. Writes FOLDER/metrics.json (or --out) for each folder, and the image features beside it (features-*.safetensors), read back on the next call.
     """
-    from sparke.runs.evaluation import evaluate_run, load_features, load_run
+    from sparke.runs.evaluation import evaluate_run, load_features
     from sparke.runs.generation import resolve_device
 
     with user_errors(), user_warnings():
-        for run in runs:
-            load_run(run)  # fail on a bad folder before loading any model
+        folders, ref = _check_inputs(runs, prompt_column, out, reference)  # before loading any model
         with err.status(f"loading features {features} ..."):
             extractor = load_features(features, resolve_device(device), batch_size)
+        scorer = None
+        if clip is not None:
+            from sparke.runs.alignment import load_clip_scorer
+
+            with err.status(f"loading CLIP {clip} ..."):
+                scorer = load_clip_scorer(clip, resolve_device(device), batch_size)
         results = []
-        for run in runs:
+        for run, folder in zip(runs, folders, strict=True):
             with err.status(f"evaluating {run} ..."):
                 results.append(
                     evaluate_run(
-                        run, extractor, kernel=kernel, sigma_image=sigma_image, sigma_prompt=sigma_prompt
+                        folder,
+                        extractor,
+                        kernel=kernel,
+                        sigma_image=sigma_image,
+                        sigma_prompt=sigma_prompt,
+                        out=out,
+                        reference=ref,
+                        clip=scorer,
                     )
                 )
-    out.print(metrics_table(results, title="Diversity"))
+    console.print(metrics_table(results, title="Diversity"))
     k = results[0]["kernels"]
     bandwidths = (
         f", sigma image {k['sigma_image']}, sigma prompt {k['sigma_prompt']}"
         if k["kernel"] == "gaussian"
         else ""
     )
-    out.print(
+    console.print(
         f"features: {results[0]['features']['image']} ({results[0]['features']['image_dim']}-d) and MiniLM prompts; "
         f"{k['kernel']} kernel{bandwidths}",
         highlight=False,
@@ -72,9 +109,41 @@ def evaluate_command(
             err.print(f"[yellow]warning:[/] {run}: {note}", highlight=False, soft_wrap=True)
     if per_cluster:
         for result in results:
-            out.print(cluster_table(result))
+            console.print(cluster_table(result))
     for run in runs:
-        out.print(f"wrote {run / 'metrics.json'}", highlight=False)
+        console.print(f"wrote {out or run / 'metrics.json'}", highlight=False)
+
+
+def _check_inputs(
+    runs: list[Path], prompt_column: str, out: Path | None, reference: Path | None
+) -> tuple[list[Any], Any]:
+    """Read every folder and decode every plain folder's images, check --out and --reference: a bad input
+    is refused before any model is loaded or any file written."""
+    from sparke.runs import RunError
+    from sparke.runs.evaluation import load_run
+    from sparke.runs.folder import MANIFEST_FILE
+    from sparke.runs.imagefolder import read_image_folder
+
+    if out is not None and len(runs) > 1:
+        raise RunError(f"--out {out}: give one folder with --out, not {len(runs)}")
+    if out is not None and not out.parent.is_dir():
+        raise RunError(f"--out {out}: no such folder {out.parent}")
+    folders = []
+    for run in runs:
+        if (run / MANIFEST_FILE).is_file():
+            folder = load_run(run)
+        else:
+            folder = read_image_folder(run, prompt_column)
+            folder.verify()
+        folders.append(folder)
+    ref = None
+    if reference is not None:
+        from sparke.runs.reference import check_prdc_sizes, open_reference
+
+        ref = open_reference(reference)
+        for run, folder in zip(runs, folders, strict=True):
+            check_prdc_sizes(len(folder.records), ref, run)
+    return folders, ref
 
 
 def _fmt(value: Any, digits: int = 2) -> str:

@@ -38,6 +38,14 @@ import torch
 from sparke.core.defaults import SIGMA_IMAGE, SIGMA_PROMPT
 
 from .folder import MANIFEST_FILE, RunError, RunFolder, file_sha256, repair_command
+from .pixels import (
+    CLIP_MEAN,
+    CLIP_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    preprocessor_settings,
+    resize_center_crop,
+)
 
 __all__ = [
     "METRICS_FILE",
@@ -52,10 +60,8 @@ __all__ = [
 METRICS_FILE = "metrics.json"
 DEFAULT_SIGMA_IMAGE = SIGMA_IMAGE  # the paper's bandwidths on unit-norm features (sparke.core.defaults)
 DEFAULT_SIGMA_PROMPT = SIGMA_PROMPT
-CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
-# metric name -> (label, True when higher means more diverse)
+# metric name -> (label, True when higher is better: more diverse, closer to the reference, better aligned)
 METRICS: dict[str, tuple[str, bool]] = {
     "cond_vendi": ("Cond-Vendi", True),
     "cond_rke": ("Cond-RKE", True),
@@ -64,6 +70,12 @@ METRICS: dict[str, tuple[str, bool]] = {
     "in_batch_similarity": ("In-batch sim", False),
     "match_rate": ("Match", True),
     "match_shape_colour": ("Shape+colour", True),
+    "clip_score": ("CLIPScore", True),
+    "precision": ("Precision", True),
+    "recall": ("Recall", True),
+    "density": ("Density", True),
+    "coverage": ("Coverage", True),
+    "frechet": ("Fréchet", False),
 }
 
 
@@ -144,13 +156,13 @@ def _hf_features(spec: str, device: str, batch_size: int) -> FeatureExtractor:
         ) from None
     model.to(device).eval().requires_grad_(False)
     size = int(getattr(vision, "image_size", 224) or 224)
-    size, mean, std = _preprocessor(spec, size, mean, std)
+    size, mean, std = preprocessor_settings(spec, size, mean, std)
     mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
     std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
 
     def encode(x: torch.Tensor) -> torch.Tensor:
         x = (x.float() + 1) / 2  # [-1, 1] -> [0, 1]
-        x = _resize_center_crop(x, size)
+        x = resize_center_crop(x, size)
         out = model(pixel_values=((x - mean_t) / std_t).to(model.dtype))
         if with_projection:
             return out.image_embeds
@@ -158,35 +170,6 @@ def _hf_features(spec: str, device: str, batch_size: int) -> FeatureExtractor:
         return pooled if pooled is not None else out.last_hidden_state.mean(1)
 
     return FeatureExtractor(str(spec), encode, device, batch_size)
-
-
-def _preprocessor(spec: str, size: int, mean: Sequence[float], std: Sequence[float]) -> tuple[int, Any, Any]:
-    """Input size, mean and std from the model's preprocessor_config.json when it is a local folder."""
-    file = Path(spec) / "preprocessor_config.json"
-    if not file.is_file():
-        return size, mean, std
-    try:
-        cfg = json.loads(file.read_text())
-    except (OSError, ValueError):
-        return size, mean, std
-    crop = cfg.get("crop_size") or cfg.get("size")
-    if isinstance(crop, dict):
-        crop = crop.get("height") or crop.get("shortest_edge")
-    if isinstance(crop, int):
-        size = crop
-    return size, cfg.get("image_mean", mean), cfg.get("image_std", std)
-
-
-def _resize_center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
-    """(N, 3, H, W) -> (N, 3, size, size): shorter side to ``size`` (bicubic, antialiased), centre crop."""
-    h, w = x.shape[-2:]
-    if (h, w) == (size, size):
-        return x
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    x = torch.nn.functional.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
-    top, left = (nh - size) // 2, (nw - size) // 2
-    return x[..., top : top + size, left : left + size].clamp(0, 1)
 
 
 # -- reading a run ----------------------------------------------------------------------------------------------
@@ -377,29 +360,38 @@ def evaluate_run(
     sigma_image: float = DEFAULT_SIGMA_IMAGE,
     sigma_prompt: float = DEFAULT_SIGMA_PROMPT,
     write: bool = True,
+    out: str | os.PathLike | None = None,
+    reference: Any = None,
+    clip: Any = None,
 ) -> dict[str, Any]:
-    """Metrics of one run folder, overall and per cluster; written to ``DIR/metrics.json`` when ``write``."""
+    """Metrics of one run folder (a path, or a ``RunImages`` such as a plain image folder), overall and per
+    cluster; written to ``out`` (default ``DIR/metrics.json``) when ``write``, the image features cached
+    beside it (``runs.feature_cache``). ``reference``: a ``runs.reference.Reference`` (PRDC and Fréchet
+    distance); ``clip``: a ``runs.alignment.ClipScorer`` (CLIPScore)."""
     from sparke.encoders.minilm import encode_minilm
+
+    from .feature_cache import image_features
 
     if kernel not in ("gaussian", "cosine"):
         raise RunError(f"--kernel {kernel!r}: choose gaussian or cosine")
     for label, value in (("--sigma-image", sigma_image), ("--sigma-prompt", sigma_prompt)):
         if not value > 0:
             raise RunError(f"{label} must be > 0, got {value}")
-    run = load_run(path)
-    images = run.load_images()
-    x = extractor(images)
+    run = load_run(path) if isinstance(path, (str, os.PathLike)) else path
+    target = Path(out) if out is not None else run.path / METRICS_FILE
+    cache_dir = target.parent if write else None
+    x, size = image_features(run, extractor, cache_dir)
     prompts = [r["prompt"] for r in run.records]
     unique = list(dict.fromkeys(prompts))
     table = encode_minilm(unique)
     y = table[[unique.index(p) for p in prompts]]
     flags, notes = None, []
-    mismatch = encoder_mismatch(run, extractor.name, tuple(images.shape[-2:]))
+    mismatch = encoder_mismatch(run, extractor.name, size)
     if mismatch:
         notes.append(mismatch)
     if is_embedded_run(run):
         try:
-            flags = match_flags(run, images)
+            flags = match_flags(run, run.load_images())
         except ImportError as error:  # the checker needs scipy, which a minimal install may lack
             notes.append(
                 f"no prompt-match rate: the shapes checker needs {error.name or 'scipy'} (pip install scipy)"
@@ -414,12 +406,21 @@ def evaluate_run(
     )
     if intervals is not None:
         overall["ci"] = intervals
+    if reference is not None:
+        from .reference import reference_metrics
+
+        overall.update(reference_metrics(x, reference.features(extractor, cache_dir)))
+    alignment = None if clip is None else clip_scores(run, clip)
+    if alignment is not None:
+        overall["clip_score"] = float(alignment.mean())
     clusters = []
     names = [r.get("cluster") or r["prompt"] for r in run.records]
     for name in dict.fromkeys(names):
         rows = [i for i, c in enumerate(names) if c == name]
         sub_flags = None if flags is None else [flags[i] for i in rows]
         metrics = group_metrics(x[rows], y[rows], [prompts[i] for i in rows], flags=sub_flags, **opts)
+        if alignment is not None:
+            metrics["clip_score"] = float(alignment[rows].mean())
         clusters.append({"cluster": name, **metrics})
     first = run.records[0]
     result = {
@@ -432,6 +433,10 @@ def evaluate_run(
         "settings": run.config.get("settings", first.get("settings")),
         "n_images": len(run.records),
         "features": {"image": extractor.name, "image_dim": int(x.shape[1]), "prompt": "all-MiniLM-L6-v2"},
+        "reference": None
+        if reference is None
+        else {"source": str(reference.source), "n_images": reference.n_images, "nearest_k": 5},
+        "alignment": None if clip is None else {"metric": "clip_score", "model": clip.name},
         "kernels": {
             "kernel": kernel,
             "sigma_image": sigma_image if kernel == "gaussian" else None,
@@ -441,12 +446,11 @@ def evaluate_run(
         "overall": overall,
         "clusters": clusters,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "manifest": manifest_stamp(run.path),
+        "manifest": manifest_stamp(run.path) if (run.path / MANIFEST_FILE).is_file() else None,
     }
     if notes:
         result["notes"] = notes
     if write:
-        target = run.path / METRICS_FILE
         try:
             from .folder import atomic_write
 
@@ -454,6 +458,16 @@ def evaluate_run(
         except OSError as error:
             raise RunError(f"{target}: cannot write ({error.strerror or error})") from None
     return result
+
+
+def clip_scores(run: RunImages, clip: Any) -> torch.Tensor:
+    """CLIPScore of each image of the run with its prompt: (n,) float64, in record order."""
+    from .imagefolder import image_groups
+
+    scores = torch.empty(len(run.records), dtype=torch.float64)
+    for rows, images in image_groups(run):
+        scores[rows] = clip(images, [run.records[i]["prompt"] for i in rows])
+    return scores
 
 
 def read_metrics(path: str | os.PathLike) -> dict[str, Any] | None:

@@ -1,0 +1,192 @@
+"""Image folders from any tool, read as the Hugging Face ``imagefolder`` dataset reads them.
+
+A folder holds images and ``metadata.jsonl`` (one JSON object a line) or ``metadata.csv``, with a
+``file_name`` column (the image's path inside the folder) and a prompt column (``prompt`` unless told
+otherwise); an optional ``cluster`` column groups prompts as in run folders. ``FolderImages`` offers what
+``runs.evaluation.RunImages`` offers (``path``, ``config``, ``records``, ``load_images``), so that
+``evaluate_run`` takes either; run folders made by ``sparke generate`` are read by ``load_run``. A reference
+folder needs no prompts: without metadata, every image in it (and below it) counts.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .folder import MANIFEST_FILE, RunError
+
+__all__ = [
+    "METADATA_FILES",
+    "FolderImages",
+    "image_groups",
+    "read_image_folder",
+    "load_reference_folder",
+]
+
+METADATA_FILES = ("metadata.jsonl", "metadata.csv")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+@dataclass
+class FolderImages:
+    """A plain image folder: records ``{"file", "prompt"[, "cluster"]}`` in metadata order, config {}."""
+
+    path: Path
+    config: dict[str, Any]
+    records: list[dict[str, Any]]
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def read_image(self, record: dict[str, Any]) -> np.ndarray:
+        """One image as (H, W, 3) uint8; ``RunError`` naming the file when it cannot be decoded."""
+        from PIL import Image
+
+        file = self.path / record["file"]
+        try:
+            with Image.open(file) as im:
+                return np.asarray(im.convert("RGB"))
+        except (OSError, ValueError, SyntaxError) as error:
+            raise RunError(f"{file}: unreadable image ({_first_line(error)})") from None
+
+    def verify(self) -> None:
+        """Decode every image once, so that a bad one is refused before anything is computed or written."""
+        for record in self.records:
+            self.read_image(record)
+
+    def load_groups(self) -> list[tuple[list[int], torch.Tensor]]:
+        """The images grouped by size: (record indices, images (n, 3, H, W) float in [-1, 1]) per size."""
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        arrays = [self.read_image(record) for record in self.records]
+        for index, array in enumerate(arrays):
+            by_shape.setdefault(array.shape, []).append(index)
+        groups = []
+        for rows in by_shape.values():
+            stacked = np.stack([arrays[i] for i in rows]).astype(np.float32) / 127.5 - 1.0
+            groups.append((rows, torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous()))
+        return groups
+
+    def load_images(self) -> torch.Tensor:
+        """All images (N, 3, H, W) float in [-1, 1]; ``RunError`` when their sizes differ."""
+        groups = self.load_groups()
+        if len(groups) > 1:
+            sizes = sorted({tuple(images.shape[-2:]) for _, images in groups})
+            raise RunError(f"{self.path}: images of different sizes {sizes}")
+        return groups[0][1]
+
+
+def image_groups(run: Any) -> list[tuple[list[int], torch.Tensor]]:
+    """A ``FolderImages``' or a ``RunImages``' images by size (a run folder's are all one size)."""
+    if isinstance(run, FolderImages):
+        return run.load_groups()
+    return [(list(range(len(run.records))), run.load_images())]
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def _metadata_rows(file: Path) -> tuple[list[str], list[dict[str, Any]]]:
+    """(column names, rows) of metadata.jsonl or metadata.csv; ``RunError`` naming the file and line."""
+    try:
+        text = file.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as error:
+        raise RunError(f"{file}: unreadable ({_first_line(error)})") from None
+    if file.suffix == ".csv":
+        reader = csv.DictReader(text.splitlines())
+        rows = list(reader)
+        return list(reader.fieldnames or []), rows
+    columns: dict[str, None] = {}
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as error:
+            raise RunError(f"{file}: line {number} is not JSON ({_first_line(error)})") from None
+        if not isinstance(row, dict):
+            raise RunError(f"{file}: line {number} is not a JSON object")
+        columns.update(dict.fromkeys(row))
+        rows.append(row)
+    return list(columns), rows
+
+
+def _metadata_file(folder: Path) -> Path | None:
+    found = [folder / name for name in METADATA_FILES if (folder / name).is_file()]
+    if len(found) > 1:
+        raise RunError(f"{folder}: has both {METADATA_FILES[0]} and {METADATA_FILES[1]}; keep one")
+    return found[0] if found else None
+
+
+def _records(folder: Path, file: Path, prompt_column: str | None) -> list[dict[str, Any]]:
+    """Records of the metadata rows; every named image must exist inside the folder."""
+    columns, rows = _metadata_rows(file)
+    needed = ["file_name"] + ([prompt_column] if prompt_column else [])
+    for column in needed:
+        if column not in columns:
+            hint = " (choose the prompt column with --prompt-column)" if column == prompt_column else ""
+            raise RunError(f"{file}: no {column!r} column; it has {columns}{hint}")
+    if not rows:
+        raise RunError(f"{file}: no rows; the folder has nothing to evaluate")
+    records = []
+    line = 1 if file.suffix == ".csv" else 0  # the CSV header is line 1
+    for number, row in enumerate(rows, start=line + 1):
+        name = str(row.get("file_name") or "")
+        image = (folder / name).resolve()
+        if not name or not image.is_relative_to(folder.resolve()) or not image.is_file():
+            what = "no file_name" if not name else f"names {name!r}, which is not an image in {folder}"
+            raise RunError(f"{file}: row {number} {what}")
+        record: dict[str, Any] = {"file": name}
+        if prompt_column:
+            record["prompt"] = "" if row.get(prompt_column) is None else str(row[prompt_column])
+        if row.get("cluster") not in (None, ""):
+            record["cluster"] = str(row["cluster"])
+        records.append(record)
+    return records
+
+
+def read_image_folder(path: str | os.PathLike, prompt_column: str = "prompt") -> FolderImages:
+    """A plain image folder with imagefolder metadata; ``RunError`` naming the file and the problem."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise RunError(f"{folder}: no such folder")
+    file = _metadata_file(folder)
+    if file is None:
+        empty = "" if any(_images_below(folder)) else "it holds no images and "
+        raise RunError(
+            f"{folder}: {empty}has no {' or '.join(METADATA_FILES)} (columns file_name and {prompt_column}) "
+            f"nor a {MANIFEST_FILE} of `sparke generate`"
+        )
+    return FolderImages(folder, {}, _records(folder, file, prompt_column))
+
+
+def _images_below(folder: Path) -> list[str]:
+    return sorted(
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    )
+
+
+def load_reference_folder(path: str | os.PathLike) -> FolderImages:
+    """Reference images: the files its metadata names, else every image in and below it; prompts unused."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise RunError(f"{folder}: no such folder")
+    file = None if (folder / MANIFEST_FILE).is_file() else _metadata_file(folder)
+    if file is not None:
+        return FolderImages(folder, {}, _records(folder, file, None))
+    names = _images_below(folder)
+    if not names:
+        raise RunError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    return FolderImages(folder, {}, [{"file": name} for name in names])
