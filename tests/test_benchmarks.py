@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -53,3 +55,23 @@ def test_gpu_plugin_tiny(tmp_path):
         assert {"vanilla", "default", "exact", "indexed", "exact-cpu"} <= set(row["per_image"])
         assert all(v["median_s"] > 0 for v in row["per_image"].values())
     assert result["rows"][1]["bank_kind"]["default"] == "AutoBank"
+
+
+def test_eval_scale_tiny(tmp_path):
+    """The evaluation-scale benchmark at tiny sizes: sparke's PRDC equals the prdc package's there too."""
+    out = tmp_path / "eval.json"
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "eval_scale.py"),
+        "--prdc-rows",
+        "300",
+        "--prdc-dim",
+        "16",
+    ]
+    cmd += ["--vendi-rows", "500", "--vendi-dim", "16", "--json", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    ours, reference = result["prdc_sparke"]["scores"], result["prdc_package"]["scores"]
+    assert ours == pytest.approx(reference, abs=1e-12)  # density: sum/k vs (1/k) sum rounds apart
+    assert 1 < result["vendi_cosine"]["scores"]["vendi_cosine"] <= 16  # at most d for the cosine kernel
