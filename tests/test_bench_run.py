@@ -77,6 +77,10 @@ def test_run_bench_writes_rows_table_and_plots(tmp_path):
         assert 0.0 <= r["fidelity"] <= 1.0 and 0.0 <= r["free_attribute_coverage"] <= 1.0
         assert r["n_images"] == 8
         for m in CI_METRICS:
+            if m.startswith("world_") and r["method"] == "world":  # measured against the world itself
+                assert m not in r and m not in r["ci"]
+                continue
+            assert 0.0 <= r[m] <= 1.0 or not m.startswith("world_")
             low, high = r["ci"][m]
             assert low <= r[m] + 1e-9 and r[m] - 1e-9 <= high, (r["label"], m)
             d = r["delta_vs_none"][m]
@@ -90,6 +94,7 @@ def test_run_bench_writes_rows_table_and_plots(tmp_path):
     assert "goal" in meta and "Best scale per method" in (tmp_path / "results.md").read_text()
     assert "criteria" in meta["goal"] and meta["intervals"]["n_boot"] == 50
     assert "paired differences to `none`" in (tmp_path / "results.md").read_text()
+    assert "recall (world)" in (tmp_path / "results.md").read_text()
 
 
 def test_seed_draws_another_prompt_set_and_noise(monkeypatch, tmp_path):
@@ -302,3 +307,28 @@ def test_combine_runs_of_one_prompt_set(tmp_path):
             encoder=encoder,
         )
         combine(tmp_path / "ac", [tmp_path / "a", tmp_path / "c"])
+
+
+def test_world_scores_are_per_cluster_prdc_against_the_world():
+    """Recall and coverage of each cluster against the world's renders of that cluster, then the mean."""
+    from sparke.bench.metrics import Evidence, world_scores
+    from sparke.metrics import prdc
+
+    g = torch.Generator().manual_seed(0)
+
+    def evidence(n: int, shift: float) -> Evidence:
+        cluster = np.repeat([0, 1], n)
+        feats = (
+            torch.randn(2 * n, 6, generator=g, dtype=torch.float64)
+            + shift * torch.from_numpy(cluster)[:, None]
+        )
+        return Evidence(
+            np.ones(2 * n, bool), cluster, np.zeros(2 * n, int), feats, feats, np.zeros(2), np.zeros(2)
+        )
+
+    world, gen = evidence(20, 0.0), evidence(12, 0.5)
+    scores = world_scores(gen, world)
+    want = [prdc(world.feats[world.cluster == c], gen.feats[gen.cluster == c], nearest_k=5) for c in (0, 1)]
+    assert scores["world_recall"] == pytest.approx(np.mean([w["recall"] for w in want]), abs=1e-12)
+    assert scores["world_coverage"] == pytest.approx(np.mean([w["coverage"] for w in want]), abs=1e-12)
+    assert gen.world_recall.tolist() == [w["recall"] for w in want]

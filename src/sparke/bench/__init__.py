@@ -45,6 +45,7 @@ def run_bench(
     from sparke.encoders.minilm import encode_minilm
 
     from . import report
+    from .metrics import world_scores
     from .runner import generate_setting, measure_with_evidence, reference_images
 
     start = time.perf_counter()
@@ -68,11 +69,11 @@ def run_bench(
     intervals = Intervals(config)
     samples: dict[str, Any] = {}
     world = reference_images(clusters, config)
-    measured, evidence = measure_with_evidence(world, clusters, encoder, prompt_features)
+    measured, world_evidence = measure_with_evidence(world, clusters, encoder, prompt_features)
     rows.append({"label": "world", "method": "world", "scale": 0.0, **measured})
     rows[-1]["sec_per_image"] = None
     rows[-1]["peak_mem_mb"] = None
-    reps.append(intervals.add(rows[-1], evidence))
+    reps.append(intervals.add(rows[-1], world_evidence))
     samples["world"] = world
     for setting in settings_of(config):
         torch.manual_seed(config.seed)
@@ -82,6 +83,7 @@ def run_bench(
             row["options"] = {k: list(v) if isinstance(v, tuple) else v for k, v in setting.options.items()}
         measured, evidence = measure_with_evidence(gen, clusters, encoder, prompt_features)
         row.update(measured)
+        row.update(world_scores(evidence, world_evidence))
         rows.append(row)
         reps.append(intervals.add(row, evidence))
         samples[f"{setting.label} {setting.scale:g}"] = gen
@@ -179,7 +181,7 @@ class Intervals:
                 gaussian_kernel(evidence.prompt_feats, SIGMA_PROMPT), item
             )
         r = replicates(evidence, self.draws, self.prompt_entropy)
-        row["ci"] = {m: interval(row[m], r[m]) for m in CI_METRICS}
+        row["ci"] = {m: interval(row[m], r[m]) for m in CI_METRICS if m in r}  # the world: no world_*
         self.pending.append((row, r))
         if row["method"] == "none" and self.none is None:
             self.none = (row, r)
@@ -187,7 +189,9 @@ class Intervals:
             base, base_r = self.none
             for pending_row, pending_r in self.pending:
                 pending_row["delta_vs_none"] = {
-                    m: delta(pending_row[m], pending_r[m], base[m], base_r[m]) for m in CI_METRICS
+                    m: delta(pending_row[m], pending_r[m], base[m], base_r[m])
+                    for m in CI_METRICS
+                    if m in pending_r and m in base_r
                 }
             self.pending = []
         return r

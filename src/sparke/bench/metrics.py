@@ -17,8 +17,13 @@ that a conclusion does not hang on the bandwidth. In-batch similarity: mean pair
 the encoder features within each cluster (its 32 images in the quick run), averaged over clusters (0..1;
 the paper reports it x100).
 
+Recall and coverage against the world (``world_scores``): the PRDC recall and coverage (k = 5,
+``sparke.metrics.prdc``; k = n - 1 for a cluster of n <= 5 images) of each cluster's images against the world's own renders of that cluster (the
+perfect reference the embedded model gives), in the encoder's feature space, averaged over clusters.
+
 Intervals (``replicates``): paired bootstrap over prompt clusters, each with all its seed rounds
-(``sparke.metrics.bootstrap``), for fidelity, Cond-Vendi, Vendi and the free-attribute coverage and entropy.
+(``sparke.metrics.bootstrap``), for fidelity, Cond-Vendi, Vendi, the free-attribute coverage and entropy and
+the recall and coverage against the world.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import torch
 
 from sparke.core import cond_rke, cond_vendi, in_batch_similarity, rke, vendi
 from sparke.core.defaults import SIGMA_IMAGE, SIGMA_PROMPT  # the paper's, on unit-norm features
+from sparke.metrics import prdc
 from sparke.metrics.bootstrap import Draws, cond_vendi_replicates, mean_replicates, vendi_replicates
 
 __all__ = [
@@ -44,10 +50,20 @@ __all__ = [
     "feature_scores",
     "free_attribute_scores",
     "replicates",
+    "world_scores",
 ]
 
 # the metrics that get a bootstrap interval and a paired difference to `none`
-CI_METRICS = ("fidelity", "cond_vendi", "vendi", "free_attribute_coverage", "free_attribute_entropy")
+CI_METRICS = (
+    "fidelity",
+    "cond_vendi",
+    "vendi",
+    "free_attribute_coverage",
+    "free_attribute_entropy",
+    "world_recall",
+    "world_coverage",
+)
+WORLD_NEAREST_K = 5
 
 
 def attribute_values(attribute: str, count: int) -> int:
@@ -119,6 +135,24 @@ class Evidence:
     prompt_feats: torch.Tensor  # (N, e) prompt features
     coverage: np.ndarray  # (C,) free-attribute coverage per cluster
     entropy: np.ndarray  # (C,) free-attribute entropy per cluster
+    world_recall: np.ndarray | None = None  # (C,) recall against the world's renders per cluster
+    world_coverage: np.ndarray | None = None  # (C,) coverage against the world's renders per cluster
+
+
+def world_scores(ev: Evidence, world: Evidence) -> dict[str, float]:
+    """Recall and coverage (k = 5) of each cluster's images against the world's renders of that cluster,
+    averaged over clusters; the per-cluster values are kept in ``ev`` for the intervals."""
+    recall, coverage = [], []
+    for c in range(len(ev.coverage)):
+        real, fake = world.feats[world.cluster == c], ev.feats[ev.cluster == c]
+        k = min(WORLD_NEAREST_K, real.shape[0] - 1, fake.shape[0] - 1)  # tiny runs: fewer neighbours
+        if k < 1:
+            raise ValueError(f"cluster {c}: recall against the world needs 2 images or more of each")
+        scores = prdc(real, fake, nearest_k=k)
+        recall.append(scores["recall"])
+        coverage.append(scores["coverage"])
+    ev.world_recall, ev.world_coverage = np.asarray(recall), np.asarray(coverage)
+    return {"world_recall": float(np.mean(recall)), "world_coverage": float(np.mean(coverage))}
 
 
 def replicates(ev: Evidence, draws: Draws, prompt_entropy: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -134,7 +168,14 @@ def replicates(ev: Evidence, draws: Draws, prompt_entropy: np.ndarray | None = N
     cluster_weight = draws.weights.sum(2).astype(float)  # (B, C): how often each cluster was drawn
     cluster_weight /= cluster_weight.sum(1, keepdims=True)
     item = draws.per_item(ev.cluster, ev.round)
+    world = {}
+    if ev.world_recall is not None and ev.world_coverage is not None:
+        world = {
+            "world_recall": cluster_weight @ ev.world_recall,
+            "world_coverage": cluster_weight @ ev.world_coverage,
+        }
     return {
+        **world,
         "fidelity": mean_replicates(ok_sum, count, draws),
         "cond_vendi": cond_vendi_replicates(
             ev.feats, ev.prompt_feats, SIGMA_IMAGE, SIGMA_PROMPT, item, prompt_entropy

@@ -26,6 +26,8 @@ COLUMNS = (
     ("in_batch_similarity", "in-batch sim.", "{:.3f}"),
     ("free_attribute_coverage", "free-attr. coverage", "{:.3f}"),
     ("free_attribute_entropy", "free-attr. entropy", "{:.3f}"),
+    ("world_recall", "recall (world)", "{:.3f}"),
+    ("world_coverage", "coverage (world)", "{:.3f}"),
     ("sec_per_image", "s/image", "{:.3f}"),
     ("peak_mem_mb", "peak MB", "{:.0f}"),
 )
@@ -260,6 +262,8 @@ CI_COLUMNS = (
     ("vendi", "Vendi", "{:.1f}", "{:+.1f}", 1.0),
     ("free_attribute_coverage", "free-attr. coverage", "{:.3f}", "{:+.3f}", 1.0),
     ("free_attribute_entropy", "free-attr. entropy", "{:.3f}", "{:+.3f}", 1.0),
+    ("world_recall", "recall (world)", "{:.3f}", "{:+.3f}", 1.0),
+    ("world_coverage", "coverage (world)", "{:.3f}", "{:+.3f}", 1.0),
 )
 
 
@@ -272,7 +276,7 @@ def ci_table(rows: list[dict[str, Any]]) -> list[str]:
     for r in rows:
         cells = [str(r.get("label", r["method"])), f"{r['scale']:g}"]
         for key, _, fmt, dfmt, scale in CI_COLUMNS:
-            cells.append(fmt.format(r[key]) + _ci((r.get("ci") or {}).get(key), fmt))
+            cells.append(_fmt(r, key, fmt) + _ci((r.get("ci") or {}).get(key), fmt))
             d = (r.get("delta_vs_none") or {}).get(key)
             if d is None or r["method"] == "none":
                 cells.append("")
