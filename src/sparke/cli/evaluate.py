@@ -60,7 +60,7 @@ def evaluate_command(
         typer.Option(help="A CLIP model folder or hub id (transformers CLIPModel): adds CLIPScore."),
     ] = None,
 ) -> None:
-    """Diversity of runs: Vendi, RKE, Cond-Vendi, Cond-RKE, in-batch similarity (overall and per cluster).
+    """Diversity of runs or image folders: Vendi, RKE, Cond-Vendi, Cond-RKE, in-batch similarity (overall and per cluster); with --reference, precision, recall, density, coverage and Fréchet distance; with --clip, CLIPScore.
 
     Image features from --features, prompt features from all-MiniLM-L6-v2, both L2-normalised; Gaussian kernels exp(-|a-b|^2 / 2 sigma^2). Runs of the embedded model also get the checker's prompt-match rate. Writes FOLDER/metrics.json (or --out) for each folder, and the image features beside it (features-*.safetensors), read back on the next call.
     """
@@ -167,8 +167,10 @@ def metrics_table(results: list[dict[str, Any]], title: str = "") -> Any:
         table.add_column(str(r["run"]), justify="right", overflow="fold")
     methods = []
     for r in results:
-        method = str(r.get("method"))
-        methods.append(method + (f" {r['scale']:g}" if r.get("scale") else ""))
+        if r.get("method") is None:  # a plain image folder
+            methods.append("-")
+            continue
+        methods.append(str(r["method"]) + (f" {r['scale']:g}" if r.get("scale") else ""))
     table.add_row("method", *methods)
     table.add_row("images", *[str(r["n_images"]) for r in results])
     for metric, (label, higher) in METRICS.items():
