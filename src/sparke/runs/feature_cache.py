@@ -4,8 +4,8 @@
 ``features`` (n, d) float32, unit rows in the folder's record order, and string metadata (``format``
 ``sparke.features``, ``encoder``, ``key``, ``folder``, ``height``/``width`` of the first image). The key hashes
 the encoder (its name, and for a local model folder the names, sizes and times of its files) and every
-image's file name and sha256, so a changed image or model makes a new file; other kernels, bandwidths or
-metrics read the same one back. Such a file is also what ``--reference`` accepts in place of a folder.
+image's file name and sha256, so a changed image or model makes a new file (which replaces the folder's
+older one for that encoder); other kernels, bandwidths or metrics read the same one back. Such a file is also what ``--reference`` accepts in place of a folder.
 """
 
 from __future__ import annotations
@@ -106,4 +106,18 @@ def image_features(
             atomic_write(file, save({"features": features.contiguous()}, metadata=meta))
         except OSError as error:
             raise RunError(f"{file}: cannot write ({error.strerror or error})") from None
+        _remove_superseded(file, meta)
     return features, size
+
+
+def _remove_superseded(kept: Path, meta: dict[str, str]) -> None:
+    """Delete the older cache files of the same folder and encoder (their images changed since)."""
+    for other in kept.parent.glob(kept.name.rsplit("-", 1)[0] + "-*.safetensors"):
+        if other == kept:
+            continue
+        try:
+            old = _read(other, meta["encoder"], None)[1]
+        except RunError:
+            continue  # not ours, or another encoder's
+        if old.get("folder") == meta["folder"]:
+            other.unlink(missing_ok=True)
