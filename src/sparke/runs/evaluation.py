@@ -364,38 +364,22 @@ def evaluate_run(
     reference: Any = None,
     clip: Any = None,
 ) -> dict[str, Any]:
-    """Metrics of one run folder (a path, or a ``RunImages`` such as a plain image folder), overall and per
-    cluster; written to ``out`` (default ``DIR/metrics.json``) when ``write``, the image features cached
-    beside it (``runs.feature_cache``). ``reference``: a ``runs.reference.Reference`` (PRDC and Fréchet
-    distance); ``clip``: a ``runs.alignment.ClipScorer`` (CLIPScore)."""
+    """Metrics of a run folder (path or ``RunImages``; or a ``FolderImages``), overall and per cluster, written to
+    ``out`` (default ``DIR/metrics.json``) when ``write``, with the features cached beside it; ``reference``: a
+    ``runs.reference.Reference`` (PRDC, Fréchet), ``clip``: a ``runs.alignment.ClipScorer`` (CLIPScore)."""
     from sparke.encoders.minilm import encode_minilm
 
     from .feature_cache import image_features
 
-    if kernel not in ("gaussian", "cosine"):
-        raise RunError(f"--kernel {kernel!r}: choose gaussian or cosine")
-    for label, value in (("--sigma-image", sigma_image), ("--sigma-prompt", sigma_prompt)):
-        if not value > 0:
-            raise RunError(f"{label} must be > 0, got {value}")
+    _check_kernel_settings(kernel, sigma_image, sigma_prompt)
     run = load_run(path) if isinstance(path, (str, os.PathLike)) else path
     target = Path(out) if out is not None else run.path / METRICS_FILE
     cache_dir = target.parent if write else None
     x, size = image_features(run, extractor, cache_dir)
     prompts = [r["prompt"] for r in run.records]
     unique = list(dict.fromkeys(prompts))
-    table = encode_minilm(unique)
-    y = table[[unique.index(p) for p in prompts]]
-    flags, notes = None, []
-    mismatch = encoder_mismatch(run, extractor.name, size)
-    if mismatch:
-        notes.append(mismatch)
-    if is_embedded_run(run):
-        try:
-            flags = match_flags(run, run.load_images())
-        except ImportError as error:  # the checker needs scipy, which a minimal install may lack
-            notes.append(
-                f"no prompt-match rate: the shapes checker needs {error.name or 'scipy'} (pip install scipy)"
-            )
+    y = encode_minilm(unique)[[unique.index(p) for p in prompts]]
+    flags, notes = _checker_flags(run, extractor.name, size)
     opts = dict(kernel=kernel, sigma_image=sigma_image, sigma_prompt=sigma_prompt)
     overall = group_metrics(x, y, prompts, flags=flags, **opts)
     # 95% bootstrap intervals over the prompt clusters (sparke.metrics.bootstrap); absent with one cluster
@@ -413,15 +397,7 @@ def evaluate_run(
     alignment = None if clip is None else clip_scores(run, clip)
     if alignment is not None:
         overall["clip_score"] = float(alignment.mean())
-    clusters = []
-    names = [r.get("cluster") or r["prompt"] for r in run.records]
-    for name in dict.fromkeys(names):
-        rows = [i for i, c in enumerate(names) if c == name]
-        sub_flags = None if flags is None else [flags[i] for i in rows]
-        metrics = group_metrics(x[rows], y[rows], [prompts[i] for i in rows], flags=sub_flags, **opts)
-        if alignment is not None:
-            metrics["clip_score"] = float(alignment[rows].mean())
-        clusters.append({"cluster": name, **metrics})
+    clusters = cluster_metrics(run, x, y, flags, alignment, opts)
     first = run.records[0]
     result = {
         "format": "sparke.metrics",
@@ -433,9 +409,7 @@ def evaluate_run(
         "settings": run.config.get("settings", first.get("settings")),
         "n_images": len(run.records),
         "features": {"image": extractor.name, "image_dim": int(x.shape[1]), "prompt": "all-MiniLM-L6-v2"},
-        "reference": None
-        if reference is None
-        else {"source": str(reference.source), "n_images": reference.n_images, "nearest_k": 5},
+        "reference": None if reference is None else reference.describe(),
         "alignment": None if clip is None else {"metric": "clip_score", "model": clip.name},
         "kernels": {
             "kernel": kernel,
@@ -458,6 +432,54 @@ def evaluate_run(
         except OSError as error:
             raise RunError(f"{target}: cannot write ({error.strerror or error})") from None
     return result
+
+
+def _check_kernel_settings(kernel: str, sigma_image: float, sigma_prompt: float) -> None:
+    if kernel not in ("gaussian", "cosine"):
+        raise RunError(f"--kernel {kernel!r}: choose gaussian or cosine")
+    for label, value in (("--sigma-image", sigma_image), ("--sigma-prompt", sigma_prompt)):
+        if not value > 0:
+            raise RunError(f"{label} must be > 0, got {value}")
+
+
+def _checker_flags(
+    run: RunImages, features: str, size: tuple[int, int]
+) -> tuple[list[tuple[bool, bool] | None] | None, list[str]]:
+    """The shapes checker's flags for a run of the embedded model (else None), and the warnings to give."""
+    flags, notes = None, []
+    mismatch = encoder_mismatch(run, features, size)
+    if mismatch:
+        notes.append(mismatch)
+    if is_embedded_run(run):
+        try:
+            flags = match_flags(run, run.load_images())
+        except ImportError as error:  # the checker needs scipy, which a minimal install may lack
+            notes.append(
+                f"no prompt-match rate: the shapes checker needs {error.name or 'scipy'} (pip install scipy)"
+            )
+    return flags, notes
+
+
+def cluster_metrics(
+    run: RunImages,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    flags: Sequence[tuple[bool, bool] | None] | None,
+    alignment: torch.Tensor | None,
+    opts: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """``group_metrics`` (and the mean CLIPScore) of each prompt cluster, in order of first appearance."""
+    prompts = [r["prompt"] for r in run.records]
+    names = [r.get("cluster") or r["prompt"] for r in run.records]
+    clusters = []
+    for name in dict.fromkeys(names):
+        rows = [i for i, c in enumerate(names) if c == name]
+        sub_flags = None if flags is None else [flags[i] for i in rows]
+        metrics = group_metrics(x[rows], y[rows], [prompts[i] for i in rows], flags=sub_flags, **opts)
+        if alignment is not None:
+            metrics["clip_score"] = float(alignment[rows].mean())
+        clusters.append({"cluster": name, **metrics})
+    return clusters
 
 
 def clip_scores(run: RunImages, clip: Any) -> torch.Tensor:

@@ -28,6 +28,10 @@ class Reference:
     folder: FolderImages | None
     n_images: int
 
+    def describe(self) -> dict[str, Any]:
+        """What metrics.json says of the reference."""
+        return {"source": str(self.source), "n_images": self.n_images, "nearest_k": NEAREST_K}
+
     def features(self, extractor: Any, cache_dir: str | os.PathLike | None) -> torch.Tensor:
         """Unit feature rows (n, d), from the file or the folder's images (through the feature cache)."""
         if self.folder is None:
