@@ -245,3 +245,27 @@ def test_bad_folders_are_one_line_and_write_nothing(folders, models, tmp_path):
     small = _image_folder(tmp_path / "small", n=4)
     line = one_error_line(cli("evaluate", small, *args, "--reference", folders["reference"]))
     assert "needs more than 5 images" in line and "small" in line
+
+
+def test_run_folder_with_reference_and_clip_in_the_report(folders, models, tmp_path):
+    """A run folder evaluated with --reference and --clip: the report shows the new metrics beside the others."""
+    from cli_helpers import fake_run
+
+    run = fake_run(
+        tmp_path / "run",
+        method="none",
+        scale=0.0,
+        prompts=[("red", "a red circle"), ("blue", "a blue square")],
+    )
+    args = ["evaluate", run, "--features", models["dinov2"], "--device", "cpu", "--clip", models["clip"]]
+    assert cli(*args, "--reference", folders["reference"]).exit_code == 0
+    overall = json.loads((run / "metrics.json").read_text())["overall"]
+    assert {"precision", "recall", "density", "coverage", "frechet", "clip_score", "cond_vendi"} <= set(
+        overall
+    )
+    page = tmp_path / "page.html"
+    result = cli("report", run, "--out", page, "--no-evaluate")
+    assert result.exit_code == 0, result.output
+    html = page.read_text()
+    for label in ("Recall", "Coverage", "Fréchet", "CLIPScore", "Cond-Vendi"):
+        assert label in html, label
