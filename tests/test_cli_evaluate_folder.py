@@ -189,11 +189,14 @@ def test_reference_as_a_saved_features_file(folders, models, tmp_path):
     first, second = json.loads(out.read_text())["overall"], json.loads(out2.read_text())["overall"]
     for key in ("precision", "recall", "density", "coverage", "frechet"):
         assert second[key] == first[key]
-    # the file of another encoder is refused, naming it
+    # the file of another encoder is refused, naming it, before anything is written
+    before = folder_state(tmp_path)
+    out3 = tmp_path / "c.json"
     line = one_error_line(
-        cli("evaluate", folders["generated"], "--device", "cpu", "--reference", ref_cache, "--out", out2)
+        cli("evaluate", folders["generated"], "--device", "cpu", "--reference", ref_cache, "--out", out3)
     )
     assert str(ref_cache.name) in line and "not of --features embedded" in line
+    assert folder_state(tmp_path) == before
 
 
 def _meta(file: Path) -> dict[str, str]:

@@ -68,7 +68,7 @@ def evaluate_command(
     from sparke.runs.generation import resolve_device
 
     with user_errors(), user_warnings():
-        folders, ref = _check_inputs(runs, prompt_column, out, reference)  # before loading any model
+        folders, ref = _check_inputs(runs, prompt_column, out, reference, features)  # before any model
         with err.status(f"loading features {features} ..."):
             extractor = load_features(features, resolve_device(device), batch_size)
         scorer = None
@@ -115,7 +115,7 @@ def evaluate_command(
 
 
 def _check_inputs(
-    runs: list[Path], prompt_column: str, out: Path | None, reference: Path | None
+    runs: list[Path], prompt_column: str, out: Path | None, reference: Path | None, features: str
 ) -> tuple[list[Any], Any]:
     """Read every folder and decode every plain folder's images, check --out and --reference: a bad input
     is refused before any model is loaded or any file written."""
@@ -140,7 +140,7 @@ def _check_inputs(
     if reference is not None:
         from sparke.runs.reference import check_prdc_sizes, open_reference
 
-        ref = open_reference(reference)
+        ref = open_reference(reference, features)
         for run, folder in zip(runs, folders, strict=True):
             check_prdc_sizes(len(folder.records), ref, run)
     return folders, ref

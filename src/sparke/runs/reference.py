@@ -27,6 +27,7 @@ class Reference:
     source: Path
     folder: FolderImages | None
     n_images: int
+    rows: torch.Tensor | None = None  # the features once read or computed (several folders share them)
 
     def describe(self) -> dict[str, Any]:
         """What metrics.json says of the reference."""
@@ -34,16 +35,18 @@ class Reference:
 
     def features(self, extractor: Any, cache_dir: str | os.PathLike | None) -> torch.Tensor:
         """Unit feature rows (n, d), from the file or the folder's images (through the feature cache)."""
-        if self.folder is None:
-            return read_features_file(self.source, extractor.name)
-        return image_features(self.folder, extractor, cache_dir)[0]
+        if self.rows is None:
+            self.rows = image_features(self.folder, extractor, cache_dir)[0]
+        return self.rows
 
 
-def open_reference(spec: str | os.PathLike) -> Reference:
-    """Check a ``--reference``: a features file (read when used) or a folder whose images all decode."""
+def open_reference(spec: str | os.PathLike, encoder: str) -> Reference:
+    """Check a ``--reference``: a features file of ``encoder`` (``--features``), or a folder whose images all
+    decode (encoded when used)."""
     path = Path(spec)
     if path.is_file():
-        return Reference(path, None, read_features_file(path).shape[0])
+        rows = read_features_file(path, str(encoder))
+        return Reference(path, None, rows.shape[0], rows)
     folder = load_reference_folder(path)
     folder.verify()
     return Reference(path, folder, len(folder.records))
