@@ -137,7 +137,9 @@ def test_every_interval_evaluate_writes_contains_its_value_and_stays_in_range(tm
     from sparke.embedded import world
 
     prompts = [("red", "a small red square"), ("blue", "a small blue square"), ("odd", "a quiet afternoon")]
-    run = fake_run(tmp_path / "edges", method="none", scale=0.0, prompts=prompts, per_prompt=4, model="embedded")
+    run = fake_run(
+        tmp_path / "edges", method="none", scale=0.0, prompts=prompts, per_prompt=4, model="embedded"
+    )
     rng = np.random.default_rng(0)
     for k in range(8):  # the red and blue clusters: rendered scenes; the second blue image has another size
         colour, size = ("red", "small") if k < 4 else ("blue", "large" if k == 5 else "small")
