@@ -211,7 +211,7 @@ class SPARKE(Guide):
                 self._warn_once(
                     "weak",
                     f"SPARKE guides only {due} of {steps} denoising steps (every={self.every}, "
-                    f"window={self.window}); lower every (--every on the command line) to guide at least 2",
+                    f"window={self.window}); lower `every` to guide at least 2",
                     UserWarning,
                 )
 

@@ -1,0 +1,88 @@
+"""Bounds and messages of ``sparke generate`` (issue 21): refused before anything is loaded or written, each
+as one line; the config is built by plain functions, tested here without typer."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+
+from cli_helpers import cli, one_error_line
+from sparke.cli.common import cli_wording, plural
+from sparke.cli.generate import MAX_RUN_IMAGES, GenerateRequest, build_config
+from sparke.runs import RunError
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["-n", "99999999999999999999"], "--images-per-prompt 99999999999999999999: 1 prompt x"),
+        (["-n", "0"], "--images-per-prompt 0: give 1 or more"),
+        (["-b", "0"], "--batch-size 0: give 1 or more"),
+        (["--steps", "1"], "--steps 1: the embedded model needs 2 or more"),
+        (["--steps", "0"], "--steps 0: give 1 or more"),
+        (["--cfg", "-5"], "--cfg -5: the guidance scale must be 0 or more"),
+    ],
+)
+def test_impossible_counts_are_one_line_and_write_nothing(tmp_path, args, expected):
+    out = tmp_path / "run"
+    line = one_error_line(cli("generate", "-p", "a red circle", *args, "--out", out))
+    assert line.startswith(f"error: {expected}"), line
+    assert not out.exists()
+
+
+def test_huge_run_is_refused_without_building_its_plan():
+    request = GenerateRequest(prompt=["a", "b"], images_per_prompt=MAX_RUN_IMAGES // 2 + 1)
+    with pytest.raises(
+        RunError, match=f"2 prompts x {MAX_RUN_IMAGES // 2 + 1} images is more than a run holds"
+    ):
+        build_config(request)
+    config, _ = build_config(GenerateRequest(prompt=["a", "b"], images_per_prompt=MAX_RUN_IMAGES // 2))
+    assert config.n_images == MAX_RUN_IMAGES  # the largest run allowed; its plan is only built by `generate`
+
+
+def test_build_config_without_typer():
+    config, notes = build_config(
+        GenerateRequest(
+            prompt=["a red circle", "two blue squares", "a red circle"],
+            images_per_prompt=3,
+            method="pg",
+            settings={"every": 2, "window": "0,0.5"},
+        )
+    )
+    assert config.method == "pg" and config.scale == pytest.approx(0.003)  # the method's default scale
+    assert config.settings == {"every": 2, "window": [0.0, 0.5]} and config.n_images == 9
+    # duplicates are kept (each copy gets its own images) and said
+    assert [p.prompt for p in config.prompts].count("a red circle") == 2
+    assert len(notes) == 1 and "'a red circle' is given 2 times" in notes[0]
+    with pytest.raises(RunError, match="--method none: .*every"):
+        build_config(GenerateRequest(prompt=["x"], method="none", settings={"every": 2}))
+
+
+def test_few_steps_on_the_embedded_model_warn_naming_the_minimum():
+    from sparke.embedded.pipeline import CLEAN_STEPS
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build_config(GenerateRequest(prompt=["a red circle"], steps=CLEAN_STEPS - 1))
+        build_config(GenerateRequest(prompt=["a red circle"], steps=CLEAN_STEPS))
+        build_config(GenerateRequest(prompt=["a red circle"], model=str(Path("some-folder")), steps=2))
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and f"noise below {CLEAN_STEPS} steps" in messages[0], messages
+
+
+def test_library_wording_becomes_the_command_line_s():
+    library = "SPARKE guides only 1 of 5 denoising steps (every=10); lower `every` to guide at least 2"
+    assert cli_wording(library).endswith("lower --every to guide at least 2")
+    assert cli_wording("pass one of `prompt` and `sigma_image`") == "pass one of `prompt` and --sigma-image"
+
+
+def test_plurals():
+    assert [plural(1, "image"), plural(2, "image"), plural(1, "batch"), plural(3, "batch")] == [
+        "1 image",
+        "2 images",
+        "1 batch",
+        "3 batches",
+    ]
+    assert plural(12000, "row") == "12,000 rows"
