@@ -86,3 +86,61 @@ def test_plurals():
         "3 batches",
     ]
     assert plural(12000, "row") == "12,000 rows"
+
+
+@pytest.mark.parametrize("command", ["generate", "evaluate", "report", "repair", "bench"])
+def test_help_at_60_columns_keeps_every_option_name_whole(command):
+    from typer.testing import CliRunner
+
+    from sparke.cli import app
+
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "60", "TERMINAL_WIDTH": "60"})
+    assert result.exit_code == 0, result.output
+    import typer.main
+
+    click_command = typer.main.get_command(app).commands[command]
+    names = [name for param in click_command.params for name in param.opts if name.startswith("--")]
+    assert names and all(name in result.output for name in names), [
+        n for n in names if n not in result.output
+    ]
+
+
+def test_help_paragraphs_are_reflowed():
+    from sparke.cli import _help
+    from sparke.cli.bench import bench_command
+
+    text = _help(bench_command)
+    summary, body = text.split("\n\n", 1)
+    assert summary == "Benchmark SPARKE against the baselines on the embedded model, with ground truth."
+    assert "\n" not in body and "DIR/results.json" in body  # the source's line breaks are gone
+
+
+def test_usage_errors_are_one_line_like_sparke_s(tmp_path):
+    result = cli("generate", "-n", "abc", "--out", tmp_path / "x")
+    assert result.exit_code == 2  # click's code for a malformed command line
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: --images-per-prompt/-n: "), result.stderr
+    assert "sparke generate --help" in lines[0] and not (tmp_path / "x").exists()
+
+
+def test_a_run_given_twice_is_refused(tmp_path):
+    from cli_helpers import fake_run
+
+    run = fake_run(tmp_path / "none", method="none", scale=0.0, prompts=[("c", "a red circle")])
+    for command in (["report", run, tmp_path / "none" / ".." / "none", "--out", tmp_path / "r.html"],
+                    ["evaluate", run, run]):  # fmt: skip
+        line = one_error_line(cli(*command))
+        assert "given twice" in line, line
+    assert not (tmp_path / "r.html").exists() and not (run / "metrics.json").exists()
+
+
+def test_a_prompt_longer_than_the_encoder_reads_gets_a_note():
+    from sparke.cli.generate import long_prompt_notes
+    from sparke.embedded.pipeline import ShapesPipeline, build_scheduler, build_unet
+    from sparke.encoders.minilm import MAX_LENGTH
+
+    pipe = ShapesPipeline(unet=build_unet(), scheduler=build_scheduler())
+    long = "a red circle " + "on a very pale background " * 60  # ~300 words, beyond MiniLM's 256 tokens
+    assert long_prompt_notes(pipe, ["a red circle", "two blue squares"]) == []
+    (note,) = long_prompt_notes(pipe, ["a red circle", long, long])
+    assert note.startswith(f"1 prompt longer than the {MAX_LENGTH} tokens the text encoder reads"), note

@@ -40,11 +40,25 @@ def _no_leading_blank_line() -> Iterator[None]:
             pad = (0, 1, 1, 1)
         return original(renderable, pad, **kwargs)
 
+    original_table = rich_utils.Table
+
+    class Table(original_table):  # type: ignore[misc, valid-type]
+        """Option names never cut: on a narrow terminal ("--images-per-pro…" at 60 columns) the help text
+        wraps instead; the option-name columns are kept whole, the metavar and help columns fold."""
+
+        def add_row(self, *renderables: Any, **kwargs: Any) -> None:
+            super().add_row(*renderables, **kwargs)
+            for column in self.columns[:-2]:
+                column.no_wrap = True
+            self.columns[-1].overflow = "fold"  # a word longer than the help column breaks, never "…"
+
     rich_utils.Padding = padding  # type: ignore[assignment]
+    rich_utils.Table = Table  # type: ignore[misc]
     try:
         yield
     finally:
         rich_utils.Padding = original  # type: ignore[assignment]
+        rich_utils.Table = original_table  # type: ignore[misc]
 
 
 def usage_error_line(error: Any) -> str:

@@ -9,7 +9,7 @@ import typer
 
 from sparke.core.defaults import SIGMA_IMAGE, SIGMA_PROMPT
 
-from .common import err, out, user_errors, user_warnings
+from .common import err, out, say, user_errors, user_warnings
 
 
 def evaluate_command(
@@ -42,7 +42,10 @@ def evaluate_command(
     from sparke.runs.evaluation import evaluate_run, load_features, load_run
     from sparke.runs.generation import resolve_device
 
+    from .report import check_distinct
+
     with user_errors(), user_warnings():
+        check_distinct(runs)
         for run in runs:
             load_run(run)  # fail on a bad folder before loading any model
         with err.status(f"loading features {features} ..."):
@@ -62,19 +65,19 @@ def evaluate_command(
         if k["kernel"] == "gaussian"
         else ""
     )
-    out.print(
+    say(
         f"features: {results[0]['features']['image']} ({results[0]['features']['image_dim']}-d) and MiniLM prompts; "
         f"{k['kernel']} kernel{bandwidths}",
-        highlight=False,
+        console=out,
     )
     for run, result in zip(runs, results, strict=True):
         for note in result.get("notes", []):
-            err.print(f"[yellow]warning:[/] {run}: {note}", highlight=False, soft_wrap=True)
+            say(f"{run}: {note}", "warning")
     if per_cluster:
         for result in results:
             out.print(cluster_table(result))
     for run in runs:
-        out.print(f"wrote {run / 'metrics.json'}", highlight=False)
+        say(f"wrote {run / 'metrics.json'}", console=out)
 
 
 def _fmt(value: Any, digits: int = 2) -> str:

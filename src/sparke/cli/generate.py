@@ -295,6 +295,7 @@ def run_with_progress(
     def on_start(session: Any) -> None:
         status.stop()
         print_notes(session.notes, str(out_dir))
+        print_notes(long_prompt_notes(session.pipe, [p.prompt for p in session.config.prompts]))
         done = session.done_images
         if done:
             say(f"resuming {out_dir}: {done} of {plural(session.config.n_images, 'image')} already done")
@@ -312,6 +313,31 @@ def run_with_progress(
     finally:
         status.stop()
         progress.stop()
+
+
+def long_prompt_notes(pipe: Any, prompts: list[str]) -> list[str]:
+    """A note when prompts are longer than the pipeline's text encoder reads (CLIP: 77 tokens; the embedded
+    model's MiniLM: 256): the rest of such a prompt has no effect on its images."""
+    tokenizer = getattr(pipe, "tokenizer", None)
+    limit = getattr(tokenizer, "model_max_length", None)
+    if tokenizer is None or not isinstance(limit, int) or limit > 100_000:  # no tokenizer, or no stated limit
+        if type(pipe).__name__ != "ShapesPipeline":
+            return []
+        from sparke.encoders.minilm import MAX_LENGTH, load_minilm
+
+        tokenizer, limit = load_minilm()[0], MAX_LENGTH
+    from sparke.encoders.quiet import quiet_transformers
+
+    with quiet_transformers():  # no "sequence length is longer than the maximum" log: the note says it
+        lengths = {p: len(tokenizer(p)["input_ids"]) for p in dict.fromkeys(prompts)}
+    long = {p: n for p, n in lengths.items() if n > limit}
+    if not long:
+        return []
+    first, tokens = next(iter(long.items()))
+    return [
+        f"{plural(len(long), 'prompt')} longer than the {limit} tokens the text encoder reads (the first: "
+        f"{tokens} tokens, {first[:40]!r}...); the rest of each has no effect on its images"
+    ]
 
 
 def print_summary(summary: Any) -> None:
