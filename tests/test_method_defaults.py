@@ -69,5 +69,7 @@ def test_the_embedded_model_refuses_a_step_count_it_cannot_sample_from():
     from sparke.embedded import load_pipeline
     from sparke.embedded.pipeline import MIN_STEPS
 
-    with pytest.raises(ValueError, match=f"num_inference_steps=1: the shapes model needs at least {MIN_STEPS}"):
+    with pytest.raises(
+        ValueError, match=f"num_inference_steps=1: the shapes model needs at least {MIN_STEPS}"
+    ):
         load_pipeline()(prompt="a red circle", num_inference_steps=1)
