@@ -361,7 +361,7 @@ def group_metrics(
         try:
             out[name] = _finite(fn(x, sigma=sigma_image, **kw))
         except ValueError:
-            out[name] = None  # beyond the exact limit (n > 16,384 for Gaussian Vendi)
+            out[name] = None  # beyond the exact limit (n > MAX_DENSE_ROWS = 8,192, sparke.core.scores)
     for name, fn in (("cond_vendi", cond_vendi), ("cond_rke", cond_rke)):
         try:
             out[name] = _finite(fn(x, y, sigma_image=sigma_image, sigma_prompt=sigma_prompt, **kw))
