@@ -3,6 +3,9 @@ as one line; the config is built by plain functions, tested here without typer."
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -144,3 +147,24 @@ def test_a_prompt_longer_than_the_encoder_reads_gets_a_note():
     assert long_prompt_notes(pipe, ["a red circle", "two blue squares"]) == []
     (note,) = long_prompt_notes(pipe, ["a red circle", long, long])
     assert note.startswith(f"1 prompt longer than the {MAX_LENGTH} tokens the text encoder reads"), note
+
+
+def test_loading_a_diffusers_folder_prints_no_transformers_notices(tmp_path):
+    """transformers 5 notes that CLIPImageProcessor falls back to its PIL version without torchvision, and
+    draws "Loading weights" bars: neither reaches the user of `sparke generate`."""
+    from transformers import CLIPImageProcessor
+
+    from tiny_pipelines import tiny_sd
+
+    pipe = tiny_sd()
+    pipe.register_modules(feature_extractor=CLIPImageProcessor(size=32, crop_size=32))
+    pipe.save_pretrained(str(tmp_path / "sd"))
+    # a fresh process: transformers says each notice once per process, and this one has seen them already
+    command = [sys.executable, "-m", "sparke.cli", "generate", "--model", str(tmp_path / "sd"), "-p", "a cat",
+               "-n", "1", "--steps", "2", "--height", "32", "--width", "32", "--every", "1",
+               "--out", str(tmp_path / "run")]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    output = result.stdout + result.stderr
+    assert "torchvision" not in output and "Loading weights" not in output, output
