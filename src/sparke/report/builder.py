@@ -322,7 +322,7 @@ def metrics_table(runs: Sequence[dict[str, Any]]) -> str:
         cells = [
             f"<td class='l'>{_e(r['label'])}</td>",
             f"<td class='l'>{_e(r['method'])}</td>",
-            f"<td>{_fmt(r['scale'])}</td>",
+            f"<td>{_scale(r['scale'])}</td>",
             f"<td class='l'>{_e(_short_model(r['model']))}</td>",
             f"<td>{r['n_images']}</td>",
         ]
@@ -340,6 +340,11 @@ def metrics_table(runs: Sequence[dict[str, Any]]) -> str:
         + "".join(rows)
         + "</tbody></table></div>"
     )
+
+
+def _scale(value: Any) -> str:
+    """A scale as given (0.003, not a rounded 0.00)."""
+    return "&ndash;" if value is None else f"{float(value):g}"
 
 
 def _short_model(model: Any) -> str:
