@@ -168,3 +168,33 @@ def test_loading_a_diffusers_folder_prints_no_transformers_notices(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     output = result.stdout + result.stderr
     assert "torchvision" not in output and "Loading weights" not in output, output
+
+
+def test_model_and_features_messages_name_the_right_fix(tmp_path):
+    from cli_helpers import fake_run
+
+    line = one_error_line(
+        cli(
+            "generate",
+            "-p",
+            "a cat",
+            "--model",
+            "nobody/no-such-model",
+            "--out",
+            tmp_path / "x",
+            "--device",
+            "cpu",
+        )
+    )
+    assert "`hf download nobody/no-such-model`" in line and "huggingface-cli" not in line, line
+    assert not (tmp_path / "x").exists()
+    pipeline = tmp_path / "a-pipeline"
+    pipeline.mkdir()
+    (pipeline / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    run = fake_run(tmp_path / "run", method="none", scale=0.0, prompts=[("c", "a red circle")])
+    line = one_error_line(cli("evaluate", run, "--features", pipeline, "--device", "cpu"))
+    assert "a diffusers pipeline folder, not an image model" in line, line
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    line = one_error_line(cli("evaluate", run, "--features", empty, "--device", "cpu"))
+    assert "a folder without an image model (no config.json)" in line, line
