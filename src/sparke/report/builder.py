@@ -108,6 +108,47 @@ def _legend_rows(labels: Sequence[str], start: float, width: float) -> list[list
     return rows
 
 
+def _frame(
+    xt: Sequence[float],
+    yt: Sequence[float],
+    sx: Any,
+    sy: Any,
+    box: tuple[float, float, float, float, float],
+    x_domain: tuple[float, float],
+    labels: tuple[str, str],
+) -> list[str]:
+    """The SVG of a plot's grid, ticks (those inside ``x_domain``), frame and axis labels (x, y); ``box``: (left,
+    top, width, height, svg height)."""
+    left, top, pw, ph, height = box
+    (x_lo, x_hi), (x_label, y_label) = x_domain, labels
+    lines: list[str] = []
+    for y in yt:
+        lines.append(
+            f'<line x1="{left}" x2="{left + pw}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" stroke="#e6e9ef"/>'
+        )
+        lines.append(
+            f'<text x="{left - 6}" y="{sy(y) + 4:.1f}" text-anchor="end" fill="#5d6677">{_tick_label(y)}</text>'
+        )
+    for x in xt:
+        if not x_lo - 1e-12 <= x <= x_hi + 1e-12:
+            continue
+        lines.append(
+            f'<line x1="{sx(x):.1f}" x2="{sx(x):.1f}" y1="{top + ph}" y2="{top + ph + 4}" stroke="#5d6677"/>'
+        )
+        lines.append(
+            f'<text x="{sx(x):.1f}" y="{top + ph + 16}" text-anchor="middle" fill="#5d6677">{_tick_label(x)}</text>'
+        )
+    lines.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#c9ced8"/>')
+    lines.append(
+        f'<text x="{left + pw / 2:.1f}" y="{height - 8}" text-anchor="middle" fill="#1d2330">{_e(x_label)}</text>'
+    )
+    lines.append(
+        f'<text transform="translate(13 {top + ph / 2:.1f}) rotate(-90)" text-anchor="middle" '
+        f'fill="#1d2330">{_e(y_label)}</text>'
+    )
+    return lines
+
+
 def line_plot(
     series: Sequence[dict[str, Any]],
     *,
@@ -156,28 +197,7 @@ def line_plot(
         f'role="img" aria-label="{_e(title)}" font-family="system-ui, sans-serif" font-size="11">',
         f'<text x="{left}" y="18" font-size="13" font-weight="600" fill="#1d2330">{_e(title)}</text>',
     ]
-    for y in yt:
-        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" stroke="#e6e9ef"/>')
-        out.append(
-            f'<text x="{left - 6}" y="{sy(y) + 4:.1f}" text-anchor="end" fill="#5d6677">{_tick_label(y)}</text>'
-        )
-    for x in xt:
-        if not x0 - 1e-12 <= x <= x1 + 1e-12:
-            continue
-        out.append(
-            f'<line x1="{sx(x):.1f}" x2="{sx(x):.1f}" y1="{top + ph}" y2="{top + ph + 4}" stroke="#5d6677"/>'
-        )
-        out.append(
-            f'<text x="{sx(x):.1f}" y="{top + ph + 16}" text-anchor="middle" fill="#5d6677">{_tick_label(x)}</text>'
-        )
-    out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#c9ced8"/>')
-    out.append(
-        f'<text x="{left + pw / 2:.1f}" y="{height - 8}" text-anchor="middle" fill="#1d2330">{_e(x_label)}</text>'
-    )
-    out.append(
-        f'<text transform="translate(13 {top + ph / 2:.1f}) rotate(-90)" text-anchor="middle" '
-        f'fill="#1d2330">{_e(y_label)}</text>'
-    )
+    out += _frame(xt, yt, sx, sy, (left, top, pw, ph, height), (x0, x1), (x_label, y_label))
     place = {label: (x, 29 + 14 * r) for r, row in enumerate(legend) for x, label in row}
     for k, s in enumerate(series):
         colour = s.get("colour") or PALETTE[k % len(PALETTE)]
