@@ -149,6 +149,7 @@ def test_a_prompt_longer_than_the_encoder_reads_gets_a_note():
     assert note.startswith(f"1 prompt longer than the {MAX_LENGTH} tokens the text encoder reads"), note
 
 
+@pytest.mark.slow  # a fresh Python process that imports diffusers and transformers
 def test_loading_a_diffusers_folder_prints_no_transformers_notices(tmp_path):
     """transformers 5 notes that CLIPImageProcessor falls back to its PIL version without torchvision, and
     draws "Loading weights" bars: neither reaches the user of `sparke generate`."""

@@ -49,6 +49,7 @@ def shape_colour_rate():
     return rate
 
 
+@pytest.mark.slow  # 6 methods x 16 images x 8 steps: ~25 s on 2 idle cores
 def test_every_method_default_keeps_shape_and_colour_near_none(shape_colour_rate):
     from sparke.methods import METHODS
 
