@@ -112,7 +112,8 @@ def check_distinct(runs: list[Path]) -> None:
     for run in runs:
         key = run.resolve()
         if key in seen:
-            raise RunError(f"{run}: given twice (as {seen[key]} too); give each run once")
+            also = "" if str(seen[key]) == str(run) else f" (also as {seen[key]})"
+            raise RunError(f"{run}: given twice{also}; give each run once")
         seen[key] = run
 
 
