@@ -126,6 +126,36 @@ def test_embedded_features_and_match_rate(tmp_path):
     assert "Match" in result.stdout
 
 
+@pytest.mark.skipif(not ENCODER_WEIGHTS.exists(), reason="the embedded encoder's weights are not shipped yet")
+def test_every_interval_evaluate_writes_contains_its_value_and_stays_in_range(tmp_path):
+    """Edge cases of issue 21: a rate of exactly 1 (shape+colour), a cluster the checker cannot read (its
+    resamples have no rate), a cluster of misses; every interval holds its value, rates in [0, 1], Vendi in
+    [1, n]."""
+    import numpy as np
+    from PIL import Image
+
+    from sparke.embedded import world
+
+    prompts = [("red", "a small red square"), ("blue", "a small blue square"), ("odd", "a quiet afternoon")]
+    run = fake_run(
+        tmp_path / "edges", method="none", scale=0.0, prompts=prompts, per_prompt=4, model="embedded"
+    )
+    rng = np.random.default_rng(0)
+    for k in range(8):  # the red and blue clusters: rendered scenes; the second blue image has another size
+        colour, size = ("red", "small") if k < 4 else ("blue", "large" if k == 5 else "small")
+        scene = world.sample_scene(rng, "square", colour, size=size, count=1)
+        Image.fromarray(world.render(scene)).save(run / "images" / f"{k:06d}.png")
+    result = cli("evaluate", run, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    overall = json.loads((run / "metrics.json").read_text())["overall"]
+    assert overall["match_n"] == 8 and overall["match_shape_colour"] == 1.0 and overall["match_rate"] < 1.0
+    assert set(overall["ci"]) == {"vendi", "cond_vendi", "match_rate", "match_shape_colour"}
+    for metric, (low, high) in overall["ci"].items():
+        lowest, highest = (0.0, 1.0) if metric.startswith("match") else (1.0, overall["n_images"])
+        assert lowest <= low <= overall[metric] <= high <= highest, (metric, low, overall[metric], high)
+    assert overall["ci"]["match_shape_colour"] == [1.0, 1.0]
+
+
 def test_required_from_prompt():
     assert required_from_prompt("two crimson discs on a pale cream background") == {
         "shape": "circle",

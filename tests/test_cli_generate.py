@@ -703,8 +703,8 @@ def test_damaged_manifest_middle_names_repair_and_repair_fixes_it(reference, tin
         assert f"sparke repair {out}" in line and "manifest.jsonl:3" in line
     result = run_cli("repair", out)
     assert result.exit_code == 0, result.output
-    assert "1 lines rebuilt" in result.stdout and "1 damaged lines dropped" in result.stdout
-    assert "1 damaged or missing images dropped" in result.stdout
+    assert "1 line rebuilt" in result.stdout and "1 damaged line dropped" in result.stdout
+    assert "1 damaged or missing image dropped" in result.stdout
     assert_same_run(reference, out)
     result = run_cli("repair", out)
     assert result.exit_code == 0 and "nothing to repair" in result.stdout, result.output

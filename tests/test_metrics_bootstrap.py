@@ -12,6 +12,8 @@ from sparke.metrics.bootstrap import (
     draw_units,
     interval,
     mean_replicates,
+    metric_bounds,
+    metric_interval,
     vendi_replicates,
 )
 
@@ -39,10 +41,45 @@ def test_single_unit_and_constant_data_give_a_point_interval():
     assert d["value"] == pytest.approx(0.25) and d["ci"] == pytest.approx([0.25, 0.25])
 
 
-def test_interval_is_centred_on_the_estimate():
-    reps = np.arange(1001, dtype=float)  # mean 500, 2.5% / 97.5% quantiles 25 / 975
-    assert interval(500.0, reps) == pytest.approx([25.0, 975.0])
-    assert interval(510.0, reps) == pytest.approx([35.0, 985.0])  # the shift of biased replicates is removed
+def test_interval_contains_its_estimate_and_stays_in_range():
+    reps = np.arange(1001, dtype=float)  # median 500, 2.5% / 97.5% quantiles 25 / 975
+    assert interval(500.0, reps, recentre=False) == pytest.approx([25.0, 975.0])
+    assert interval(510.0, reps) == pytest.approx([35.0, 985.0])  # recentred: the median moves onto 510
+    # a mean's percentile interval is widened to an estimate outside it, never shifted
+    assert interval(990.0, reps, recentre=False) == pytest.approx([25.0, 990.0])
+    # the issue's cases: recentring by the mean pushed rates below 0 or above 1; bounds clip, keep the estimate
+    skewed = np.r_[np.zeros(20), np.full(480, 0.9)]
+    low, high = interval(0.98, skewed, bounds=(0.0, 1.0))
+    assert 0.0 <= low <= 0.98 <= high <= 1.0
+    assert interval(1.0, np.ones(300), bounds=(0.0, 1.0)) == pytest.approx([1.0, 1.0])
+    # Vendi's replicates sit below the estimate (duplicates): recentred, then kept in [1, n]
+    vendi_reps = np.linspace(1.0, 2.0, 500)
+    assert interval(1.2, vendi_reps, bounds=(1.0, 12.0)) == pytest.approx([1.0, 1.2 + 0.5 - 0.025], abs=1e-9)
+    rng = np.random.default_rng(5)
+    for _ in range(200):  # any replicates, any estimate in range: the interval holds it and stays in range
+        reps = rng.beta(0.3, 0.3, size=rng.integers(2, 60))
+        estimate = float(rng.uniform())
+        for recentre in (False, True):
+            low, high = interval(estimate, reps, bounds=(0.0, 1.0), recentre=recentre)
+            assert 0.0 <= low <= estimate <= high <= 1.0
+
+
+def test_metric_interval_uses_each_metric_range():
+    assert metric_bounds("match_rate", 10) == (0.0, 1.0) and metric_bounds("fidelity", 10) == (0.0, 1.0)
+    assert metric_bounds("vendi", 24) == (1.0, 24.0) and metric_bounds("cond_vendi", 24) == (1.0, 24.0)
+    assert metric_bounds("in_batch_similarity", 24) is None
+    assert metric_interval("vendi", 23.5, np.linspace(20.0, 24.0, 100), 24)[1] == 24.0
+
+
+def test_a_resample_without_known_items_has_no_mean():
+    # the vendi run of issue 21: a rate of 1.000 with interval [1.002, 1.002]. A cluster whose prompts the
+    # checker cannot read has count 0; a resample drawing only such clusters had replicate 0 (0 / max(0, tiny)),
+    # which pulled the replicates' mean below the estimate. Now it is undefined and dropped.
+    draws = draw_units(2, 1, n_boot=400, seed=0)
+    reps = mean_replicates(np.array([[3.0], [0.0]]), np.array([[3.0], [0.0]]), draws)
+    empty = draws.weights[:, 0, 0] == 0
+    assert empty.any() and np.isnan(reps[empty]).all() and np.allclose(reps[~empty], 1.0)
+    assert interval(1.0, reps, bounds=(0.0, 1.0), recentre=False) == pytest.approx([1.0, 1.0])
 
 
 def test_bootstrap_of_a_mean_covers_the_true_mean_about_95_percent():
@@ -56,6 +93,23 @@ def test_bootstrap_of_a_mean_covers_the_true_mean_about_95_percent():
         low, high = interval(float(data.mean()), reps)
         hits += low <= 1.0 <= high
     assert 0.89 <= hits / trials <= 0.99
+
+
+def test_rate_interval_covers_the_true_rate_about_95_percent_near_the_edge():
+    # a prompt-match rate of 0.9 with cluster effects (some prompts are harder): 16 clusters of 6 images
+    rng = np.random.default_rng(11)
+    hits, trials, inside = 0, 300, True
+    for t in range(trials):
+        p = np.clip(0.9 + rng.normal(0.0, 0.05, size=16), 0.0, 1.0)  # cluster rates, mean ~0.9
+        true = float(p.mean())
+        flags = rng.random((16, 1, 6)) < p[:, None, None]
+        reps = mean_replicates(flags.sum(2), np.full((16, 1), 6), draw_units(16, 1, n_boot=300, seed=t))
+        estimate = float(flags.mean())
+        low, high = metric_interval("match_rate", estimate, reps, 96)
+        inside &= 0.0 <= low <= estimate <= high <= 1.0
+        hits += low <= true <= high
+    assert inside
+    assert 0.89 <= hits / trials <= 0.99  # 300 trials: the binomial s.d. of 95% is 1.3 points
 
 
 def test_mean_width_matches_the_standard_error_and_two_stage_is_too_wide():

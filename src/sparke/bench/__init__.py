@@ -171,7 +171,12 @@ class Intervals:
         """Add ``ci`` and ``delta_vs_none`` to ``row`` (in place); return its replicates."""
         if self.draws is None:
             return None
-        from sparke.metrics.bootstrap import delta, gaussian_kernel, interval, spectral_entropy_replicates
+        from sparke.metrics.bootstrap import (
+            delta,
+            gaussian_kernel,
+            metric_interval,
+            spectral_entropy_replicates,
+        )
 
         from .metrics import CI_METRICS, SIGMA_PROMPT, replicates
 
@@ -181,7 +186,8 @@ class Intervals:
                 gaussian_kernel(evidence.prompt_feats, SIGMA_PROMPT), item
             )
         r = replicates(evidence, self.draws, self.prompt_entropy)
-        row["ci"] = {m: interval(row[m], r[m]) for m in CI_METRICS if m in r}  # the world: no world_*
+        n_items = int(evidence.feats.shape[0])
+        row["ci"] = {m: metric_interval(m, row[m], r[m], n_items) for m in CI_METRICS if m in r}
         self.pending.append((row, r))
         if row["method"] == "none" and self.none is None:
             self.none = (row, r)
@@ -213,7 +219,9 @@ class Intervals:
     def describe(self) -> dict[str, Any]:
         return {
             "method": "percentile bootstrap over prompt clusters (each with all its seed rounds), paired: the "
-            "same resamples for every setting; intervals centred on the estimate",
+            "same resamples for every setting; means: plain percentile; Vendi, Cond-Vendi and differences: the "
+            "percentile range moved so the replicates' median is the estimate; every interval contains its "
+            "estimate and is clipped to the metric's range",
             "level": 0.95,
             "n_boot": self.n_boot,
             "units": "prompt clusters",

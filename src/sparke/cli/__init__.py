@@ -8,6 +8,8 @@ Each command lives in its own module and imports torch, diffusers and the rest o
 from __future__ import annotations
 
 import contextlib
+import inspect
+import re
 from collections.abc import Iterator
 from typing import Annotated, Any
 
@@ -38,17 +40,68 @@ def _no_leading_blank_line() -> Iterator[None]:
             pad = (0, 1, 1, 1)
         return original(renderable, pad, **kwargs)
 
+    original_table = rich_utils.Table
+
+    class Table(original_table):  # type: ignore[misc, valid-type]
+        """Option names never cut: on a narrow terminal ("--images-per-pro…" at 60 columns) the help text
+        wraps instead; the option-name columns are kept whole, the metavar and help columns fold."""
+
+        def add_row(self, *renderables: Any, **kwargs: Any) -> None:
+            super().add_row(*renderables, **kwargs)
+            for column in self.columns[:-2]:
+                column.no_wrap = True
+            self.columns[-1].overflow = "fold"  # a word longer than the help column breaks, never "…"
+
     rich_utils.Padding = padding  # type: ignore[assignment]
+    rich_utils.Table = Table  # type: ignore[misc]
     try:
         yield
     finally:
         rich_utils.Padding = original  # type: ignore[assignment]
+        rich_utils.Table = original_table  # type: ignore[misc]
+
+
+def usage_error_line(error: Any) -> str:
+    """A command-line syntax error of click (unknown option, not a number, missing value) as sparke's one line:
+    ``--images-per-prompt/-n: 'abc' is not a valid integer; `sparke generate --help` lists the options``."""
+    message = error.format_message()
+    param = getattr(error, "param", None)
+    if type(error).__name__ == "BadParameter" and getattr(param, "opts", None):  # typer's own click copy
+        message = f"{'/'.join(param.opts)}: {error.message.replace('Value error, ', '')}"
+    ctx = getattr(error, "ctx", None)
+    hint = f"; `{ctx.command_path} --help` lists the options" if ctx is not None else ""
+    return " ".join(message.split()).rstrip(".") + hint
+
+
+@contextlib.contextmanager
+def _one_line_usage_errors() -> Iterator[None]:
+    """typer draws click's usage errors in a box; sparke's errors are one ``error:`` line. The exit code stays
+    click's 2 (the command line itself is malformed), 1 being a well-formed command whose values are refused."""
+    from typer import rich_utils
+
+    from .common import say
+
+    original = rich_utils.rich_format_error
+
+    def one_line(error: Any) -> None:
+        if error.__class__.__name__ != "NoArgsIsHelpError":  # that one shows the help instead
+            say(usage_error_line(error), "error")
+
+    rich_utils.rich_format_error = one_line  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        rich_utils.rich_format_error = original  # type: ignore[assignment]
 
 
 class _Group(TyperGroup):
     def format_help(self, ctx: Any, formatter: Any) -> None:
         with _no_leading_blank_line():
             return super().format_help(ctx, formatter)
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        with _one_line_usage_errors():
+            return super().main(*args, **kwargs)
 
 
 class _Command(TyperCommand):
@@ -96,13 +149,24 @@ def _main(
     """Prompt-aware diversity guidance (SPARKE) for diffusers pipelines."""
 
 
+def _help(command: Any) -> str:
+    """A command's docstring as typer's help: the lines of each paragraph joined (typer would keep the
+    source's line breaks), paragraphs kept apart; the first paragraph is the one-line summary of `sparke --help`."""
+    paragraphs = re.split(r"\n\s*\n", inspect.cleandoc(command.__doc__ or ""))
+    return "\n\n".join(" ".join(p.split()) for p in paragraphs)
+
+
+def _add(name: str, command: Any, **kwargs: Any) -> None:
+    app.command(name, cls=_Command, help=_help(command), **kwargs)(command)
+
+
 # bare `sparke generate` says which options it needs (an error line) rather than dumping the whole help
-app.command("generate", cls=_Command)(generate_command)
-app.command("evaluate", no_args_is_help=True, cls=_Command)(evaluate_command)
-app.command("report", no_args_is_help=True, cls=_Command)(report_command)
-app.command("repair", no_args_is_help=True, cls=_Command)(repair_command)
-app.command("methods", cls=_Command)(methods_command)
-app.command("bench", no_args_is_help=True, cls=_Command)(bench_command)
+_add("generate", generate_command)
+_add("evaluate", evaluate_command, no_args_is_help=True)
+_add("report", report_command, no_args_is_help=True)
+_add("repair", repair_command, no_args_is_help=True)
+_add("methods", methods_command)
+_add("bench", bench_command, no_args_is_help=True)
 
 
 def main() -> None:

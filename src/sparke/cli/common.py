@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import signal
 import warnings
 from collections.abc import Iterable, Iterator
@@ -22,12 +23,33 @@ class Interrupted(KeyboardInterrupt):
     """SIGTERM, turned into an interrupt so that the same tidy exit applies."""
 
 
+# the label of each kind of message, and its colour
+KINDS = {"error": "bold red", "warning": "yellow", "note": "yellow", "done": "green", "report": "green"}
+
+
+def say(text: str, kind: str = "", *, console: Console | None = None) -> None:
+    """Print one message: ``kind: text`` (kind coloured), or ``text`` alone. Every message of the commands
+    goes through here: never soft-wrapped by rich (the terminal wraps a long line, and a test or a pipe reads
+    it whole), no markup or highlighting read from the text. Messages go to stderr unless ``console=out``."""
+    label = f"[{KINDS[kind]}]{kind}[/]: " if kind else ""
+    (console or err).print(label + escape(text), highlight=False, soft_wrap=True)
+
+
+def plural(count: int, noun: str, plural_form: str | None = None) -> str:
+    """``1 image``, ``2 images``, ``1 batch``, ``3 batches``."""
+    if count == 1:
+        return f"{count} {noun}"
+    return (
+        f"{count:,} {plural_form or (noun + 'es' if noun.endswith(('s', 'ch', 'sh', 'x')) else noun + 's')}"
+    )
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print one red line on stderr and return the exit to raise."""
+    """Print one red ``error:`` line on stderr and return the exit to raise."""
     message = " ".join(
         str(message).replace("Value error, ", "").split("\n")[0].split()
     )  # one line, no pydantic prefix
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    say(message, "error")
     return typer.Exit(code)
 
 
@@ -50,9 +72,7 @@ def user_errors(interrupted_hint: str = "") -> Iterator[None]:
     except RunError as error:
         raise fail(str(error)) from None
     except KeyboardInterrupt:
-        err.print(
-            f"[yellow]interrupted[/]{'; ' + interrupted_hint if interrupted_hint else ''}", highlight=False
-        )
+        say(f"interrupted{'; ' + interrupted_hint if interrupted_hint else ''}")
         raise typer.Exit(130) from None
     finally:
         if previous is not None:
@@ -71,7 +91,7 @@ def user_warnings() -> Iterator[None]:
         if text in seen:
             return
         seen.add(text)
-        err.print(f"[yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True)
+        say(cli_wording(text), "warning")
 
     with warnings.catch_warnings():
         warnings.simplefilter("always", UserWarning)
@@ -84,10 +104,26 @@ def user_warnings() -> Iterator[None]:
             warnings.showwarning = previous
 
 
+# settings a library message may name (in backticks) that are options of the commands
+OPTION_SETTINGS = frozenset(
+    {"every", "window", "scale", "steps", "space", "centre", "sigma_image", "sigma_prompt", "kernel", "step"}
+)
+
+
+def cli_wording(text: str) -> str:
+    """A library message in the command line's words: a setting named as `every` becomes --every."""
+
+    def option(match: re.Match) -> str:
+        name = match.group(1)
+        return "--" + name.replace("_", "-") if name in OPTION_SETTINGS else match.group(0)
+
+    return re.sub(r"`([a-z][a-z_]*)`", option, text)
+
+
 def print_notes(notes: Iterable[str], where: str = "") -> None:
     """What a command repaired or noticed, one yellow line each on stderr."""
     for note in notes:
-        err.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
+        say(note, "note")
 
 
 def setting_value(raw: str) -> Any:

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich import box
     from rich.table import Table
 
-    from sparke.cli.common import err, out, user_errors
+    from sparke.cli.common import err, out, say, user_errors
     from sparke.cli.generate import run_with_progress
     from sparke.methods import METHODS, resolve_settings
     from sparke.report import build_report
@@ -152,30 +152,28 @@ def main(argv: list[str] | None = None) -> int:
         )
     out.print(table)
     n_images = results[0]["overall"]["n_images"]
-    out.print(
+    say(
         f"[Cond-Vendi with its 95% interval over the prompt clusters.] With {n_images} images per run the "
         "differences are rough (a few images move a rate by points); `sparke bench` (docs/benchmark.md) "
         "measures them with enough images and paired intervals.",
-        highlight=False,
+        console=out,
     )
     minutes, seconds = divmod(time.perf_counter() - start, 60)
-    out.print(f"wall time: {int(minutes)} min {seconds:.0f} s", highlight=False)
-    out.print(f"report: {report}", highlight=False)
+    say(f"wall time: {int(minutes)} min {seconds:.0f} s", console=out)
+    say(f"report: {report}", console=out)
     return 0
 
 
 def _move_aside_if_other(folder: Path, config: Any) -> None:
     """A demo folder made with other settings (an older version's) is renamed, not refused: the demo remakes it."""
-    from sparke.cli.common import err
+    from sparke.cli.common import say
     from sparke.runs import RunFolder, config_differences, unresolved_keys
 
     stored = RunFolder(folder).read_config()  # a damaged run.json: its RunError says so, as a run would
     if stored is not None and config_differences(stored, config.to_json(), unresolved_keys(config)):
         aside = folder.with_name(f"{folder.name}.before-{time.strftime('%Y%m%d-%H%M%S')}")
         folder.rename(aside)
-        err.print(
-            f"{folder} was made with other settings: moved to {aside.name}, making it again", highlight=False
-        )
+        say(f"{folder} was made with other settings: moved to {aside.name}, making it again")
 
 
 def _ensure_passive_openmp() -> None:

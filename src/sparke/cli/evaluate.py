@@ -9,7 +9,7 @@ import typer
 
 from sparke.core.defaults import SIGMA_IMAGE, SIGMA_PROMPT
 
-from .common import err, user_errors, user_warnings
+from .common import err, say, user_errors, user_warnings
 from .common import out as console
 
 
@@ -67,7 +67,10 @@ def evaluate_command(
     from sparke.runs.evaluation import evaluate_run, load_features
     from sparke.runs.generation import resolve_device
 
+    from .report import check_distinct
+
     with user_errors(), user_warnings():
+        check_distinct(runs)
         folders, ref = _check_inputs(runs, prompt_column, out, reference, features)  # before any model
         with err.status(f"loading features {features} ..."):
             extractor = load_features(features, resolve_device(device), batch_size)
@@ -99,19 +102,19 @@ def evaluate_command(
         if k["kernel"] == "gaussian"
         else ""
     )
-    console.print(
+    say(
         f"features: {results[0]['features']['image']} ({results[0]['features']['image_dim']}-d) and MiniLM prompts; "
         f"{k['kernel']} kernel{bandwidths}",
-        highlight=False,
+        console=console,
     )
     for run, result in zip(runs, results, strict=True):
         for note in result.get("notes", []):
-            err.print(f"[yellow]warning:[/] {run}: {note}", highlight=False, soft_wrap=True)
+            say(f"{run}: {note}", "warning")
     if per_cluster:
         for result in results:
             console.print(cluster_table(result))
     for run in runs:
-        console.print(f"wrote {out or run / 'metrics.json'}", highlight=False)
+        say(f"wrote {out or run / 'metrics.json'}", console=console)
 
 
 def _check_inputs(

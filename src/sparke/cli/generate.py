@@ -1,21 +1,20 @@
-"""``sparke generate``: images for a prompt set, with or without guidance, into a resumable run folder."""
+"""``sparke generate``: images for a prompt set, with or without guidance, into a resumable run folder.
+
+The options are the aliases of ``sparke.cli.options``; ``build_config`` turns them into a ``RunConfig``
+(a plain function, tested without typer) and ``run_with_progress`` generates with a progress bar.
+"""
 
 from __future__ import annotations
 
-import enum
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
-
-import typer
+from typing import Any
 
 from sparke.methods import METHODS
 
-from .common import err, fail, out, print_notes, setting_value, user_errors, user_warnings
-
-PROMPTS = "Prompts"
-MODEL = "Model and sampling"
-GUIDANCE = "Guidance (see `sparke.methods`)"
-OUTPUT = "Output"
+from . import options as o
+from .common import err, fail, out, plural, print_notes, say, setting_value, user_errors, user_warnings
 
 # option name -> setting name of the method (only the settings the chosen method has may be given)
 SETTING_OPTIONS = (
@@ -29,282 +28,197 @@ SETTING_OPTIONS = (
     "window",
     "step",
 )
+# a run folder's plan lists every image: beyond this a run is refused at once (not a MemoryError minutes later)
+MAX_RUN_IMAGES = 10_000_000
 
 
-# a str Enum of the registry's names, so --help lists the choices (methods added to METHODS appear too)
-MethodName = enum.Enum("MethodName", {name: name for name in METHODS}, type=str)
+@dataclass
+class GenerateRequest:
+    """The options of ``sparke generate`` as given (None: the default of the pipeline or the method)."""
 
-
-def _method_help() -> str:
-    return "Generation method: " + ", ".join(METHODS) + " (`sparke methods` describes each)."
-
-
-def _defaults(setting: str) -> str:
-    """The help's default of a method setting, per method: "[default: 10 (sparke, rke, vendi); 1 (pg)]"."""
-    by_value: dict[str, list[str]] = {}
-    for name, spec in METHODS.items():
-        if setting in spec.defaults:
-            value = spec.defaults[setting]
-            text = ",".join(f"{v:g}" for v in value) if isinstance(value, list) else str(value)
-            by_value.setdefault(text, []).append(name)
-    if not by_value:
-        return ""
-    if len(by_value) == 1:
-        ((value, names),) = by_value.items()
-        return f"  \\[default: {value}; methods {', '.join(names)}]"
-    parts = "; ".join(f"{value} ({', '.join(names)})" for value, names in by_value.items())
-    return f"  \\[default: {parts}]"
+    prompts_file: Path | None = None
+    prompt: list[str] | None = None
+    images_per_prompt: int = 4
+    model: str = "embedded"
+    steps: int | None = None
+    cfg: float | None = None
+    negative_prompt: str | None = None
+    height: int | None = None
+    width: int | None = None
+    seed: int = 0
+    batch_size: int = 4
+    dtype: str = "auto"
+    method: str = "sparke"
+    scale: float | None = None
+    settings: dict[str, Any] = field(default_factory=dict)  # SETTING_OPTIONS given, e.g. {"every": 2}
+    prompt_encoder: str | None = None
+    extra: list[str] | None = None  # --set KEY=VALUE
+    bank: Path | None = None
 
 
 def generate_command(
-    out_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--out",
-            "-o",
-            help="Run folder: images/, manifest.jsonl, bank.safetensors (made if missing).  \\[required]",
-            rich_help_panel=OUTPUT,
-            show_default=False,
-        ),
-    ] = None,
-    prompts_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--prompts",
-            help="Prompt file: one prompt per line ('cluster<TAB>prompt' names its cluster), or .jsonl lines "
-            '{"prompt": ..., "cluster": ...}.',
-            rich_help_panel=PROMPTS,
-            show_default=False,
-        ),
-    ] = None,
-    prompt: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--prompt",
-            "-p",
-            help="A prompt (repeat for more); added after --prompts.",
-            rich_help_panel=PROMPTS,
-        ),
-    ] = None,
-    images_per_prompt: Annotated[
-        int,
-        typer.Option("--images-per-prompt", "-n", min=1, help="Images per prompt.", rich_help_panel=PROMPTS),
-    ] = 4,
-    model: Annotated[
-        str,
-        typer.Option(
-            "--model",
-            "-m",
-            help="'embedded' (the shipped 32x32 shapes model), a diffusers pipeline folder, or a hub id "
-            "(from the local cache when HF_HUB_OFFLINE=1).",
-            rich_help_panel=MODEL,
-        ),
-    ] = "embedded",
-    steps: Annotated[
-        int | None,
-        typer.Option(
-            "--steps", min=1, help="Denoising steps.  \\[default: the pipeline's own]", rich_help_panel=MODEL
-        ),
-    ] = None,
-    cfg: Annotated[
-        float | None,
-        typer.Option(
-            "--cfg",
-            help="Classifier-free guidance scale.  \\[default: the pipeline's own]",
-            rich_help_panel=MODEL,
-        ),
-    ] = None,
-    negative_prompt: Annotated[
-        str | None,
-        typer.Option("--negative-prompt", help="Negative prompt for every image.", rich_help_panel=MODEL),
-    ] = None,
-    height: Annotated[
-        int | None, typer.Option(help="Image height (pipelines that take one).", rich_help_panel=MODEL)
-    ] = None,
-    width: Annotated[
-        int | None, typer.Option(help="Image width (pipelines that take one).", rich_help_panel=MODEL)
-    ] = None,
-    seed: Annotated[
-        int, typer.Option(help="Run seed; image i uses a seed derived from (seed, i).", rich_help_panel=MODEL)
-    ] = 0,
-    batch_size: Annotated[
-        int,
-        typer.Option("--batch-size", "-b", min=1, help="Images per pipeline call.", rich_help_panel=MODEL),
-    ] = 4,
-    device: Annotated[
-        str, typer.Option(help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, ...", rich_help_panel=MODEL)
-    ] = "auto",
-    dtype: Annotated[
-        str,
-        typer.Option(
-            help="auto (float16 on CUDA for hub models, else float32), float32, float16, bfloat16.",
-            rich_help_panel=MODEL,
-        ),
-    ] = "auto",
-    method: Annotated[
-        MethodName, typer.Option("--method", help=_method_help(), rich_help_panel=GUIDANCE)
-    ] = MethodName("sparke"),
-    scale: Annotated[
-        float | None,
-        typer.Option(
-            help="Guidance strength (0 = unguided).  \\[default: the method's own]", rich_help_panel=GUIDANCE
-        ),
-    ] = None,
-    every: Annotated[
-        int | None,
-        typer.Option(help="Guide every k-th denoising step." + _defaults("every"), rich_help_panel=GUIDANCE),
-    ] = None,
-    sigma_image: Annotated[
-        float | None,
-        typer.Option(
-            help="Image-feature kernel bandwidth (unit-norm features)." + _defaults("sigma_image"),
-            rich_help_panel=GUIDANCE,
-        ),
-    ] = None,
-    sigma_prompt: Annotated[
-        float | None,
-        typer.Option(
-            help="Prompt-feature kernel bandwidth." + _defaults("sigma_prompt"), rich_help_panel=GUIDANCE
-        ),
-    ] = None,
-    space: Annotated[
-        str | None,
-        typer.Option(
-            help="Feature space: x0 (the clean estimate) or latent (the paper's)." + _defaults("space"),
-            rich_help_panel=GUIDANCE,
-        ),
-    ] = None,
-    centre: Annotated[
-        bool | None,
-        typer.Option(
-            "--centre/--no-centre",
-            help="Compare latents minus each channel's spatial mean: guidance moves layout, not global colour "
-            "(latent and x0 spaces)." + _defaults("centre"),
-            rich_help_panel=GUIDANCE,
-            show_default=False,
-        ),
-    ] = None,
-    objective: Annotated[
-        str | None,
-        typer.Option(
-            help="cond-rke (SPARKE), rke, cond-vendi or vendi." + _defaults("objective"),
-            rich_help_panel=GUIDANCE,
-        ),
-    ] = None,
-    kernel: Annotated[
-        str | None, typer.Option(help="gaussian or cosine." + _defaults("kernel"), rich_help_panel=GUIDANCE)
-    ] = None,
-    window: Annotated[
-        str | None,
-        typer.Option(
-            help="START,END: fractions of the trajectory where guidance acts." + _defaults("window"),
-            rich_help_panel=GUIDANCE,
-        ),
-    ] = None,
-    step: Annotated[
-        str | None,
-        typer.Option(
-            help="relative (scale x |z| x g/|g|) or raw (scale x g)." + _defaults("step"),
-            rich_help_panel=GUIDANCE,
-        ),
-    ] = None,
-    prompt_encoder: Annotated[
-        str | None,
-        typer.Option(
-            "--prompt-encoder",
-            help="Prompt features for guidance: pipeline (its text encoder) or minilm."
-            + _defaults("prompt_encoder"),
-            rich_help_panel=GUIDANCE,
-        ),
-    ] = None,
-    settings: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            metavar="KEY=VALUE",
-            help="Any other setting of the method (VALUE read as JSON, else as text); repeatable.",
-            rich_help_panel=GUIDANCE,
-        ),
-    ] = None,
-    bank: Annotated[
-        Path | None,
-        typer.Option(
-            help="Start from this bank (e.g. another run's bank.safetensors): new images are also pushed away "
-            "from its rows. Must come from the same model and feature space.",
-            rich_help_panel=GUIDANCE,
-            show_default=False,
-        ),
-    ] = None,
+    out_dir: o.OutDir = None,
+    prompts_file: o.PromptsFile = None,
+    prompt: o.Prompt = None,
+    images_per_prompt: o.ImagesPerPrompt = 4,
+    model: o.Model = "embedded",
+    steps: o.Steps = None,
+    cfg: o.Cfg = None,
+    negative_prompt: o.NegativePrompt = None,
+    height: o.Height = None,
+    width: o.Width = None,
+    seed: o.Seed = 0,
+    batch_size: o.BatchSize = 4,
+    device: o.Device = "auto",
+    dtype: o.Dtype = "auto",
+    method: o.Method = o.MethodName("sparke"),
+    scale: o.Scale = None,
+    every: o.Every = None,
+    sigma_image: o.SigmaImage = None,
+    sigma_prompt: o.SigmaPrompt = None,
+    space: o.Space = None,
+    centre: o.Centre = None,
+    objective: o.Objective = None,
+    kernel: o.Kernel = None,
+    window: o.Window = None,
+    step: o.Step = None,
+    prompt_encoder: o.PromptEncoder = None,
+    settings: o.Settings = None,
+    bank: o.Bank = None,
 ) -> None:
     """Generate images for a prompt set into a run folder; rerun the same command to resume it.
 
-    Writes DIR/images/*.png, DIR/manifest.jsonl (one line per image: file, prompt, cluster, seed, method, settings, model) and DIR/bank.safetensors (the features the guidance pushes away from). Ctrl-C or a kill loses at most the batch in progress; a folder made with other settings is refused.
+    Writes DIR/images/*.png, DIR/manifest.jsonl (one line per image: file, prompt, cluster, seed, method,
+    settings, model) and DIR/bank.safetensors (the features the guidance pushes away from). Ctrl-C or a kill
+    loses at most the batch in progress; a folder made with other settings is refused.
     """
-    from sparke.methods import resolve_settings
-    from sparke.runs import PromptEntry, RunConfig, RunError, file_sha256, read_prompts
-    from sparke.runs.generation import resolve_device, resolve_dtype
+    from sparke.runs.generation import resolve_device
 
-    method = MethodName(method).value
     if out_dir is None:
         raise fail(
             "--out DIR is required: the run folder to write (made if missing), e.g. `sparke generate --prompt "
             "'a red circle' --out runs/first`; `sparke generate --help` lists every option"
         )
+    given = dict(every=every, sigma_image=sigma_image, sigma_prompt=sigma_prompt, space=space, centre=centre)
+    given.update(objective=objective, kernel=kernel, window=window, step=step)
+    request = GenerateRequest(
+        prompts_file, prompt, images_per_prompt, model, steps, cfg, negative_prompt, height, width, seed,
+        batch_size, dtype, o.MethodName(method).value, scale, given, prompt_encoder, settings, bank,
+    )  # fmt: skip
     with user_errors("rerun the same command to resume"), user_warnings():
-        entries = list(read_prompts(prompts_file)) if prompts_file is not None else []
-        entries += [PromptEntry(p) for p in prompt or []]
-        if not entries:
-            raise RunError("no prompts: give --prompts FILE or --prompt TEXT")
-        if any(not e.prompt.strip() for e in entries):
-            raise RunError("--prompt: an empty prompt")
-        spec = METHODS[method]
-        given = dict(
-            every=every,
-            sigma_image=sigma_image,
-            sigma_prompt=sigma_prompt,
-            space=space,
-            centre=centre,
-            objective=objective,
-            kernel=kernel,
-            window=window,
-            step=step,
-        )
-        overrides = _overrides(given, prompt_encoder, settings)
-        try:
-            resolved = resolve_settings(spec, overrides)
-        except ValueError as error:
-            raise RunError(f"--method {method}: {error}") from None
-        if scale is not None and not spec.has_scale and scale != 0:
-            raise RunError(f"--method {method} has no scale; leave --scale out")
-        run_scale = spec.default_scale if scale is None else float(scale)
-        init_bank = None
-        if bank is not None:
-            if bank.is_dir() and (bank / "bank.safetensors").is_file():
-                bank = bank / "bank.safetensors"  # a run folder: its bank
-            if not bank.is_file():
-                raise RunError(f"--bank {bank}: no such bank file")
-            init_bank = {"path": str(bank.resolve()), "sha256": file_sha256(bank)}
         device_name = resolve_device(device)
-        config = RunConfig(
-            prompts=entries,
-            model=_model_record(model),
-            method=method,
-            scale=run_scale,
-            settings=resolved,
-            images_per_prompt=images_per_prompt,
-            steps=steps,
-            cfg=cfg,
-            seed=seed,
-            batch_size=batch_size,
-            dtype=resolve_dtype(dtype, device_name, model),
-            negative_prompt=negative_prompt,
-            height=height,
-            width=width,
-            init_bank=init_bank,
-        )
+        config, notes = build_config(request, device_name)
+        print_notes(notes)
         summary = run_with_progress(config, out_dir, device=device_name)
     if _is_main_process():
         print_summary(summary)
+
+
+def build_config(request: GenerateRequest, device: str = "cpu") -> tuple[Any, list[str]]:
+    """(RunConfig, notes) of a request, or ``RunError`` with one line naming the option at fault."""
+    from sparke.methods import resolve_settings
+    from sparke.runs import RunConfig, RunError
+    from sparke.runs.generation import resolve_dtype
+
+    entries, notes = read_entries(request)
+    check_sampling(request, len(entries))
+    method = request.method
+    spec = METHODS[method]
+    overrides = _overrides(request.settings, request.prompt_encoder, request.extra)
+    try:
+        resolved = resolve_settings(spec, overrides)
+    except ValueError as error:
+        raise RunError(f"--method {method}: {error}") from None
+    if request.scale is not None and not spec.has_scale and request.scale != 0:
+        raise RunError(f"--method {method} has no scale; leave --scale out")
+    config = RunConfig(
+        prompts=entries,
+        model=_model_record(request.model),
+        method=method,
+        scale=spec.default_scale if request.scale is None else float(request.scale),
+        settings=resolved,
+        images_per_prompt=request.images_per_prompt,
+        steps=request.steps,
+        cfg=request.cfg,
+        seed=request.seed,
+        batch_size=request.batch_size,
+        dtype=resolve_dtype(request.dtype, device, request.model),
+        negative_prompt=request.negative_prompt,
+        height=request.height,
+        width=request.width,
+        init_bank=_init_bank(request.bank),
+    )
+    return config, notes
+
+
+def read_entries(request: GenerateRequest) -> tuple[list[Any], list[str]]:
+    """The prompts of --prompts then --prompt, and notes on repeated prompts."""
+    from sparke.runs import PromptEntry, RunError, read_prompts
+
+    entries = list(read_prompts(request.prompts_file)) if request.prompts_file is not None else []
+    entries += [PromptEntry(p) for p in request.prompt or []]
+    if not entries:
+        raise RunError("no prompts: give --prompts FILE or --prompt TEXT")
+    if any(not e.prompt.strip() for e in entries):
+        raise RunError("--prompt: an empty prompt")
+    counts: dict[str, int] = {}
+    for entry in entries:
+        counts[entry.prompt] = counts.get(entry.prompt, 0) + 1
+    notes = [
+        f"the prompt {prompt!r} is given {times} times: each copy gets its own images and seeds, and "
+        "`sparke evaluate` counts them as one prompt"
+        for prompt, times in counts.items()
+        if times > 1
+    ]
+    return entries, notes
+
+
+def check_sampling(request: GenerateRequest, n_prompts: int) -> None:
+    """Refuse counts and scales no pipeline can use, before anything is loaded or written."""
+    from sparke.runs import RunError
+
+    n = request.images_per_prompt
+    if n < 1:
+        raise RunError(f"--images-per-prompt {n}: give 1 or more")
+    if n * n_prompts > MAX_RUN_IMAGES:
+        raise RunError(
+            f"--images-per-prompt {n}: {plural(n_prompts, 'prompt')} x {n} images is more than a run holds "
+            f"({MAX_RUN_IMAGES:,} images); split the prompts into several runs"
+        )
+    if request.batch_size < 1:
+        raise RunError(f"--batch-size {request.batch_size}: give 1 or more")
+    if request.cfg is not None and not request.cfg >= 0:
+        raise RunError(
+            f"--cfg {request.cfg:g}: the guidance scale must be 0 or more (1 or less turns it off)"
+        )
+    if request.steps is not None and request.steps < 1:
+        raise RunError(f"--steps {request.steps}: give 1 or more")
+    if request.steps is not None and request.model == "embedded":
+        from sparke.embedded.pipeline import CLEAN_STEPS, MIN_STEPS
+
+        if request.steps < MIN_STEPS:
+            raise RunError(
+                f"--steps {request.steps}: the embedded model needs {MIN_STEPS} or more (one returns noise)"
+            )
+        if request.steps < CLEAN_STEPS:
+            warnings.warn(
+                f"--steps {request.steps}: the embedded model's images keep visible noise below {CLEAN_STEPS} steps "
+                "(the demo and the benchmark use 10)",
+                UserWarning,
+                stacklevel=2,
+            )
+
+
+def _init_bank(bank: Path | None) -> dict[str, Any] | None:
+    from sparke.runs import RunError, file_sha256
+
+    if bank is None:
+        return None
+    if bank.is_dir() and (bank / "bank.safetensors").is_file():
+        bank = bank / "bank.safetensors"  # a run folder: its bank
+    if not bank.is_file():
+        raise RunError(f"--bank {bank}: no such bank file")
+    return {"path": str(bank.resolve()), "sha256": file_sha256(bank)}
 
 
 def _is_main_process() -> bool:
@@ -381,12 +295,10 @@ def run_with_progress(
     def on_start(session: Any) -> None:
         status.stop()
         print_notes(session.notes, str(out_dir))
+        print_notes(long_prompt_notes(session.pipe, [p.prompt for p in session.config.prompts]))
         done = session.done_images
         if done:
-            err.print(
-                f"resuming {out_dir}: {done} of {session.config.n_images} images already done",
-                highlight=False,
-            )
+            say(f"resuming {out_dir}: {done} of {plural(session.config.n_images, 'image')} already done")
         progress.start()
         state["task"] = progress.add_task(
             label or f"{config.method} -> {out_dir}", total=session.config.n_images, completed=done
@@ -403,14 +315,41 @@ def run_with_progress(
         progress.stop()
 
 
+def long_prompt_notes(pipe: Any, prompts: list[str]) -> list[str]:
+    """A note when prompts are longer than the pipeline's text encoder reads (CLIP: 77 tokens; the embedded
+    model's MiniLM: 256): the rest of such a prompt has no effect on its images."""
+    tokenizer = getattr(pipe, "tokenizer", None)
+    limit = getattr(tokenizer, "model_max_length", None)
+    if tokenizer is None or not isinstance(limit, int) or limit > 100_000:  # no tokenizer, or no stated limit
+        if type(pipe).__name__ != "ShapesPipeline":
+            return []
+        from sparke.encoders.minilm import MAX_LENGTH, load_minilm
+
+        tokenizer, limit = load_minilm()[0], MAX_LENGTH
+    from sparke.encoders.quiet import quiet_transformers
+
+    with quiet_transformers():  # no "sequence length is longer than the maximum" log: the note says it
+        lengths = {p: len(tokenizer(p)["input_ids"]) for p in dict.fromkeys(prompts)}
+    long = {p: n for p, n in lengths.items() if n > limit}
+    if not long:
+        return []
+    first, tokens = next(iter(long.items()))
+    return [
+        f"{plural(len(long), 'prompt')} longer than the {limit} tokens the text encoder reads (the first: "
+        f"{tokens} tokens, {first[:40]!r}...); the rest of each has no effect on its images"
+    ]
+
+
 def print_summary(summary: Any) -> None:
+    """``done: 12 images in DIR (4 new, 8 from before) in 3.1 s (0.78 s per new image)``, the bank, what next."""
     per = summary.seconds / summary.generated if summary.generated else None
-    timing = f" in {summary.seconds:.1f} s ({per:.2f} s/image)" if per is not None else ""
+    timing = f" in {summary.seconds:.1f} s ({per:.2f} s per new image)" if per is not None else ""
     before = f", {summary.resumed} from before" if summary.resumed else ""
-    out.print(
-        f"[green]done[/]: {summary.total} images in {summary.out} ({summary.generated} new{before}){timing}",
-        highlight=False,
+    say(
+        f"{plural(summary.total, 'image')} in {summary.out} ({summary.generated} new{before}){timing}",
+        "done",
+        console=out,
     )
     if summary.bank_rows is not None:
-        out.print(f"bank: {summary.bank_rows} rows in {summary.out / 'bank.safetensors'}", highlight=False)
-    out.print(f"next: sparke evaluate {summary.out}", highlight=False)
+        say(f"bank: {plural(summary.bank_rows, 'row')} in {summary.out / 'bank.safetensors'}", console=out)
+    say(f"next: sparke evaluate {summary.out}", console=out)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .common import out, print_notes, user_errors, user_warnings
+from .common import out, plural, print_notes, say, user_errors, user_warnings
 
 
 def repair_command(
@@ -26,7 +26,9 @@ def repair_command(
 ) -> None:
     """Rebuild DIR/manifest.jsonl from the images and DIR/run.json, dropping damaged lines and images.
 
-    Keeps every valid line whose image is whole (its recorded size and sha256), rebuilds the line of every whole image that lost its line, drops the rest; then makes the dropped images again, bit-exactly, from the saved bank (unless --no-generate).
+    Keeps every valid line whose image is whole (its recorded size and sha256), rebuilds the line of every
+    whole image that lost its line, drops the rest; then makes the dropped images again, bit-exactly, from the
+    saved bank (unless --no-generate).
     """
     from sparke.runs.repair import repair
 
@@ -35,21 +37,22 @@ def repair_command(
     with user_errors("rerun `sparke repair` to finish"), user_warnings():
         summary = repair(run)
         print_notes(summary.notes)
-        parts = [f"{summary.kept} images kept"]
+        parts = [f"{plural(summary.kept, 'image')} kept"]
         if summary.rebuilt:
-            parts.append(f"{summary.rebuilt} lines rebuilt from their images")
+            parts.append(f"{plural(summary.rebuilt, 'line')} rebuilt from their images")
         if summary.dropped_lines:
-            parts.append(f"{summary.dropped_lines} damaged lines dropped")
+            parts.append(f"{plural(summary.dropped_lines, 'damaged line')} dropped")
         if summary.dropped_images:
-            parts.append(f"{len(summary.dropped_images)} damaged or missing images dropped")
+            parts.append(f"{plural(len(summary.dropped_images), 'damaged or missing image')} dropped")
         verb = "repaired" if summary.changed else "nothing to repair in"
-        out.print(f"[green]{verb}[/] {run}: {', '.join(parts)}", highlight=False, soft_wrap=True)
+        say(f"{verb} {run}: {', '.join(parts)}", console=out)
         if not summary.todo:
             return
         if not generate:
-            out.print(
-                f"{summary.todo} images to make: rerun the run's `sparke generate` command, or `sparke repair {run}`",
-                highlight=False,
+            say(
+                f"{plural(summary.todo, 'image')} to make: rerun the run's `sparke generate` command, or "
+                f"`sparke repair {run}`",
+                console=out,
             )
             return
         result = run_with_progress(summary.config, run, device=device)

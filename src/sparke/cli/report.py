@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .common import err, human_size, out, user_errors, user_warnings
+from .common import err, human_size, out, say, user_errors, user_warnings
 
 
 def report_command(
@@ -55,6 +55,7 @@ def report_command(
 
     with user_errors(), user_warnings():
         _check_out_file(out_file)
+        check_distinct(runs)
         for run in runs:
             load_run(run)
         # run -> (features, kernel options) to evaluate it with: new runs the defaults, stale ones their own
@@ -68,11 +69,10 @@ def report_command(
             if reason is None:
                 continue
             if not evaluate:
-                err.print(
-                    f"[bold red]stale:[/] {run / 'metrics.json'} ({reason}); the report shows its old numbers: "
+                say(
+                    f"{run / 'metrics.json'} is stale ({reason}); the report shows its old numbers: "
                     f"run `sparke evaluate {run}` first",
-                    highlight=False,
-                    soft_wrap=True,
+                    "warning",
                 )
                 continue
             k = metrics.get("kernels") or {}
@@ -82,10 +82,7 @@ def report_command(
                 "sigma_prompt": k.get("sigma_prompt") or DEFAULT_SIGMA_PROMPT,
             }
             spec = (metrics.get("features") or {}).get("image") or features
-            err.print(
-                f"[yellow]note:[/] {run / 'metrics.json'} is stale ({reason}): evaluating again",
-                highlight=False,
-            )
+            say(f"{run / 'metrics.json'} is stale ({reason}): evaluating again", "note")
             todo[run] = (spec, opts)
         if evaluate and todo:
             extractors: dict[str, object] = {}
@@ -96,7 +93,7 @@ def report_command(
                 with err.status(f"evaluating {run} ..."):
                     result = evaluate_run(run, extractors[spec], **opts)
                 for note in result.get("notes", []):
-                    err.print(f"[yellow]warning:[/] {run}: {note}", highlight=False, soft_wrap=True)
+                    say(f"{run}: {note}", "warning")
         with err.status(f"writing {out_file} ..."):
             try:
                 path = build_report(
@@ -104,7 +101,20 @@ def report_command(
                 )
             except OSError as error:
                 raise RunError(f"{out_file}: cannot write ({error.strerror or error})") from None
-    out.print(f"[green]report[/]: {path} ({human_size(path.stat().st_size)})", highlight=False)
+    say(f"{path} ({human_size(path.stat().st_size)})", "report", console=out)
+
+
+def check_distinct(runs: list[Path]) -> None:
+    """``RunError`` when one run folder is given twice (also as another spelling of the same path)."""
+    from sparke.runs import RunError
+
+    seen: dict[Path, Path] = {}
+    for run in runs:
+        key = run.resolve()
+        if key in seen:
+            also = "" if str(seen[key]) == str(run) else f" (also as {seen[key]})"
+            raise RunError(f"{run}: given twice{also}; give each run once")
+        seen[key] = run
 
 
 def _check_out_file(out_file: Path) -> None:

@@ -64,6 +64,8 @@ TINY_UNET_CONFIG: dict[str, Any] = {
     "norm_num_groups": 8,
 }
 
+MIN_STEPS = 2  # DPM-Solver++ in one step returns noise, even unguided (tests/test_embedded_pipeline.py)
+CLEAN_STEPS = 8  # below this the images keep visible noise (the checker reads 0/16 at 2 steps, 11/16 at 6)
 PROMPT_CACHE_SIZE = 4096  # distinct prompts whose embeddings a pipeline keeps (1.5 KiB each)
 
 # DDPM's linear schedule over 1000 steps (the diffusers defaults, so any scheduler built from
@@ -250,6 +252,11 @@ class ShapesPipeline(DiffusionPipeline):
             raise ValueError(f"callback tensor inputs {bad} not in {self._callback_tensor_inputs}")
         if (prompt is None) == (prompt_embeds is None):
             raise ValueError("pass exactly one of `prompt` and `prompt_embeds`")
+        if timesteps is None and num_inference_steps < MIN_STEPS:
+            raise ValueError(
+                f"num_inference_steps={num_inference_steps}: the shapes model needs at least {MIN_STEPS} "
+                "steps (one step returns noise)"
+            )
 
         self._guidance_scale = guidance_scale
         self._interrupt = False

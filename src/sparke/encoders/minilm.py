@@ -34,9 +34,12 @@ def load_minilm(device: str | torch.device = "cpu") -> tuple:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModel, AutoTokenizer
 
+    from .quiet import quiet_transformers
+
     path = minilm_path()
-    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
+    with quiet_transformers():
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
     model.requires_grad_(False)
     return tok, model
 

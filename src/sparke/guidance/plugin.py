@@ -78,8 +78,8 @@ class SPARKE(Guide):
             (the paper's: the noisy latents as they are), or a differentiable image encoder
             ``images (B, 3, H, W) in [-1, 1] -> (B, ...)``.
         prompt_encoder: "pipeline", "minilm" or a callable ``list[str] -> Tensor (N, e)``.
-        bank: "auto" (default: a new bank that follows the pipeline's device, fp16 on CUDA), "exact", or a
-            bank object (``sparke.Bank``, ``sparke.IndexedBank`` or any ``sparke.core.BankLike``), which stays
+        bank: "auto" (default: a new bank that follows the pipeline's device, fp16 on CUDA), "exact", "indexed",
+            or a bank object (``sparke.Bank``, ``sparke.IndexedBank`` or any ``sparke.core.BankLike``), which stays
             where it is. A file path is refused: load it with ``sparke.Bank.load(path)``.
         reference: a Bank of reference features to stay away from (``encode_images``), used when novelty > 0.
         novelty: weight beta >= 0 of the novelty direction.
@@ -211,7 +211,7 @@ class SPARKE(Guide):
                 self._warn_once(
                     "weak",
                     f"SPARKE guides only {due} of {steps} denoising steps (every={self.every}, "
-                    f"window={self.window}); lower every (--every on the command line) to guide at least 2",
+                    f"window={self.window}); lower `every` to guide at least 2",
                     UserWarning,
                 )
 
@@ -501,7 +501,8 @@ def _check_bank(bank: Any) -> Any:
     """A user's bank, refused at construction when it cannot be one (a file path, say)."""
     if isinstance(bank, (str, os.PathLike)):
         raise ValueError(
-            f"bank: got {os.fspath(bank)!r}; pass 'auto', 'exact', 'indexed' or a bank object. To start from a saved "
+            f"bank: got {os.fspath(bank)!r}; pass {', '.join(map(repr, BANK_KINDS))} or a bank object. To start "
+            "from a saved "
             "bank, load it: bank=sparke.AutoBank.load(path, device=...) (it reads exact and indexed bank files)"
         )
     missing = [name for name in ("add", "x", "y", "__len__") if not hasattr(bank, name)]

@@ -16,10 +16,12 @@ computed from those multiplicities without copying images:
   (D = diag(w)), so each resample needs one eigendecomposition of the kernel restricted to the images it
   drew (about 63% of them): ``vendi_replicates``, ``cond_vendi_replicates``.
 
-Intervals: percentile intervals of the replicates, centred on the estimate (``interval``). Set-level scores
-(Vendi, Cond-Vendi, the coverage of attribute values) count *distinct* images, and a resample's duplicates
-lower them, so their replicates sit below the estimate; the interval keeps the replicates' spread and drops
-that shift. For a mean the shift is ~0 and the interval is the plain percentile interval.
+Intervals (``interval``, ``metric_interval``) contain their estimate and lie in the metric's range by
+construction. A mean (a rate, fidelity) gets the plain percentile interval of its replicates, which a mean of
+values in [0, 1] keeps in [0, 1]. Set-level scores (Vendi, Cond-Vendi) count *distinct* images, and a
+resample's duplicates lower them, so their replicates sit below the estimate: their interval keeps the
+replicates' percentile spread, moved so the replicates' median is the estimate, then clipped to [1, n].
+Coverage near 95% is tested by simulation.
 
 It uses numpy and torch only (kernels as in ``sparke.core``: k(a, b) = exp(-|a - b|^2 / (2 sigma^2))).
 """
@@ -44,12 +46,27 @@ __all__ = [
     "gaussian_kernel",
     "interval",
     "mean_replicates",
+    "metric_bounds",
+    "metric_interval",
     "spectral_entropy_replicates",
     "vendi_replicates",
 ]
 
 N_BOOT = 500  # resamples: the 2.5% quantile is the 13th lowest of 500
 LEVEL = 0.95
+# means of values in [0, 1] (their replicates stay in range) and set-level scores in [1, n images]
+RATE_METRICS = frozenset(
+    {
+        "match_rate",
+        "match_shape_colour",
+        "fidelity",
+        "free_attribute_coverage",
+        "free_attribute_entropy",
+        "world_recall",
+        "world_coverage",
+    }
+)
+SET_METRICS = frozenset({"vendi", "cond_vendi"})
 
 
 @dataclass(frozen=True)
@@ -90,16 +107,55 @@ def draw_units(
     return Draws(weights)
 
 
-def interval(estimate: float, replicates: np.ndarray, level: float = LEVEL) -> list[float]:
-    """[low, high]: the replicates' central ``level`` percentile range, shifted so their mean is ``estimate``."""
+def interval(
+    estimate: float,
+    replicates: np.ndarray,
+    level: float = LEVEL,
+    *,
+    bounds: tuple[float, float] | None = None,
+    recentre: bool = True,
+) -> list[float]:
+    """[low, high]: the replicates' central ``level`` percentile range, which contains ``estimate`` and lies in
+    ``bounds`` (the metric's range) by construction.
+
+    ``recentre=False`` (means: rates, fidelity): the plain percentile interval, widened to the estimate in the
+    rare case that it falls outside (a skewed bootstrap distribution); replicates of a mean of values in a range
+    stay in it. ``recentre=True`` (set-level scores such as Vendi, whose resamples' duplicates pull the
+    replicates below the estimate; paired differences): the percentile range shifted so the replicates'
+    *median* lands on the estimate; the 2.5% quantile is <= the median <= the 97.5% quantile, so the
+    estimate is inside. Both are then clipped to ``bounds``, which cannot lose coverage: the true value lies in
+    the metric's range.
+    """
     reps = np.asarray(replicates, float)
     reps = reps[np.isfinite(reps)]
     if reps.size == 0 or not np.isfinite(estimate):
         return [float("nan"), float("nan")]
+    value = float(estimate)
     alpha = (1 - level) / 2
-    low, high = np.quantile(reps, [alpha, 1 - alpha])
-    shift = float(estimate) - float(reps.mean())
-    return [float(low + shift), float(high + shift)]
+    low, high = (float(q) for q in np.quantile(reps, [alpha, 1 - alpha]))
+    if recentre:
+        shift = value - float(np.median(reps))
+        low, high = low + shift, high + shift
+    low, high = min(low, value), max(high, value)
+    if bounds is not None:
+        low, high = max(low, min(bounds[0], value)), min(high, max(bounds[1], value))
+    return [low, high]
+
+
+def metric_bounds(metric: str, n_items: int) -> tuple[float, float] | None:
+    """The range of a metric: rates and cluster means in [0, 1], Vendi and Cond-Vendi in [1, n] (n images)."""
+    if metric in RATE_METRICS:
+        return (0.0, 1.0)
+    if metric in SET_METRICS:
+        return (1.0, float(max(n_items, 1)))
+    return None
+
+
+def metric_interval(metric: str, estimate: float, replicates: np.ndarray, n_items: int) -> list[float]:
+    """``interval`` with the metric's own range and rule: set scores recentred, means plain percentile."""
+    return interval(
+        estimate, replicates, bounds=metric_bounds(metric, n_items), recentre=metric in SET_METRICS
+    )
 
 
 def delta(
@@ -116,10 +172,17 @@ def delta(
 
 
 def mean_replicates(values: np.ndarray, counts: np.ndarray, draws: Draws) -> np.ndarray:
-    """(B,) replicates of a mean over items: ``values`` (C, R) per-unit sums, ``counts`` (C, R) items per unit."""
+    """(B,) replicates of a mean over items: ``values`` (C, R) per-unit sums, ``counts`` (C, R) items per unit.
+
+    A resample that drew no items (only units with count 0, e.g. prompts the checker cannot read) has no mean:
+    NaN, which ``interval`` drops, as the estimate would be undefined on such data (not 0, which pulled the
+    replicates away from the estimate).
+    """
     w = draws.weights.astype(float)
     total = (w * np.asarray(counts, float)).sum((1, 2))
-    return (w * np.asarray(values, float)).sum((1, 2)) / np.maximum(total, 1e-300)
+    sums = (w * np.asarray(values, float)).sum((1, 2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(total > 0, sums / np.where(total > 0, total, 1.0), np.nan)
 
 
 def gaussian_kernel(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -216,6 +279,7 @@ def cluster_intervals(
     cluster = np.asarray([index[g] for g in groups])
     draws = draw_units(len(names), 1, n_boot, seed=seed)
     item = draws.per_item(cluster, np.zeros_like(cluster))
+    n_items = int(x.shape[0])
     out: dict[str, list[float]] = {}
 
     def kern(a: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -227,10 +291,11 @@ def cluster_intervals(
     if x.shape[0] <= MAX_KERNEL_ROWS:
         k_x, k_y = kern(x, sigma_image), kern(y, sigma_prompt)
         if estimates.get("vendi") is not None:
-            out["vendi"] = interval(estimates["vendi"], np.exp(spectral_entropy_replicates(k_x, item)))
+            reps = np.exp(spectral_entropy_replicates(k_x, item))
+            out["vendi"] = metric_interval("vendi", estimates["vendi"], reps, n_items)
         if estimates.get("cond_vendi") is not None:
             joint = spectral_entropy_replicates(k_x * k_y, item) - spectral_entropy_replicates(k_y, item)
-            out["cond_vendi"] = interval(estimates["cond_vendi"], np.exp(joint))
+            out["cond_vendi"] = metric_interval("cond_vendi", estimates["cond_vendi"], np.exp(joint), n_items)
     if flags is not None:
         known = np.asarray([f is not None for f in flags])
         for j, metric in enumerate(("match_rate", "match_shape_colour")):
@@ -241,5 +306,6 @@ def cluster_intervals(
             counts = np.zeros((len(names), 1))
             np.add.at(sums, (cluster, 0), hit * known)
             np.add.at(counts, (cluster, 0), known.astype(float))
-            out[metric] = interval(estimates[metric], mean_replicates(sums, counts, draws))
+            reps = mean_replicates(sums, counts, draws)
+            out[metric] = metric_interval(metric, estimates[metric], reps, n_items)
     return out

@@ -94,6 +94,61 @@ def _tick_label(value: float) -> str:
     return f"{value:g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.1e}"
 
 
+def _legend_rows(labels: Sequence[str], start: float, width: float) -> list[list[tuple[float, str]]]:
+    """Legend entries laid out left to right, wrapped into rows that fit ``width``: [[(x, label), ...], ...]."""
+    rows: list[list[tuple[float, str]]] = [[]]
+    x = start
+    for label in labels:
+        entry = 28 + 6.5 * len(label)  # swatch + gap + text (~6.5 px a character at 11 px)
+        if rows[-1] and x + entry > width:
+            rows.append([])
+            x = start
+        rows[-1].append((x, label))
+        x += entry
+    return rows
+
+
+def _frame(
+    xt: Sequence[float],
+    yt: Sequence[float],
+    sx: Any,
+    sy: Any,
+    box: tuple[float, float, float, float, float],
+    x_domain: tuple[float, float],
+    labels: tuple[str, str],
+) -> list[str]:
+    """The SVG of a plot's grid, ticks (those inside ``x_domain``), frame and axis labels (x, y); ``box``: (left,
+    top, width, height, svg height)."""
+    left, top, pw, ph, height = box
+    (x_lo, x_hi), (x_label, y_label) = x_domain, labels
+    lines: list[str] = []
+    for y in yt:
+        lines.append(
+            f'<line x1="{left}" x2="{left + pw}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" stroke="#e6e9ef"/>'
+        )
+        lines.append(
+            f'<text x="{left - 6}" y="{sy(y) + 4:.1f}" text-anchor="end" fill="#5d6677">{_tick_label(y)}</text>'
+        )
+    for x in xt:
+        if not x_lo - 1e-12 <= x <= x_hi + 1e-12:
+            continue
+        lines.append(
+            f'<line x1="{sx(x):.1f}" x2="{sx(x):.1f}" y1="{top + ph}" y2="{top + ph + 4}" stroke="#5d6677"/>'
+        )
+        lines.append(
+            f'<text x="{sx(x):.1f}" y="{top + ph + 16}" text-anchor="middle" fill="#5d6677">{_tick_label(x)}</text>'
+        )
+    lines.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#c9ced8"/>')
+    lines.append(
+        f'<text x="{left + pw / 2:.1f}" y="{height - 8}" text-anchor="middle" fill="#1d2330">{_e(x_label)}</text>'
+    )
+    lines.append(
+        f'<text transform="translate(13 {top + ph / 2:.1f}) rotate(-90)" text-anchor="middle" '
+        f'fill="#1d2330">{_e(y_label)}</text>'
+    )
+    return lines
+
+
 def line_plot(
     series: Sequence[dict[str, Any]],
     *,
@@ -103,21 +158,32 @@ def line_plot(
     width: int = 380,
     height: int = 250,
     y_from_zero: bool = False,
+    y_range: tuple[float, float] | None = None,
 ) -> str:
     """An inline SVG line plot. ``series``: dicts with ``label``, ``points`` [(x, y)], optional ``dashed`` and
     ``ci`` {x: (low, high)} (drawn as error bars). ``y_from_zero``: the y axis starts at 0 (for scores >= 0),
-    so a small difference is drawn small instead of being zoomed into a cliff."""
+    so a small difference is drawn small instead of being zoomed into a cliff. ``y_range``: a fixed y axis
+    (a rate's 0..1). The legend wraps into as many rows as it needs; the x axis has a margin so that no point
+    sits on the frame."""
     pts = [p for s in series for p in s["points"] if p[1] is not None]
     if not pts:
         return ""
-    left, right, top, bottom = 52, 14, 40, 44
-    xt = _nice_ticks(min(p[0] for p in pts), max(p[0] for p in pts))
+    drawn = [s for s in series if any(y is not None for _, y in s["points"])]
+    legend = _legend_rows([str(s["label"]) for s in drawn], 52, width - 8)
+    left, right, top, bottom = 52, 14, 26 + 14 * len(legend), 44
+    height += 14 * (len(legend) - 1)
+    xs = [p[0] for p in pts]
+    pad = 0.05 * ((max(xs) - min(xs)) or 1.0)
+    xt = _nice_ticks(min(xs), max(xs))
     bounds = [p[1] for p in pts] + [v for s in series for ci in (s.get("ci") or {}).values() for v in ci]
     y_lo, y_hi = min(bounds), max(bounds)
     if y_from_zero and y_lo >= 0:
         y_lo = 0.0
-    yt = _nice_ticks(y_lo, y_hi)
-    x0, x1, y0, y1 = xt[0], xt[-1], yt[0], yt[-1]
+    if y_range is not None:
+        yt = [y_range[0] + k * (y_range[1] - y_range[0]) / 4 for k in range(5)]
+    else:
+        yt = _nice_ticks(y_lo, y_hi)
+    x0, x1, y0, y1 = min(xt[0], min(xs) - pad), max(xt[-1], max(xs) + pad), yt[0], yt[-1]
     pw, ph = width - left - right, height - top - bottom
 
     def sx(x: float) -> float:
@@ -131,27 +197,8 @@ def line_plot(
         f'role="img" aria-label="{_e(title)}" font-family="system-ui, sans-serif" font-size="11">',
         f'<text x="{left}" y="18" font-size="13" font-weight="600" fill="#1d2330">{_e(title)}</text>',
     ]
-    for y in yt:
-        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" stroke="#e6e9ef"/>')
-        out.append(
-            f'<text x="{left - 6}" y="{sy(y) + 4:.1f}" text-anchor="end" fill="#5d6677">{_tick_label(y)}</text>'
-        )
-    for x in xt:
-        out.append(
-            f'<line x1="{sx(x):.1f}" x2="{sx(x):.1f}" y1="{top + ph}" y2="{top + ph + 4}" stroke="#5d6677"/>'
-        )
-        out.append(
-            f'<text x="{sx(x):.1f}" y="{top + ph + 16}" text-anchor="middle" fill="#5d6677">{_tick_label(x)}</text>'
-        )
-    out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#c9ced8"/>')
-    out.append(
-        f'<text x="{left + pw / 2:.1f}" y="{height - 8}" text-anchor="middle" fill="#1d2330">{_e(x_label)}</text>'
-    )
-    out.append(
-        f'<text transform="translate(13 {top + ph / 2:.1f}) rotate(-90)" text-anchor="middle" '
-        f'fill="#1d2330">{_e(y_label)}</text>'
-    )
-    legend_x = left
+    out += _frame(xt, yt, sx, sy, (left, top, pw, ph, height), (x0, x1), (x_label, y_label))
+    place = {label: (x, 29 + 14 * r) for r, row in enumerate(legend) for x, label in row}
     for k, s in enumerate(series):
         colour = s.get("colour") or PALETTE[k % len(PALETTE)]
         points = sorted((x, y) for x, y in s["points"] if y is not None)
@@ -173,23 +220,43 @@ def line_plot(
                 f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3.5" fill="{colour}"><title>{_e(s["label"])}: '
                 f"scale {x:g}, {y:.3g}</title></circle>"
             )
-        # the legend: one row under the title
+        lx, ly = place[str(s["label"])]
         out.append(
-            f'<line x1="{legend_x}" x2="{legend_x + 16}" y1="29" y2="29" stroke="{colour}" stroke-width="2"{dash}/>'
-            f'<text x="{legend_x + 20}" y="33" fill="#1d2330">{_e(s["label"])}</text>'
+            f'<line x1="{lx}" x2="{lx + 16}" y1="{ly}" y2="{ly}" stroke="{colour}" stroke-width="2"{dash}/>'
+            f'<text x="{lx + 20}" y="{ly + 4}" fill="#1d2330">{_e(s["label"])}</text>'
         )
-        legend_x += 28 + 6.5 * len(str(s["label"]))
     out.append("</svg>")
     return "\n".join(out)
 
 
+RATE_METRICS = ("match_rate", "match_shape_colour")  # fractions of images: their axes run from 0 to 1
+
+
+def relative_scale(method: str, scale: Any) -> float:
+    """A run's scale as a multiple of its method's default scale (1 = the default, 0 = unguided). Methods
+    measure scale in their own units (a step size for sparke, rke and vendi, bandwidth units for pg, a noise
+    std for cads), so only this ratio puts them on one axis; a method unknown to this version keeps its own."""
+    from sparke.methods import METHODS
+
+    value = float(scale or 0.0)
+    spec = METHODS.get(method)
+    if spec is None or not spec.has_scale or not spec.default_scale:
+        return value
+    return value / spec.default_scale
+
+
 def scale_plots(runs: Sequence[dict[str, Any]]) -> str:
-    """Small multiples of each metric against the guidance scale, one line per method ('' if < 2 scales)."""
+    """Small multiples of each metric against the guidance scale relative to each method's default, one line
+    per method ('' unless some method ran at two scales or more: one point per method is what the table shows).
+    """
     evaluated = [r for r in runs if r["metrics"] is not None]
-    scales = {float(r["scale"] or 0.0) for r in evaluated}
-    if len(scales) < 2:
+    by_method: dict[str, set[float]] = {}
+    for r in evaluated:
+        by_method.setdefault(r["method"], set()).add(relative_scale(r["method"], r["scale"]))
+    if not any(len(v) > 1 for m, v in by_method.items() if m != "none"):
         return ""
-    methods = list(dict.fromkeys(r["method"] for r in evaluated))
+    xs = sorted({x for v in by_method.values() for x in v})
+    methods = list(by_method)
     figures = []
     for metric in PLOT_METRICS:
         if all(r["metrics"]["overall"].get(metric) is None for r in evaluated):
@@ -197,15 +264,12 @@ def scale_plots(runs: Sequence[dict[str, Any]]) -> str:
         label, higher = METRICS[metric]
         series = []
         for k, method in enumerate(methods):
-            pts = [
-                (float(r["scale"] or 0.0), r["metrics"]["overall"].get(metric))
-                for r in evaluated
-                if r["method"] == method
-            ]
+            own = [r for r in evaluated if r["method"] == method]
+            pts = [(relative_scale(method, r["scale"]), r["metrics"]["overall"].get(metric)) for r in own]
             cis = {
-                float(r["scale"] or 0.0): tuple(r["metrics"]["overall"]["ci"][metric])
-                for r in evaluated
-                if r["method"] == method and metric in (r["metrics"]["overall"].get("ci") or {})
+                relative_scale(method, r["scale"]): tuple(r["metrics"]["overall"]["ci"][metric])
+                for r in own
+                if metric in (r["metrics"]["overall"].get("ci") or {})
             }
             series.append({"label": method, "points": pts, "colour": PALETTE[k % len(PALETTE)], "ci": cis})
         # the unguided level as a dashed reference across the whole axis
@@ -215,30 +279,31 @@ def scale_plots(runs: Sequence[dict[str, Any]]) -> str:
         if base:
             level = base[0]["metrics"]["overall"][metric]
             series.append(
-                {
-                    "label": "none (level)",
-                    "points": [(min(scales), level), (max(scales), level)],
-                    "dashed": True,
-                    "colour": "#9aa3b2",
-                }
-            )
+                {"label": "none (level)", "points": [(xs[0], level), (xs[-1], level)], "dashed": True,
+                 "colour": "#9aa3b2"}
+            )  # fmt: skip
+        rate = metric in RATE_METRICS
         figures.append(
             line_plot(
                 series,
-                title=f"{label} ({'higher' if higher else 'lower'} = more diverse)"
-                if metric not in ("match_rate", "match_shape_colour")
-                else f"{label} (fidelity)",
-                x_label="guidance scale",
+                title=f"{label} (fidelity)"
+                if rate
+                else f"{label} ({'higher' if higher else 'lower'} = more diverse)",
+                x_label="scale ÷ the method's default (1 = default)",
                 y_label=label,
                 y_from_zero=True,
+                y_range=(0.0, 1.0) if rate else None,
             )
         )
     if not figures:
         return ""
     return (
         '<section id="plots"><h2>Diversity against guidance scale</h2>'
-        "<p class='note'>Y axes start at 0, so a small difference looks small; bars: 95% intervals over the "
-        'prompt clusters.</p><div class="plots">' + "\n".join(figures) + "</div></section>"
+        "<p class='note'>Each method's scale is in its own unit (a step size for sparke, rke and vendi, "
+        "bandwidth units for pg, a noise std for cads), so the x axis is the scale divided by the method's "
+        "default: 1 is the default, 0 unguided. Y axes start at 0, so a small difference looks small; rates run "
+        "from 0 to 1; bars: 95% intervals over the prompt clusters.</p>"
+        '<div class="plots">' + "\n".join(figures) + "</div></section>"
     )
 
 
@@ -277,7 +342,7 @@ def metrics_table(runs: Sequence[dict[str, Any]]) -> str:
         cells = [
             f"<td class='l'>{_e(r['label'])}</td>",
             f"<td class='l'>{_e(r['method'])}</td>",
-            f"<td>{_fmt(r['scale'])}</td>",
+            f"<td>{_scale(r['scale'])}</td>",
             f"<td class='l'>{_e(_short_model(r['model']))}</td>",
             f"<td>{r['n_images']}</td>",
         ]
@@ -297,9 +362,40 @@ def metrics_table(runs: Sequence[dict[str, Any]]) -> str:
     )
 
 
+def _scale(value: Any) -> str:
+    """A scale as given (0.003, not a rounded 0.00)."""
+    return "&ndash;" if value is None else f"{float(value):g}"
+
+
 def _short_model(model: Any) -> str:
     text = str(model)
     return Path(text).name if os.sep in text and Path(text).is_absolute() else text
+
+
+# what each column of the metrics table means (the caption under it)
+COLUMN_HELP = {
+    "scale": "the guidance strength, in the method's own unit (0 = unguided)",
+    "cond_vendi": "the effective number of distinct images among the images of similar prompts, the prompt's "
+    "own variety removed (higher = more diverse)",
+    "cond_rke": "the same count through the order-2 Renyi kernel entropy, which weighs the largest modes most",
+    "vendi": "the effective number of distinct images in the whole run, prompts ignored",
+    "rke": "Vendi's order-2 (Renyi) counterpart",
+    "in_batch_similarity": "the mean cosine similarity between the images of one prompt (lower = more diverse)",
+    "match_rate": "the fraction of images in which the checker reads every attribute the prompt states (shape, "
+    "colour, count, and background, size or position when stated; embedded model only)",
+    "match_shape_colour": "the fraction in which it reads the prompt's shape, colour and count",
+}
+
+
+def column_caption(runs: Sequence[dict[str, Any]]) -> str:
+    """'<b>Columns.</b> scale: ...; Cond-Vendi: ...' for the columns the table shows."""
+    shown = [
+        m for m in METRICS if any(r["metrics"] and r["metrics"]["overall"].get(m) is not None for r in runs)
+    ]
+    parts = [f"scale: {COLUMN_HELP['scale']}"] + [
+        f"{METRICS[m][0]}: {COLUMN_HELP[m]}" for m in shown if m in COLUMN_HELP
+    ]
+    return " <b>Columns.</b> " + "; ".join(_e(p) for p in parts) + "."
 
 
 def metrics_note(runs: Sequence[dict[str, Any]]) -> str:
@@ -316,8 +412,8 @@ def metrics_note(runs: Sequence[dict[str, Any]]) -> str:
     text = (
         f"Image features: {_e(first['features']['image'])} ({first['features']['image_dim']}-d); prompt features: "
         f"{_e(first['features']['prompt'])}; all L2-normalised. {_e(k['kernel']).capitalize()} kernel{bandwidths}. "
-        "Cond-Vendi and Cond-RKE count image modes among images of similar prompts; in-batch similarity is the "
-        "mean cosine similarity of the images of one prompt. Best value per column in green."
+        + column_caption(runs)
+        + " Best value per column in green."
     )
     if any(m["features"] != first["features"] or m["kernels"] != first["kernels"] for m in evaluated[1:]):
         text += " <b>Warning: the runs were evaluated with different features or kernels.</b>"
@@ -571,10 +667,10 @@ def free_attributes_block(
     head = "".join(f"<th class='l'>{plural}</th>" for _, plural, _ in free)
     return (
         "<details class='free-attrs' open><summary>Free attributes among the images that match their prompt "
-        "(the checker's reading; more distinct values = more diverse)</summary><table><thead><tr>"
-        f"<th class='l'>run</th><th>matching</th>{head}</tr></thead><tbody>"
+        "(the checker's reading; more distinct values = more diverse)</summary><div class='scroll'><table><thead>"
+        f"<tr><th class='l'>run</th><th>matching</th>{head}</tr></thead><tbody>"
         + "".join(rows)
-        + "</tbody></table></details>"
+        + "</tbody></table></div></details>"
     )
 
 

@@ -124,15 +124,25 @@ def load_features(spec: str = "embedded", device: str = "cpu", batch_size: int =
 
 def _hf_features(spec: str, device: str, batch_size: int) -> FeatureExtractor:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if (Path(spec) / "model_index.json").is_file():
+        raise RunError(
+            f"--features {spec}: a diffusers pipeline folder, not an image model; give 'embedded', a CLIP or "
+            "DINOv2 model folder, or a hub id such as openai/clip-vit-base-patch32"
+        )
     try:
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(spec)
     except (OSError, ValueError) as error:
         first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        raise RunError(
-            f"--features {spec}: not a local model folder nor in the Hugging Face cache ({first})"
-        ) from None
+        where = (
+            "a folder without an image model (no config.json)"
+            if Path(spec).is_dir()
+            else ("not a local model folder nor in the Hugging Face cache")
+        )
+        raise RunError(f"--features {spec}: {where} ({first})") from None
+    from sparke.encoders.quiet import quiet_transformers
+
     kind = getattr(config, "model_type", "")
     arch = (getattr(config, "architectures", None) or [""])[0]
     try:
@@ -141,13 +151,15 @@ def _hf_features(spec: str, device: str, batch_size: int) -> FeatureExtractor:
 
             with_projection = arch in ("CLIPVisionModelWithProjection", "CLIPModel")
             cls = CLIPVisionModelWithProjection if with_projection else CLIPVisionModel
-            model = cls.from_pretrained(spec)
+            with quiet_transformers():
+                model = cls.from_pretrained(spec)
             vision = config.vision_config if kind == "clip" else config
             mean, std = CLIP_MEAN, CLIP_STD
         else:
             from transformers import AutoModel
 
-            model = AutoModel.from_pretrained(spec)
+            with quiet_transformers():
+                model = AutoModel.from_pretrained(spec)
             vision, with_projection = config, False
             mean, std = IMAGENET_MEAN, IMAGENET_STD
     except (OSError, ValueError) as error:
@@ -332,7 +344,7 @@ def group_metrics(
         try:
             out[name] = _finite(fn(x, sigma=sigma_image, **kw))
         except ValueError:
-            out[name] = None  # beyond the exact limit (n > 16,384 for Gaussian Vendi)
+            out[name] = None  # beyond the exact limit (n > MAX_DENSE_ROWS = 8,192, sparke.core.scores)
     for name, fn in (("cond_vendi", cond_vendi), ("cond_rke", cond_rke)):
         try:
             out[name] = _finite(fn(x, y, sigma_image=sigma_image, sigma_prompt=sigma_prompt, **kw))

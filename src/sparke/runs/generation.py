@@ -142,30 +142,36 @@ def load_model(model: str, device: str = "cpu", dtype: str = "float32") -> Any:
             raise RunError(f"--model {model}: unreadable model_index.json ({error})") from None
     else:
         class_name = None
+    from sparke.encoders.quiet import quiet_transformers
+
     try:
-        if class_name == "ShapesPipeline":
-            from sparke.embedded.pipeline import ShapesPipeline
-
-            pipe = ShapesPipeline.from_pretrained(str(path), torch_dtype=torch_dtype)
-        else:
-            from diffusers import DiffusionPipeline
-
-            pipe = DiffusionPipeline.from_pretrained(
-                str(path) if class_name else model,
-                torch_dtype=torch_dtype,
-                local_files_only=os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"),
-            )
+        with quiet_transformers():  # no "Loading weights" bars nor torchvision notices from transformers
+            pipe = _from_pretrained(model, path, class_name, torch_dtype)
     except (OSError, ValueError, ImportError, AttributeError) as error:
         if class_name:
             raise RunError(f"--model {model}: cannot load this folder ({one_line(error)})") from None
         raise RunError(
             f"--model {model}: not a local folder nor in the Hugging Face cache ({one_line(error, 160)}); "
-            "give a pipeline folder, or download the model once (`huggingface-cli download "
+            "give a pipeline folder, or download the model once (`hf download "
             f"{model}`) and rerun"
         ) from None
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _from_pretrained(model: str, path: Path, class_name: str | None, torch_dtype: torch.dtype) -> Any:
+    if class_name == "ShapesPipeline":
+        from sparke.embedded.pipeline import ShapesPipeline
+
+        return ShapesPipeline.from_pretrained(str(path), torch_dtype=torch_dtype)
+    from diffusers import DiffusionPipeline
+
+    return DiffusionPipeline.from_pretrained(
+        str(path) if class_name else model,
+        torch_dtype=torch_dtype,
+        local_files_only=os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"),
+    )
 
 
 def quiet_loading() -> None:

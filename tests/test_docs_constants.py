@@ -1,0 +1,79 @@
+"""The limits and defaults the docs state are the code's constants (issue 21: the Vendi limit read 16,384 in
+docs/cli.md while the code refused beyond 8,192; pg's documented default scale was stale)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _doc(name: str) -> str:
+    return re.sub(r"\s+", " ", (ROOT / name).read_text(encoding="utf-8"))
+
+
+def test_evaluation_limits():
+    from sparke.core.scores import MAX_DENSE_ROWS
+    from sparke.metrics.bootstrap import MAX_KERNEL_ROWS
+
+    cli = _doc("docs/cli.md")
+    assert f"left out (`-`) above {MAX_DENSE_ROWS:,} images" in cli
+    assert f"stop at {MAX_KERNEL_ROWS:,} images" in cli
+    assert "16,384 images" not in cli
+
+
+def test_run_size_limit():
+    from sparke.cli.generate import MAX_RUN_IMAGES
+
+    assert f"at most {MAX_RUN_IMAGES:,} images" in _doc("docs/cli.md")
+
+
+def test_embedded_step_counts():
+    from sparke.embedded.pipeline import CLEAN_STEPS, MIN_STEPS
+
+    assert f"the embedded model: {MIN_STEPS} or more, and a warning below {CLEAN_STEPS}" in _doc(
+        "docs/cli.md"
+    )
+
+
+@pytest.mark.parametrize("method", ["sparke", "rke", "vendi", "cads", "pg"])
+def test_benchmark_method_table_gives_each_default_scale(method):
+    from sparke.methods import METHODS
+
+    row = next(
+        line
+        for line in (ROOT / "docs/benchmark.md").read_text().splitlines()
+        if line.startswith(f"| `{method}` |")
+    )
+    scale = f"{METHODS[method].default_scale:g}"
+    assert re.search(rf"(scale|noise scale) {re.escape(scale)}\b", row), (method, scale, row)
+
+
+def test_bank_values_match_the_code():
+    from sparke.core.auto import KINDS
+
+    row = next(
+        line for line in (ROOT / "docs/plugin.md").read_text().splitlines() if line.startswith("| `bank` |")
+    )
+    assert all(f'`"{kind}"`' in row for kind in KINDS), row
+
+
+def test_held_out_seeds_agree():
+    import typing
+
+    from sparke.cli.bench import bench_command
+
+    seed_help = typing.get_type_hints(bench_command, include_extras=True)["seed"].__metadata__[0].help
+    assert "3 and 4 are the held-out sets" in seed_help
+    assert "(3, 4 are held out" in (ROOT / "docs/benchmark.md").read_text()
+
+
+def test_readme_layout_names_every_command():
+    from sparke.cli import app
+
+    layout = next(line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("  cli/"))
+    for command in app.registered_commands:
+        assert command.name in layout, command.name
