@@ -97,10 +97,17 @@ def assert_same_run(a: Path, b: Path) -> None:
         assert files_a[name] == files_b[name], name
     # the manifest is an append-only log: a regenerated image's new line wins over an older one
     assert RunFolder(a).read_manifest() == RunFolder(b).read_manifest()
-    bank_a, bank_b = Bank.load(a / "bank.safetensors"), Bank.load(b / "bank.safetensors")
-    torch.testing.assert_close(bank_a.x, bank_b.x, rtol=0, atol=1e-6)
-    torch.testing.assert_close(bank_a.y, bank_b.y, rtol=0, atol=0)
-    assert bank_a.metadata["run"] == bank_b.metadata["run"]
+    # the same bank, bit for bit: rows, kept sums and marks, the index's search vectors and random state
+    assert bank_content(a / "bank.safetensors") == bank_content(b / "bank.safetensors")
+
+
+def bank_content(path: Path) -> tuple[dict, dict]:
+    """(header metadata, tensors as exact bytes) of a bank file: safetensors writes the header's keys in a
+    random order, so two saves of one bank differ in bytes but never in content."""
+    with safe_open(str(path), "pt") as handle:
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+        meta = handle.metadata()
+    return meta, {name: (t.dtype, tuple(t.shape), t.numpy().tobytes()) for name, t in tensors.items()}
 
 
 # -- the folder ---------------------------------------------------------------------------------------------------
@@ -694,6 +701,70 @@ def test_damaged_manifest_middle_names_repair_and_repair_fixes_it(reference, tin
     assert_same_run(reference, out)
     result = run_cli("repair", out)
     assert result.exit_code == 0 and "nothing to repair" in said(result), result.output
+
+
+# -- issue 17: a run past the bank's crossover, in the index's sampled regime ----------------------------------------
+# Public options lower the crossover to 3 rows and the index's reads to 2 nearest + 2 sampled rows: the bank is
+# indexed from its 4th row (batch 1) and samples from its 5th (batches 2-4), as every large run does.
+INDEXED = ("--set", "crossover=3", "--set", "neighbors=2", "--set", "samples=2")
+
+
+@pytest.fixture(scope="module")
+def indexed_reference(tiny, prompt_file, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("indexed") / "reference"
+    result = cli(*args(tiny, prompt_file, out), *INDEXED)
+    assert result.exit_code == 0, result.output
+    from sparke.core.auto import bank_file_kind
+
+    assert bank_file_kind(out / "bank.safetensors") == "indexed"
+    return out
+
+
+def test_repair_keeps_an_indexed_bank(indexed_reference, tiny, prompt_file, tmp_path):
+    """`sparke repair` reads an indexed bank file (it used to set it aside as damaged and replay every batch)."""
+    import shutil
+
+    out = tmp_path / "repaired"
+    shutil.copytree(indexed_reference, out)
+    lines = (out / "manifest.jsonl").read_text().splitlines(keepends=True)
+    lines[2] = "{not json at all\n"  # image 2's line: rebuilt from its PNG, as its batch is in the bank
+    (out / "manifest.jsonl").write_text("".join(lines))
+    result = cli("repair", out, "--no-generate")
+    assert result.exit_code == 0, result.output
+    assert "1 lines rebuilt" in said(result) and "damaged" not in said(result).replace("damaged lines", "")
+    assert not list(out.glob("*.damaged"))
+    assert folder_state(out) == folder_state(indexed_reference)  # the bank untouched, the manifest as made
+    result = cli(*args(tiny, prompt_file, out), *INDEXED)
+    assert result.exit_code == 0 and "0 new, 9 from before" in said(result), result.output
+    assert folder_state(out) == folder_state(indexed_reference)
+
+
+@pytest.mark.parametrize("deleted", [1, 6])
+def test_indexed_run_makes_removed_images_again_exactly(
+    indexed_reference, tiny, prompt_file, tmp_path, deleted
+):
+    """Image 1 (batch 0: the bank goes back to exact) or 6 (batch 3: indexed, sampling) deleted: the bank is
+    truncated to its state then, and the batches made again are the uninterrupted run's, bit for bit."""
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(indexed_reference, out)
+    (out / "images" / f"{deleted:06d}.png").unlink()
+    result = cli(*args(tiny, prompt_file, out), *INDEXED)
+    assert result.exit_code == 0, result.output
+    assert_same_run(indexed_reference, out)
+
+
+def test_indexed_run_resumes_after_kill_9_exactly(indexed_reference, tiny, prompt_file, tmp_path):
+    """Killed as batch 3 starts (the bank indexed and sampling, its random stream used): the same run."""
+    out = tmp_path / "killed"
+    with paused_sparke([*args(tiny, prompt_file, out), *INDEXED], 3, tmp_path / "signals") as (proc, _):
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert len(manifest(out)) == 6
+    result = cli(*args(tiny, prompt_file, out), *INDEXED)
+    assert result.exit_code == 0, result.output
+    assert_same_run(indexed_reference, out)
 
 
 def test_repair_refuses_what_is_not_a_run(tmp_path):

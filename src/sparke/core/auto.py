@@ -270,7 +270,32 @@ class AutoBank:
             kept = _kept_pair_sum(old, settings)
             if kept is not None:  # the exact bank's kept normaliser beats the index's estimate
                 new.set_pair_sum(kept)
+            new.exact_marks = dict(old._marks)  # what ``truncate`` below the switch goes back to
         self.inner = new
+
+    def truncate(self, n: int) -> None:
+        """Keep the oldest ``n`` rows, the bank as it was after the ``add`` that brought it to n rows: its
+        kept pair sums, and in the index its random state and cells; below the row count at which it was
+        indexed, an exact bank again (``ValueError`` for a count it never had after an add)."""
+        inner = self.inner
+        switched = max(inner.exact_marks, default=None) if isinstance(inner, IndexedBank) else None
+        if switched is None or n >= switched:
+            inner.truncate(n)
+            return
+        exact = Bank(device=inner.device, dtype=inner.dtype)
+        exact.add(inner.x[:switched], None if inner.y is None else inner.y[:switched])
+        exact._marks = dict(inner.exact_marks)
+        exact.truncate(n)
+        exact.metadata = inner.metadata
+        self.inner = exact
+
+    def options(self) -> dict[str, Any]:
+        """The constructor's options of this bank (crossover, index options, bandwidths): an empty bank made
+        with them, or a file loaded with them, behaves as this one."""
+        _, _, sigma_image, sigma_prompt = self._settings
+        return dict(
+            crossover=self.crossover, sigma_image=sigma_image, sigma_prompt=sigma_prompt, **self.index_options
+        )
 
     # -- files -----------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
@@ -296,6 +321,23 @@ class AutoBank:
             )
         bank._maybe_index(bank._settings)
         return bank
+
+
+def load_bank(
+    path: str | os.PathLike, device: torch.device | str = "cpu", *, like: Any = None
+) -> Bank | AutoBank:
+    """The bank saved in ``path``, exact or indexed (told apart by the file's header), as the kind of bank
+    ``like`` is: a plain ``Bank`` (a sliding window keeps its capacity) for an exact ``like``, else an
+    ``AutoBank`` with ``like``'s crossover and index options (an indexed file keeps its own). One loader for
+    whatever reads a run's bank: generation (resume, ``--bank``) and repair. ``FileNotFoundError`` when there
+    is no file, ``BankFileError`` naming what is wrong with one."""
+    kind = bank_file_kind(path)
+    if isinstance(like, Bank):
+        if kind != "exact":
+            raise BankFileError(f"{path}: an indexed bank file, but this guide keeps an exact bank")
+        return Bank.load(path, device)
+    options = like.options() if isinstance(like, AutoBank) else {}
+    return AutoBank.load(path, device, **options)
 
 
 def bank_file_kind(path: str | os.PathLike) -> str:

@@ -7,7 +7,9 @@ the buffer end is reached, once per ``capacity`` additions.
 
 The bank also keeps, per kernel setting that has been asked for, the sum of squared kernel entries over its
 own pairs: the normaliser of the guidance direction, kept up to date in O(m n d) per ``add`` of m rows
-instead of O(n^2 d) per guided step.
+instead of O(n^2 d) per guided step. A bank without a capacity also remembers those sums after each ``add``
+(one float per sum and add), so that ``truncate(n)`` cuts it back to the state it had at n rows exactly: a
+resumed run replays its later batches bit for bit.
 
 Files are one safetensors file (no pickle): tensors ``x`` and optionally ``y``, and string metadata.
 
@@ -17,6 +19,7 @@ Files are one safetensors file (no pickle): tensors ``x`` and optionally ``y``, 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -88,6 +91,8 @@ class Bank:
         self._count = 0
         self._has_y: bool | None = None
         self._pair_sums: dict[str, float] = {}
+        # row count after each add -> the pair sums kept then (no capacity: nothing is evicted)
+        self._marks: dict[int, dict[str, float]] = {}
         self._workspace: Workspace | None = (
             None  # of the order-2 direction: cached row norms, scratch buffers
         )
@@ -195,6 +200,31 @@ class Bank:
         if y is not None:
             self._y[stop : stop + m] = y
         self._count += m
+        self._mark()
+
+    def _mark(self) -> None:
+        if self.capacity is None:
+            self._marks[self._count] = dict(self._pair_sums)
+
+    def truncate(self, n: int) -> None:
+        """Keep the oldest ``n`` rows and the pair sums the bank kept when it held them: the bank is as it was
+        after the ``add`` that brought it to n rows (``ValueError`` for a count it never had after an add, and
+        for a bank with a capacity, whose evicted rows are gone)."""
+        if self.capacity is not None:
+            raise ValueError("truncate: a bank with a capacity has evicted rows; it cannot be cut back")
+        if n == self._count:
+            return
+        if not (isinstance(n, int) and 0 <= n < self._count) or (n and n not in self._marks):
+            raise ValueError(f"truncate: the bank never held exactly {n!r} rows after an add")
+        self._pair_sums = dict(self._marks.get(n, {}))
+        self._marks = {count: sums for count, sums in self._marks.items() if count <= n}
+        self._count = n
+        # new buffers: the workspace computes the norms of the kept rows again, as for a loaded bank
+        self._x = self._moved(self._x, self._x.shape[0], self._x.shape[1])
+        if self._y is not None:
+            self._y = self._moved(self._y, self._y.shape[0], self._y.shape[1])
+        self._start = 0
+        self._workspace = None
 
     def _reserve(self, m: int, dim_x: int, dim_y: int | None) -> None:
         """Make room for m more rows after the live ones: grow geometrically (to at most twice the capacity),
@@ -303,6 +333,8 @@ class Bank:
         and banks whose pair sum is known; it is kept up to date by later ``add`` calls like a computed one."""
         key = self._pair_sum_key(kernel, sigma_image, sigma_prompt, conditional)[0]
         self._pair_sums[key] = float(value)
+        if self._count:  # a given figure cannot be recomputed: ``truncate`` to this count keeps it
+            self._mark()
 
     @renamed_bandwidths
     def kept_pair_sum(
@@ -411,6 +443,8 @@ class Bank:
         }
         if self._x is None:
             tensors = {"x": torch.zeros((0, 0), dtype=self.dtype)}
+        elif self._marks:
+            meta["mark_keys"], tensors["marks"] = _pack_marks(self._marks)
         save_atomically(tensors, path, meta)
 
     @classmethod
@@ -447,6 +481,13 @@ class Bank:
         if count:
             bank.add(x, y)
             bank._pair_sums = {k: float(v) for k, v in pair_sums.items()}
+            bank._marks = {}
+            bank._mark()  # an older file keeps no earlier marks: it truncates to 0 rows only
+            if "marks" in tensors:
+                try:
+                    bank._marks = _unpack_marks(meta["mark_keys"], tensors["marks"], count)
+                except (KeyError, ValueError) as error:
+                    raise BankFileError(f"{path}: bank marks are incomplete or corrupt ({error})") from None
         return bank
 
 
@@ -490,6 +531,27 @@ def save_atomically(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _pack_marks(marks: dict[int, dict[str, float]]) -> tuple[str, torch.Tensor]:
+    """(JSON list of the pair-sum keys, float64 tensor (k, 1 + keys): row count, then each sum or NaN)."""
+    keys = sorted({key for sums in marks.values() for key in sums})
+    rows = [[count, *(sums.get(key, math.nan) for key in keys)] for count, sums in sorted(marks.items())]
+    return json.dumps(keys), torch.tensor(rows, dtype=torch.float64).reshape(len(rows), 1 + len(keys))
+
+
+def _unpack_marks(keys_json: str, table: torch.Tensor, count: int | None) -> dict[int, dict[str, float]]:
+    """The marks ``_pack_marks`` wrote; ``count``: the row count they must end at (None: not checked)."""
+    keys = json.loads(keys_json)
+    if table.ndim != 2 or table.shape[1] != 1 + len(keys) or table.dtype != torch.float64:
+        raise ValueError(f"marks of shape {tuple(table.shape)} for {len(keys)} pair sums")
+    marks = {
+        int(row[0]): {key: value for key, value in zip(keys, row[1:], strict=True) if not math.isnan(value)}
+        for row in table.tolist()
+    }
+    if count is not None and (count not in marks or any(n < 0 or n > count for n in marks)):
+        raise ValueError(f"marks do not end at the bank's {count} rows")
+    return marks
 
 
 def _key(kernel: str, sigma_image: float, sigma_prompt: float | None) -> str:

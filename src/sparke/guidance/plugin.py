@@ -80,7 +80,12 @@ class SPARKE(Guide):
         prompt_encoder: "pipeline", "minilm" or a callable ``list[str] -> Tensor (N, e)``.
         bank: "auto" (default: a new bank that follows the pipeline's device, fp16 on CUDA), "exact", or a
             bank object (``sparke.Bank``, ``sparke.IndexedBank`` or any ``sparke.core.BankLike``), which stays
-            where it is. A file path is refused: load it with ``sparke.Bank.load(path)``.
+            where it is. A file path is refused: load it with ``sparke.Bank.load(path)``. With
+            ``sigma_image="median"`` (a bandwidth that changes every step, which an index cannot follow) "auto"
+            is an exact bank.
+        crossover, neighbors, samples: options of a bank made from "auto" or "indexed" (``sparke.AutoBank``):
+            rows past which it is indexed (None: the device's measured figure), and the index's nearest rows
+            read exactly and rows sampled for the rest per step (None: 3 * neighbors).
         reference: a Bank of reference features to stay away from (``encode_images``), used when novelty > 0.
         novelty: weight beta >= 0 of the novelty direction.
         step: "relative" (``scale * |z| * g / |g|``) or "raw" (``scale * g``).
@@ -115,6 +120,9 @@ class SPARKE(Guide):
         step_schedule: str = "constant",
         smooth: float = 0.0,
         centre: bool = True,
+        crossover: int | None = None,
+        neighbors: int = 256,
+        samples: int | None = None,
     ) -> None:
         super().__init__()
         self.scale = check_scale(scale)
@@ -151,7 +159,13 @@ class SPARKE(Guide):
         self.centre = centre and not callable(space)  # an encoder's features are used as they are
         self.prompt_encoder = prompt_encoder
         self.follows_pipeline = bank is None or (isinstance(bank, str) and bank in BANK_KINDS)
-        self.bank = make_bank(bank or "auto") if self.follows_pipeline else _check_bank(bank)
+        self.bank = (
+            _own_bank(
+                bank or "auto", self.sigma_image, crossover=crossover, neighbors=neighbors, samples=samples
+            )
+            if self.follows_pipeline
+            else _check_bank(bank)
+        )
         self.reference = reference
         self.novelty = float(novelty)
         self.step = step
@@ -497,6 +511,18 @@ def median_distance(x: torch.Tensor, bank: Any, max_rows: int = 4096) -> float:
     return max(float(torch.cat(parts).median()), 1e-3)
 
 
+def _own_bank(kind: str, sigma_image: float | str, **index_options: Any) -> Any:
+    """The guide's own new bank of ``kind``: exact for a per-step bandwidth (an index is built for one)."""
+    if sigma_image == "median":
+        if kind == "indexed":
+            raise ValueError(
+                'bank: "indexed" searches with one fixed bandwidth, but sigma_image="median" changes it every '
+                'step; use bank="auto" or "exact" (both keep an exact bank), or a number for sigma_image'
+            )
+        kind = "exact"
+    return make_bank(kind, **({} if kind == "exact" else index_options))
+
+
 def _check_bank(bank: Any) -> Any:
     """A user's bank, refused at construction when it cannot be one (a file path, say)."""
     if isinstance(bank, (str, os.PathLike)):
@@ -525,6 +551,9 @@ _SPARKE_SETTINGS = (
     "step_schedule",
     "smooth",
     "centre",
+    "crossover",
+    "neighbors",
+    "samples",
 )
 SPARKE_HELP: dict[str, str] = {
     "objective": "score the guidance raises: cond-rke (SPARKE), rke, cond-vendi, vendi",
@@ -539,6 +568,9 @@ SPARKE_HELP: dict[str, str] = {
     "centre": "compare latents minus each channel's spatial mean: move layout, not global colour (latent, x0)",
     "smooth": "Gaussian blur (latent pixels) of the step's gradient, against high-frequency noise; 0: none",
     "prompt_encoder": "prompt features: pipeline (its own text encoder) or minilm",
+    "crossover": "bank rows past which the bank is indexed (null: the device's measured figure)",
+    "neighbors": "indexed bank: nearest rows read exactly per step",
+    "samples": "indexed bank: rows sampled per step for the rest of the bank (null: 3 * neighbors)",
 }
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from sparke.core import Bank, BankFileError
-from sparke.core.auto import AutoBank
+from sparke.core.auto import AutoBank, load_bank
 from sparke.core.files import honour_umask
 from sparke.guidance.spaces import space_label
 from sparke.methods import METHODS
@@ -310,10 +310,10 @@ def check_bank_compatible(meta: dict[str, Any], config: RunConfig, pipe: Any, wh
 
 
 def _load_bank(path: Path, where: str, like: Any = None) -> Any:
-    """The bank file at ``path``, as the same kind of bank as ``like`` (the guide's own): an ``AutoBank``
-    reads exact and indexed files alike and keeps switching; anything else is an exact ``Bank``."""
+    """The bank file at ``path`` (exact or indexed), as the same kind of bank as ``like`` (the guide's own):
+    ``load_bank``, with ``RunError`` naming ``where`` for a missing or bad file."""
     try:
-        return (AutoBank if isinstance(like, AutoBank) else Bank).load(path)
+        return load_bank(path, like=like)
     except FileNotFoundError:
         raise RunError(f"{where}: no such bank file") from None
     except BankFileError as error:
@@ -562,7 +562,10 @@ def _restore_bank(session: Session, pipe: Any, init_bank: Any = None) -> Any:
 
 
 def _roll_back(session: Session, batches: int) -> None:
-    """Keep only the bank rows of the first ``batches`` batches (their images were removed from the folder)."""
+    """Keep only the bank rows of the first ``batches`` batches (their images were removed from the folder):
+    ``bank.truncate``, which puts the bank back as it was then (kept sums, the index's random state), so the
+    batches made again are the same bit for bit. A bank without ``truncate``, or from a file of an older sparke
+    that does not remember that far back, is rebuilt from its rows (its normaliser then recomputed)."""
     bank = session.bank
     keep = session.initial_rows + sum(len(session.items[b].indices) for b in range(batches))
     if bank.capacity is not None:
@@ -570,13 +573,18 @@ def _roll_back(session: Session, batches: int) -> None:
             f"{session.folder.path}: images of batch {batches} are missing but the bank (with a capacity) "
             "cannot be rolled back; delete bank.safetensors and manifest.jsonl to start over"
         )
+    session.committed_batches = batches
+    try:
+        bank.truncate(keep)
+        return
+    except (AttributeError, ValueError):
+        pass
     if isinstance(bank, AutoBank):
-        fresh = AutoBank(device=bank.device, dtype=bank.dtype, metadata=bank.metadata)
+        fresh = AutoBank(device=bank.device, dtype=bank.dtype, metadata=bank.metadata, **bank.options())
     else:
         fresh = Bank(bank.capacity, device=bank.device, dtype=bank.dtype, metadata=bank.metadata)
     fresh.add(bank.x[:keep], None if bank.y is None else bank.y[:keep])
     session.guide.bank = fresh
-    session.committed_batches = batches
 
 
 # -- one batch --------------------------------------------------------------------------------------------------

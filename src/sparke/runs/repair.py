@@ -46,12 +46,13 @@ class RepairSummary:
 
 def _committed_batches(folder: RunFolder, summary: RepairSummary) -> int | None:
     """Batches the bank holds (None: the run keeps no bank); a damaged bank is set aside (0 batches)."""
-    from sparke.core import Bank, BankFileError
+    from sparke.core import BankFileError
+    from sparke.core.auto import load_bank
 
     if not folder.bank_file.exists():
         return None
     try:
-        bank = Bank.load(folder.bank_file)
+        bank = load_bank(folder.bank_file)  # exact and indexed files alike
     except (BankFileError, OSError) as error:
         aside = folder.bank_file.with_name(folder.bank_file.name + ".damaged")
         os.replace(folder.bank_file, aside)
