@@ -286,3 +286,25 @@ def test_indexed_truncate_goes_back_past_the_cells(tmp_path):
     bank.truncate(CELLS_FROM - 1024)
     assert bank._cells is None
     assert torch.equal(grow(bank, CELLS_FROM - 1024, n), expected)
+
+
+def test_files_of_an_older_sparke_still_load(tmp_path):
+    """Bank files written before the marks, search vectors and random state were kept load as they did."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    x, y = clustered(40, 16, 8, prompts=3, seed=9)
+    bank = AutoBank(crossover=10, neighbors=4, samples=4)
+    for lo in range(0, 40, 8):
+        bank.add(x[lo : lo + 8], y[lo : lo + 8])
+    bank.save(tmp_path / "new.safetensors")
+    with safe_open(str(tmp_path / "new.safetensors"), "pt") as handle:
+        meta = {k: v for k, v in handle.metadata().items() if k not in ("rng", "cell_points", "exact_mark_keys")}
+        old = {k: handle.get_tensor(k) for k in handle.keys() if k not in ("keys", "marks", "exact_marks")}  # noqa: SIM118
+    save_file(old, str(tmp_path / "old.safetensors"), metadata=meta)
+    loaded = load_bank(tmp_path / "old.safetensors", like=AutoBank(crossover=10, neighbors=4, samples=4))
+    assert loaded.indexed and torch.equal(loaded.x, x) and loaded.inner.pair_sum() == bank.inner.pair_sum()
+    with pytest.raises(ValueError, match="never held"):
+        loaded.truncate(16)
+    loaded.truncate(0)
+    assert len(loaded) == 0
