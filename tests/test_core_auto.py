@@ -299,7 +299,9 @@ def test_files_of_an_older_sparke_still_load(tmp_path):
         bank.add(x[lo : lo + 8], y[lo : lo + 8])
     bank.save(tmp_path / "new.safetensors")
     with safe_open(str(tmp_path / "new.safetensors"), "pt") as handle:
-        meta = {k: v for k, v in handle.metadata().items() if k not in ("rng", "cell_points", "exact_mark_keys")}
+        meta = {
+            k: v for k, v in handle.metadata().items() if k not in ("rng", "cell_points", "exact_mark_keys")
+        }
         old = {k: handle.get_tensor(k) for k in handle.keys() if k not in ("keys", "marks", "exact_marks")}  # noqa: SIM118
     save_file(old, str(tmp_path / "old.safetensors"), metadata=meta)
     loaded = load_bank(tmp_path / "old.safetensors", like=AutoBank(crossover=10, neighbors=4, samples=4))

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +34,15 @@ from .checks import (
     check_bandwidths,
     check_device,
     check_kernel,
-    check_objective,
-    check_on_nonfinite,
     check_rows_match,
     renamed_bandwidths,
 )
-from .defaults import KERNEL, OBJECTIVE, ON_NONFINITE, SIGMA_IMAGE, SIGMA_PROMPT
+from .defaults import KERNEL, SIGMA_IMAGE, SIGMA_PROMPT
 from .direction import bank_pair_sum, diversity_direction
 from .fast import Workspace, bank_direction
-from .files import honour_umask
+from .files import atomic_write
 from .kernels import squared_kernel_sum
+from .spec import KernelSpec, ScoresBatches
 
 FORMAT = "sparke.bank"
 FORMAT_VERSION = 1
@@ -60,7 +58,7 @@ class BankFileError(ValueError):
     """A bank file that cannot be loaded; the message names the file and the problem."""
 
 
-class Bank:
+class Bank(ScoresBatches):
     """Rows of image features x: (n, d) and optional prompt features y: (n, e), oldest first.
 
     ``capacity`` bounds n (oldest rows evicted first); ``dtype`` is the storage type (float16/bfloat16 halve
@@ -374,52 +372,22 @@ class Bank:
             )
         self._reserve(rows, dim_x, dim_y)
 
-    @renamed_bandwidths
-    def direction(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor | None = None,
-        *,
-        objective: str = OBJECTIVE,
-        kernel: str = KERNEL,
-        sigma_image: float = SIGMA_IMAGE,
-        sigma_prompt: float = SIGMA_PROMPT,
-        on_nonfinite: str = ON_NONFINITE,
-        skipped: torch.Tensor | None = None,
+    def _spec_direction(
+        self, x: torch.Tensor, y: torch.Tensor | None, spec: KernelSpec, skipped: torch.Tensor | None
     ) -> torch.Tensor:
-        """``diversity_direction`` of a batch x: (B, d), y: (B, e) against this bank, with the kept pair sum.
-
-        ``on_nonfinite="skip"``: rows whose direction is not finite become zero rows and their number is added
-        to ``skipped`` (0-d tensor, in place); for "rke"/"cond-rke" on a bank whose pair sum is kept, the step
-        then has no host sync (pass ``skipped`` on the bank's device). The defaults assume L2-normalised
-        features.
-        """
-        check_objective(objective)
-        check_on_nonfinite(on_nonfinite)
-        if objective in ("rke", "cond-rke"):
+        """``diversity_direction`` of the batch against this bank, with the kept pair sum; for "rke"/"cond-rke"
+        on a bank whose pair sum is kept, ``on_nonfinite="skip"`` has no host sync (pass ``skipped`` on the
+        bank's device)."""
+        if spec.order2:
             # the fast path: cached row norms, the kept pair sum, no per-step allocation, half rows as stored
-            return bank_direction(
-                self,
-                x,
-                y,
-                objective=objective,
-                kernel=kernel,
-                sigma_image=sigma_image,
-                sigma_prompt=sigma_prompt,
-                on_nonfinite=on_nonfinite,
-                skipped=skipped,
-            )
-        conditional = objective == "cond-vendi"
+            return bank_direction(self, x, y, spec, skipped=skipped)
+        conditional = spec.conditional
         return diversity_direction(
             x,
             y if conditional else None,
             self.x if len(self) else None,
             self.y if conditional else None,
-            objective=objective,
-            kernel=kernel,
-            sigma_image=sigma_image,
-            sigma_prompt=sigma_prompt,
-            on_nonfinite=on_nonfinite,
+            **spec.keywords(),
             skipped=skipped,
         )
 
@@ -445,7 +413,7 @@ class Bank:
             tensors = {"x": torch.zeros((0, 0), dtype=self.dtype)}
         elif self._marks:
             meta["mark_keys"], tensors["marks"] = _pack_marks(self._marks)
-        save_atomically(tensors, path, meta)
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> Bank:
@@ -512,25 +480,6 @@ def read_bank_file(
     except (SafetensorError, OSError, RuntimeError) as error:
         raise BankFileError(f"{path}: truncated or corrupt bank file ({error})") from None
     return meta, tensors
-
-
-def save_atomically(
-    tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]
-) -> None:
-    """Write a safetensors file through a temporary file in the same folder and a rename: a crash at any point
-    leaves either the old file or the new one, never a half-written one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        honour_umask(tmp)  # shared bank files are readable by others under umask 022, as with any tool
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _pack_marks(marks: dict[int, dict[str, float]]) -> tuple[str, torch.Tensor]:

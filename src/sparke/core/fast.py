@@ -31,24 +31,21 @@ from __future__ import annotations
 
 import math
 import weakref
+from typing import Any
 
 import torch
 
 from .checks import (
     as_features,
-    check_bandwidths,
     check_finite_result,
-    check_kernel,
     check_nonzero_rows,
-    check_objective,
-    check_on_nonfinite,
     check_rows_match,
     finite_rows,
     renamed_bandwidths,
     zero_nonfinite_rows,
 )
-from .defaults import KERNEL, OBJECTIVE, ON_NONFINITE, SIGMA_IMAGE, SIGMA_PROMPT
 from .kernels import squared_distances, unit_rows
+from .spec import KernelSpec, as_spec, takes_spec
 
 # CPU: bank rows per chunk (a half-precision chunk is converted to the compute type; a chunk of float32
 # rows of d = 16,384 is 16 MiB, so the second product reads it from cache).
@@ -207,9 +204,7 @@ def order2_sums(
     norm_x: torch.Tensor,
     norm_y: torch.Tensor | None,
     *,
-    kernel: str,
-    sigma_image: float,
-    sigma_prompt: float,
+    spec: KernelSpec,
     ws: Workspace,
     proj_x: torch.Tensor | None = None,
     projection: torch.Tensor | None = None,
@@ -225,6 +220,7 @@ def order2_sums(
     projected by ``projection`` (weights from projected distances; Gaussian only); ``norm_x`` then holds the
     projected rows' squared norms.
     """
+    kernel, sigma_image, sigma_prompt = spec.kernel, spec.sigma_image, spec.sigma_prompt
     compute = x.dtype
     device = x.device
     b, d = x.shape
@@ -330,9 +326,7 @@ def order2_direction(
     bank_x: torch.Tensor,
     bank_y: torch.Tensor | None,
     *,
-    kernel: str,
-    sigma_image: float,
-    sigma_prompt: float,
+    spec: KernelSpec,
     pair_sum: float | torch.Tensor,
     norm_x: torch.Tensor | None = None,
     norm_y: torch.Tensor | None = None,
@@ -361,9 +355,7 @@ def order2_direction(
             bank_y,
             norm_x,
             norm_y,
-            kernel=kernel,
-            sigma_image=sigma_image,
-            sigma_prompt=sigma_prompt,
+            spec=spec,
             ws=ws,
             proj_x=proj_x,
             projection=projection,
@@ -381,9 +373,7 @@ def order2_direction(
             rows_y,
             s_norm_x,
             s_norm_y,
-            kernel=kernel,
-            sigma_image=sigma_image,
-            sigma_prompt=sigma_prompt,
+            spec=spec,
             ws=ws,
         )
         weight_sum.add_(s_sum, alpha=weight)
@@ -396,9 +386,7 @@ def order2_direction(
         weighted,
         cross,
         pair_sum,
-        kernel=kernel,
-        sigma_image=sigma_image,
-        sigma_prompt=sigma_prompt,
+        spec=spec,
         keep=keep,
     )
 
@@ -442,9 +430,7 @@ def finish_direction(
     cross: torch.Tensor,
     pair_sum: float | torch.Tensor,
     *,
-    kernel: str,
-    sigma_image: float,
-    sigma_prompt: float,
+    spec: KernelSpec,
     keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Add the batch's own terms to the bank sums of ``order2_sums`` and form the direction (B, d).
@@ -453,6 +439,7 @@ def finish_direction(
     and the other rows, so each kept row gets the direction of the batch without them (on the device, no
     sync); their own rows of the result are meaningless (zeroed by the caller). None: every row counts.
     """
+    kernel, sigma_image, sigma_prompt = spec.kernel, spec.sigma_image, spec.sigma_prompt
     compute = x.dtype
     mask = None
     if keep is not None:
@@ -485,36 +472,33 @@ def _norms(rows: torch.Tensor, compute: torch.dtype, square: bool) -> torch.Tens
     return out
 
 
-@renamed_bandwidths
+@takes_spec
 def bank_direction(
     bank,
     x: torch.Tensor,
     y: torch.Tensor | None = None,
+    spec: KernelSpec | None = None,
     *,
-    objective: str = OBJECTIVE,
-    kernel: str = KERNEL,
-    sigma_image: float = SIGMA_IMAGE,
-    sigma_prompt: float = SIGMA_PROMPT,
     project_dim: int | None = None,
-    on_nonfinite: str = ON_NONFINITE,
     skipped: torch.Tensor | None = None,
     check_finite: bool = True,
+    **options: Any,
 ) -> torch.Tensor:
     """Order-2 direction of x: (B, d) (prompts y: (B, e)) against a ``Bank``, with its cached workspace.
 
     Computed where the bank lives; returned on x's device. Same value as ``Bank.direction`` (which calls
-    this). ``on_nonfinite``: "raise" (one host sync) or "skip" (non-finite rows become zero rows, counted
-    into ``skipped``, a 0-d tensor, in place; no host sync on a bank whose pair sum is already kept).
-    ``check_finite=False`` checks nothing (a non-finite input gives a non-finite result); ``project_dim``
-    see module doc. The defaults assume L2-normalised features.
+    this). ``spec``: a ``KernelSpec`` or its fields as keywords. ``spec.on_nonfinite``: "raise" (one host
+    sync) or "skip" (non-finite rows become zero rows, counted into ``skipped``, a 0-d tensor, in place; no
+    host sync on a bank whose pair sum is already kept). ``check_finite=False`` checks nothing (a non-finite
+    input gives a non-finite result); ``project_dim`` see module doc. The defaults assume L2-normalised
+    features.
     """
-    check_objective(objective)
-    check_kernel(kernel)
-    check_on_nonfinite(on_nonfinite)
-    sigma_image, sigma_prompt = check_bandwidths(sigma_image, sigma_prompt)
-    if objective not in ("rke", "cond-rke"):
+    spec = as_spec(spec, options)
+    objective, kernel, on_nonfinite = spec.objective, spec.kernel, spec.on_nonfinite
+    sigma_image, sigma_prompt = spec.sigma_image, spec.sigma_prompt
+    if not spec.order2:
         raise ValueError(f"objective: the fast path computes 'rke' and 'cond-rke', not {objective!r}")
-    conditional = objective == "cond-rke"
+    conditional = spec.conditional
     home = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
     x = as_features(x, "x", device=bank.device, check_finite=False)
     n = len(bank)
@@ -554,9 +538,7 @@ def bank_direction(
         y,
         bank_x,
         bank_y,
-        kernel=kernel,
-        sigma_image=sigma_image,
-        sigma_prompt=sigma_prompt,
+        spec=spec,
         pair_sum=pair_sum,
         norm_x=nx,
         norm_y=None if not conditional else ny,

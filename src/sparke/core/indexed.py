@@ -49,24 +49,25 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
-from .bank import BankFileError, read_bank_file, save_atomically
+from .bank import BankFileError, read_bank_file
 from .bank import _pack_marks as pack_exact_marks
 from .bank import _unpack_marks as unpack_exact_marks
 from .checks import (
     as_features,
     check_finite_result,
     check_kernel,
-    check_objective,
-    check_on_nonfinite,
     check_rows_match,
     check_sigma,
     renamed_bandwidths,
     zero_nonfinite_rows,
 )
-from .defaults import ON_NONFINITE, SIGMA_IMAGE, SIGMA_PROMPT
+from .defaults import SIGMA_IMAGE, SIGMA_PROMPT
 from .fast import Workspace, finish_direction, order2_direction, order2_sums
+from .files import atomic_write
 from .kernels import squared_distances
+from .spec import KernelSpec, ScoresBatches
 
 FORMAT = "sparke.indexed_bank"
 FORMAT_VERSION = 1
@@ -106,7 +107,7 @@ def _faiss():
     return faiss
 
 
-class IndexedBank:
+class IndexedBank(ScoresBatches):
     """Image features x: (n, dim_x), optional prompt features y: (n, dim_y), searchable by joint kernel.
 
     ``neighbors``: candidate rows per batch row read by ``direction``; ``samples``: rows drawn at random per
@@ -159,6 +160,10 @@ class IndexedBank:
         self.kernel = kernel
         self.sigma_image = check_sigma(sigma_image, "sigma_image")
         self.sigma_prompt = check_sigma(sigma_prompt, "sigma_prompt")
+        # what the bank computes: the order-2 score ("cond-rke", or "rke" without prompts) with its kernel
+        self.spec = KernelSpec(
+            "rke" if dim_y is None else "cond-rke", kernel, self.sigma_image, self.sigma_prompt
+        )
         if search not in SEARCHES:
             raise ValueError(f"search: must be one of {', '.join(SEARCHES)}, got {search!r}")
         self.search = search
@@ -440,44 +445,18 @@ class IndexedBank:
             yield np.concatenate(parts), np.concatenate(weights)
 
     # -- guidance --------------------------------------------------------------------------------------------
-    @renamed_bandwidths
-    def direction(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor | None = None,
-        *,
-        objective: str | None = None,
-        kernel: str | None = None,
-        sigma_image: float | None = None,
-        sigma_prompt: float | None = None,
-        on_nonfinite: str = ON_NONFINITE,
-        skipped: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Approximate ``diversity_direction`` (B, d) of a batch x: (B, dim_x), y: (B, dim_y) against the bank.
+    def _base_spec(self) -> KernelSpec:
+        return self.spec
 
-        The objective is "cond-rke" for a bank with prompts and "rke" without; ``objective``, ``kernel``,
-        ``sigma_image`` and ``sigma_prompt`` may be passed (as the plug-in does) but must agree with the bank's.
-        In-batch terms are exact; bank terms come from the candidate rows (module doc). ``on_nonfinite``:
-        "raise" (``ValueError`` naming the input) or "skip" (zero rows where the input or the result is not
-        finite, their number added to the 0-d integer tensor ``skipped`` when given).
-        """
-        expected = "rke" if self.dim_y is None else "cond-rke"
-        if objective is not None:
-            check_objective(objective)
-            if objective != expected:
-                raise ValueError(
-                    f"objective: this IndexedBank computes {expected!r} (it is built "
-                    f"{'without' if self.dim_y is None else 'with'} prompt features), not {objective!r}"
-                )
-        if kernel is not None and check_kernel(kernel) != self.kernel:
-            raise ValueError(f"kernel: this IndexedBank uses the {self.kernel!r} kernel, got {kernel!r}")
-        checks = [("sigma_image", sigma_image, self.sigma_image)]
-        if self.dim_y is not None:  # without prompts sigma_prompt plays no part
-            checks.append(("sigma_prompt", sigma_prompt, self.sigma_prompt))
-        for name, given, own in checks:
-            if given is not None and not math.isclose(check_sigma(given, name), own, rel_tol=1e-9):
-                raise ValueError(f"{name}: the bank's search space is scaled by {name}={own}, got {given}")
-        check_on_nonfinite(on_nonfinite)
+    def _spec_direction(
+        self, x: torch.Tensor, y: torch.Tensor | None, spec: KernelSpec, skipped: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Approximate ``diversity_direction``: the objective is "cond-rke" for a bank with prompts and "rke"
+        without; a spec (or keywords: those left out are the bank's own) must agree with the bank's. In-batch
+        terms are exact; bank terms come from the candidate rows (module doc). "skip" zeroes the rows whose
+        input or result is not finite."""
+        self._check_agrees(spec)
+        on_nonfinite = spec.on_nonfinite
         home = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
         strict = on_nonfinite == "raise"
         x = as_features(x, "x", device=self.device, check_finite=strict)
@@ -507,6 +486,22 @@ class IndexedBank:
             result[ok] = self._direction(x[ok], None if y is None else y[ok])
         return zero_nonfinite_rows(result, skipped, ok).to(home)
 
+    def _check_agrees(self, spec: KernelSpec) -> None:
+        """``ValueError`` when ``spec`` asks for another score than this bank computes."""
+        own = self.spec
+        if spec.objective != own.objective:
+            raise ValueError(
+                f"objective: this IndexedBank computes {own.objective!r} (it is built "
+                f"{'without' if self.dim_y is None else 'with'} prompt features), not {spec.objective!r}"
+            )
+        if spec.kernel != self.kernel:
+            raise ValueError(f"kernel: this IndexedBank uses the {self.kernel!r} kernel, got {spec.kernel!r}")
+        names = ("sigma_image", "sigma_prompt") if self.dim_y is not None else ("sigma_image",)
+        for name in names:  # without prompts sigma_prompt plays no part
+            given, mine = getattr(spec, name), getattr(own, name)
+            if given == "median" or not math.isclose(given, mine, rel_tol=1e-9):
+                raise ValueError(f"{name}: the bank's search space is scaled by {name}={mine}, got {given}")
+
     def _direction(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """The direction (B, dim_x) of checked, finite x, y on the bank's device."""
         if self._count <= self.neighbors + self.samples:  # as cheap to read every row: exact
@@ -516,9 +511,7 @@ class IndexedBank:
                 y,
                 self._x[:n],
                 None if y is None else self._y[:n],
-                kernel="gaussian",
-                sigma_image=self.sigma_image,
-                sigma_prompt=self.sigma_prompt,
+                spec=self.spec,
                 pair_sum=self._pair_sum,
                 norm_x=self._nx[:n].to(x.dtype),
                 norm_y=None if y is None else self._ny[:n].to(x.dtype),
@@ -536,9 +529,7 @@ class IndexedBank:
                 None if y is None else self._gather("gather_y", self._y, idx),
                 self._nx[idx].to(x.dtype),
                 None if y is None else self._ny[idx].to(x.dtype),
-                kernel="gaussian",
-                sigma_image=self.sigma_image,
-                sigma_prompt=self.sigma_prompt,
+                spec=self.spec,
                 ws=self._workspace,
                 row_weight=torch.from_numpy(weights).to(self.device, x.dtype),
             )
@@ -552,9 +543,7 @@ class IndexedBank:
             weighted,
             cross,
             self._pair_sum,
-            kernel="gaussian",
-            sigma_image=self.sigma_image,
-            sigma_prompt=self.sigma_prompt,
+            spec=self.spec,
         )
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> IndexedBank:
@@ -634,7 +623,7 @@ class IndexedBank:
             tensors["marks"] = _pack_marks(self._marks)
         if self.exact_marks:
             meta["exact_mark_keys"], tensors["exact_marks"] = pack_exact_marks(self.exact_marks)
-        save_atomically(tensors, path, meta)
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
     @classmethod
     def load(
