@@ -925,7 +925,7 @@ def test_the_run_bank_switches_to_the_index_and_resumes_exactly(tiny, prompt_fil
 
 
 def test_folders_from_before_a_new_setting_still_resume():
-    from sparke.runs.folder import ADDED_SETTINGS, config_differences
+    from sparke.runs.config import ADDED_SETTINGS, config_differences
 
     old = {"method": "sparke", "settings": {"every": 2, "sigma_image": 0.8}}
     now = {"method": "sparke", "settings": {"every": 2, "sigma_image": 0.8, **ADDED_SETTINGS}}

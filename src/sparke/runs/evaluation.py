@@ -37,7 +37,8 @@ import torch
 
 from sparke.core.defaults import SIGMA_IMAGE, SIGMA_PROMPT
 
-from .folder import MANIFEST_FILE, RunError, RunFolder, file_sha256, repair_command
+from .config import RunError
+from .folder import MANIFEST_FILE, RunFolder, file_sha256, repair_command
 
 __all__ = [
     "METRICS_FILE",
@@ -88,7 +89,7 @@ class FeatureExtractor:
 
 def load_features(spec: str = "embedded", device: str = "cpu", batch_size: int = 64) -> FeatureExtractor:
     """The image feature extractor named by ``spec`` (see the module docstring); ``RunError`` if unavailable."""
-    from .generation import quiet_loading
+    from .model import quiet_loading
 
     quiet_loading()
     if spec == "embedded":

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .folder import RunConfig, RunError, RunFolder, image_file, plan
+from .config import RunConfig, RunError, plan
+from .folder import RunFolder, image_file
 from .lock import RunLock
 
 __all__ = ["RepairSummary", "repair"]
@@ -66,7 +67,7 @@ def _committed_batches(folder: RunFolder, summary: RepairSummary) -> int | None:
 
 def repair(path: str | os.PathLike) -> RepairSummary:
     """Rebuild the manifest of run folder ``path`` (see the module docstring); ``RunError`` when it is not one."""
-    from .generation import manifest_record
+    from .batch import manifest_record
 
     folder = RunFolder(path)
     if not folder.path.is_dir():
