@@ -150,7 +150,10 @@ def test_load_bank_reads_both_kinds_as_the_kind_of_bank_asked_for(tmp_path):
     assert load_bank(tmp_path / "unbounded.safetensors", like=AutoBank(crossover=20)).indexed
     assert not load_bank(tmp_path / "unbounded.safetensors").indexed
     with pytest.raises(BankFileError, match="indexed bank file"):
-        load_bank(tmp_path / "indexed.safetensors", like=sparke.Bank())
+        load_bank(tmp_path / "indexed.safetensors", like=sparke.Bank(capacity=100))
+    # a run that keeps an exact bank now (sigma_image="median") but was saved indexed by an older sparke
+    rows = load_bank(tmp_path / "indexed.safetensors", like=sparke.Bank())
+    assert type(rows) is sparke.Bank and torch.equal(rows.x, x) and torch.equal(rows.y, y)
 
 
 def test_bad_files(tmp_path):

@@ -311,15 +311,23 @@ def load_bank(
     path: str | os.PathLike, device: torch.device | str = "cpu", *, like: Any = None
 ) -> Bank | AutoBank:
     """The bank saved in ``path``, exact or indexed (told apart by the file's header), as the kind of bank
-    ``like`` is: a plain ``Bank`` (a sliding window keeps its capacity) for an exact ``like``, else an
+    ``like`` is: a plain ``Bank`` (a sliding window keeps its capacity; an indexed file gives its rows) for a
+    ``Bank`` ``like``, else an
     ``AutoBank`` with ``like``'s crossover and index options (an indexed file keeps its own). One loader for
     whatever reads a run's bank: generation (resume, ``--bank``) and repair. ``FileNotFoundError`` when there
     is no file, ``BankFileError`` naming what is wrong with one."""
     kind = bank_file_kind(path)
     if isinstance(like, Bank):
-        if kind != "exact":
-            raise BankFileError(f"{path}: an indexed bank file, but this guide keeps an exact bank")
-        return Bank.load(path, device)
+        if kind == "exact":
+            return Bank.load(path, device)
+        if like.capacity is not None:
+            raise BankFileError(f"{path}: an indexed bank file, but this guide keeps a sliding exact bank")
+        # an older run whose score no index answers (a per-step median bandwidth) but whose AutoBank was
+        # indexed anyway: its rows, in the exact bank the guide keeps now
+        indexed = IndexedBank.load(path, device)
+        exact = Bank(device=device, dtype=indexed.dtype, metadata=indexed.metadata)
+        exact.add(indexed.x, indexed.y)
+        return exact
     options = like.options() if isinstance(like, AutoBank) else {}
     return AutoBank.load(path, device, **options)
 
