@@ -311,11 +311,10 @@ def load_bank(
     path: str | os.PathLike, device: torch.device | str = "cpu", *, like: Any = None
 ) -> Bank | AutoBank:
     """The bank saved in ``path``, exact or indexed (told apart by the file's header), as the kind of bank
-    ``like`` is: a plain ``Bank`` (a sliding window keeps its capacity; an indexed file gives its rows) for a
-    ``Bank`` ``like``, else an
-    ``AutoBank`` with ``like``'s crossover and index options (an indexed file keeps its own). One loader for
-    whatever reads a run's bank: generation (resume, ``--bank``) and repair. ``FileNotFoundError`` when there
-    is no file, ``BankFileError`` naming what is wrong with one."""
+    ``like`` is: for a ``Bank``, a plain ``Bank`` (a sliding window keeps its capacity; an indexed file gives
+    its rows), else an ``AutoBank`` with ``like``'s crossover and index options (an indexed file keeps its
+    own). One loader for whatever reads a run's bank: generation (resume, ``--bank``) and repair.
+    ``FileNotFoundError`` when there is no file, ``BankFileError`` naming what is wrong with one."""
     kind = bank_file_kind(path)
     if isinstance(like, Bank):
         if kind == "exact":
