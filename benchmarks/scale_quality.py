@@ -29,8 +29,10 @@ import sparke  # noqa: E402
 from sparke import metrics  # noqa: E402
 from sparke.core import fast  # noqa: E402
 from sparke.core.direction import bank_pair_sum  # noqa: E402
+from sparke.core.spec import KernelSpec  # noqa: E402
 
 SX, SY = 0.8, 0.3
+SPEC = KernelSpec(kernel="gaussian", sigma_image=SX, sigma_prompt=SY)
 QUERIES = 16
 
 
@@ -43,9 +45,7 @@ def exact_rows(qx, qy, bx, by):
                 qy[b : b + 1],
                 bx,
                 by,
-                kernel="gaussian",
-                sigma_image=SX,
-                sigma_prompt=SY,
+                spec=SPEC,
                 pair_sum=1.0,
             )
             for b in range(qx.shape[0])

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cli_helpers import cli, fake_run, one_error_line, one_thread
+from cli_helpers import WIDE, cli, fake_run, messages, one_error_line, one_thread, said
 from sparke.core import cond_vendi, in_batch_similarity, vendi
 from sparke.embedded.encoder import WEIGHTS as ENCODER_WEIGHTS
 from sparke.runs.evaluation import evaluate_run, load_features, required_from_prompt
@@ -49,8 +49,15 @@ def tiny_clip(tmp_path_factory) -> Path:
 
 def test_hf_clip_features(runs, tiny_clip):
     result = cli(
-        "evaluate", *runs, "--features", tiny_clip / "clip-vision", "--per-cluster", "--device", "cpu"
-    )
+        "evaluate",
+        *runs,
+        "--features",
+        tiny_clip / "clip-vision",
+        "--per-cluster",
+        "--device",
+        "cpu",
+        env=WIDE,
+    )  # the metrics table fits a known width
     assert result.exit_code == 0, result.output
     for metric in ("Cond-", "Vendi", "RKE", "In-batch"):
         assert metric in result.stdout
@@ -72,6 +79,7 @@ def test_hf_clip_features(runs, tiny_clip):
     run = load_run(runs[0])
     x = extractor(run.load_images())
     y = encode_minilm([r["prompt"] for r in run.records])
+    # rel=1e-6: float32 features extracted in other batch sizes than the command's, so rounding differs
     assert overall["vendi"] == pytest.approx(vendi(x, sigma=0.8), rel=1e-6)
     assert overall["cond_vendi"] == pytest.approx(
         cond_vendi(x, y, sigma_image=0.8, sigma_prompt=0.3), rel=1e-6
@@ -118,7 +126,7 @@ def test_embedded_features_and_match_rate(tmp_path):
     for k in range(4):  # rendered scenes of the world, which the checker reads exactly
         scene = world.sample_scene(rng, "square", "red", size="small", count=1)
         Image.fromarray(world.render(scene)).save(run / "images" / f"{k:06d}.png")
-    result = cli("evaluate", run, "--device", "cpu")
+    result = cli("evaluate", run, "--device", "cpu", env=WIDE)  # the metrics table fits a known width
     assert result.exit_code == 0, result.output
     data = json.loads((run / "metrics.json").read_text())
     assert data["features"]["image"] == "embedded" and data["features"]["image_dim"] == 128
@@ -210,11 +218,11 @@ def test_stale_metrics_are_recomputed_by_report(tmp_path):
     assert metrics_stale(run) == "made from 12 images, the run has 13 now"
     page = tmp_path / "page.html"
     result = cli("report", run, "--out", page, "--no-evaluate")
-    assert result.exit_code == 0 and "stale" in result.stderr and f"sparke evaluate {run}" in result.stderr
+    assert result.exit_code == 0 and "stale" in said(result) and f"sparke evaluate {run}" in said(result)
     assert read_metrics(run)["n_images"] == 12
     result = cli("report", run, "--out", page, "--device", "cpu")
     assert result.exit_code == 0, result.output
-    assert "is stale" in result.stderr
+    assert "is stale" in said(result)
     assert read_metrics(run)["n_images"] == 13 and metrics_stale(run) is None
     # a metrics.json of an older sparke (no manifest stamp) older than the manifest is stale too
     data = read_metrics(run)
@@ -229,7 +237,7 @@ def test_stale_metrics_are_recomputed_by_report(tmp_path):
 def test_embedded_encoder_on_another_model_warns(runs):
     result = cli("evaluate", runs[0], "--device", "cpu")
     assert result.exit_code == 0, result.output
-    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    warnings = messages(result.stderr, "warning:")
     assert any("embedded shapes encoder" in line and "fake-model" in line for line in warnings), result.stderr
     data = json.loads((runs[0] / "metrics.json").read_text())
     assert any("embedded shapes encoder" in note for note in data["notes"])
@@ -251,7 +259,7 @@ def test_report_messages(runs, tmp_path):
     assert "is a folder" in line
     result = cli("report", *runs, "--out", tmp_path / "r.html", "--device", "cpu")
     assert result.exit_code == 0, result.output
-    assert "0.0 MB" not in result.stdout and ("kB" in result.stdout or "MB" in result.stdout)
+    assert "0.0 MB" not in said(result) and ("kB" in said(result) or "MB" in said(result))
 
 
 def test_human_size():

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,19 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from cli_helpers import SUBPROCESS_ENV, cli, folder_state, one_error_line, one_thread, save_tiny_shapes
+from cli_helpers import (
+    SUBPROCESS_ENV,
+    WIDE,
+    cli,
+    dead_pid,
+    folder_state,
+    messages,
+    one_error_line,
+    one_thread,
+    paused_sparke,
+    said,
+    save_tiny_shapes,
+)
 from sparke import Bank
 from sparke.runs import PromptEntry, RunConfig, RunFolder, image_seed, plan, read_prompts
 
@@ -86,10 +97,17 @@ def assert_same_run(a: Path, b: Path) -> None:
         assert files_a[name] == files_b[name], name
     # the manifest is an append-only log: a regenerated image's new line wins over an older one
     assert RunFolder(a).read_manifest() == RunFolder(b).read_manifest()
-    bank_a, bank_b = Bank.load(a / "bank.safetensors"), Bank.load(b / "bank.safetensors")
-    torch.testing.assert_close(bank_a.x, bank_b.x, rtol=0, atol=1e-6)
-    torch.testing.assert_close(bank_a.y, bank_b.y, rtol=0, atol=0)
-    assert bank_a.metadata["run"] == bank_b.metadata["run"]
+    # the same bank, bit for bit: rows, kept sums and marks, the index's search vectors and random state
+    assert bank_content(a / "bank.safetensors") == bank_content(b / "bank.safetensors")
+
+
+def bank_content(path: Path) -> tuple[dict, dict]:
+    """(header metadata, tensors as exact bytes) of a bank file: safetensors writes the header's keys in a
+    random order, so two saves of one bank differ in bytes but never in content."""
+    with safe_open(str(path), "pt") as handle:
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+        meta = handle.metadata()
+    return meta, {name: (t.dtype, tuple(t.shape), t.numpy().tobytes()) for name, t in tensors.items()}
 
 
 # -- the folder ---------------------------------------------------------------------------------------------------
@@ -130,7 +148,7 @@ def test_rerun_is_a_no_op(reference, tiny, prompt_file):
     before = folder_state(reference)
     result = cli(*args(tiny, prompt_file, reference))
     assert result.exit_code == 0, result.output
-    assert "0 new, 9 from before" in result.stdout
+    assert "0 new, 9 from before" in said(result)
     assert folder_state(reference) == before
 
 
@@ -198,12 +216,12 @@ def test_interrupt_then_resume_equals_uninterrupted(
 
         monkeypatch.setattr(bank_module.Bank, "save", save)
     result = cli(*args(tiny, prompt_file, out))
-    assert result.exit_code == 130 and "interrupted" in result.stderr, result.output
+    assert result.exit_code == 130 and "interrupted" in said(result), result.output
     assert Bank.load(out / "bank.safetensors").metadata["run"]["committed_batches"] == 2
     monkeypatch.undo()
     result = cli(*args(tiny, prompt_file, out))
     assert result.exit_code == 0, result.output
-    assert "resuming" in result.stderr
+    assert "resuming" in said(result)
     assert_same_run(reference, out)
     assert not list(out.rglob("*.tmp"))
 
@@ -211,26 +229,12 @@ def test_interrupt_then_resume_equals_uninterrupted(
 def test_kill_9_then_resume_equals_uninterrupted(reference, tiny, prompt_file, tmp_path):
     """A real SIGKILL of `python -m sparke generate` mid-run, then the same command again."""
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "sparke", *map(str, args(tiny, prompt_file, out))]
-    # one thread, like this process (``one_thread``): float sums, hence PNG bytes, can depend on the thread count
-    env = {**SUBPROCESS_ENV, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            lines = (
-                (out / "manifest.jsonl").read_text().count("\n") if (out / "manifest.jsonl").exists() else 0
-            )
-            if lines >= 3:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    # the child (one thread, like this process: float sums, hence PNG bytes, can depend on the thread count)
+    # stops as its batch 2 starts, two batches committed: killed there, whatever the machine's speed
+    with paused_sparke(args(tiny, prompt_file, out), 2, tmp_path / "signals") as (proc, _):
         proc.send_signal(signal.SIGKILL)
-    finally:
         proc.wait(timeout=30)
-        proc.stderr.close()
-    done = len(manifest(out))
-    assert 3 <= done < 9
+    assert len(manifest(out)) == 4
     result = cli(*args(tiny, prompt_file, out))
     assert result.exit_code == 0, result.output
     assert_same_run(reference, out)
@@ -307,7 +311,7 @@ def test_read_prompts_formats(tmp_path):
 
 
 def test_help_reads_well():
-    result = cli("generate", "--help")
+    result = cli("generate", "--help", env=WIDE)  # the options table fits a known width
     assert result.exit_code == 0
     for option in (
         "--prompts",
@@ -327,7 +331,7 @@ def test_python_dash_m_entry_points(monkeypatch, capsys):
     """`python -m sparke` in a real subprocess (what `accelerate launch -m sparke` runs); `-m sparke.cli` in process."""
     proc = subprocess.run(
         [sys.executable, "-m", "sparke", "--help"],
-        env=SUBPROCESS_ENV,
+        env={**SUBPROCESS_ENV, **WIDE},
         capture_output=True,
         text=True,
         timeout=120,
@@ -446,7 +450,7 @@ def test_start_from_a_bank(reference, tiny, prompt_file, tmp_path):
         np.asarray(bytearray((reference / "images" / "000000.png").read_bytes())),
     )
     result = cli(*args(tiny, prompt_file, out))  # resuming without --bank keeps the one it started from
-    assert result.exit_code == 0 and "0 new" in result.stdout, result.output
+    assert result.exit_code == 0 and "0 new" in said(result), result.output
 
 
 def test_bad_method_settings(tmp_path, tiny):
@@ -584,12 +588,11 @@ def test_stale_lock_of_a_dead_process_is_taken_over(reference, tiny, prompt_file
 
     out = tmp_path / "copy"
     shutil.copytree(reference, out)
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    (out / ".sparke.lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    dead = dead_pid()
+    (out / ".sparke.lock").write_text(json.dumps({"pid": dead, "host": socket.gethostname()}))
     result = cli(*args(tiny, prompt_file, out))
     assert result.exit_code == 0, result.output
-    assert "stale lock" in result.stderr and f"pid {dead.pid}" in result.stderr
+    assert "stale lock" in said(result) and f"pid {dead}" in said(result)
     assert not (out / ".sparke.lock").exists()
 
 
@@ -613,9 +616,7 @@ def test_lock_without_flock_uses_the_pid(tmp_path, monkeypatch):
     (tmp_path / ".sparke.lock").write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname()}))
     with pytest.raises(RunError, match=f"pid {os.getppid()}"):
         lock_module.RunLock(tmp_path).acquire()
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    (tmp_path / ".sparke.lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    (tmp_path / ".sparke.lock").write_text(json.dumps({"pid": dead_pid(), "host": socket.gethostname()}))
     lock = lock_module.RunLock(tmp_path)
     assert "stale" in lock.acquire()
     lock.release()
@@ -624,19 +625,11 @@ def test_lock_without_flock_uses_the_pid(tmp_path, monkeypatch):
 def test_concurrent_generate_processes(reference, tiny, prompt_file, tmp_path):
     """A real second `sparke generate` into a folder being written exits at once naming the first."""
     out = tmp_path / "busy"
-    cmd = [sys.executable, "-m", "sparke", *map(str, args(tiny, prompt_file, out))]
-    env = {**SUBPROCESS_ENV, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not (out / ".sparke.lock").exists() and proc.poll() is None:
-            time.sleep(0.02)
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    # the first writer stops before its batch 1 (lock held) until the second one was refused
+    with paused_sparke(args(tiny, prompt_file, out), 1, tmp_path / "signals") as (proc, _):
         line = one_error_line(cli(*args(tiny, prompt_file, out)))
         assert f"pid {proc.pid}" in line
-    finally:
-        proc.wait(timeout=300)
-        proc.stderr.close()
+    assert proc.returncode == 0
     assert len(manifest(out)) == 9  # one writer: one line per image
     assert_same_run(reference, out)
 
@@ -663,8 +656,8 @@ def test_damaged_png_is_regenerated_bit_exactly(reference, tiny, prompt_file, tm
     flipped.write_bytes(bytes(data))
     result = cli(*args(tiny, prompt_file, out))
     assert result.exit_code == 0, result.output
-    assert "000004.png is damaged" in result.stderr and "000007.png is damaged" in result.stderr
-    assert "7 of 9 images already done" in result.stderr
+    assert "000004.png is damaged" in said(result) and "000007.png is damaged" in said(result)
+    assert "7 of 9 images already done" in said(result)
     assert_same_run(reference, out)
 
 
@@ -679,7 +672,7 @@ def test_damaged_manifest_tail_is_cut_with_a_note(reference, tiny, prompt_file, 
     )
     result = cli(*args(tiny, prompt_file, out))
     assert result.exit_code == 0, result.output
-    assert "cut 3 damaged lines" in result.stderr
+    assert "cut 3 damaged lines" in said(result)
     assert_same_run(reference, out)
 
 
@@ -703,11 +696,75 @@ def test_damaged_manifest_middle_names_repair_and_repair_fixes_it(reference, tin
         assert f"sparke repair {out}" in line and "manifest.jsonl:3" in line
     result = run_cli("repair", out)
     assert result.exit_code == 0, result.output
-    assert "1 line rebuilt" in result.stdout and "1 damaged line dropped" in result.stdout
-    assert "1 damaged or missing image dropped" in result.stdout
+    assert "1 line rebuilt" in said(result) and "1 damaged line dropped" in said(result)
+    assert "1 damaged or missing image dropped" in said(result)
     assert_same_run(reference, out)
     result = run_cli("repair", out)
-    assert result.exit_code == 0 and "nothing to repair" in result.stdout, result.output
+    assert result.exit_code == 0 and "nothing to repair" in said(result), result.output
+
+
+# -- issue 17: a run past the bank's crossover, in the index's sampled regime ----------------------------------------
+# Public options lower the crossover to 3 rows and the index's reads to 2 nearest + 2 sampled rows: the bank is
+# indexed from its 4th row (batch 1) and samples from its 5th (batches 2-4), as every large run does.
+INDEXED = ("--set", "crossover=3", "--set", "neighbors=2", "--set", "samples=2")
+
+
+@pytest.fixture(scope="module")
+def indexed_reference(tiny, prompt_file, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("indexed") / "reference"
+    result = cli(*args(tiny, prompt_file, out), *INDEXED)
+    assert result.exit_code == 0, result.output
+    from sparke.core.auto import bank_file_kind
+
+    assert bank_file_kind(out / "bank.safetensors") == "indexed"
+    return out
+
+
+def test_repair_keeps_an_indexed_bank(indexed_reference, tiny, prompt_file, tmp_path):
+    """`sparke repair` reads an indexed bank file (it used to set it aside as damaged and replay every batch)."""
+    import shutil
+
+    out = tmp_path / "repaired"
+    shutil.copytree(indexed_reference, out)
+    lines = (out / "manifest.jsonl").read_text().splitlines(keepends=True)
+    lines[2] = "{not json at all\n"  # image 2's line: rebuilt from its PNG, as its batch is in the bank
+    (out / "manifest.jsonl").write_text("".join(lines))
+    result = cli("repair", out, "--no-generate")
+    assert result.exit_code == 0, result.output
+    assert "1 line rebuilt" in said(result) and "damaged" not in said(result).replace("damaged line", "")
+    assert not list(out.glob("*.damaged"))
+    assert folder_state(out) == folder_state(indexed_reference)  # the bank untouched, the manifest as made
+    result = cli(*args(tiny, prompt_file, out), *INDEXED)
+    assert result.exit_code == 0 and "0 new, 9 from before" in said(result), result.output
+    assert folder_state(out) == folder_state(indexed_reference)
+
+
+@pytest.mark.parametrize("deleted", [1, 6])
+def test_indexed_run_makes_removed_images_again_exactly(
+    indexed_reference, tiny, prompt_file, tmp_path, deleted
+):
+    """Image 1 (batch 0: the bank goes back to exact) or 6 (batch 3: indexed, sampling) deleted: the bank is
+    truncated to its state then, and the batches made again are the uninterrupted run's, bit for bit."""
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(indexed_reference, out)
+    (out / "images" / f"{deleted:06d}.png").unlink()
+    result = cli(*args(tiny, prompt_file, out), *INDEXED)
+    assert result.exit_code == 0, result.output
+    assert_same_run(indexed_reference, out)
+
+
+def test_indexed_run_resumes_after_kill_9_exactly(indexed_reference, tiny, prompt_file, tmp_path):
+    """Killed as batch 3 starts (the bank indexed and sampling, its random stream used): the same run."""
+    out = tmp_path / "killed"
+    with paused_sparke([*args(tiny, prompt_file, out), *INDEXED], 3, tmp_path / "signals") as (proc, _):
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert len(manifest(out)) == 6
+    result = cli(*args(tiny, prompt_file, out), *INDEXED)
+    assert result.exit_code == 0, result.output
+    assert_same_run(indexed_reference, out)
 
 
 def test_repair_refuses_what_is_not_a_run(tmp_path):
@@ -762,7 +819,7 @@ def test_weak_guidance_warns_once_as_one_line(tiny, tmp_path):
         tmp_path / "w",
     )
     assert result.exit_code == 0, result.output
-    warned = [line for line in result.stderr.splitlines() if "guides only" in line]
+    warned = [line for line in messages(result.stderr, "warning:") if "guides only" in line]
     assert len(warned) == 1 and warned[0].startswith("warning: SPARKE guides only 1 of 5"), result.stderr
     assert "--every" in warned[0] and "UserWarning" not in result.stderr
 
@@ -868,7 +925,7 @@ def test_the_run_bank_switches_to_the_index_and_resumes_exactly(tiny, prompt_fil
 
 
 def test_folders_from_before_a_new_setting_still_resume():
-    from sparke.runs.folder import ADDED_SETTINGS, config_differences
+    from sparke.runs.config import ADDED_SETTINGS, config_differences
 
     old = {"method": "sparke", "settings": {"every": 2, "sigma_image": 0.8}}
     now = {"method": "sparke", "settings": {"every": 2, "sigma_image": 0.8, **ADDED_SETTINGS}}

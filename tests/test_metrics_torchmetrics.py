@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -272,7 +271,8 @@ import sparke
 from sparke.metrics import prdc
 from sparke.metrics.torchmetrics import PRDC, CondRKE, InBatchSimilarity, Vendi
 rank = int(sys.argv[1])
-dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[2], rank=rank, world_size=2)
+# a file store: no port to pick, none to lose to another process
+dist.init_process_group("gloo", init_method="file://" + sys.argv[2], rank=rank, world_size=2)
 g = torch.Generator().manual_seed(0)
 x = torch.randn(11, 4, generator=g, dtype=torch.float64)
 y = torch.randn(11, 3, generator=g, dtype=torch.float64)
@@ -305,22 +305,16 @@ dist.destroy_process_group()
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_sync_over_two_gloo_processes(tmp_path):
     if not torch.distributed.is_available():
         pytest.skip("torch.distributed is not available")
     script = tmp_path / "worker.py"
     script.write_text(_DDP_WORKER)
-    port = str(_free_port())
+    store = str(tmp_path / "store")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [
         subprocess.Popen(
-            [sys.executable, str(script), str(rank), port],
+            [sys.executable, str(script), str(rank), store],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

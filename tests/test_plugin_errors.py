@@ -247,6 +247,7 @@ def test_indexed_bank_is_used_through_its_direction():
     guide(pipe, **call_kwargs(pipe))
     guide(pipe, **call_kwargs(pipe, seed=1))
     assert len(bank) == 4 and len(calls) == 6
-    assert calls[0]["sigma_image"] == 0.8 and calls[0]["objective"] == "cond-rke"
+    spec = calls[0]["spec"]  # the guide's one KernelSpec, passed whole
+    assert spec.sigma_image == 0.8 and spec.objective == "cond-rke" and spec.on_nonfinite == "skip"
     with pytest.raises(ValueError, match=r"dim 1024.*dim 256"):
         SPARKE(bank=indexed.IndexedBank(dim_x=1024, dim_y=32))(pipe, **call_kwargs(pipe, height=16, width=16))

@@ -118,6 +118,18 @@ def test_median_distance_is_the_median_over_bank_and_batch_pairs():
     assert 0 < median_distance(x, bank, max_rows=2) <= 2
 
 
+def test_median_bandwidth_keeps_an_exact_bank():
+    """An index is built for one bandwidth: a median one changes every step, so "auto" is an exact bank (an
+    AutoBank past its crossover would rebuild its whole index at every guided step) and "indexed" is refused."""
+    from sparke.core.auto import AutoBank
+
+    assert type(SPARKE(sigma_image="median").bank) is Bank
+    assert type(SPARKE(sigma_image="median", bank="exact").bank) is Bank
+    assert isinstance(SPARKE(sigma_image=0.5).bank, AutoBank)
+    with pytest.raises(ValueError, match="median"):
+        SPARKE(sigma_image="median", bank="indexed")
+
+
 # -- the options inside SPARKE on a tiny SD ----------------------------------------------------------------------
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_helpers import cli, fake_run, one_error_line
+from cli_helpers import cli, fake_run, one_error_line, said
 from sparke.report import build_report, line_plot
 
 CLUSTERS = [
@@ -50,7 +50,7 @@ def page(runs, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("report") / "report.html"
     result = cli("report", *runs, "--out", out, "--title", "Demo <report>", "--no-evaluate")
     assert result.exit_code == 0, result.output
-    assert str(out) in result.stdout.replace("\n", "")
+    assert str(out) in said(result)
     return out
 
 

@@ -24,10 +24,11 @@ from safetensors import SafetensorError, safe_open
 
 from .bank import FORMAT as EXACT_FORMAT
 from .bank import Bank, BankFileError
-from .checks import check_device, check_kernel, check_objective, check_sigma, renamed_bandwidths
-from .defaults import KERNEL, OBJECTIVE, ON_NONFINITE, SIGMA_IMAGE, SIGMA_PROMPT
+from .checks import check_device, check_sigma, renamed_bandwidths
+from .defaults import SIGMA_IMAGE, SIGMA_PROMPT
 from .indexed import FORMAT as INDEXED_FORMAT
 from .indexed import SEARCHES, STORAGE_DTYPES, IndexedBank
+from .spec import KernelSpec, ScoresBatches
 
 # Bank rows from which the indexed step is faster than the exact one, per device type, for image rows of at
 # least CROSSOVER_DIM[device type] columns; for narrower rows the crossover grows as CROSSOVER_DIM / dim_x
@@ -61,7 +62,7 @@ def default_crossover(device: torch.device | str, dim_x: int | None = None) -> i
     return rows * dim // dim_x
 
 
-class AutoBank:
+class AutoBank(ScoresBatches):
     """Image features x: (n, dim_x), optional prompt features y: (n, dim_y): an exact ``Bank`` up to
     ``crossover`` rows (None: ``default_crossover(device, dim_x)``; 0: indexed from the first row), an
     ``IndexedBank`` past it. ``neighbors``, ``samples``, ``search_dim``, ``seed``, ``search``: the index's
@@ -95,13 +96,10 @@ class AutoBank:
         self.index_options = dict(
             neighbors=neighbors, samples=samples, search_dim=search_dim, seed=seed, search=search
         )
-        # (objective or None for the bank's natural one, kernel, sigma_image, sigma_prompt) of the last call
-        self._settings = (
-            None,
-            KERNEL,
-            check_sigma(sigma_image, "sigma_image"),
-            check_sigma(sigma_prompt, "sigma_prompt"),
-        )
+        # the index's bandwidths until a direction call gives others; the spec of the last call (None: none yet,
+        # the bank's natural score)
+        self._sigmas = (check_sigma(sigma_image, "sigma_image"), check_sigma(sigma_prompt, "sigma_prompt"))
+        self._spec: KernelSpec | None = None
         self._pinned = False  # True once a call needed the exact bank: it stays exact
         self.inner: Bank | IndexedBank = Bank(device=check_device(device), dtype=dtype, metadata=metadata)
 
@@ -162,80 +160,66 @@ class AutoBank:
     def add(self, x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray | None = None) -> None:
         """Append rows x: (m, dim_x) and, for a prompt-aware bank, y: (m, dim_y); may switch to the index."""
         self.inner.add(x, y)
-        self._maybe_index(self._settings)
+        self._maybe_index()
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> AutoBank:
         """Move the rows in place (the crossover follows the device); returns self."""
         self.inner.to(device=device, dtype=dtype)
-        self._maybe_index(self._settings)
+        self._maybe_index()
         return self
 
     # -- guidance --------------------------------------------------------------------------------------------
-    @renamed_bandwidths
-    def direction(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor | None = None,
-        *,
-        objective: str = OBJECTIVE,
-        kernel: str = KERNEL,
-        sigma_image: float = SIGMA_IMAGE,
-        sigma_prompt: float = SIGMA_PROMPT,
-        on_nonfinite: str = ON_NONFINITE,
-        skipped: torch.Tensor | None = None,
+    def _spec_direction(
+        self, x: torch.Tensor, y: torch.Tensor | None, spec: KernelSpec, skipped: torch.Tensor | None
     ) -> torch.Tensor:
-        """Ascent direction (B, dim_x) of the score of bank U batch for x: (B, dim_x), y: (B, dim_y), as
-        ``Bank.direction`` (exact) or ``IndexedBank.direction`` (past the crossover)."""
-        check_objective(objective)
-        check_kernel(kernel)
-        settings = (
-            objective,
-            kernel,
-            check_sigma(sigma_image, "sigma_image"),
-            check_sigma(sigma_prompt, "sigma_prompt"),
-        )
-        if self.indexed and not self._fits(settings):
-            if self._can_index(settings):
-                self._move(exact=True)  # other bandwidths: rebuild the index for them (below)
-            else:
+        """As ``Bank.direction`` (exact) or ``IndexedBank.direction`` (past the crossover); a spec no index
+        answers moves the rows back to an exact bank for good (one warning), other bandwidths rebuild it."""
+        if self.indexed and not self._fits(spec):
+            if not self._can_index(spec):
                 warnings.warn(
-                    f"AutoBank: objective={objective!r}, kernel={kernel!r} needs the exact bank; moving "
+                    f"AutoBank: objective={spec.objective!r}, kernel={spec.kernel!r} needs the exact bank; moving "
                     f"{len(self)} rows back to it for good",
                     RuntimeWarning,
                     stacklevel=2,
                 )
-                self._move(exact=True)
                 self._pinned = True
-        self._settings = settings
-        self._maybe_index(settings)
-        options = dict(objective=objective, kernel=kernel, sigma_image=sigma_image, sigma_prompt=sigma_prompt)
-        return self.inner.direction(x, y, **options, on_nonfinite=on_nonfinite, skipped=skipped)
+            self._move(exact=True)  # other bandwidths: the index is built again for them (below)
+        self._spec = spec
+        self._maybe_index()
+        return self.inner.direction(x, y, spec, skipped=skipped)
 
-    def _fits(self, settings: tuple) -> bool:
-        """Whether the current index answers a call with these settings."""
-        objective, kernel, sigma_image, sigma_prompt = settings
+    def _bandwidths(self) -> tuple[float, float]:
+        """(sigma_image, sigma_prompt) of the last call, or the constructor's."""
+        return self._sigmas if self._spec is None else (self._spec.sigma_image, self._spec.sigma_prompt)
+
+    def _fits(self, spec: KernelSpec) -> bool:
+        """Whether the current index answers a call with ``spec``."""
         index = self.inner
         return (
-            self._can_index(settings)
-            and math.isclose(sigma_image, index.sigma_image, rel_tol=1e-9)
-            and (index.dim_y is None or math.isclose(sigma_prompt, index.sigma_prompt, rel_tol=1e-9))
+            self._can_index(spec)
+            and math.isclose(spec.sigma_image, index.sigma_image, rel_tol=1e-9)
+            and (index.dim_y is None or math.isclose(spec.sigma_prompt, index.sigma_prompt, rel_tol=1e-9))
         )
 
-    def _can_index(self, settings: tuple) -> bool:
-        """Whether an index can answer calls with these settings (the order-2 score, Gaussian kernel)."""
-        objective, kernel, _, _ = settings
-        prompts = self.dim_y is not None
+    def _can_index(self, spec: KernelSpec | None) -> bool:
+        """Whether an index can answer calls with ``spec`` (None: the bank's natural score): its ``indexable``
+        order-2 Gaussian score, with prompts exactly when the bank has them."""
+        natural = "cond-rke" if self.dim_y is not None else "rke"
         return (
-            kernel == "gaussian"
-            and objective in (None, "cond-rke" if prompts else "rke")
+            (spec is None or (spec.indexable and spec.objective == natural))
             and self.dtype in STORAGE_DTYPES.values()
             and getattr(self.inner, "capacity", None) is None
         )
 
-    def _maybe_index(self, settings: tuple) -> None:
-        if not self.indexed and not self._pinned and len(self) > self.threshold and self._can_index(settings):
+    def _maybe_index(self) -> None:
+        if (
+            not self.indexed
+            and not self._pinned
+            and len(self) > self.threshold
+            and self._can_index(self._spec)
+        ):
             try:
-                self._move(exact=False, settings=settings)
+                self._move(exact=False)
             except ImportError as error:  # no FAISS for a CPU index (pip install "sparke[index]"): stay exact
                 self._pinned = True
                 warnings.warn(
@@ -244,17 +228,17 @@ class AutoBank:
                     stacklevel=3,
                 )
 
-    def _move(self, *, exact: bool, settings: tuple | None = None) -> None:
-        """Copy the rows into a new exact bank, or into a new index for ``settings`` (the old bank is dropped)."""
+    def _move(self, *, exact: bool) -> None:
+        """Copy the rows into a new exact bank, or into a new index for the current bandwidths (the old bank is
+        dropped)."""
         old = self.inner
         if exact:
             new = Bank(device=old.device, dtype=old.dtype)
         else:
-            _, kernel, sigma_image, sigma_prompt = settings
+            sigma_image, sigma_prompt = self._bandwidths()
             new = IndexedBank(
                 old.dim_x,
                 old.dim_y,
-                kernel=kernel,
                 sigma_image=sigma_image,
                 sigma_prompt=sigma_prompt,
                 device=old.device,
@@ -267,10 +251,35 @@ class AutoBank:
             new.add(old.x[start:stop], None if old.y is None else old.y[start:stop])
         new.metadata = old.metadata  # the same dict: a caller's reference stays valid
         if not exact:
-            kept = _kept_pair_sum(old, settings)
+            kept = old.kept_pair_sum(sigma_image=sigma_image, sigma_prompt=sigma_prompt)
             if kept is not None:  # the exact bank's kept normaliser beats the index's estimate
                 new.set_pair_sum(kept)
+            new.exact_marks = dict(old._marks)  # what ``truncate`` below the switch goes back to
         self.inner = new
+
+    def truncate(self, n: int) -> None:
+        """Keep the oldest ``n`` rows, the bank as it was after the ``add`` that brought it to n rows: its
+        kept pair sums, and in the index its random state and cells; below the row count at which it was
+        indexed, an exact bank again (``ValueError`` for a count it never had after an add)."""
+        inner = self.inner
+        switched = max(inner.exact_marks, default=None) if isinstance(inner, IndexedBank) else None
+        if switched is None or n >= switched:
+            inner.truncate(n)
+            return
+        exact = Bank(device=inner.device, dtype=inner.dtype)
+        exact.add(inner.x[:switched], None if inner.y is None else inner.y[:switched])
+        exact._marks = dict(inner.exact_marks)
+        exact.truncate(n)
+        exact.metadata = inner.metadata
+        self.inner = exact
+
+    def options(self) -> dict[str, Any]:
+        """The constructor's options of this bank (crossover, index options, bandwidths): an empty bank made
+        with them, or a file loaded with them, behaves as this one."""
+        sigma_image, sigma_prompt = self._bandwidths()
+        return dict(
+            crossover=self.crossover, sigma_image=sigma_image, sigma_prompt=sigma_prompt, **self.index_options
+        )
 
     # -- files -----------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
@@ -294,8 +303,32 @@ class AutoBank:
             bank.index_options.update(
                 neighbors=inner.neighbors, samples=inner.samples, search_dim=inner.search_dim, seed=inner.seed
             )
-        bank._maybe_index(bank._settings)
+        bank._maybe_index()
         return bank
+
+
+def load_bank(
+    path: str | os.PathLike, device: torch.device | str = "cpu", *, like: Any = None
+) -> Bank | AutoBank:
+    """The bank saved in ``path``, exact or indexed (told apart by the file's header), as the kind of bank
+    ``like`` is: for a ``Bank``, a plain ``Bank`` (a sliding window keeps its capacity; an indexed file gives
+    its rows), else an ``AutoBank`` with ``like``'s crossover and index options (an indexed file keeps its
+    own). One loader for whatever reads a run's bank: generation (resume, ``--bank``) and repair.
+    ``FileNotFoundError`` when there is no file, ``BankFileError`` naming what is wrong with one."""
+    kind = bank_file_kind(path)
+    if isinstance(like, Bank):
+        if kind == "exact":
+            return Bank.load(path, device)
+        if like.capacity is not None:
+            raise BankFileError(f"{path}: an indexed bank file, but this guide keeps a sliding exact bank")
+        # an older run whose score no index answers (a per-step median bandwidth) but whose AutoBank was
+        # indexed anyway: its rows, in the exact bank the guide keeps now
+        indexed = IndexedBank.load(path, device)
+        exact = Bank(device=device, dtype=indexed.dtype, metadata=indexed.metadata)
+        exact.add(indexed.x, indexed.y)
+        return exact
+    options = like.options() if isinstance(like, AutoBank) else {}
+    return AutoBank.load(path, device, **options)
 
 
 def bank_file_kind(path: str | os.PathLike) -> str:
@@ -331,11 +364,3 @@ def make_bank(
     if kind == "indexed":
         return AutoBank(device=device, dtype=dtype, crossover=0, **options)
     raise ValueError(f"kind: must be one of {', '.join(KINDS)}, got {kind!r}")
-
-
-def _kept_pair_sum(bank: Bank, settings: tuple) -> float | None:
-    """The exact bank's normaliser for ``settings`` if it already keeps it (never computed here)."""
-    objective, kernel, sigma_image, sigma_prompt = settings
-    return bank.kept_pair_sum(
-        kernel=kernel, sigma_image=sigma_image, sigma_prompt=sigma_prompt, conditional=objective != "rke"
-    )

@@ -7,7 +7,9 @@ the buffer end is reached, once per ``capacity`` additions.
 
 The bank also keeps, per kernel setting that has been asked for, the sum of squared kernel entries over its
 own pairs: the normaliser of the guidance direction, kept up to date in O(m n d) per ``add`` of m rows
-instead of O(n^2 d) per guided step.
+instead of O(n^2 d) per guided step. A bank without a capacity also remembers those sums after each ``add``
+(one float per sum and add), so that ``truncate(n)`` cuts it back to the state it had at n rows exactly: a
+resumed run replays its later batches bit for bit.
 
 Files are one safetensors file (no pickle): tensors ``x`` and optionally ``y``, and string metadata.
 
@@ -17,8 +19,8 @@ Files are one safetensors file (no pickle): tensors ``x`` and optionally ``y``, 
 from __future__ import annotations
 
 import json
+import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +34,15 @@ from .checks import (
     check_bandwidths,
     check_device,
     check_kernel,
-    check_objective,
-    check_on_nonfinite,
     check_rows_match,
     renamed_bandwidths,
 )
-from .defaults import KERNEL, OBJECTIVE, ON_NONFINITE, SIGMA_IMAGE, SIGMA_PROMPT
+from .defaults import KERNEL, SIGMA_IMAGE, SIGMA_PROMPT
 from .direction import bank_pair_sum, diversity_direction
 from .fast import Workspace, bank_direction
-from .files import honour_umask
+from .files import atomic_write
 from .kernels import squared_kernel_sum
+from .spec import KernelSpec, ScoresBatches
 
 FORMAT = "sparke.bank"
 FORMAT_VERSION = 1
@@ -57,7 +58,7 @@ class BankFileError(ValueError):
     """A bank file that cannot be loaded; the message names the file and the problem."""
 
 
-class Bank:
+class Bank(ScoresBatches):
     """Rows of image features x: (n, d) and optional prompt features y: (n, e), oldest first.
 
     ``capacity`` bounds n (oldest rows evicted first); ``dtype`` is the storage type (float16/bfloat16 halve
@@ -88,6 +89,8 @@ class Bank:
         self._count = 0
         self._has_y: bool | None = None
         self._pair_sums: dict[str, float] = {}
+        # row count after each add -> the pair sums kept then (no capacity: nothing is evicted)
+        self._marks: dict[int, dict[str, float]] = {}
         self._workspace: Workspace | None = (
             None  # of the order-2 direction: cached row norms, scratch buffers
         )
@@ -195,6 +198,31 @@ class Bank:
         if y is not None:
             self._y[stop : stop + m] = y
         self._count += m
+        self._mark()
+
+    def _mark(self) -> None:
+        if self.capacity is None:
+            self._marks[self._count] = dict(self._pair_sums)
+
+    def truncate(self, n: int) -> None:
+        """Keep the oldest ``n`` rows and the pair sums the bank kept when it held them: the bank is as it was
+        after the ``add`` that brought it to n rows (``ValueError`` for a count it never had after an add, and
+        for a bank with a capacity, whose evicted rows are gone)."""
+        if self.capacity is not None:
+            raise ValueError("truncate: a bank with a capacity has evicted rows; it cannot be cut back")
+        if n == self._count:
+            return
+        if not (isinstance(n, int) and 0 <= n < self._count) or (n and n not in self._marks):
+            raise ValueError(f"truncate: the bank never held exactly {n!r} rows after an add")
+        self._pair_sums = dict(self._marks.get(n, {}))
+        self._marks = {count: sums for count, sums in self._marks.items() if count <= n}
+        self._count = n
+        # new buffers: the workspace computes the norms of the kept rows again, as for a loaded bank
+        self._x = self._moved(self._x, self._x.shape[0], self._x.shape[1])
+        if self._y is not None:
+            self._y = self._moved(self._y, self._y.shape[0], self._y.shape[1])
+        self._start = 0
+        self._workspace = None
 
     def _reserve(self, m: int, dim_x: int, dim_y: int | None) -> None:
         """Make room for m more rows after the live ones: grow geometrically (to at most twice the capacity),
@@ -303,6 +331,8 @@ class Bank:
         and banks whose pair sum is known; it is kept up to date by later ``add`` calls like a computed one."""
         key = self._pair_sum_key(kernel, sigma_image, sigma_prompt, conditional)[0]
         self._pair_sums[key] = float(value)
+        if self._count:  # a given figure cannot be recomputed: ``truncate`` to this count keeps it
+            self._mark()
 
     @renamed_bandwidths
     def kept_pair_sum(
@@ -342,52 +372,22 @@ class Bank:
             )
         self._reserve(rows, dim_x, dim_y)
 
-    @renamed_bandwidths
-    def direction(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor | None = None,
-        *,
-        objective: str = OBJECTIVE,
-        kernel: str = KERNEL,
-        sigma_image: float = SIGMA_IMAGE,
-        sigma_prompt: float = SIGMA_PROMPT,
-        on_nonfinite: str = ON_NONFINITE,
-        skipped: torch.Tensor | None = None,
+    def _spec_direction(
+        self, x: torch.Tensor, y: torch.Tensor | None, spec: KernelSpec, skipped: torch.Tensor | None
     ) -> torch.Tensor:
-        """``diversity_direction`` of a batch x: (B, d), y: (B, e) against this bank, with the kept pair sum.
-
-        ``on_nonfinite="skip"``: rows whose direction is not finite become zero rows and their number is added
-        to ``skipped`` (0-d tensor, in place); for "rke"/"cond-rke" on a bank whose pair sum is kept, the step
-        then has no host sync (pass ``skipped`` on the bank's device). The defaults assume L2-normalised
-        features.
-        """
-        check_objective(objective)
-        check_on_nonfinite(on_nonfinite)
-        if objective in ("rke", "cond-rke"):
+        """``diversity_direction`` of the batch against this bank, with the kept pair sum; for "rke"/"cond-rke"
+        on a bank whose pair sum is kept, ``on_nonfinite="skip"`` has no host sync (pass ``skipped`` on the
+        bank's device)."""
+        if spec.order2:
             # the fast path: cached row norms, the kept pair sum, no per-step allocation, half rows as stored
-            return bank_direction(
-                self,
-                x,
-                y,
-                objective=objective,
-                kernel=kernel,
-                sigma_image=sigma_image,
-                sigma_prompt=sigma_prompt,
-                on_nonfinite=on_nonfinite,
-                skipped=skipped,
-            )
-        conditional = objective == "cond-vendi"
+            return bank_direction(self, x, y, spec, skipped=skipped)
+        conditional = spec.conditional
         return diversity_direction(
             x,
             y if conditional else None,
             self.x if len(self) else None,
             self.y if conditional else None,
-            objective=objective,
-            kernel=kernel,
-            sigma_image=sigma_image,
-            sigma_prompt=sigma_prompt,
-            on_nonfinite=on_nonfinite,
+            **spec.keywords(),
             skipped=skipped,
         )
 
@@ -411,7 +411,9 @@ class Bank:
         }
         if self._x is None:
             tensors = {"x": torch.zeros((0, 0), dtype=self.dtype)}
-        save_atomically(tensors, path, meta)
+        elif self._marks:
+            meta["mark_keys"], tensors["marks"] = _pack_marks(self._marks)
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> Bank:
@@ -447,6 +449,13 @@ class Bank:
         if count:
             bank.add(x, y)
             bank._pair_sums = {k: float(v) for k, v in pair_sums.items()}
+            bank._marks = {}
+            bank._mark()  # an older file keeps no earlier marks: it truncates to 0 rows only
+            if "marks" in tensors:
+                try:
+                    bank._marks = _unpack_marks(meta["mark_keys"], tensors["marks"], count)
+                except (KeyError, ValueError) as error:
+                    raise BankFileError(f"{path}: bank marks are incomplete or corrupt ({error})") from None
         return bank
 
 
@@ -473,23 +482,25 @@ def read_bank_file(
     return meta, tensors
 
 
-def save_atomically(
-    tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]
-) -> None:
-    """Write a safetensors file through a temporary file in the same folder and a rename: a crash at any point
-    leaves either the old file or the new one, never a half-written one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        honour_umask(tmp)  # shared bank files are readable by others under umask 022, as with any tool
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _pack_marks(marks: dict[int, dict[str, float]]) -> tuple[str, torch.Tensor]:
+    """(JSON list of the pair-sum keys, float64 tensor (k, 1 + keys): row count, then each sum or NaN)."""
+    keys = sorted({key for sums in marks.values() for key in sums})
+    rows = [[count, *(sums.get(key, math.nan) for key in keys)] for count, sums in sorted(marks.items())]
+    return json.dumps(keys), torch.tensor(rows, dtype=torch.float64).reshape(len(rows), 1 + len(keys))
+
+
+def _unpack_marks(keys_json: str, table: torch.Tensor, count: int | None) -> dict[int, dict[str, float]]:
+    """The marks ``_pack_marks`` wrote; ``count``: the row count they must end at (None: not checked)."""
+    keys = json.loads(keys_json)
+    if table.ndim != 2 or table.shape[1] != 1 + len(keys) or table.dtype != torch.float64:
+        raise ValueError(f"marks of shape {tuple(table.shape)} for {len(keys)} pair sums")
+    marks = {
+        int(row[0]): {key: value for key, value in zip(keys, row[1:], strict=True) if not math.isnan(value)}
+        for row in table.tolist()
+    }
+    if count is not None and (count not in marks or any(n < 0 or n > count for n in marks)):
+        raise ValueError(f"marks do not end at the bank's {count} rows")
+    return marks
 
 
 def _key(kernel: str, sigma_image: float, sigma_prompt: float | None) -> str:

@@ -40,6 +40,7 @@ from .defaults import KERNEL, OBJECTIVE, ON_NONFINITE, SIGMA_IMAGE, SIGMA_PROMPT
 from .fast import order2_direction
 from .kernels import kernel_matrix, squared_distances, squared_kernel_sum, unit_rows
 from .scores import von_neumann_entropy
+from .spec import KernelSpec
 
 Array = torch.Tensor | np.ndarray
 
@@ -220,17 +221,8 @@ def diversity_direction(
                     "to avoid this",
                     stacklevel=2,
                 )
-        result = order2_direction(
-            x,
-            y,
-            bank_x,
-            bank_y,
-            kernel=kernel,
-            sigma_image=sigma_image,
-            sigma_prompt=sigma_prompt,
-            pair_sum=pair_sum,
-            keep=keep,
-        )
+        spec = KernelSpec(objective, kernel, sigma_image, sigma_prompt, on_nonfinite)
+        result = order2_direction(x, y, bank_x, bank_y, spec=spec, pair_sum=pair_sum, keep=keep)
     if on_nonfinite == "skip":
         return zero_nonfinite_rows(result, skipped, keep)
     check_finite_result(result, {"bank_x": bank_x, "bank_y": bank_y}, kernel)

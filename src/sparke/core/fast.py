@@ -31,24 +31,21 @@ from __future__ import annotations
 
 import math
 import weakref
+from typing import Any
 
 import torch
 
 from .checks import (
     as_features,
-    check_bandwidths,
     check_finite_result,
-    check_kernel,
     check_nonzero_rows,
-    check_objective,
-    check_on_nonfinite,
     check_rows_match,
     finite_rows,
     renamed_bandwidths,
     zero_nonfinite_rows,
 )
-from .defaults import KERNEL, OBJECTIVE, ON_NONFINITE, SIGMA_IMAGE, SIGMA_PROMPT
 from .kernels import squared_distances, unit_rows
+from .spec import KernelSpec, as_spec, takes_spec
 
 # CPU: bank rows per chunk (a half-precision chunk is converted to the compute type; a chunk of float32
 # rows of d = 16,384 is 16 MiB, so the second product reads it from cache).
@@ -199,6 +196,66 @@ def _chunk_rows(rows: torch.Tensor, compute: torch.dtype, ws: Workspace, name: s
 
 
 @renamed_bandwidths
+def _plan_chunks(x: torch.Tensor, bank_x: torch.Tensor, bank_y: torch.Tensor | None) -> tuple[bool, int]:
+    """(whether half-precision bank rows multiply in float32 on the GPU, bank rows per chunk)."""
+    compute, device, d = x.dtype, x.device, x.shape[1]
+    half_gpu = (
+        bank_x.dtype in HALF
+        and (bank_y is None or bank_y.dtype == bank_x.dtype)
+        and compute == torch.float32
+        and mm_out_dtype_supported(device, bank_x.dtype)
+    )
+    if device.type != "cuda":
+        return half_gpu, max(CPU_CHUNK, CPU_CHUNK_ELEMENTS // max(d, 1))
+    if half_gpu or bank_x.dtype == compute:
+        return half_gpu, GPU_CHUNK
+    # rows converted chunk by chunk: bound the converted copy to about 1 GiB
+    return half_gpu, max(1024, GPU_CONVERT_ELEMENTS // max(d, 1))
+
+
+def _queries(x, y, kernel: str, proj_x, projection):
+    """(x side, y side, |q|^2, |y|^2) of the batch's products with the bank rows: Gaussian, the rows as they are
+    (x projected like the bank's ``proj_x``) and their squared norms; cosine, the unit rows (no norms)."""
+    if kernel != "gaussian":
+        return unit_rows(x), None if y is None else unit_rows(y), None, None
+    qx = x if proj_x is None else (x.float() @ projection).to(x.dtype)
+    return qx, y, qx.pow(2).sum(1, keepdim=True), None if y is None else y.pow(2).sum(1, keepdim=True)
+
+
+def _product(
+    lhs, rows, b: int, half_gpu: bool, ws: Workspace, names: tuple[str, str], compute
+) -> torch.Tensor:
+    """The batch's (B, c) products with a chunk of bank rows, into the scratch ``names[0]``: half rows times
+    the split float32 ``lhs`` (2 B rows) on the GPU, else the rows in the compute type (scratch ``names[1]``)."""
+    out = ws.scratch(names[0], (b, rows.shape[0]), compute, lhs.device)
+    if half_gpu:
+        two = _mm_f32(lhs, rows.T)
+        return torch.add(two[:b], two[b:], out=out)
+    return torch.mm(lhs, _chunk_rows(rows, compute, ws, names[1]).T, out=out)
+
+
+def _chunk_weights(g, h, nx, ny, q_sq, y_sq, spec: KernelSpec, row_weight):
+    """(coef, terms) of a chunk from its products g = x r^T (B, c) and h = y s^T (None without prompts), in
+    place: ``coef @ rows`` is the chunk's part of sum_j a_bj r_j, and ``terms`` (B, c) its c_bj.
+
+    Gaussian: a = c = k^2 w; cosine: a = k w over unit rows (coef a / |r_j|), c = k^2 w."""
+    if spec.kernel == "gaussian":
+        # log(k^2 w) = -|x - r|^2 / sigma_image^2 - |y - s|^2 / sigma_prompt^2, distances clamped at 0
+        g.mul_(-2.0).add_(nx).add_(q_sq).clamp_min_(0.0)
+        g.mul_(-1.0 / (spec.sigma_image * spec.sigma_image))
+        if h is not None:
+            h.mul_(-2.0).add_(ny).add_(y_sq).clamp_min_(0.0)
+            g.add_(h, alpha=-1.0 / (spec.sigma_prompt * spec.sigma_prompt))
+        a = g.exp_()
+        if row_weight is not None:
+            a.mul_(row_weight)
+        return a, a
+    k = g.div_(nx)
+    a = k.clone() if h is None else k * h.div_(ny).square_()
+    terms = a * k
+    return a.div_(nx), terms  # sum_j a_bj u_j = sum_j (a_bj / |r_j|) r_j
+
+
 def order2_sums(
     x: torch.Tensor,
     y: torch.Tensor | None,
@@ -207,9 +264,7 @@ def order2_sums(
     norm_x: torch.Tensor,
     norm_y: torch.Tensor | None,
     *,
-    kernel: str,
-    sigma_image: float,
-    sigma_prompt: float,
+    spec: KernelSpec,
     ws: Workspace,
     proj_x: torch.Tensor | None = None,
     projection: torch.Tensor | None = None,
@@ -225,91 +280,41 @@ def order2_sums(
     projected by ``projection`` (weights from projected distances; Gaussian only); ``norm_x`` then holds the
     projected rows' squared norms.
     """
+    kernel = spec.kernel
     compute = x.dtype
     device = x.device
     b, d = x.shape
     n = bank_x.shape[0]
-    half_gpu = (
-        bank_x.dtype in HALF
-        and (bank_y is None or bank_y.dtype == bank_x.dtype)
-        and compute == torch.float32
-        and mm_out_dtype_supported(device, bank_x.dtype)
-    )
-    if device.type != "cuda":
-        chunk = max(CPU_CHUNK, CPU_CHUNK_ELEMENTS // max(d, 1))
-    elif half_gpu or bank_x.dtype == compute:
-        chunk = GPU_CHUNK
-    else:  # rows converted chunk by chunk: bound the converted copy to about 1 GiB
-        chunk = max(1024, GPU_CONVERT_ELEMENTS // max(d, 1))
+    half_gpu, chunk = _plan_chunks(x, bank_x, bank_y)
     weight_sum = torch.zeros(b, dtype=compute, device=device)
     weighted = torch.zeros(b, d, dtype=compute, device=device)
     cross = torch.zeros((), dtype=torch.float64, device=device)
 
-    if kernel == "gaussian":
-        qx = x if proj_x is None else (x.float() @ projection).to(compute)
-        q_sq = qx.pow(2).sum(1, keepdim=True)
-        y_sq = None if y is None else y.pow(2).sum(1, keepdim=True)
-        ux = uy = None
-    else:
-        ux = unit_rows(x)
-        uy = None if y is None else unit_rows(y)
-
+    lhs_x, lhs_y, q_sq, y_sq = _queries(x, y, kernel, proj_x, projection)
     search = bank_x if proj_x is None else proj_x
     square = kernel == "gaussian"
-    lhs_x = qx if kernel == "gaussian" else ux
     if half_gpu:
         lhs_x = _split(
             lhs_x, bank_x.dtype, ws.scratch("lhs_x", (2 * b, lhs_x.shape[1]), bank_x.dtype, device)
         )
-        lhs_y = None
         if y is not None:
             lhs_y = _split(
-                y if kernel == "gaussian" else uy,
-                bank_y.dtype,
-                ws.scratch("lhs_y", (2 * b, y.shape[1]), bank_y.dtype, device),
+                lhs_y, bank_y.dtype, ws.scratch("lhs_y", (2 * b, y.shape[1]), bank_y.dtype, device)
             )
 
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         c = stop - start
-        g = ws.scratch("g", (b, c), compute, device)
-        if half_gpu:
-            g2 = _mm_f32(lhs_x, search[start:stop].T)
-            torch.add(g2[:b], g2[b:], out=g)
-        else:
-            rows = _chunk_rows(search[start:stop], compute, ws, "rows_s")
-            torch.mm(lhs_x, rows.T, out=g)
+        g = _product(lhs_x, search[start:stop], b, half_gpu, ws, ("g", "rows_s"), compute)
         nx = norm_x[start:stop] if norm_x is not None else _norms(search[start:stop], compute, square)
+        h = ny = None
         if y is not None:
-            h = ws.scratch("h", (b, c), compute, device)
-            if half_gpu:
-                h2 = _mm_f32(lhs_y, bank_y[start:stop].T)
-                torch.add(h2[:b], h2[b:], out=h)
-            else:
-                rows_y = _chunk_rows(bank_y[start:stop], compute, ws, "rows_y")
-                torch.mm(y if kernel == "gaussian" else uy, rows_y.T, out=h)
+            h = _product(lhs_y, bank_y[start:stop], b, half_gpu, ws, ("h", "rows_y"), compute)
             ny = norm_y[start:stop] if norm_y is not None else _norms(bank_y[start:stop], compute, square)
-
-        if kernel == "gaussian":
-            # log(k^2 w) = -|x - r|^2 / sigma_image^2 - |y - s|^2 / sigma_prompt^2, distances clamped at 0
-            g.mul_(-2.0).add_(nx).add_(q_sq).clamp_min_(0.0)
-            g.mul_(-1.0 / (sigma_image * sigma_image))
-            if y is not None:
-                h.mul_(-2.0).add_(ny).add_(y_sq).clamp_min_(0.0)
-                g.add_(h, alpha=-1.0 / (sigma_prompt * sigma_prompt))
-            a = g.exp_()
-            if row_weight is not None:
-                a.mul_(row_weight[start:stop])
-            weight_sum += a.sum(1)
-            cross += a.sum(dtype=torch.float64)
-            coef = a
-        else:
-            k = g.div_(nx)
-            a = k.clone() if y is None else k * h.div_(ny).square_()
-            csum = a * k
-            weight_sum += csum.sum(1)
-            cross += csum.sum(dtype=torch.float64)
-            coef = a.div_(nx)  # sum_j a_bj u_j = sum_j (a_bj / |r_j|) r_j
+        weights = None if row_weight is None else row_weight[start:stop]
+        coef, terms = _chunk_weights(g, h, nx, ny, q_sq, y_sq, spec, weights)
+        weight_sum += terms.sum(1)
+        cross += terms.sum(dtype=torch.float64)
 
         if half_gpu:
             # scale rows of the weights to max 1 so float16 neither underflows nor loses the small weights
@@ -330,9 +335,7 @@ def order2_direction(
     bank_x: torch.Tensor,
     bank_y: torch.Tensor | None,
     *,
-    kernel: str,
-    sigma_image: float,
-    sigma_prompt: float,
+    spec: KernelSpec,
     pair_sum: float | torch.Tensor,
     norm_x: torch.Tensor | None = None,
     norm_y: torch.Tensor | None = None,
@@ -361,9 +364,7 @@ def order2_direction(
             bank_y,
             norm_x,
             norm_y,
-            kernel=kernel,
-            sigma_image=sigma_image,
-            sigma_prompt=sigma_prompt,
+            spec=spec,
             ws=ws,
             proj_x=proj_x,
             projection=projection,
@@ -381,9 +382,7 @@ def order2_direction(
             rows_y,
             s_norm_x,
             s_norm_y,
-            kernel=kernel,
-            sigma_image=sigma_image,
-            sigma_prompt=sigma_prompt,
+            spec=spec,
             ws=ws,
         )
         weight_sum.add_(s_sum, alpha=weight)
@@ -396,9 +395,7 @@ def order2_direction(
         weighted,
         cross,
         pair_sum,
-        kernel=kernel,
-        sigma_image=sigma_image,
-        sigma_prompt=sigma_prompt,
+        spec=spec,
         keep=keep,
     )
 
@@ -442,9 +439,7 @@ def finish_direction(
     cross: torch.Tensor,
     pair_sum: float | torch.Tensor,
     *,
-    kernel: str,
-    sigma_image: float,
-    sigma_prompt: float,
+    spec: KernelSpec,
     keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Add the batch's own terms to the bank sums of ``order2_sums`` and form the direction (B, d).
@@ -453,6 +448,7 @@ def finish_direction(
     and the other rows, so each kept row gets the direction of the batch without them (on the device, no
     sync); their own rows of the result are meaningless (zeroed by the caller). None: every row counts.
     """
+    kernel, sigma_image, sigma_prompt = spec.kernel, spec.sigma_image, spec.sigma_prompt
     compute = x.dtype
     mask = None
     if keep is not None:
@@ -485,36 +481,33 @@ def _norms(rows: torch.Tensor, compute: torch.dtype, square: bool) -> torch.Tens
     return out
 
 
-@renamed_bandwidths
+@takes_spec
 def bank_direction(
     bank,
     x: torch.Tensor,
     y: torch.Tensor | None = None,
+    spec: KernelSpec | None = None,
     *,
-    objective: str = OBJECTIVE,
-    kernel: str = KERNEL,
-    sigma_image: float = SIGMA_IMAGE,
-    sigma_prompt: float = SIGMA_PROMPT,
     project_dim: int | None = None,
-    on_nonfinite: str = ON_NONFINITE,
     skipped: torch.Tensor | None = None,
     check_finite: bool = True,
+    **options: Any,
 ) -> torch.Tensor:
     """Order-2 direction of x: (B, d) (prompts y: (B, e)) against a ``Bank``, with its cached workspace.
 
     Computed where the bank lives; returned on x's device. Same value as ``Bank.direction`` (which calls
-    this). ``on_nonfinite``: "raise" (one host sync) or "skip" (non-finite rows become zero rows, counted
-    into ``skipped``, a 0-d tensor, in place; no host sync on a bank whose pair sum is already kept).
-    ``check_finite=False`` checks nothing (a non-finite input gives a non-finite result); ``project_dim``
-    see module doc. The defaults assume L2-normalised features.
+    this). ``spec``: a ``KernelSpec`` or its fields as keywords. ``spec.on_nonfinite``: "raise" (one host
+    sync) or "skip" (non-finite rows become zero rows, counted into ``skipped``, a 0-d tensor, in place; no
+    host sync on a bank whose pair sum is already kept). ``check_finite=False`` checks nothing (a non-finite
+    input gives a non-finite result); ``project_dim`` see module doc. The defaults assume L2-normalised
+    features.
     """
-    check_objective(objective)
-    check_kernel(kernel)
-    check_on_nonfinite(on_nonfinite)
-    sigma_image, sigma_prompt = check_bandwidths(sigma_image, sigma_prompt)
-    if objective not in ("rke", "cond-rke"):
+    spec = as_spec(spec, options)
+    objective, kernel, on_nonfinite = spec.objective, spec.kernel, spec.on_nonfinite
+    sigma_image, sigma_prompt = spec.sigma_image, spec.sigma_prompt
+    if not spec.order2:
         raise ValueError(f"objective: the fast path computes 'rke' and 'cond-rke', not {objective!r}")
-    conditional = objective == "cond-rke"
+    conditional = spec.conditional
     home = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
     x = as_features(x, "x", device=bank.device, check_finite=False)
     n = len(bank)
@@ -554,9 +547,7 @@ def bank_direction(
         y,
         bank_x,
         bank_y,
-        kernel=kernel,
-        sigma_image=sigma_image,
-        sigma_prompt=sigma_prompt,
+        spec=spec,
         pair_sum=pair_sum,
         norm_x=nx,
         norm_y=None if not conditional else ny,

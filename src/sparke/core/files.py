@@ -1,11 +1,36 @@
-"""Files as any Unix tool writes them: temporary files in the target's folder get the mode that ``open`` would
+"""Files as any Unix tool writes them: whole or not at all (``atomic_write``), with the mode that ``open`` would
 have given (0666 less the umask), not ``tempfile.mkstemp``'s 0600."""
 
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
 
-__all__ = ["honour_umask", "process_umask"]
+__all__ = ["atomic_write", "honour_umask", "process_umask"]
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | Callable[[str], None]) -> None:
+    """Write ``path`` whole or not at all: into a temporary file in its folder, given the umask's mode,
+    fsynced, then renamed over ``path`` (a crash leaves the old file or the new one, and at most a stray
+    ``.NAME.*.tmp``). ``data``: the bytes, or a function that writes the file at the path it is given (for
+    writers that take a file name, as safetensors' does)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        if callable(data):
+            data(tmp)
+        else:
+            Path(tmp).write_bytes(data)
+        honour_umask(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def process_umask() -> int:

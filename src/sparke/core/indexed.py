@@ -28,8 +28,15 @@ What is approximate, and how:
   nothing is projected, otherwise an estimate within a few percent (measured in docs/scale.md).
 
 Rows are kept (on ``device``, in ``dtype``) for the exact kernel and for ``save``; files are one
-safetensors file with the rows and the projections (no pickle), and the index is rebuilt on ``load`` (the
-search mode is not saved: it is chosen again for the device the bank is loaded on).
+safetensors file with the rows, the projections and the search vectors (no pickle), and the index is rebuilt
+from those on ``load`` (the search mode is not saved: it is chosen again for the device the bank is loaded on).
+
+Replays are exact: the file keeps the random stream's state, and after each ``add`` the bank remembers its pair
+sum and random state (``truncate(n)`` goes back to them) and when its cells were trained, so a loaded or
+truncated bank draws what the bank it was would have drawn. One limit: past ``FLAT_BELOW`` rows the FAISS
+search is an HNSW graph, whose shape depends on the order and grouping of its inserts (and on threads), so a
+rebuilt graph may return other candidates than the live one did: there a replay is statistically, not
+bitwise, the same (the device flat search, on CUDA, stays exact at any size).
 """
 
 from __future__ import annotations
@@ -42,22 +49,25 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
-from .bank import BankFileError, read_bank_file, save_atomically
+from .bank import BankFileError, read_bank_file
+from .bank import _pack_marks as pack_exact_marks
+from .bank import _unpack_marks as unpack_exact_marks
 from .checks import (
     as_features,
     check_finite_result,
     check_kernel,
-    check_objective,
-    check_on_nonfinite,
     check_rows_match,
     check_sigma,
     renamed_bandwidths,
     zero_nonfinite_rows,
 )
-from .defaults import ON_NONFINITE, SIGMA_IMAGE, SIGMA_PROMPT
+from .defaults import SIGMA_IMAGE, SIGMA_PROMPT
 from .fast import Workspace, finish_direction, order2_direction, order2_sums
+from .files import atomic_write
 from .kernels import squared_distances
+from .spec import KernelSpec, ScoresBatches
 
 FORMAT = "sparke.indexed_bank"
 FORMAT_VERSION = 1
@@ -97,7 +107,7 @@ def _faiss():
     return faiss
 
 
-class IndexedBank:
+class IndexedBank(ScoresBatches):
     """Image features x: (n, dim_x), optional prompt features y: (n, dim_y), searchable by joint kernel.
 
     ``neighbors``: candidate rows per batch row read by ``direction``; ``samples``: rows drawn at random per
@@ -150,6 +160,10 @@ class IndexedBank:
         self.kernel = kernel
         self.sigma_image = check_sigma(sigma_image, "sigma_image")
         self.sigma_prompt = check_sigma(sigma_prompt, "sigma_prompt")
+        # what the bank computes: the order-2 score ("cond-rke", or "rke" without prompts) with its kernel
+        self.spec = KernelSpec(
+            "rke" if dim_y is None else "cond-rke", kernel, self.sigma_image, self.sigma_prompt
+        )
         if search not in SEARCHES:
             raise ValueError(f"search: must be one of {', '.join(SEARCHES)}, got {search!r}")
         self.search = search
@@ -171,6 +185,11 @@ class IndexedBank:
         self._workspace = Workspace()
         self._index = self._new_index()
         self._cells: _Cells | None = None
+        self._cell_points: list[int] = []  # row counts at which the cells were trained
+        # row count after each add -> (pair sum, random state) then: what ``truncate`` goes back to
+        self._marks: dict[int, tuple[float, dict[str, Any]]] = {}
+        # the kept pair sums of the exact bank these rows came from, by row count (``AutoBank.truncate``)
+        self.exact_marks: dict[int, dict[str, float]] = {}
 
     # -- reading ---------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -226,6 +245,46 @@ class IndexedBank:
         """Keep ``value`` as the bank's pair sum instead of the running estimate (a known or exact figure, such
         as an exact bank's when its rows move here); later ``add`` calls update it as usual."""
         self._pair_sum = float(value)
+        if self._count:
+            self._mark()
+
+    def _mark(self) -> None:
+        self._marks[self._count] = (self._pair_sum, self._rng.bit_generator.state)
+
+    def truncate(self, n: int) -> None:
+        """Keep the oldest ``n`` rows, with the pair sum, random state and cells the bank had when an ``add``
+        brought it to n rows (``ValueError`` for a count it never had after an add): the rows added later, and
+        the draws made since, are undone (see the module doc for the one limit)."""
+        if n == self._count:
+            return
+        if not (isinstance(n, int) and 0 <= n < self._count) or (n and n not in self._marks):
+            raise ValueError(f"truncate: the bank never held exactly {n!r} rows after an add")
+        keys = self._index.reconstruct_n(0, n) if n else None
+        if n:
+            self._pair_sum, state = self._marks[n]
+        else:
+            self._pair_sum, state = 0.0, np.random.default_rng(self.seed + 1).bit_generator.state
+        self._rng.bit_generator.state = state
+        self._marks = {count: mark for count, mark in self._marks.items() if count <= n}
+        self._cell_points = [point for point in self._cell_points if point <= n]
+        self._count = n
+        self._workspace = Workspace()
+        self._rebuild_search(keys)
+
+    def _rebuild_search(self, keys: np.ndarray | None) -> None:
+        """A new index over ``keys`` (the first ``len(self)`` search vectors) and the cells as they were."""
+        self._index = self._new_index()
+        count = self._count
+        for start in range(0, count, 65536):
+            self._index.add(np.ascontiguousarray(keys[start : min(start + 65536, count)]))
+        if count > FLAT_BELOW and self.search_mode == "faiss":
+            self._to_graph()
+        self._cells = None
+        if self._cell_points:
+            trained = self._cell_points[-1]
+            self._cells = _Cells.train(self._index, trained, self.seed)
+            if count > trained:
+                self._cells.assign(self._index.reconstruct_n(trained, count - trained), trained)
 
     # -- writing ---------------------------------------------------------------------------------------------
     def add(self, x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray | None = None) -> None:
@@ -270,8 +329,10 @@ class IndexedBank:
                 self._cells is None or self._count >= 2 * self._cells.trained_at
             ):
                 self._cells = _Cells.train(self._index, self._count, self.seed)
+                self._cell_points.append(self._count)
             elif self._cells is not None:
                 self._cells.assign(z, self._count - m)
+        self._mark()
 
     def _reserve(self, m: int) -> None:
         """Grow the row buffers geometrically: amortised O(1) per row, views stay contiguous."""
@@ -384,44 +445,18 @@ class IndexedBank:
             yield np.concatenate(parts), np.concatenate(weights)
 
     # -- guidance --------------------------------------------------------------------------------------------
-    @renamed_bandwidths
-    def direction(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor | None = None,
-        *,
-        objective: str | None = None,
-        kernel: str | None = None,
-        sigma_image: float | None = None,
-        sigma_prompt: float | None = None,
-        on_nonfinite: str = ON_NONFINITE,
-        skipped: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Approximate ``diversity_direction`` (B, d) of a batch x: (B, dim_x), y: (B, dim_y) against the bank.
+    def _base_spec(self) -> KernelSpec:
+        return self.spec
 
-        The objective is "cond-rke" for a bank with prompts and "rke" without; ``objective``, ``kernel``,
-        ``sigma_image`` and ``sigma_prompt`` may be passed (as the plug-in does) but must agree with the bank's.
-        In-batch terms are exact; bank terms come from the candidate rows (module doc). ``on_nonfinite``:
-        "raise" (``ValueError`` naming the input) or "skip" (zero rows where the input or the result is not
-        finite, their number added to the 0-d integer tensor ``skipped`` when given).
-        """
-        expected = "rke" if self.dim_y is None else "cond-rke"
-        if objective is not None:
-            check_objective(objective)
-            if objective != expected:
-                raise ValueError(
-                    f"objective: this IndexedBank computes {expected!r} (it is built "
-                    f"{'without' if self.dim_y is None else 'with'} prompt features), not {objective!r}"
-                )
-        if kernel is not None and check_kernel(kernel) != self.kernel:
-            raise ValueError(f"kernel: this IndexedBank uses the {self.kernel!r} kernel, got {kernel!r}")
-        checks = [("sigma_image", sigma_image, self.sigma_image)]
-        if self.dim_y is not None:  # without prompts sigma_prompt plays no part
-            checks.append(("sigma_prompt", sigma_prompt, self.sigma_prompt))
-        for name, given, own in checks:
-            if given is not None and not math.isclose(check_sigma(given, name), own, rel_tol=1e-9):
-                raise ValueError(f"{name}: the bank's search space is scaled by {name}={own}, got {given}")
-        check_on_nonfinite(on_nonfinite)
+    def _spec_direction(
+        self, x: torch.Tensor, y: torch.Tensor | None, spec: KernelSpec, skipped: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Approximate ``diversity_direction``: the objective is "cond-rke" for a bank with prompts and "rke"
+        without; a spec (or keywords: those left out are the bank's own) must agree with the bank's. In-batch
+        terms are exact; bank terms come from the candidate rows (module doc). "skip" zeroes the rows whose
+        input or result is not finite."""
+        self._check_agrees(spec)
+        on_nonfinite = spec.on_nonfinite
         home = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
         strict = on_nonfinite == "raise"
         x = as_features(x, "x", device=self.device, check_finite=strict)
@@ -451,6 +486,22 @@ class IndexedBank:
             result[ok] = self._direction(x[ok], None if y is None else y[ok])
         return zero_nonfinite_rows(result, skipped, ok).to(home)
 
+    def _check_agrees(self, spec: KernelSpec) -> None:
+        """``ValueError`` when ``spec`` asks for another score than this bank computes."""
+        own = self.spec
+        if spec.objective != own.objective:
+            raise ValueError(
+                f"objective: this IndexedBank computes {own.objective!r} (it is built "
+                f"{'without' if self.dim_y is None else 'with'} prompt features), not {spec.objective!r}"
+            )
+        if spec.kernel != self.kernel:
+            raise ValueError(f"kernel: this IndexedBank uses the {self.kernel!r} kernel, got {spec.kernel!r}")
+        names = ("sigma_image", "sigma_prompt") if self.dim_y is not None else ("sigma_image",)
+        for name in names:  # without prompts sigma_prompt plays no part
+            given, mine = getattr(spec, name), getattr(own, name)
+            if given == "median" or not math.isclose(given, mine, rel_tol=1e-9):
+                raise ValueError(f"{name}: the bank's search space is scaled by {name}={mine}, got {given}")
+
     def _direction(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """The direction (B, dim_x) of checked, finite x, y on the bank's device."""
         if self._count <= self.neighbors + self.samples:  # as cheap to read every row: exact
@@ -460,9 +511,7 @@ class IndexedBank:
                 y,
                 self._x[:n],
                 None if y is None else self._y[:n],
-                kernel="gaussian",
-                sigma_image=self.sigma_image,
-                sigma_prompt=self.sigma_prompt,
+                spec=self.spec,
                 pair_sum=self._pair_sum,
                 norm_x=self._nx[:n].to(x.dtype),
                 norm_y=None if y is None else self._ny[:n].to(x.dtype),
@@ -480,9 +529,7 @@ class IndexedBank:
                 None if y is None else self._gather("gather_y", self._y, idx),
                 self._nx[idx].to(x.dtype),
                 None if y is None else self._ny[idx].to(x.dtype),
-                kernel="gaussian",
-                sigma_image=self.sigma_image,
-                sigma_prompt=self.sigma_prompt,
+                spec=self.spec,
                 ws=self._workspace,
                 row_weight=torch.from_numpy(weights).to(self.device, x.dtype),
             )
@@ -496,9 +543,7 @@ class IndexedBank:
             weighted,
             cross,
             self._pair_sum,
-            kernel="gaussian",
-            sigma_image=self.sigma_image,
-            sigma_prompt=self.sigma_prompt,
+            spec=self.spec,
         )
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> IndexedBank:
@@ -570,8 +615,15 @@ class IndexedBank:
             ),
             "pair_sum": json.dumps(self._pair_sum),
             "user": json.dumps(self.metadata),
+            "rng": json.dumps(self._rng.bit_generator.state),
+            "cell_points": json.dumps(self._cell_points),
         }
-        save_atomically(tensors, path, meta)
+        if self._count:  # the search vectors as indexed: recomputed, a product could round otherwise
+            tensors["keys"] = torch.from_numpy(self._index.reconstruct_n(0, self._count))
+            tensors["marks"] = _pack_marks(self._marks)
+        if self.exact_marks:
+            meta["exact_mark_keys"], tensors["exact_marks"] = pack_exact_marks(self.exact_marks)
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
     @classmethod
     def load(
@@ -623,15 +675,78 @@ class IndexedBank:
                 bank._y[:count] = y.to(bank.device, dtype)
                 bank._ny[:count] = _sq_norms(bank._y[:count])
             bank._count = count
-            for start in range(0, count, 65536):  # rebuild the index from the stored rows
-                stop = min(start + 65536, count)
-                bank._index.add(bank._search_vectors(bank._x[start:stop], _slice(bank._y, start, stop)))
-            if count > FLAT_BELOW and bank.search_mode == "faiss":
-                bank._to_graph()
-            if count >= CELLS_FROM:
-                bank._cells = _Cells.train(bank._index, count, bank.seed)
+            bank._restore_search(path, meta, tensors)
         bank._pair_sum = pair_sum
+        try:
+            if "rng" in meta:
+                bank._rng.bit_generator.state = json.loads(meta["rng"])
+            if "marks" in tensors:
+                bank._marks = _unpack_marks(tensors["marks"], count)
+            elif count:  # an older file: the bank goes back to 0 rows only
+                bank._mark()
+            if "exact_marks" in tensors:
+                bank.exact_marks = unpack_exact_marks(meta["exact_mark_keys"], tensors["exact_marks"], None)
+        except (KeyError, ValueError, TypeError) as error:
+            raise BankFileError(f"{path}: indexed bank marks are incomplete or corrupt ({error})") from None
         return bank
+
+    def _restore_search(self, path: Path, meta: dict[str, str], tensors: dict[str, torch.Tensor]) -> None:
+        """The index and cells of a loaded bank, from the file's search vectors (or, in an older file without
+        them, from the rows) and the row counts at which the cells were trained."""
+        count = self._count
+        keys = tensors.get("keys")
+        if keys is None:
+            parts = [
+                self._search_vectors(self._x[start : start + 65536], _slice(self._y, start, start + 65536))
+                for start in range(0, count, 65536)
+            ]
+            keys = np.concatenate(parts)
+        elif keys.shape != (count, self.search_columns) or keys.dtype != torch.float32:
+            raise BankFileError(f"{path}: keys of shape {tuple(keys.shape)} do not match the bank's settings")
+        else:
+            keys = keys.numpy()
+        try:
+            points = json.loads(meta["cell_points"]) if "cell_points" in meta else None
+        except ValueError as error:
+            raise BankFileError(f"{path}: cell_points is corrupt ({error})") from None
+        # an older file did not say: its cells are trained on all rows, as it always did
+        self._cell_points = [count] if points is None and count >= CELLS_FROM else list(points or [])
+        self._rebuild_search(keys)
+
+
+_WORD = (1 << 64) - 1
+
+
+def _pack_marks(marks: dict[int, tuple[float, dict[str, Any]]]) -> torch.Tensor:
+    """int64 tensor (k, 8), one row a mark, of unsigned 64-bit words: row count, the pair sum's float64 bits,
+    the PCG64 state and increment (two words each), has_uint32, uinteger."""
+    rows = []
+    for count, (pair_sum, state) in sorted(marks.items()):
+        pcg = state["state"]
+        bits = int(np.float64(pair_sum).view(np.uint64))
+        rows.append(
+            [count, bits, pcg["state"] >> 64, pcg["state"] & _WORD, pcg["inc"] >> 64, pcg["inc"] & _WORD]
+        )
+        rows[-1] += [state["has_uint32"], state["uinteger"]]
+    return torch.from_numpy(np.array(rows, dtype=np.uint64).reshape(-1, 8).view(np.int64))
+
+
+def _unpack_marks(table: torch.Tensor, count: int) -> dict[int, tuple[float, dict[str, Any]]]:
+    if table.ndim != 2 or table.shape[1] != 8 or table.dtype != torch.int64:
+        raise ValueError(f"marks of shape {tuple(table.shape)}")
+    marks = {}
+    for row in table.numpy().view(np.uint64).tolist():
+        n, bits, state_hi, state_lo, inc_hi, inc_lo, has_uint32, uinteger = row
+        state = {
+            "bit_generator": "PCG64",
+            "state": {"state": state_hi << 64 | state_lo, "inc": inc_hi << 64 | inc_lo},
+            "has_uint32": has_uint32,
+            "uinteger": uinteger,
+        }
+        marks[n] = (float(np.uint64(bits).view(np.float64)), state)
+    if count not in marks or any(n > count for n in marks):
+        raise ValueError(f"marks do not end at the bank's {count} rows")
+    return marks
 
 
 def _projection(dim: int, search_dim: int, gen: torch.Generator, device: torch.device) -> torch.Tensor | None:

@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from .defaults import KERNEL, OBJECTIVE, ON_NONFINITE, SIGMA_IMAGE, SIGMA_PROMPT
+from .spec import KernelSpec
 
 
 @runtime_checkable
@@ -61,15 +61,13 @@ class BankLike(Protocol):
         self,
         x: torch.Tensor,
         y: torch.Tensor | None = None,
+        spec: KernelSpec | None = None,
         *,
-        objective: str = OBJECTIVE,
-        kernel: str = KERNEL,
-        sigma_image: float = SIGMA_IMAGE,
-        sigma_prompt: float = SIGMA_PROMPT,
-        on_nonfinite: str = ON_NONFINITE,
         skipped: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Ascent direction (B, d) of the diversity score of bank U batch for x: (B, d), y: (B, e).
+        """Ascent direction (B, d) of the diversity score of bank U batch for x: (B, d), y: (B, e), for the score
+        ``spec`` (objective, kernel, bandwidths, ``on_nonfinite``). The plug-in passes a spec to sparke's banks
+        and, to any other bank, the spec's fields as keywords (``spec.keywords()``).
 
         ``on_nonfinite="raise"`` raises ``ValueError`` naming the bad input when the result is not finite;
         ``"skip"`` returns zero rows where the direction is not finite, with no host synchronisation, and adds

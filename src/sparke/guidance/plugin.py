@@ -25,9 +25,10 @@ import torch.nn.functional as F
 
 from sparke.core import Bank, diversity_direction, novelty_direction
 from sparke.core.auto import KINDS as BANK_KINDS
-from sparke.core.auto import make_bank
-from sparke.core.checks import check_kernel, check_objective, check_sigma
+from sparke.core.auto import AutoBank, make_bank
 from sparke.core.defaults import KERNEL, OBJECTIVE, SIGMA_IMAGE, SIGMA_PROMPT
+from sparke.core.indexed import IndexedBank
+from sparke.core.spec import MEDIAN, KernelSpec
 
 from .attach import Attachment, Step, split_batch
 from .guide import Guide, Schedule, check_scale
@@ -80,7 +81,12 @@ class SPARKE(Guide):
         prompt_encoder: "pipeline", "minilm" or a callable ``list[str] -> Tensor (N, e)``.
         bank: "auto" (default: a new bank that follows the pipeline's device, fp16 on CUDA), "exact", "indexed",
             or a bank object (``sparke.Bank``, ``sparke.IndexedBank`` or any ``sparke.core.BankLike``), which stays
-            where it is. A file path is refused: load it with ``sparke.Bank.load(path)``.
+            where it is. A file path is refused: load it with ``sparke.Bank.load(path)``. With
+            ``sigma_image="median"`` (a bandwidth that changes every step, which an index cannot follow) "auto"
+            is an exact bank.
+        crossover, neighbors, samples: options of a bank made from "auto" or "indexed" (``sparke.AutoBank``):
+            rows past which it is indexed (None: the device's measured figure), and the index's nearest rows
+            read exactly and rows sampled for the rest per step (None: 3 * neighbors).
         reference: a Bank of reference features to stay away from (``encode_images``), used when novelty > 0.
         novelty: weight beta >= 0 of the novelty direction.
         step: "relative" (``scale * |z| * g / |g|``) or "raw" (``scale * g``).
@@ -115,15 +121,14 @@ class SPARKE(Guide):
         step_schedule: str = "constant",
         smooth: float = 0.0,
         centre: bool = True,
+        crossover: int | None = None,
+        neighbors: int = 256,
+        samples: int | None = None,
     ) -> None:
         super().__init__()
         self.scale = check_scale(scale)
-        self.objective = check_objective(objective)
-        self.kernel = check_kernel(kernel)
-        self.sigma_image: float | str = (
-            "median" if sigma_image == "median" else check_sigma(sigma_image, "sigma_image")
-        )
-        self.sigma_prompt = check_sigma(sigma_prompt, "sigma_prompt")
+        # the score, checked once: every guided step passes it to the bank as it is
+        self.spec = KernelSpec(objective, kernel, sigma_image, sigma_prompt, on_nonfinite="skip")
         self.schedule = Schedule(every, tuple(window))
         if not (space in ("latent", "x0") or callable(space)):
             raise ValueError(f"space: must be 'latent', 'x0' or an image encoder callable, got {space!r}")
@@ -151,7 +156,11 @@ class SPARKE(Guide):
         self.centre = centre and not callable(space)  # an encoder's features are used as they are
         self.prompt_encoder = prompt_encoder
         self.follows_pipeline = bank is None or (isinstance(bank, str) and bank in BANK_KINDS)
-        self.bank = make_bank(bank or "auto") if self.follows_pipeline else _check_bank(bank)
+        self.bank = (
+            _own_bank(bank or "auto", self.spec, crossover=crossover, neighbors=neighbors, samples=samples)
+            if self.follows_pipeline
+            else _check_bank(bank)
+        )
         self.reference = reference
         self.novelty = float(novelty)
         self.step = step
@@ -177,7 +186,16 @@ class SPARKE(Guide):
 
     @property
     def conditional(self) -> bool:
-        return self.objective.startswith("cond-")
+        return self.spec.conditional
+
+    # the spec's fields, as attributes of the guide (set one: the spec is made again, and checked)
+    objective = property(lambda self: self.spec.objective, lambda self, v: self._respec(objective=v))
+    kernel = property(lambda self: self.spec.kernel, lambda self, v: self._respec(kernel=v))
+    sigma_image = property(lambda self: self.spec.sigma_image, lambda self, v: self._respec(sigma_image=v))
+    sigma_prompt = property(lambda self: self.spec.sigma_prompt, lambda self, v: self._respec(sigma_prompt=v))
+
+    def _respec(self, **change: Any) -> None:
+        self.spec = self.spec.replace(**change)
 
     # -- the call --------------------------------------------------------------------------------------------
     def __call__(self, pipe: Any, *, prompt_features: torch.Tensor | None = None, **kwargs: Any) -> Any:
@@ -345,24 +363,20 @@ class SPARKE(Guide):
 
     def _direction(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """Ascent direction (B, d) of log S(bank U batch), plus novelty * the novelty direction."""
-        sigma_image = self.sigma_image
-        if sigma_image == "median":
-            sigma_image = median_distance(x, self.bank)
-        opts = dict(
-            objective=self.objective,
-            kernel=self.kernel,
-            sigma_image=sigma_image,
-            sigma_prompt=self.sigma_prompt,
-            on_nonfinite="skip",
-        )
+        spec = self.spec
+        if spec.sigma_image == MEDIAN:
+            spec = spec.replace(sigma_image=median_distance(x, self.bank))
+        sigma_image = spec.sigma_image
         yy = y if self.conditional else None
         bank = self.bank
-        if hasattr(bank, "direction"):
-            d = bank.direction(x, yy, **opts)
+        if isinstance(bank, (Bank, AutoBank, IndexedBank)):
+            d = bank.direction(x, yy, spec=spec)
+        elif hasattr(bank, "direction"):  # a user's bank, which may take the keywords only
+            d = bank.direction(x, yy, **spec.keywords())
         else:  # a minimal user bank: rows only
             n = len(bank)
             d = diversity_direction(
-                x, yy, bank.x if n else None, bank.y if n and yy is not None else None, **opts
+                x, yy, bank.x if n else None, bank.y if n and yy is not None else None, **spec.keywords()
             )
         d = d.to(x.device, torch.float32)
         if self.novelty > 0 and self.reference is not None and len(self.reference):
@@ -497,6 +511,20 @@ def median_distance(x: torch.Tensor, bank: Any, max_rows: int = 4096) -> float:
     return max(float(torch.cat(parts).median()), 1e-3)
 
 
+def _own_bank(kind: str, spec: KernelSpec, **index_options: Any) -> Any:
+    """The guide's own new bank of ``kind``. "auto" is an exact bank for a score no index answers
+    (``spec.indexable``: a per-step median bandwidth, the cosine kernel, the Vendi scores), which an
+    ``AutoBank`` would otherwise rebuild or move back past its crossover."""
+    if spec.sigma_image == MEDIAN and kind == "indexed":
+        raise ValueError(
+            'bank: "indexed" searches with one fixed bandwidth, but sigma_image="median" changes it every '
+            'step; use bank="auto" or "exact" (both keep an exact bank), or a number for sigma_image'
+        )
+    if kind == "auto" and not spec.indexable:
+        kind = "exact"
+    return make_bank(kind, **({} if kind == "exact" else index_options))
+
+
 def _check_bank(bank: Any) -> Any:
     """A user's bank, refused at construction when it cannot be one (a file path, say)."""
     if isinstance(bank, (str, os.PathLike)):
@@ -526,6 +554,9 @@ _SPARKE_SETTINGS = (
     "step_schedule",
     "smooth",
     "centre",
+    "crossover",
+    "neighbors",
+    "samples",
 )
 SPARKE_HELP: dict[str, str] = {
     "objective": "score the guidance raises: cond-rke (SPARKE), rke, cond-vendi, vendi",
@@ -540,6 +571,9 @@ SPARKE_HELP: dict[str, str] = {
     "centre": "compare latents minus each channel's spatial mean: move layout, not global colour (latent, x0)",
     "smooth": "Gaussian blur (latent pixels) of the step's gradient, against high-frequency noise; 0: none",
     "prompt_encoder": "prompt features: pipeline (its own text encoder) or minilm",
+    "crossover": "bank rows past which the bank is indexed (null: the device's measured figure)",
+    "neighbors": "indexed bank: nearest rows read exactly per step",
+    "samples": "indexed bank: rows sampled per step for the rest of the bank (null: 3 * neighbors)",
 }
 
 

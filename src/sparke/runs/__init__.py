@@ -1,7 +1,11 @@
 """Runs: a folder of images, manifest and bank that a ``sparke generate`` fills, resumes and evaluates.
 
+- ``config``: what defines a run (prompts, ``RunConfig``, its plan of batches and seeds);
 - ``folder``: the run folder's files (settings, manifest, images, bank), plain file I/O;
-- ``generation``: one process makes the batches of a run and commits them;
+- ``model``: the device, dtype and pipeline of a run;
+- ``session``: a run being made: open, reconcile, restore and roll back its folder and bank;
+- ``batch``: one batch (the pipeline call, its images and bank rows, its commit), for both drivers;
+- ``generation``: one process makes the batches of a run and commits them (and names all of the above);
 - ``distributed``: the same across processes with one shared bank;
 - ``launch``: ``generate``, which picks one of the two;
 - ``lock``: one writer per run folder (``DIR/.sparke.lock``);
@@ -9,28 +13,30 @@
 - ``evaluation``: the diversity and fidelity metrics of a finished run.
 """
 
+from .config import (
+    PromptEntry,
+    RunConfig,
+    RunError,
+    WorkItem,
+    check_required,
+    config_differences,
+    image_seed,
+    plan,
+    read_prompts,
+    unresolved_keys,
+)
 from .folder import (
     BANK_FILE,
     IMAGES_DIR,
     LOCK_FILE,
     MANIFEST_FILE,
     RUN_FILE,
-    PromptEntry,
-    RunConfig,
-    RunError,
     RunFolder,
-    WorkItem,
     atomic_write,
-    check_required,
-    config_differences,
     file_sha256,
     file_stamp,
     image_file,
-    image_seed,
-    plan,
-    read_prompts,
     repair_command,
-    unresolved_keys,
 )
 from .launch import generate
 from .lock import RunLock

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .folder import RunError
+from .config import RunError
 from .pixels import CLIP_MEAN, CLIP_STD, preprocessor_settings, resize_center_crop
 
 __all__ = ["ClipScorer", "load_clip_scorer"]

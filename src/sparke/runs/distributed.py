@@ -31,19 +31,12 @@ from typing import Any
 
 import torch
 
-from .folder import BANK_FILE, RunConfig, RunError, WorkItem
-from .generation import (
-    BatchResult,
-    GenerateSummary,
-    Session,
-    as_pil,
-    call_kwargs,
-    load_model,
-    manifest_record,
-    open_session,
-    resolve_device,
-    save_bank,
-)
+from .batch import BatchResult, guide_images, manifest_record, run_record, save_bank
+from .config import RunConfig, RunError, WorkItem
+from .folder import BANK_FILE
+from .generation import GenerateSummary
+from .model import load_model, resolve_device
+from .session import Session, open_session
 
 __all__ = ["DistEnv", "dist_env", "generate_distributed", "is_main_process"]
 
@@ -102,18 +95,14 @@ def _run_local(session: Session, item: WorkItem) -> BatchResult:
     """Make one batch against the global bank without adding to it; its rows come back in the result."""
     bank = session.bank
     if bank is None:
-        out = session.guide(session.pipe, **call_kwargs(session.config, item))
-        return BatchResult(as_pil(out.images if hasattr(out, "images") else out[0]))
+        return BatchResult(guide_images(session, item))
     deferred = _DeferredBank(bank)
     session.guide.bank = deferred
     try:
-        out = session.guide(session.pipe, **call_kwargs(session.config, item))
+        images = guide_images(session, item)
     finally:
         session.guide.bank = bank
-    images = as_pil(out.images if hasattr(out, "images") else out[0])
     m = len(item.indices)
-    if len(images) != m:
-        raise RuntimeError(f"the pipeline returned {len(images)} images for a batch of {m}")
     if deferred.rows is None or deferred.rows[0].shape[0] != m:
         got = 0 if deferred.rows is None else deferred.rows[0].shape[0]
         raise RuntimeError(f"the guide added {got} bank rows for {m} images")
@@ -327,14 +316,7 @@ def _rounds(
             if round_items[0].batch != session.committed_batches:
                 raise RuntimeError(f"batch {round_items[0].batch} after {session.committed_batches} batches")
             session.committed_batches = last + 1
-            bank.metadata["run"] = {
-                "fingerprint": cfg.fingerprint(),
-                "committed_batches": session.committed_batches,
-                "committed_images": sum(
-                    len(session.items[b].indices) for b in range(session.committed_batches)
-                ),
-                "initial_rows": session.initial_rows,
-            }
+            bank.metadata["run"] = run_record(session)
             if main:
                 save_bank(bank, folder.path / BANK_FILE)
         generated += len(new)

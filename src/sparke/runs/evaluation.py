@@ -37,7 +37,8 @@ import torch
 
 from sparke.core.defaults import SIGMA_IMAGE, SIGMA_PROMPT
 
-from .folder import MANIFEST_FILE, RunError, RunFolder, file_sha256, repair_command
+from .config import RunError
+from .folder import MANIFEST_FILE, RunFolder, file_sha256, repair_command
 from .pixels import (
     CLIP_MEAN,
     CLIP_STD,
@@ -100,7 +101,7 @@ class FeatureExtractor:
 
 def load_features(spec: str = "embedded", device: str = "cpu", batch_size: int = 64) -> FeatureExtractor:
     """The image feature extractor named by ``spec`` (see the module docstring); ``RunError`` if unavailable."""
-    from .generation import quiet_loading
+    from .model import quiet_loading
 
     quiet_loading()
     if spec == "embedded":

@@ -19,7 +19,10 @@ from typing import Any
 
 import torch
 
-from .folder import RunError, atomic_write, file_sha256
+from sparke.core.files import atomic_write
+
+from .config import RunError
+from .folder import file_sha256
 from .imagefolder import image_groups
 
 __all__ = ["FEATURES_FORMAT", "image_features", "read_features_file"]

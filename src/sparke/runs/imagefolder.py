@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .folder import MANIFEST_FILE, RunError
+from .config import RunError
+from .folder import MANIFEST_FILE
 
 __all__ = [
     "METADATA_FILES",

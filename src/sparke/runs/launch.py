@@ -6,8 +6,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from .config import RunConfig
 from .distributed import dist_env, generate_distributed
-from .folder import RunConfig
 from .generation import GenerateSummary, Session, generate_single
 
 __all__ = ["generate"]

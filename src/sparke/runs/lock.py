@@ -21,7 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .folder import LOCK_FILE, RunError
+from .config import RunError
+from .folder import LOCK_FILE
 
 __all__ = ["RunLock", "read_holder"]
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
+from .config import RunError
 from .feature_cache import image_features, read_features_file
-from .folder import RunError
 from .imagefolder import FolderImages, load_reference_folder
 
 __all__ = ["NEAREST_K", "Reference", "check_prdc_sizes", "open_reference", "reference_metrics"]

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .folder import RunConfig, RunError, RunFolder, image_file, plan
+from .config import RunConfig, RunError, plan
+from .folder import RunFolder, image_file
 from .lock import RunLock
 
 __all__ = ["RepairSummary", "repair"]
@@ -46,12 +47,13 @@ class RepairSummary:
 
 def _committed_batches(folder: RunFolder, summary: RepairSummary) -> int | None:
     """Batches the bank holds (None: the run keeps no bank); a damaged bank is set aside (0 batches)."""
-    from sparke.core import Bank, BankFileError
+    from sparke.core import BankFileError
+    from sparke.core.auto import load_bank
 
     if not folder.bank_file.exists():
         return None
     try:
-        bank = Bank.load(folder.bank_file)
+        bank = load_bank(folder.bank_file)  # exact and indexed files alike
     except (BankFileError, OSError) as error:
         aside = folder.bank_file.with_name(folder.bank_file.name + ".damaged")
         os.replace(folder.bank_file, aside)
@@ -65,7 +67,7 @@ def _committed_batches(folder: RunFolder, summary: RepairSummary) -> int | None:
 
 def repair(path: str | os.PathLike) -> RepairSummary:
     """Rebuild the manifest of run folder ``path`` (see the module docstring); ``RunError`` when it is not one."""
-    from .generation import manifest_record
+    from .batch import manifest_record
 
     folder = RunFolder(path)
     if not folder.path.is_dir():
