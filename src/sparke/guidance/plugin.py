@@ -1,10 +1,11 @@
 """``SPARKE``: prompt-aware diversity (and novelty) guidance for a stock diffusers pipeline call.
 
-    guide = SPARKE(scale=0.03, every=10)
+    guide = SPARKE()  # scale 0.03, every="auto": every 10th step of a long run, every step of a 1-5 step run
     out = guide(pipe, prompt=["a cat", "a dog"], num_images_per_prompt=2, generator=g)
     len(guide.bank)  # grew by 4
 
-At every ``every``-th denoising step inside ``window`` (fractions of the trajectory, 0 = first step), each
+At every ``every``-th denoising step (``"auto"``: 10 from 20 steps on, else about 5 guided steps) inside
+``window`` (fractions of the trajectory, 0 = first step), each
 sample's latents z move by ``scale * |z| * g / |g|`` (``step="relative"``, the authors' step) or
 ``scale * g`` (``step="raw"``), where g is the gradient with respect to z of the features' inner product
 with the core's ascent direction of log S(bank U batch) (plus ``novelty`` times the novelty direction away
@@ -72,7 +73,9 @@ class SPARKE(Guide):
         objective: "cond-rke" (default), "rke", "cond-vendi" or "vendi".
         kernel: "gaussian" or "cosine".
         sigma_image, sigma_prompt: kernel bandwidths on the unit-norm image and prompt features.
-        every: guide at steps 0, every, 2 * every, ... (denoising steps, not scheduler calls).
+        every: guide at steps 0, every, 2 * every, ... (denoising steps, not scheduler calls); "auto"
+            (default): 10 for runs of 20 steps or more, else ceil(steps / 5), so that a 1-8 step distilled
+            run (LCM, turbo, lightning, schnell) is guided at about 5 of its steps or all of them.
         window: (start, end) fractions of the trajectory in which to guide; 0 = first step, 1 = last.
         space: "x0" (default: the clean-sample estimate, compared with the bank's clean final latents), "latent"
             (the paper's: the noisy latents as they are), or a differentiable image encoder
@@ -104,7 +107,7 @@ class SPARKE(Guide):
         kernel: str = KERNEL,
         sigma_image: float = SIGMA_IMAGE,
         sigma_prompt: float = SIGMA_PROMPT,
-        every: int = 10,
+        every: int | str = "auto",
         window: tuple[float, float] = (0.0, 1.0),
         space: Space = "x0",
         prompt_encoder: PromptEncoder = "pipeline",
@@ -159,7 +162,7 @@ class SPARKE(Guide):
         self._call: _Call | None = None
 
     @property
-    def every(self) -> int:
+    def every(self) -> int | str:
         return self.schedule.every
 
     @property
@@ -169,7 +172,7 @@ class SPARKE(Guide):
     def __repr__(self) -> str:
         space = self.space if isinstance(self.space, str) else type(self.space).__name__
         return (
-            f"SPARKE(scale={self.scale}, objective={self.objective!r}, every={self.every}, window={self.window}, "
+            f"SPARKE(scale={self.scale}, objective={self.objective!r}, every={self.every!r}, window={self.window}, "
             f"space={space!r}, step={self.step!r}, step_schedule={self.step_schedule!r}, smooth={self.smooth:g}, "
             f"centre={self.centre}, "
             f"bank={type(self.bank).__name__} of {len(self.bank)} rows)"
@@ -207,10 +210,10 @@ class SPARKE(Guide):
         steps = kwargs.get("num_inference_steps")
         if self.scale > 0 and isinstance(steps, int) and steps > 0:
             due = self.schedule.count(steps)
-            if due < 2:
+            if due < min(2, steps):  # a one-step run guided at its one step is all there is
                 self._warn_once(
                     "weak",
-                    f"SPARKE guides only {due} of {steps} denoising steps (every={self.every}, "
+                    f"SPARKE guides only {due} of {steps} denoising steps (every={self.every!r}, "
                     f"window={self.window}); lower every (--every on the command line) to guide at least 2",
                     UserWarning,
                 )
@@ -531,7 +534,7 @@ SPARKE_HELP: dict[str, str] = {
     "kernel": "kernel on the unit-norm features: gaussian or cosine",
     "sigma_image": "bandwidth of the image-feature kernel (unit-norm features), or median (per step, from distances)",
     "sigma_prompt": "bandwidth of the prompt-feature kernel (unit-norm features)",
-    "every": "guide at denoising steps 0, every, 2*every, ...",
+    "every": "guide at denoising steps 0, every, 2*every, ...; auto: 10 from 20 steps on, else ceil(steps/5)",
     "window": "(start, end) fractions of the trajectory where guidance acts",
     "space": "feature space: latent (the paper's) or x0 (clean-sample estimate)",
     "step": "relative (scale * |z| * g/|g|, the authors' rule) or raw (scale * g)",
