@@ -7,7 +7,8 @@ Each guide module declares its method's ``MethodSpec`` next to its class; ``METH
 - ``rke``: latent RKE, SPARKE without the prompt kernel (``rke.LatentRKE``);
 - ``vendi``: Vendi score guidance over a 150-sample sliding window, as in c-VSG (``vendi.VendiGuidance``);
 - ``cads``: condition-annealed sampling, noise on the prompt embeddings (``cads.CADS``);
-- ``pg``: particle guidance, in-batch RBF repulsion (``particle.ParticleGuidance``).
+- ``pg``: particle guidance, in-batch RBF repulsion (``particle.ParticleGuidance``);
+- ``interval``: classifier-free guidance only inside a band of noise levels (``interval.IntervalGuidance``).
 
 Adding a method is adding a spec: ``METHODS["mine"] = MethodSpec(name="mine", ..., build=...)``.
 A guide is a callable ``guide(pipe, **pipe_kwargs) -> pipeline output``; when it has a ``bank`` the command line
@@ -22,6 +23,7 @@ from sparke.guidance.plugin import NONE_SPEC, SPARKE_SPEC
 from sparke.guidance.spec import GuideLike, MethodSpec, resolve_settings
 
 from .cads import CADS, CADS_SPEC
+from .interval import INTERVAL_SPEC, IntervalGuidance
 from .particle import PARTICLE_SPEC, ParticleGuidance
 from .rke import LATENT_RKE_SPEC, LatentRKE
 from .vendi import VENDI_SPEC, VendiGuidance
@@ -29,6 +31,7 @@ from .vendi import VENDI_SPEC, VendiGuidance
 __all__ = [
     "CADS",
     "METHODS",
+    "IntervalGuidance",
     "NAMES",
     "GuideLike",
     "LatentRKE",
@@ -41,7 +44,7 @@ __all__ = [
 
 METHODS: dict[str, MethodSpec] = {
     spec.name: spec
-    for spec in (NONE_SPEC, SPARKE_SPEC, LATENT_RKE_SPEC, VENDI_SPEC, CADS_SPEC, PARTICLE_SPEC)
+    for spec in (NONE_SPEC, SPARKE_SPEC, LATENT_RKE_SPEC, VENDI_SPEC, CADS_SPEC, PARTICLE_SPEC, INTERVAL_SPEC)
 }
 NAMES = tuple(METHODS)
 
