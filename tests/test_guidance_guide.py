@@ -148,7 +148,7 @@ def test_a_non_finite_sample_keeps_its_latents_and_the_others_move():
 
 
 def test_one_method_table_and_none_means_the_same_everywhere():
-    assert NAMES == tuple(METHODS) == ("none", "sparke", "rke", "vendi", "cads", "pg", "interval")
+    assert NAMES == tuple(METHODS) == ("none", "sparke", "rke", "vendi", "cads", "pg", "interval", "spell")
     none = make("none")
     assert isinstance(none, SPARKE) and none.scale == 0.0 and len(none.bank) == 0
     pipe = _sd()

@@ -28,6 +28,7 @@ SETTING_OPTIONS = (
     "kernel",
     "window",
     "step",
+    "shield",
 )
 
 
@@ -226,6 +227,15 @@ def generate_command(
             rich_help_panel=GUIDANCE,
         ),
     ] = None,
+    shield: Annotated[
+        Path | None,
+        typer.Option(
+            help="spell: a saved bank of x0 rows in the model's own space (e.g. a spell run's bank.safetensors) "
+            "whose images new ones must stay away from.",
+            rich_help_panel=GUIDANCE,
+            show_default=False,
+        ),
+    ] = None,
     bank: Annotated[
         Path | None,
         typer.Option(
@@ -268,6 +278,7 @@ def generate_command(
             kernel=kernel,
             window=window,
             step=step,
+            shield=shield,
         )
         overrides = _overrides(given, prompt_encoder, settings)
         try:
@@ -336,6 +347,10 @@ def _overrides(
             except ValueError:
                 raise RunError(f"--window {value!r}: expected START,END such as 0,0.5") from None
             value = [lo, hi]
+        if name == "shield":
+            if not Path(value).is_file():
+                raise RunError(f"--shield {value}: no such bank file")
+            value = str(Path(value).resolve())
         overrides[name] = value
     if prompt_encoder is not None:
         overrides["prompt_encoder"] = prompt_encoder

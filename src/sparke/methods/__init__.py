@@ -8,7 +8,9 @@ Each guide module declares its method's ``MethodSpec`` next to its class; ``METH
 - ``vendi``: Vendi score guidance over a 150-sample sliding window, as in c-VSG (``vendi.VendiGuidance``);
 - ``cads``: condition-annealed sampling, noise on the prompt embeddings (``cads.CADS``);
 - ``pg``: particle guidance, in-batch RBF repulsion (``particle.ParticleGuidance``);
-- ``interval``: classifier-free guidance only inside a band of noise levels (``interval.IntervalGuidance``).
+- ``interval``: classifier-free guidance only inside a band of noise levels (``interval.IntervalGuidance``);
+- ``spell``: sparse repellency of the predicted clean images from the batch, earlier images and a shield
+  (``spell.SpellGuidance``).
 
 Adding a method is adding a spec: ``METHODS["mine"] = MethodSpec(name="mine", ..., build=...)``.
 A guide is a callable ``guide(pipe, **pipe_kwargs) -> pipeline output``; when it has a ``bank`` the command line
@@ -26,6 +28,7 @@ from .cads import CADS, CADS_SPEC
 from .interval import INTERVAL_SPEC, IntervalGuidance
 from .particle import PARTICLE_SPEC, ParticleGuidance
 from .rke import LATENT_RKE_SPEC, LatentRKE
+from .spell import SPELL_SPEC, SpellGuidance
 from .vendi import VENDI_SPEC, VendiGuidance
 
 __all__ = [
@@ -37,6 +40,7 @@ __all__ = [
     "LatentRKE",
     "MethodSpec",
     "ParticleGuidance",
+    "SpellGuidance",
     "VendiGuidance",
     "make",
     "resolve_settings",
@@ -44,7 +48,16 @@ __all__ = [
 
 METHODS: dict[str, MethodSpec] = {
     spec.name: spec
-    for spec in (NONE_SPEC, SPARKE_SPEC, LATENT_RKE_SPEC, VENDI_SPEC, CADS_SPEC, PARTICLE_SPEC, INTERVAL_SPEC)
+    for spec in (
+        NONE_SPEC,
+        SPARKE_SPEC,
+        LATENT_RKE_SPEC,
+        VENDI_SPEC,
+        CADS_SPEC,
+        PARTICLE_SPEC,
+        INTERVAL_SPEC,
+        SPELL_SPEC,
+    )
 }
 NAMES = tuple(METHODS)
 
