@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["nearest_rows", "sparse_repellency"]
+__all__ = ["any_within", "nearest_rows", "sparse_repellency"]
 
 CHUNK = 1 << 16  # bank rows compared per product (bounds the float32 copy of a float16 bank)
 
@@ -72,3 +72,34 @@ def nearest_rows(bank: Any, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torc
     assert best_i is not None and best_d is not None
     picked = rows[best_i.flatten().to(rows.device)].view(*best_i.shape, -1).to(x.device, torch.float32)
     return best_d, picked
+
+
+def any_within(
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    rows_x: torch.Tensor,
+    rows_y: torch.Tensor | None,
+    radius: float,
+    prompt_radius: float,
+    *,
+    skip_self: bool = False,
+) -> torch.Tensor:
+    """(B,) bool: does row i of x: (B, d) have a row j of rows_x: (n, d) with |x_i - r_j| < radius and, when
+    both have prompt features, |y_i - s_j| < prompt_radius? ``skip_self``: rows_x is x (j = i is skipped).
+
+    An exact scan in chunks of ``CHUNK`` rows (SPARKE's sparsity gate: guide only where a similar image of a
+    similar prompt already exists).
+    """
+    hit = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    x = x.float()
+    for start in range(0, rows_x.shape[0], CHUNK):
+        near = torch.cdist(x, rows_x[start : start + CHUNK].to(x.device, torch.float32)) < radius
+        if y is not None and rows_y is not None:
+            part_y = rows_y[start : start + CHUNK].to(x.device, torch.float32)
+            near &= torch.cdist(y.float(), part_y) < prompt_radius
+        if skip_self:
+            idx = torch.arange(x.shape[0], device=x.device)
+            inside = (idx >= start) & (idx < start + near.shape[1])
+            near[idx[inside], idx[inside] - start] = False
+        hit |= near.any(1)
+    return hit

@@ -29,6 +29,7 @@ from sparke.core.auto import KINDS as BANK_KINDS
 from sparke.core.auto import make_bank
 from sparke.core.checks import check_kernel, check_objective, check_sigma
 from sparke.core.defaults import KERNEL, OBJECTIVE, SIGMA_IMAGE, SIGMA_PROMPT
+from sparke.core.repel import any_within
 
 from .attach import Attachment, Step, split_batch
 from .guide import Guide, Schedule, check_scale
@@ -91,6 +92,9 @@ class SPARKE(Guide):
             sigma_t / sqrt(alpha_t^2 + sigma_t^2) (about 1 at the first step, 0 at the last).
         smooth: standard deviation, in latent pixels, of a Gaussian blur of g before the step (0: none);
             keeps the step from adding high-frequency noise (needs (B, C, H, W) latents).
+        gate: SPELL-style sparsity gate (0, the default: off): a sample is guided at a step only when a bank
+            row or another sample of the batch lies within this distance of its unit features, with a prompt
+            within 2 ``sigma_prompt`` of its own (any prompt for "rke"/"vendi"); others are left alone.
         centre: in the latent and x0 spaces (default True), compare the latents minus each channel's spatial
             mean, so the step moves spatial structure (layout) and leaves global colour and brightness alone;
             an image encoder's features are used as they are. ``space="latent", centre=False`` is the paper's
@@ -118,6 +122,7 @@ class SPARKE(Guide):
         step_schedule: str = "constant",
         smooth: float = 0.0,
         centre: bool = True,
+        gate: float = 0.0,
     ) -> None:
         super().__init__()
         self.scale = check_scale(scale)
@@ -152,6 +157,9 @@ class SPARKE(Guide):
         if not isinstance(centre, bool):
             raise ValueError(f"centre: must be True or False, got {centre!r}")
         self.centre = centre and not callable(space)  # an encoder's features are used as they are
+        if isinstance(gate, bool) or not (isinstance(gate, (int, float)) and 0 <= gate < math.inf):
+            raise ValueError(f"gate: must be a feature distance >= 0 (0: off), got {gate!r}")
+        self.gate = float(gate)
         self.prompt_encoder = prompt_encoder
         self.follows_pipeline = bank is None or (isinstance(bank, str) and bank in BANK_KINDS)
         self.bank = make_bank(bank or "auto") if self.follows_pipeline else _check_bank(bank)
@@ -318,6 +326,8 @@ class SPARKE(Guide):
             y = None if call.y is None else call.y.to(x.device)
             self._check_dims(x.shape[1], y, type(step.pipe).__name__)
             d = self._direction(x.detach(), y)
+            if self.gate > 0:  # SPELL-style sparsity: only samples with a similar earlier image move
+                d = torch.where(self._gate_open(x.detach(), y)[:, None], d, torch.zeros_like(d))
             d_ok = torch.isfinite(d).all(1)
             (g,) = torch.autograd.grad(x, z, torch.where(d_ok[:, None], d, torch.zeros_like(d)))
         if self.smooth > 0:
@@ -382,6 +392,18 @@ class SPARKE(Guide):
             )
             d = d + self.novelty * nov.to(d.dtype)
         return d
+
+    def _gate_open(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """(B,) bool: a bank row or another sample of the batch lies within ``gate`` of the sample's features,
+        with a prompt within 2 ``sigma_prompt`` (prompt kernel >= exp(-2); any prompt for "rke"/"vendi")."""
+        yy = y if self.conditional else None
+        near_prompt = 2 * self.sigma_prompt
+        open_ = any_within(x, yy, x, yy, self.gate, near_prompt, skip_self=True)
+        bank = self.bank
+        if len(bank):
+            bank_y = bank.y if yy is not None else None
+            open_ |= any_within(x, yy, bank.x, bank_y, self.gate, near_prompt)
+        return open_
 
     def _check_dims(self, dim_x: int, y: torch.Tensor | None, pipe_name: str) -> None:
         space = self.space if isinstance(self.space, str) else "image-encoder"
@@ -528,6 +550,7 @@ _SPARKE_SETTINGS = (
     "step_schedule",
     "smooth",
     "centre",
+    "gate",
 )
 SPARKE_HELP: dict[str, str] = {
     "objective": "score the guidance raises: cond-rke (SPARKE), rke, cond-vendi, vendi",
@@ -540,6 +563,7 @@ SPARKE_HELP: dict[str, str] = {
     "step": "relative (scale * |z| * g/|g|, the authors' rule) or raw (scale * g)",
     "step_schedule": "constant, or noise: each step times the sample's noise share (large early, none late)",
     "centre": "compare latents minus each channel's spatial mean: move layout, not global colour (latent, x0)",
+    "gate": "guide a sample only when a bank image of a similar prompt is within this feature distance; 0: off",
     "smooth": "Gaussian blur (latent pixels) of the step's gradient, against high-frequency noise; 0: none",
     "prompt_encoder": "prompt features: pipeline (its own text encoder) or minilm",
 }

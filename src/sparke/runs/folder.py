@@ -210,7 +210,7 @@ def _prompt_json(p: PromptEntry) -> dict[str, Any]:
 
 
 # settings added to a method after run folders existed -> the behaviour of the folders made before them
-ADDED_SETTINGS: dict[str, Any] = {"step_schedule": "constant", "smooth": 0.0, "centre": False}
+ADDED_SETTINGS: dict[str, Any] = {"step_schedule": "constant", "smooth": 0.0, "centre": False, "gate": 0.0}
 
 
 def unresolved_keys(config: RunConfig) -> list[str]:
