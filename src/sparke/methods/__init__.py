@@ -1,6 +1,7 @@
 """Generation methods by name: one table for ``sparke generate --method``, ``sparke bench`` and ``sparke methods``.
 
-Each guide module declares its method's ``MethodSpec`` next to its class; ``METHODS`` collects them:
+Each method module declares its ``MethodSpec`` (SPARKE's and ``none``'s in ``sparke.py``, beside the guide in
+``sparke.guidance``); ``METHODS`` collects them:
 
 - ``none``: the pipeline as is (``SPARKE`` at scale 0: nothing attached, the bank still records the images);
 - ``sparke``: prompt-aware Cond-RKE guidance (``sparke.SPARKE``, the paper's method);
@@ -21,19 +22,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from sparke.guidance.plugin import NONE_SPEC, SPARKE_SPEC
 from sparke.guidance.spec import GuideLike, MethodSpec, resolve_settings
 
 from .cads import CADS, CADS_SPEC
 from .interval import INTERVAL_SPEC, IntervalGuidance
 from .particle import PARTICLE_SPEC, ParticleGuidance
 from .rke import LATENT_RKE_SPEC, LatentRKE
+from .sparke import NONE_SPEC, SPARKE_HELP, SPARKE_SPEC
 from .spell import SPELL_SPEC, SpellGuidance
 from .vendi import VENDI_SPEC, VendiGuidance
 
 __all__ = [
     "CADS",
     "METHODS",
+    "NONE_SPEC",
+    "SPARKE_HELP",
+    "SPARKE_SPEC",
     "IntervalGuidance",
     "NAMES",
     "GuideLike",
