@@ -168,8 +168,8 @@ def _build(scale: float, settings: dict[str, Any]) -> SpellGuidance:
 
 SPELL_SPEC = MethodSpec(
     name="spell",
-    doc="sparse repellency: push a predicted clean image out of any ball of radius r around the batch, "
-    "earlier images and an optional shield",
+    doc="sparse repellency: push a predicted clean image out of any ball of radius r = scale * sqrt(d) around "
+    "the batch, earlier images and an optional shield",
     paper="Kirchhof et al., Shielded Diffusion (SPELL), ICML 2025, arXiv 2410.06025",
     default_scale=constructor_defaults(SpellGuidance, ["scale"])["scale"],
     defaults=constructor_defaults(
