@@ -13,7 +13,7 @@ from cli_helpers import cli, one_error_line
 from sparke.core import Bank
 from sparke.core.auto import AutoBank
 from sparke.core.indexed import IndexedBank
-from sparke.core.repel import nearest_rows, sparse_repellency
+from sparke.core.repel import ProjectedSearch, nearest_rows, sparse_repellency
 from sparke.guidance import attach
 from sparke.methods import METHODS, make
 from sparke.methods.spell import SpellGuidance, load_shield
@@ -177,3 +177,21 @@ def test_cli_spell_and_interval_change_the_embedded_models_images(tmp_path):
     refused = cli("generate", "-p", "x", "--method", "spell", "--shield", tmp_path / "nope.safetensors",
                   "--out", tmp_path / "bad")  # fmt: skip
     assert "--shield" in one_error_line(refused) and not (tmp_path / "bad").exists()
+
+
+def test_projected_search_finds_near_duplicates_and_is_exact_without_projection():
+    gen = torch.Generator().manual_seed(3)
+    rows = torch.randn(4000, 512, generator=gen).half()
+    x = rows[:8].float() + 0.05 * torch.randn(8, 512, generator=gen)  # near-duplicates of rows 0..7
+    dist, near = ProjectedSearch(rows, dim=32).search(x, 3)
+    bank = Bank(dtype=torch.float16)
+    bank.add(rows)
+    want_d, want_rows = nearest_rows(bank, x, 3)
+    torch.testing.assert_close(near[:, 0], rows[:8].float(), rtol=0, atol=0)  # each one's own twin
+    # nearest_rows ranks with cdist's matrix-product distances (float32 cancellation, ~1e-4 relative)
+    torch.testing.assert_close(dist[:, 0], want_d[:, 0], rtol=2e-4, atol=0)
+    narrow = torch.randn(500, 16, generator=gen)  # d <= dim: no projection, an exact scan
+    d_exact, r_exact = ProjectedSearch(narrow, dim=64).search(narrow[:4] + 0.3, 5)
+    plain = Bank()
+    plain.add(narrow)
+    torch.testing.assert_close(r_exact, nearest_rows(plain, narrow[:4] + 0.3, 5)[1], rtol=0, atol=0)

@@ -10,11 +10,12 @@ reference at distance >= r contributes exactly 0. A reference at distance 0 has 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
-__all__ = ["any_within", "nearest_rows", "sparse_repellency"]
+__all__ = ["ProjectedSearch", "any_within", "nearest_rows", "sparse_repellency"]
 
 CHUNK = 1 << 16  # bank rows compared per product (bounds the float32 copy of a float16 bank)
 
@@ -103,3 +104,45 @@ def any_within(
             near[idx[inside], idx[inside] - start] = False
         hit |= near.any(1)
     return hit
+
+
+class ProjectedSearch:
+    """Nearest rows of a fixed set of rows (a static shield): a Gaussian random projection of the rows to
+    ``dim`` columns (distances preserved in expectation, relative error about sqrt(2 / dim)), an exact scan
+    there for ``candidates * k`` rows, re-ranked by exact distance on the full rows.
+
+    Building it is one pass over the rows (no index to train); a search reads n x ``dim`` floats plus the
+    candidates' full rows, instead of n x d. Approximate: a row inside a SPELL ball is missed only when the
+    projection ranks it below ``candidates * k`` others, unlikely for the near-duplicates the balls catch.
+    """
+
+    def __init__(self, rows: torch.Tensor, dim: int = 64, candidates: int = 8, seed: int = 0) -> None:
+        self.rows = rows
+        self.candidates = candidates
+        n, d = rows.shape
+        gen = torch.Generator().manual_seed(seed)
+        self.proj = (
+            None if d <= dim else (torch.randn(d, dim, generator=gen) / math.sqrt(dim)).to(rows.device)
+        )
+        width = d if self.proj is None else dim
+        self.keys = torch.empty(n, width, device=rows.device)
+        for start in range(0, n, CHUNK):
+            part = rows[start : start + CHUNK].float()
+            self.keys[start : start + CHUNK] = part if self.proj is None else part @ self.proj
+        self.sq = self.keys.square().sum(1)
+
+    def __len__(self) -> int:
+        return self.rows.shape[0]
+
+    def search(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """As ``nearest_rows``: (distances (B, k'), rows (B, k', d)), nearest first, float32 on x's device."""
+        k = min(int(k), len(self))
+        x = x.float()
+        q = x.to(self.keys.device)
+        q = q if self.proj is None else q @ self.proj
+        d2 = torch.addmm(self.sq.unsqueeze(0), q, self.keys.T, alpha=-2.0)
+        _, ids = torch.topk(d2, min(len(self), self.candidates * k), dim=1, largest=False)
+        cand = self.rows[ids.flatten()].view(*ids.shape, -1).to(x.device, torch.float32)
+        dist = torch.linalg.vector_norm(x.unsqueeze(1) - cand, dim=2)
+        dist, pick = torch.topk(dist, k, dim=1, largest=False, sorted=True)
+        return dist, torch.gather(cand, 1, pick.unsqueeze(2).expand(-1, -1, cand.shape[2]))

@@ -15,8 +15,10 @@ for good (overcompensation lambda = 1.6, the paper's). The references are:
 - static: an optional ``shield``, a saved sparke bank file of rows in the same space (``encode_images``
   makes one from real images).
 Bank and shield neighbours come from ``sparke.core.repel.nearest_rows`` (an exact scan, or an
-``IndexedBank``'s own index): only the ``neighbors`` nearest rows of each sample can push, which is exact while
-fewer than that many lie within r (the paper: "typically only 1").
+``IndexedBank``'s own index), and for an exact shield of ``PROJECTED_FROM`` rows or more from a
+``ProjectedSearch`` built once (64-column random projection, exact re-ranking): only the ``neighbors`` nearest
+rows of each sample can push, which is exact while fewer than that many lie within r (the paper: "typically
+only 1").
 
 The latents move so that the scheduler's own x0 estimate moves by delta: x0 is affine in the latents with a
 scalar slope c (1/alpha for VP epsilon prediction, 1 for sigma-space Euler and flow matching), read by
@@ -40,7 +42,7 @@ import torch
 from sparke.core import Bank
 from sparke.core.auto import bank_file_kind
 from sparke.core.indexed import IndexedBank
-from sparke.core.repel import nearest_rows, sparse_repellency
+from sparke.core.repel import ProjectedSearch, nearest_rows, sparse_repellency
 from sparke.guidance import Guide, MethodSpec, Schedule, Step
 from sparke.guidance.attach import split_batch
 from sparke.guidance.guide import check_scale
@@ -50,6 +52,7 @@ from sparke.guidance.spec import constructor_defaults
 __all__ = ["OVERCOMPENSATION", "SPELL_SPEC", "SpellGuidance", "load_shield"]
 
 OVERCOMPENSATION = 1.6  # the paper's lambda
+PROJECTED_FROM = 65_536  # an exact shield at least this long is searched through a ProjectedSearch
 
 
 def load_shield(path: str | os.PathLike) -> Any:
@@ -76,6 +79,8 @@ class SpellGuidance(Guide):
         neighbors: nearest bank and shield rows read per sample and step.
         batch: also repel from the other samples of the batch (the paper's dynamic reference).
         every, window: which denoising steps are guided (default: every step, as the paper).
+        search: how an exact shield is searched: "projected" (``ProjectedSearch``), "exact", or "auto"
+            (projected from ``PROJECTED_FROM`` rows on); an ``IndexedBank`` shield uses its own index.
     """
 
     def __init__(
@@ -87,6 +92,7 @@ class SpellGuidance(Guide):
         batch: bool = True,
         every: int | str = 1,
         window: tuple[float, float] = (0.0, 1.0),
+        search: str = "auto",
     ) -> None:
         super().__init__()
         self.scale = check_scale(scale)
@@ -96,9 +102,13 @@ class SpellGuidance(Guide):
             raise ValueError(f"neighbors: must be an integer >= 1, got {neighbors!r}")
         self.overcompensation = float(overcompensation)
         self.neighbors = neighbors
+        if search not in ("auto", "exact", "projected"):
+            raise ValueError(f"search: must be 'auto', 'exact' or 'projected', got {search!r}")
+        self.search = search
         self.repel_batch = bool(batch)
         self.schedule = Schedule(every, tuple(window))
         self.shield = load_shield(shield) if isinstance(shield, (str, os.PathLike)) else shield
+        self._shield_search: ProjectedSearch | None = None
         self.bank: Any = Bank(metadata={"kind": "spell", "space": "x0-raw"})
         self.pushed = 0  # (sample, step) pairs moved in the last call
 
@@ -130,10 +140,20 @@ class SpellGuidance(Guide):
                         f"spell: a bank or shield of rows of dim {bank.x.shape[1]}, but this pipeline's x0 "
                         f"has dim {d}: use one made with the same model and resolution"
                     )
-                refs.append(nearest_rows(bank, x0, self.neighbors)[1])
+                refs.append(self._nearest(bank, x0))
         if not refs:
             return torch.zeros_like(x0)
         return self.overcompensation * sparse_repellency(x0, torch.cat(refs, 1), self.radius(d))
+
+    def _nearest(self, bank: Any, x0: torch.Tensor) -> torch.Tensor:
+        """The ``neighbors`` nearest rows (B, k, d) of ``bank`` to each x0 row: a long exact shield through a
+        ``ProjectedSearch`` built once (the shield is static), anything else through ``nearest_rows``."""
+        projected = self.search == "projected" or (self.search == "auto" and len(bank) >= PROJECTED_FROM)
+        if bank is self.shield and projected and not hasattr(bank, "_search_vectors"):
+            if self._shield_search is None or len(self._shield_search) != len(bank):
+                self._shield_search = ProjectedSearch(bank.x)
+            return self._shield_search.search(x0, self.neighbors)[1]
+        return nearest_rows(bank, x0, self.neighbors)[1]
 
     def on_step(self, step: Step) -> torch.Tensor | None:
         if not self.schedule.due(step):
@@ -173,7 +193,7 @@ SPELL_SPEC = MethodSpec(
     paper="Kirchhof et al., Shielded Diffusion (SPELL), ICML 2025, arXiv 2410.06025",
     default_scale=constructor_defaults(SpellGuidance, ["scale"])["scale"],
     defaults=constructor_defaults(
-        SpellGuidance, ["overcompensation", "shield", "neighbors", "batch", "every", "window"]
+        SpellGuidance, ["overcompensation", "shield", "neighbors", "batch", "every", "window", "search"]
     ),
     build=_build,
     help={
@@ -183,5 +203,6 @@ SPELL_SPEC = MethodSpec(
         "batch": "also repel from the other samples of the batch",
         "every": "repel at denoising steps 0, every, 2*every, ...",
         "window": "(start, end) fractions of the trajectory where the repellency acts",
+        "search": f"shield search: projected, exact, or auto (projected from {PROJECTED_FROM} rows)",
     },
 )
