@@ -150,6 +150,6 @@ def test_registry_builds_every_baseline_with_its_defaults():
 
 
 def test_make_rejects_unknown_method_and_lists_names():
-    assert set(NAMES) == {"none", "sparke", "rke", "vendi", "cads", "pg"}
+    assert set(NAMES) == {"none", "sparke", "rke", "vendi", "cads", "pg", "interval", "spell"}
     with pytest.raises(ValueError, match="one of"):
         make("dpp")

@@ -815,6 +815,8 @@ def test_weak_guidance_warns_once_as_one_line(tiny, tmp_path):
         2,
         "--steps",
         5,
+        "--every",
+        10,  # the default, "auto", guides every step of a 5-step run: nothing to warn about
         "--out",
         tmp_path / "w",
     )

@@ -148,7 +148,7 @@ def test_a_non_finite_sample_keeps_its_latents_and_the_others_move():
 
 
 def test_one_method_table_and_none_means_the_same_everywhere():
-    assert NAMES == tuple(METHODS) == ("none", "sparke", "rke", "vendi", "cads", "pg")
+    assert NAMES == tuple(METHODS) == ("none", "sparke", "rke", "vendi", "cads", "pg", "interval", "spell")
     none = make("none")
     assert isinstance(none, SPARKE) and none.scale == 0.0 and len(none.bank) == 0
     pipe = _sd()
@@ -166,3 +166,23 @@ def test_one_method_table_and_none_means_the_same_everywhere():
     assert spec.defaults["every"] == guide.every and tuple(spec.defaults["window"]) == guide.window
     for name in NAMES:
         assert METHODS[name].make().scale == METHODS[name].default_scale
+
+
+def test_sparsity_gate_limits_guidance_to_samples_near_a_similar_image():
+    pipe = _sd()
+    kw = call_kwargs(pipe, ["a photo of a cat", "a photo of a dog"], num_images_per_prompt=2, steps=3)
+    runs = {}
+    for label, gate in (("off", 0.0), ("wide", 4.0), ("shut", 1e-6)):
+        guide = SPARKE(scale=0.3, every=1, gate=gate)
+        out = []
+        for seed in (0, 1):  # the second call has a bank
+            kw["generator"] = torch.Generator().manual_seed(seed)
+            out.append(final_latents(guide(pipe, **kw)))
+        runs[label] = out
+    kw["generator"] = torch.Generator().manual_seed(1)
+    vanilla = final_latents(pipe(**kw))
+    # unit features are at most 2 apart: a gate of 4 is always open, one of 1e-6 never
+    assert all(torch.equal(a, b) for a, b in zip(runs["wide"], runs["off"], strict=True))
+    assert torch.equal(runs["shut"][1], vanilla) and not torch.equal(runs["off"][1], vanilla)
+    with pytest.raises(ValueError, match="^gate:"):
+        SPARKE(gate=-1.0)

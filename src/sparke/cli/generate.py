@@ -27,6 +27,7 @@ SETTING_OPTIONS = (
     "kernel",
     "window",
     "step",
+    "shield",
 )
 # a run folder's plan lists every image: beyond this a run is refused at once (not a MemoryError minutes later)
 MAX_RUN_IMAGES = 10_000_000
@@ -82,6 +83,7 @@ def generate_command(
     kernel: o.Kernel = None,
     window: o.Window = None,
     step: o.Step = None,
+    shield: o.Shield = None,
     prompt_encoder: o.PromptEncoder = None,
     settings: o.Settings = None,
     bank: o.Bank = None,
@@ -100,7 +102,7 @@ def generate_command(
             "'a red circle' --out runs/first`; `sparke generate --help` lists every option"
         )
     given = dict(every=every, sigma_image=sigma_image, sigma_prompt=sigma_prompt, space=space, centre=centre)
-    given.update(objective=objective, kernel=kernel, window=window, step=step)
+    given.update(objective=objective, kernel=kernel, window=window, step=step, shield=shield)
     request = GenerateRequest(
         prompts_file, prompt, images_per_prompt, model, steps, cfg, negative_prompt, height, width, seed,
         batch_size, dtype, o.MethodName(method).value, scale, given, prompt_encoder, settings, bank,
@@ -250,6 +252,10 @@ def _overrides(
             except ValueError:
                 raise RunError(f"--window {value!r}: expected START,END such as 0,0.5") from None
             value = [lo, hi]
+        if name == "shield":
+            if not Path(value).is_file():
+                raise RunError(f"--shield {value}: no such bank file")
+            value = str(Path(value).resolve())
         overrides[name] = value
     if prompt_encoder is not None:
         overrides["prompt_encoder"] = prompt_encoder

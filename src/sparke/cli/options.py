@@ -185,6 +185,15 @@ Settings = Annotated[
         rich_help_panel=GUIDANCE,
     ),
 ]
+Shield = Annotated[
+    Path | None,
+    typer.Option(
+        help="spell: a saved bank of x0 rows in the model's own space (e.g. a spell run's bank.safetensors) "
+        "whose images new ones must stay away from.",
+        rich_help_panel=GUIDANCE,
+        show_default=False,
+    ),
+]
 Bank = Annotated[
     Path | None,
     typer.Option(

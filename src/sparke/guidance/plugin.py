@@ -1,10 +1,11 @@
 """``SPARKE``: prompt-aware diversity (and novelty) guidance for a stock diffusers pipeline call.
 
-    guide = SPARKE(scale=0.03, every=10)
+    guide = SPARKE()  # scale 0.03, every="auto": every 10th step of a long run, every step of a 1-5 step run
     out = guide(pipe, prompt=["a cat", "a dog"], num_images_per_prompt=2, generator=g)
     len(guide.bank)  # grew by 4
 
-At every ``every``-th denoising step inside ``window`` (fractions of the trajectory, 0 = first step), each
+At every ``every``-th denoising step (``"auto"``: 10 from 20 steps on, else about 5 guided steps) inside
+``window`` (fractions of the trajectory, 0 = first step), each
 sample's latents z move by ``scale * |z| * g / |g|`` (``step="relative"``, the authors' step) or
 ``scale * g`` (``step="raw"``), where g is the gradient with respect to z of the features' inner product
 with the core's ascent direction of log S(bank U batch) (plus ``novelty`` times the novelty direction away
@@ -28,6 +29,7 @@ from sparke.core.auto import KINDS as BANK_KINDS
 from sparke.core.auto import AutoBank, make_bank
 from sparke.core.defaults import KERNEL, OBJECTIVE, SIGMA_IMAGE, SIGMA_PROMPT
 from sparke.core.indexed import IndexedBank
+from sparke.core.repel import any_within
 from sparke.core.spec import MEDIAN, KernelSpec
 
 from .attach import Attachment, Step, split_batch
@@ -43,9 +45,8 @@ from .spaces import (
     space_label,
     unit_rows,
 )
-from .spec import MethodSpec, constructor_defaults
 
-__all__ = ["NONE_SPEC", "SPARKE", "SPARKE_SPEC", "execution_device", "lowpass", "median_distance"]
+__all__ = ["SPARKE", "execution_device", "lowpass", "median_distance"]
 
 
 @dataclass
@@ -73,7 +74,9 @@ class SPARKE(Guide):
         objective: "cond-rke" (default), "rke", "cond-vendi" or "vendi".
         kernel: "gaussian" or "cosine".
         sigma_image, sigma_prompt: kernel bandwidths on the unit-norm image and prompt features.
-        every: guide at steps 0, every, 2 * every, ... (denoising steps, not scheduler calls).
+        every: guide at steps 0, every, 2 * every, ... (denoising steps, not scheduler calls); "auto"
+            (default): 10 for runs of 20 steps or more, else ceil(steps / 5), so that a 1-8 step distilled
+            run (LCM, turbo, lightning, schnell) is guided at about 5 of its steps or all of them.
         window: (start, end) fractions of the trajectory in which to guide; 0 = first step, 1 = last.
         space: "x0" (default: the clean-sample estimate, compared with the bank's clean final latents), "latent"
             (the paper's: the noisy latents as they are), or a differentiable image encoder
@@ -94,6 +97,9 @@ class SPARKE(Guide):
             sigma_t / sqrt(alpha_t^2 + sigma_t^2) (about 1 at the first step, 0 at the last).
         smooth: standard deviation, in latent pixels, of a Gaussian blur of g before the step (0: none);
             keeps the step from adding high-frequency noise (needs (B, C, H, W) latents).
+        gate: SPELL-style sparsity gate (0, the default: off): a sample is guided at a step only when a bank
+            row or another sample of the batch lies within this distance of its unit features, with a prompt
+            within 2 ``sigma_prompt`` of its own (any prompt for "rke"/"vendi"); others are left alone.
         centre: in the latent and x0 spaces (default True), compare the latents minus each channel's spatial
             mean, so the step moves spatial structure (layout) and leaves global colour and brightness alone;
             an image encoder's features are used as they are. ``space="latent", centre=False`` is the paper's
@@ -110,7 +116,7 @@ class SPARKE(Guide):
         kernel: str = KERNEL,
         sigma_image: float = SIGMA_IMAGE,
         sigma_prompt: float = SIGMA_PROMPT,
-        every: int = 10,
+        every: int | str = "auto",
         window: tuple[float, float] = (0.0, 1.0),
         space: Space = "x0",
         prompt_encoder: PromptEncoder = "pipeline",
@@ -124,6 +130,7 @@ class SPARKE(Guide):
         crossover: int | None = None,
         neighbors: int = 256,
         samples: int | None = None,
+        gate: float = 0.0,
     ) -> None:
         super().__init__()
         self.scale = check_scale(scale)
@@ -154,6 +161,9 @@ class SPARKE(Guide):
         if not isinstance(centre, bool):
             raise ValueError(f"centre: must be True or False, got {centre!r}")
         self.centre = centre and not callable(space)  # an encoder's features are used as they are
+        if isinstance(gate, bool) or not (isinstance(gate, (int, float)) and 0 <= gate < math.inf):
+            raise ValueError(f"gate: must be a feature distance >= 0 (0: off), got {gate!r}")
+        self.gate = float(gate)
         self.prompt_encoder = prompt_encoder
         self.follows_pipeline = bank is None or (isinstance(bank, str) and bank in BANK_KINDS)
         self.bank = (
@@ -168,7 +178,7 @@ class SPARKE(Guide):
         self._call: _Call | None = None
 
     @property
-    def every(self) -> int:
+    def every(self) -> int | str:
         return self.schedule.every
 
     @property
@@ -178,7 +188,7 @@ class SPARKE(Guide):
     def __repr__(self) -> str:
         space = self.space if isinstance(self.space, str) else type(self.space).__name__
         return (
-            f"SPARKE(scale={self.scale}, objective={self.objective!r}, every={self.every}, window={self.window}, "
+            f"SPARKE(scale={self.scale}, objective={self.objective!r}, every={self.every!r}, window={self.window}, "
             f"space={space!r}, step={self.step!r}, step_schedule={self.step_schedule!r}, smooth={self.smooth:g}, "
             f"centre={self.centre}, "
             f"bank={type(self.bank).__name__} of {len(self.bank)} rows)"
@@ -225,10 +235,10 @@ class SPARKE(Guide):
         steps = kwargs.get("num_inference_steps")
         if self.scale > 0 and isinstance(steps, int) and steps > 0:
             due = self.schedule.count(steps)
-            if due < 2:
+            if due < min(2, steps):  # a one-step run guided at its one step is all there is
                 self._warn_once(
                     "weak",
-                    f"SPARKE guides only {due} of {steps} denoising steps (every={self.every}, "
+                    f"SPARKE guides only {due} of {steps} denoising steps (every={self.every!r}, "
                     f"window={self.window}); lower `every` to guide at least 2",
                     UserWarning,
                 )
@@ -333,6 +343,8 @@ class SPARKE(Guide):
             y = None if call.y is None else call.y.to(x.device)
             self._check_dims(x.shape[1], y, type(step.pipe).__name__)
             d = self._direction(x.detach(), y)
+            if self.gate > 0:  # SPELL-style sparsity: only samples with a similar earlier image move
+                d = torch.where(self._gate_open(x.detach(), y)[:, None], d, torch.zeros_like(d))
             d_ok = torch.isfinite(d).all(1)
             (g,) = torch.autograd.grad(x, z, torch.where(d_ok[:, None], d, torch.zeros_like(d)))
         if self.smooth > 0:
@@ -393,6 +405,18 @@ class SPARKE(Guide):
             )
             d = d + self.novelty * nov.to(d.dtype)
         return d
+
+    def _gate_open(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """(B,) bool: a bank row or another sample of the batch lies within ``gate`` of the sample's features,
+        with a prompt within 2 ``sigma_prompt`` (prompt kernel >= exp(-2); any prompt for "rke"/"vendi")."""
+        yy = y if self.conditional else None
+        near_prompt = 2 * self.sigma_prompt
+        open_ = any_within(x, yy, x, yy, self.gate, near_prompt, skip_self=True)
+        bank = self.bank
+        if len(bank):
+            bank_y = bank.y if yy is not None else None
+            open_ |= any_within(x, yy, bank.x, bank_y, self.gate, near_prompt)
+        return open_
 
     def _check_dims(self, dim_x: int, y: torch.Tensor | None, pipe_name: str) -> None:
         space = self.space if isinstance(self.space, str) else "image-encoder"
@@ -542,67 +566,13 @@ def _check_bank(bank: Any) -> Any:
     return bank
 
 
-_SPARKE_SETTINGS = (
-    "objective",
-    "kernel",
-    "sigma_image",
-    "sigma_prompt",
-    "every",
-    "window",
-    "space",
-    "step",
-    "step_schedule",
-    "smooth",
-    "centre",
-    "crossover",
-    "neighbors",
-    "samples",
-)
-SPARKE_HELP: dict[str, str] = {
-    "objective": "score the guidance raises: cond-rke (SPARKE), rke, cond-vendi, vendi",
-    "kernel": "kernel on the unit-norm features: gaussian or cosine",
-    "sigma_image": "bandwidth of the image-feature kernel (unit-norm features), or median (per step, from distances)",
-    "sigma_prompt": "bandwidth of the prompt-feature kernel (unit-norm features)",
-    "every": "guide at denoising steps 0, every, 2*every, ...",
-    "window": "(start, end) fractions of the trajectory where guidance acts",
-    "space": "feature space: latent (the paper's) or x0 (clean-sample estimate)",
-    "step": "relative (scale * |z| * g/|g|, the authors' rule) or raw (scale * g)",
-    "step_schedule": "constant, or noise: each step times the sample's noise share (large early, none late)",
-    "centre": "compare latents minus each channel's spatial mean: move layout, not global colour (latent, x0)",
-    "smooth": "Gaussian blur (latent pixels) of the step's gradient, against high-frequency noise; 0: none",
-    "prompt_encoder": "prompt features: pipeline (its own text encoder) or minilm",
-    "crossover": "bank rows past which the bank is indexed (null: the device's measured figure)",
-    "neighbors": "indexed bank: nearest rows read exactly per step",
-    "samples": "indexed bank: rows sampled per step for the rest of the bank (null: 3 * neighbors)",
-}
+def __getattr__(name: str) -> Any:
+    """The method specs that lived here before they moved to ``sparke.methods.sparke`` (old import paths).
 
+    Imported by name at first use: ``sparke.methods`` sits above this layer, so a module-level import would
+    invert the layers (and cycle)."""
+    if name in ("SPARKE_SPEC", "NONE_SPEC", "SPARKE_HELP"):
+        import importlib
 
-def _build(scale: float, settings: dict[str, Any]) -> SPARKE:
-    options = dict(settings)
-    if "window" in options:
-        options["window"] = tuple(options["window"])
-    return SPARKE(scale=scale, **options)
-
-
-SPARKE_SPEC = MethodSpec(
-    name="sparke",
-    doc="prompt-aware diversity guidance: raise the Cond-RKE of the bank plus the new images",
-    paper="Jalali, Lei, Gohari, Farnia, SPARKE, arXiv 2506.10173",
-    default_scale=constructor_defaults(SPARKE, ["scale"])["scale"],
-    defaults=constructor_defaults(SPARKE, [*_SPARKE_SETTINGS, "prompt_encoder"]),
-    build=_build,
-    help=SPARKE_HELP,
-)
-
-# scale 0 is exactly the unguided call (no hook is attached); the guide still records every image's final
-# latents in its bank, so an unguided run leaves a bank that a later guided run can start from.
-NONE_SPEC = MethodSpec(
-    name="none",
-    doc="the pipeline as is (classifier-free guidance only); its bank records the images' latents",
-    paper="Ho & Salimans, Classifier-Free Diffusion Guidance, arXiv 2207.12598",
-    default_scale=0.0,
-    defaults=constructor_defaults(SPARKE, ["space", "centre", "prompt_encoder"]),
-    build=lambda scale, settings: SPARKE(scale=0.0, **settings),
-    has_scale=False,
-    help={k: SPARKE_HELP[k] for k in ("space", "centre", "prompt_encoder")},
-)
+        return getattr(importlib.import_module("sparke.methods.sparke"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,6 +11,7 @@ Features are always (B, d) float32 rows, L2-normalised, differentiable with resp
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Any
@@ -25,6 +26,7 @@ __all__ = [
     "features",
     "noise_share",
     "space_label",
+    "step_sigma",
     "unit_rows",
     "x0_estimate",
 ]
@@ -122,6 +124,28 @@ def noise_share(scheduler: Any, timestep: Any) -> float:
         a, b = _vp_alpha_sigma(scheduler, timestep)
         alpha, sigma = float(a), float(b)
     return sigma / max((alpha**2 + sigma**2) ** 0.5, 1e-12)
+
+
+def step_sigma(scheduler: Any, index: int) -> float:
+    """EDM noise level sigma of denoising step ``index`` (0-based) of the scheduler's current schedule.
+
+    The sample alpha x0 + s eps is x0 + (s / alpha) eps scaled by alpha, so sigma = s / alpha, the unit of
+    Karras et al.'s EDM: flow matching (1 - s) x0 + s eps gives s / (1 - s) (inf at s = 1); Euler, Heun,
+    DPM-Solver and UniPC keep that sigma in ``scheduler.sigmas``; DDIM, DDPM and LCM give
+    sqrt((1 - abar_t) / abar_t) at the step's timestep. Second-order schedulers list each sigma twice.
+    """
+    pos = int(index) + int(getattr(scheduler, "_begin_index", None) or 0)
+    if hasattr(scheduler, "state_in_first_order") and pos > 0:
+        pos = 2 * pos - 1  # Heun-style schedules: [s0, s1, s1, s2, s2, ...]
+    sigmas = getattr(scheduler, "sigmas", None)
+    if sigmas is not None and len(sigmas):
+        s = float(sigmas[min(pos, len(sigmas) - 1)])
+        if _is_flow(scheduler):
+            return math.inf if s >= 1.0 else s / (1.0 - s)
+        return s
+    t = int(torch.as_tensor(scheduler.timesteps[min(pos, len(scheduler.timesteps) - 1)]).flatten()[0])
+    abar = float(scheduler.alphas_cumprod[max(t, 0)])
+    return math.inf if abar <= 0 else ((1.0 - abar) / abar) ** 0.5
 
 
 def space_label(space: str, centre: bool) -> str:

@@ -1,6 +1,6 @@
 """``MethodSpec``: how a guide presents itself to the command line, the benchmark and ``sparke methods``.
 
-Each guide module declares the spec of its method next to its class; ``sparke.methods`` collects them into one
+Each module of ``sparke.methods`` declares the spec of its method; ``sparke.methods`` collects them into one
 table. A spec's defaults are read from the guide's own constructor, so every default has one home.
 """
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from sparke.guidance import SPARKE, MethodSpec
-from sparke.guidance.plugin import SPARKE_HELP
 from sparke.guidance.spec import constructor_defaults
+
+from .sparke import SPARKE_HELP
 
 __all__ = ["LATENT_RKE_SPEC", "LatentRKE"]
 

@@ -21,10 +21,10 @@ from typing import Any
 
 from sparke.core import Bank
 from sparke.guidance import SPARKE, MethodSpec
-from sparke.guidance.plugin import SPARKE_HELP
 from sparke.guidance.spec import constructor_defaults
 
 from .rke import SETTINGS, SPACE_SETTINGS
+from .sparke import SPARKE_HELP
 
 __all__ = ["VENDI_SPEC", "WINDOW", "VendiGuidance"]
 

@@ -187,6 +187,7 @@ ADDED_SETTINGS: dict[str, Any] = {
     "crossover": None,
     "neighbors": 256,
     "samples": None,
+    "gate": 0.0,
 }
 
 
