@@ -937,3 +937,16 @@ def test_folders_from_before_a_new_setting_still_resume():
     assert config_differences(now, old) == [
         f"{k} was {v!r}, now not set" for k, v in sorted(ADDED_SETTINGS.items())
     ]
+
+
+def test_folders_from_before_every_auto_still_resume():
+    """every="auto" became the default after folders recorded every=10: it resolves to 10 from 20 steps on, so
+    such a folder resumes; at 8 steps auto guides every 2nd step, another run, which is refused."""
+    from sparke.runs.config import config_differences
+
+    def config(every, steps):
+        return {"method": "sparke", "steps": steps, "settings": {"every": every}}
+
+    assert config_differences(config(10, 25), config("auto", 25)) == []
+    assert config_differences(config(10, 8), config("auto", 8)) == ["every was 10, now 'auto'"]
+    assert config_differences(config(3, 25), config("auto", 25)) == ["every was 3, now 'auto'"]

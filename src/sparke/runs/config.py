@@ -219,20 +219,37 @@ def config_differences(
                 i = next(i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
                 diffs.append(f"prompt {i + 1} was {a[i]['prompt']!r}, now {b[i]['prompt']!r}")
         elif key == "settings" and isinstance(a, dict) and isinstance(b, dict):
-            for name in sorted(set(a) | set(b)):
-                if name not in b:
-                    diffs.append(f"{name} was {a[name]!r}, now not set")
-                elif name not in a:
-                    if name in ADDED_SETTINGS and b[name] == ADDED_SETTINGS[name]:
-                        continue  # a folder from before the setting existed ran with this value
-                    diffs.append(f"{name} was not set, now {b[name]!r}")
-                elif a[name] != b[name]:
-                    diffs.append(f"{name} was {a[name]!r}, now {b[name]!r}")
+            diffs += _settings_differences(a, b, stored.get("steps"))
         elif key == "init_bank":
             diffs.append(f"bank was {_bank_name(a)}, now {_bank_name(b)}")
         else:
             diffs.append(f"{key} was {a!r}, now {b!r}")
     return diffs
+
+
+def _settings_differences(a: dict[str, Any], b: dict[str, Any], steps: Any) -> list[str]:
+    diffs: list[str] = []
+    for name in sorted(set(a) | set(b)):
+        if name not in b:
+            diffs.append(f"{name} was {a[name]!r}, now not set")
+        elif name not in a:
+            if name in ADDED_SETTINGS and b[name] == ADDED_SETTINGS[name]:
+                continue  # a folder from before the setting existed ran with this value
+            diffs.append(f"{name} was not set, now {b[name]!r}")
+        elif a[name] != b[name] and not (name == "every" and _same_every(a[name], b[name], steps)):
+            diffs.append(f"{name} was {a[name]!r}, now {b[name]!r}")
+    return diffs
+
+
+def _same_every(a: Any, b: Any, steps: Any) -> bool:
+    """``every="auto"`` is the interval it resolves to for the run's steps: a folder made with every=10 before
+    "auto" became the default (10 from 20 steps on) resumes unchanged."""
+    from sparke.guidance.guide import auto_every
+
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        return False
+    resolved = [auto_every(steps) if v == "auto" else v for v in (a, b)]
+    return resolved[0] == resolved[1]
 
 
 def _bank_name(init_bank: Any) -> str:
