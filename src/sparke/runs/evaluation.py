@@ -39,6 +39,7 @@ from sparke.core.defaults import SIGMA_IMAGE, SIGMA_PROMPT
 
 from .config import RunError
 from .folder import MANIFEST_FILE, RunFolder, file_sha256, repair_command
+from .imagefolder import ImageRecords, image_groups
 from .pixels import (
     CLIP_MEAN,
     CLIP_STD,
@@ -187,36 +188,11 @@ def _hf_features(spec: str, device: str, batch_size: int) -> FeatureExtractor:
 
 # -- reading a run ----------------------------------------------------------------------------------------------
 @dataclass
-class RunImages:
+class RunImages(ImageRecords):
     """A run folder's config (run.json dict, or {} when absent) and its manifest records sorted by index."""
 
-    path: Path
-    config: dict[str, Any]
-    records: list[dict[str, Any]]
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    def load_images(self) -> torch.Tensor:
-        """All images (N, 3, H, W) float in [-1, 1]."""
-        from PIL import Image
-
-        arrays = []
-        for record in self.records:
-            file = self.path / record["file"]
-            try:
-                with Image.open(file) as im:
-                    arrays.append(np.asarray(im.convert("RGB")))
-            except (OSError, ValueError) as error:
-                raise RunError(
-                    f"{file}: unreadable image ({error}); run `{repair_command(self.path)}` to make it again"
-                ) from None
-        shapes = {a.shape for a in arrays}
-        if len(shapes) > 1:
-            raise RunError(f"{self.path}: images of different sizes {sorted(shapes)}")
-        arr = np.stack(arrays).astype(np.float32) / 127.5 - 1.0
-        return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+    def _unreadable_hint(self) -> str:
+        return f"; run `{repair_command(self.path)}` to make it again"
 
 
 def load_run(path: str | os.PathLike) -> RunImages:
@@ -497,7 +473,6 @@ def cluster_metrics(
 
 def clip_scores(run: RunImages, clip: Any) -> torch.Tensor:
     """CLIPScore of each image of the run with its prompt: (n,) float64, in record order."""
-    from .imagefolder import image_groups
 
     scores = torch.empty(len(run.records), dtype=torch.float64)
     for rows, images in image_groups(run):
