@@ -32,6 +32,7 @@ import math
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,6 +46,21 @@ def _hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{platform.processor() or platform.machine()} cpu, {torch.get_num_threads()} threads"
+
+
+def _diffusion(dev: torch.device) -> tuple[torch.Tensor, Any]:
+    """(alpha-bar of the 1000 training noise levels on ``dev``, the autocast context: bf16 on CUDA, none on
+    CPU); on CUDA also allows TF32 matmuls."""
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    betas = torch.linspace(
+        SCHEDULER_CONFIG["beta_start"], SCHEDULER_CONFIG["beta_end"], 1000, dtype=torch.float64
+    )
+    abar = torch.cumprod(1 - betas, 0).to(dev, torch.float32)
+    if dev.type == "cuda":
+        return abar, torch.autocast("cuda", dtype=torch.bfloat16)
+    return abar, torch.autocast("cpu", enabled=False)
 
 
 def _caption_draws(pool: CaptionPool) -> np.ndarray:
@@ -133,24 +149,13 @@ def train(
     dev = torch.device(device)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    if dev.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    abar, autocast = _diffusion(dev)
     pool = load_or_build_pool(pool_path, pool_draws, seed)
     embeds, probs = pool.embeds.to(dev, torch.float32), _caption_draws(pool)
     config = TINY_UNET_CONFIG if tiny else UNET_CONFIG
     unet, ema = _models(config, dev, init)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0, fused=dev.type == "cuda")
     ema_params, unet_params = list(ema.parameters()), list(unet.parameters())
-    betas = torch.linspace(
-        SCHEDULER_CONFIG["beta_start"], SCHEDULER_CONFIG["beta_end"], 1000, dtype=torch.float64
-    )
-    abar = torch.cumprod(1 - betas, 0).to(dev, torch.float32)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if dev.type == "cuda"
-        else torch.autocast("cpu", enabled=False)
-    )
     schedule = _Schedule(
         lr, steps, minutes, time.time()
     )  # the time budget counts training only, not the pool
@@ -175,10 +180,8 @@ def train(
         n_run, done = n_run + 1, step + 1
         if done % log_every == 0:
             losses.append((done, float(run_loss) / n_run))
-            print(
-                f"step {done} loss {losses[-1][1]:.4f} lr {opt.param_groups[0]['lr']:.2e} {time.time() - t0:.0f}s",
-                flush=True,
-            )
+            rate = opt.param_groups[0]["lr"]
+            print(f"step {done} loss {losses[-1][1]:.4f} lr {rate:.2e} {time.time() - t0:.0f}s", flush=True)
             run_loss, n_run = 0.0, 0
         if schedule.out_of_time():
             print(f"time budget reached at step {done}", flush=True)
