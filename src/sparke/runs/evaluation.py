@@ -37,8 +37,8 @@ import torch
 
 from sparke.core.defaults import SIGMA_IMAGE, SIGMA_PROMPT
 
-from .config import RunError
-from .folder import MANIFEST_FILE, RunFolder, file_sha256, repair_command
+from .config import RunError, file_error
+from .folder import MANIFEST_FILE, RunFolder, atomic_write, file_sha256, repair_command
 from .imagefolder import ImageRecords, image_groups
 from .pixels import (
     CLIP_MEAN,
@@ -356,8 +356,6 @@ def evaluate_run(
     """Metrics of a run folder (path or ``RunImages``; or a ``FolderImages``), overall and per cluster, written to
     ``out`` (default ``DIR/metrics.json``) when ``write``, with the features cached beside it; ``reference``: a
     ``runs.reference.Reference`` (PRDC, Fréchet), ``clip``: a ``runs.alignment.ClipScorer`` (CLIPScore)."""
-    from sparke.encoders.minilm import encode_minilm
-
     from .feature_cache import image_features
 
     _check_kernel_settings(kernel, sigma_image, sigma_prompt)
@@ -365,9 +363,7 @@ def evaluate_run(
     target = Path(out) if out is not None else run.path / METRICS_FILE
     cache_dir = target.parent if write else None
     x, size = image_features(run, extractor, cache_dir)
-    prompts = [r["prompt"] for r in run.records]
-    unique = list(dict.fromkeys(prompts))
-    y = encode_minilm(unique)[[unique.index(p) for p in prompts]]
+    prompts, y = _prompt_features(run.records)
     flags, notes = _checker_flags(run, extractor.name, size)
     opts = dict(kernel=kernel, sigma_image=sigma_image, sigma_prompt=sigma_prompt)
     overall = group_metrics(x, y, prompts, flags=flags, **opts)
@@ -415,12 +411,19 @@ def evaluate_run(
         result["notes"] = notes
     if write:
         try:
-            from .folder import atomic_write
-
             atomic_write(target, (json.dumps(result, indent=1) + "\n").encode())
         except OSError as error:
-            raise RunError(f"{target}: cannot write ({error.strerror or error})") from None
+            raise file_error(target, error, "write") from None
     return result
+
+
+def _prompt_features(records: list[dict[str, Any]]) -> tuple[list[str], torch.Tensor]:
+    """(each record's prompt, their MiniLM features (n, 384)), each distinct prompt encoded once."""
+    from sparke.encoders.minilm import encode_minilm
+
+    prompts = [r["prompt"] for r in records]
+    unique = list(dict.fromkeys(prompts))
+    return prompts, encode_minilm(unique)[[unique.index(p) for p in prompts]]
 
 
 def _check_kernel_settings(kernel: str, sigma_image: float, sigma_prompt: float) -> None:
