@@ -52,29 +52,28 @@ def run_bench(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     say = progress or (lambda _msg: None)
-    if pipe is None:
-        from sparke.embedded.pipeline import load_pipeline
-
-        pipe = load_pipeline(config.device, weights_dir=config.weights)
-    if encoder is None:
-        from sparke.embedded.encoder import load_encoder
-
-        encoder = load_encoder(config.device)
+    pipe, encoder = _models(config, pipe, encoder)
     clusters = W.prompt_clusters(config.clusters, config.prompts, seed=config.seed)
     texts = sorted({p for cl in clusters for p in cl.prompts})
     prompt_features = dict(zip(texts, encode_minilm(texts).cpu(), strict=True))
 
-    rows: list[dict[str, Any]] = []
-    reps: list[dict[str, Any] | None] = []  # bootstrap replicates of each row (paired: the same draws)
     intervals = Intervals(config)
-    samples: dict[str, Any] = {}
     world = reference_images(clusters, config)
     measured, world_evidence = measure_with_evidence(world, clusters, encoder, prompt_features)
-    rows.append({"label": "world", "method": "world", "scale": 0.0, **measured})
-    rows[-1]["sec_per_image"] = None
-    rows[-1]["peak_mem_mb"] = None
-    reps.append(intervals.add(rows[-1], world_evidence))
-    samples["world"] = world
+    rows: list[dict[str, Any]] = [
+        {
+            "label": "world",
+            "method": "world",
+            "scale": 0.0,
+            **measured,
+            "sec_per_image": None,
+            "peak_mem_mb": None,
+        }
+    ]
+    reps: list[dict[str, Any] | None] = [
+        intervals.add(rows[-1], world_evidence)
+    ]  # bootstrap replicates, paired
+    samples: dict[str, Any] = {"world": world}
     for setting in settings_of(config):
         torch.manual_seed(config.seed)
         gen = generate_setting(pipe, clusters, setting, config, progress=say)
@@ -95,27 +94,45 @@ def run_bench(
         # after each setting: a run stopped midway leaves its finished rows, paired and combinable
         write_state(out, config, command, start, rows, reps, intervals, complete=False)
 
-    mixture_rows = None
-    if config.mixture:
-        from .mixture import run_mixture
-
-        say("2-D Gaussian mixture experiment")
-        from .mixture import SCALES as MIX_SCALES
-
-        mix_settings = [("none", 0.0, {})] + [
-            # the paper's latent space for every bank method (the 2-D points have no spatial axis to centre)
-            (m, s, {"every": 4, "space": "latent"} if m in ("sparke", "rke", "vendi") else {})
-            for m, scales in MIX_SCALES.items()
-            for s in scales
-        ]
-        mixture_rows = run_mixture(mix_settings, out=out, seed=config.seed)
-        report.write_json(out / "mixture.json", mixture_rows)
-
+    mixture_rows = _mixture(config, out, say)
     meta = write_state(out, config, command, start, rows, reps, intervals, complete=True)
     report.plot_tradeoff(out, rows)
     report.plot_samples(out, samples, clusters)
     report.write_markdown(out, rows, meta, mixture_rows)
     return meta
+
+
+def _models(config: BenchConfig, pipe: Any, encoder: Any) -> tuple[Any, Any]:
+    """The pipeline and the evaluation encoder: those given, else the embedded ones on ``config.device``."""
+    if pipe is None:
+        from sparke.embedded.pipeline import load_pipeline
+
+        pipe = load_pipeline(config.device, weights_dir=config.weights)
+    if encoder is None:
+        from sparke.embedded.encoder import load_encoder
+
+        encoder = load_encoder(config.device)
+    return pipe, encoder
+
+
+def _mixture(config: BenchConfig, out: Path, say: Callable[[str], None]) -> list[dict[str, Any]] | None:
+    """The 2-D Gaussian mixture experiment's rows (also written to DIR/mixture.json), or None when it is off."""
+    if not config.mixture:
+        return None
+    from . import report
+    from .mixture import SCALES as MIX_SCALES
+    from .mixture import run_mixture
+
+    say("2-D Gaussian mixture experiment")
+    mix_settings = [("none", 0.0, {})] + [
+        # the paper's latent space for every bank method (the 2-D points have no spatial axis to centre)
+        (m, s, {"every": 4, "space": "latent"} if m in ("sparke", "rke", "vendi") else {})
+        for m, scales in MIX_SCALES.items()
+        for s in scales
+    ]
+    mixture_rows = run_mixture(mix_settings, out=out, seed=config.seed)
+    report.write_json(out / "mixture.json", mixture_rows)
+    return mixture_rows
 
 
 def write_state(

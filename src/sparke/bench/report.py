@@ -93,28 +93,11 @@ def goal_check(
     fidelity_delta = s["fidelity"] - none["fidelity"]
     fidelity_ci = (s.get("delta_vs_none") or {}).get("fidelity", {}).get("ci")
     world = next((r for r in rows if r["method"] == "world"), None)
-    closure = closure_ci = None
-    if world is not None and all("free_attribute_entropy" in r for r in (world, none, s)):
-        gap = world["free_attribute_entropy"] - none["free_attribute_entropy"]
-        if abs(gap) > 1e-9:
-            closure = (s["free_attribute_entropy"] - none["free_attribute_entropy"]) / gap
-            rw = reps.get(id(world))
-            if paired and rw is not None:
-                e_s, e_n, e_w = (r["free_attribute_entropy"] for r in (rs, rn, rw))
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    closure_ci = _ratio_interval(closure, (e_s - e_n) / (e_w - e_n))
+    closure, closure_ci = _gap_closed(s, none, world, reps)
     baselines = {
         k: v for k, v in best.items() if v is not None and k not in ("none",) and not k.startswith("sparke")
     }
-    beats, beats_ci = {}, {}
-    for k, v in baselines.items():
-        rb = reps.get(id(v))
-        if paired and rb is not None:
-            diff = s["cond_vendi"] - v["cond_vendi"]
-            beats_ci[k] = _ratio_interval(diff, rs["cond_vendi"] - rb["cond_vendi"])
-            beats[k] = bool(beats_ci[k][0] > 0)
-        else:
-            beats[k] = bool(s["cond_vendi"] > v["cond_vendi"])
+    beats, beats_ci = _beats(s, baselines, reps if paired else {})  # paired: against none too
     criteria = {
         "cond_vendi_gain": bool(gain >= GOAL_GAIN and (gain_ci is None or gain_ci[0] > 0)),
         "fidelity": bool(
@@ -141,6 +124,43 @@ def goal_check(
         "beats": beats,
         "beats_ci": beats_ci,
     }
+
+
+def _gap_closed(
+    s: dict[str, Any], none: dict[str, Any], world: dict[str, Any] | None, reps: dict[int, dict[str, Any]]
+) -> tuple[float | None, Any]:
+    """(the fraction of the free-attribute entropy gap from none to the world that row ``s`` closes, its
+    interval when all three rows have replicates); (None, None) without a world row or a gap."""
+    if world is None or not all("free_attribute_entropy" in r for r in (world, none, s)):
+        return None, None
+    gap = world["free_attribute_entropy"] - none["free_attribute_entropy"]
+    if abs(gap) <= 1e-9:
+        return None, None
+    closure = (s["free_attribute_entropy"] - none["free_attribute_entropy"]) / gap
+    rs, rn, rw = reps.get(id(s)), reps.get(id(none)), reps.get(id(world))
+    if rs is None or rn is None or rw is None:
+        return closure, None
+    e_s, e_n, e_w = (r["free_attribute_entropy"] for r in (rs, rn, rw))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return closure, _ratio_interval(closure, (e_s - e_n) / (e_w - e_n))
+
+
+def _beats(
+    s: dict[str, Any], baselines: dict[str, dict[str, Any]], reps: dict[int, dict[str, Any]]
+) -> tuple[dict[str, bool], dict[str, Any]]:
+    """Whether row ``s`` beats each baseline row on Cond-Vendi (paired interval above 0 when both have
+    replicates, else the plain comparison), and those intervals."""
+    beats, beats_ci = {}, {}
+    rs = reps.get(id(s))
+    for k, v in baselines.items():
+        rb = reps.get(id(v))
+        if rs is not None and rb is not None:
+            diff = s["cond_vendi"] - v["cond_vendi"]
+            beats_ci[k] = _ratio_interval(diff, rs["cond_vendi"] - rb["cond_vendi"])
+            beats[k] = bool(beats_ci[k][0] > 0)
+        else:
+            beats[k] = bool(s["cond_vendi"] > v["cond_vendi"])
+    return beats, beats_ci
 
 
 def _fmt(row: dict[str, Any], key: str, fmt: str) -> str:
@@ -212,42 +232,54 @@ def write_markdown(
             "Read Cond-Vendi together with fidelity and the ground-truth free-attribute columns.",
         ]
     if any("ci" in r for r in rows):
-        lines += ["", "## 95% intervals and paired differences to `none`", ""]
-        lines += ci_table(rows)
-        iv = meta.get("intervals") or {}
-        lines += [
-            "",
-            f"Bootstrap over the {cfg['clusters']} prompt clusters (each with its {cfg['seeds']} seed rounds), "
-            f"{iv.get('n_boot', cfg.get('n_boot'))} resamples, the same for every setting (all settings share the "
-            "noise, so the differences are paired); percentile intervals centred on the estimate. "
-            "A difference whose interval contains 0 is not distinguishable from `none` on this prompt set.",
-        ]
-        if cfg["clusters"] < 8:
-            lines += [
-                "",
-                f"**Too small to conclude**: {cfg['clusters']} clusters give unreliable intervals; use 12 or more.",
-            ]
+        lines += _interval_lines(rows, meta)
     lines += ["", "## All settings", ""]
     lines += _table(rows)
     lines += ["", "![trade-off](tradeoff.png)", ""]
     if mixture:
-        lines += [
-            "## 2-D Gaussian mixture",
-            "",
-            "A conditional diffusion model on 8 modes on a circle; each of 2 prompts selects every other "
-            "one (4 modes, unequal weights). Mode coverage: fraction of the prompt's modes hit by at least one sample "
-            "(within 3 std); off-support: fraction of samples not within 3 std of any mode of their prompt.",
-            "",
-            "| method | scale | mode coverage | mode entropy | off-support | s/sample |",
-            "|---|---|---|---|---|---|",
-        ]
-        for r in mixture:
-            lines.append(
-                f"| {r['method']} | {r['scale']:g} | {r['mode_coverage']:.3f} | {r['mode_entropy']:.3f} | "
-                f"{r['off_support']:.3f} | {r['sec_per_sample']:.4f} |"
-            )
-        lines += ["", "![mixture](mixture.png)", ""]
+        lines += _mixture_lines(mixture)
     (out / "results.md").write_text("\n".join(lines))
+
+
+def _interval_lines(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
+    """results.md's section on the intervals: the table and how they were made."""
+    cfg = meta["config"]
+    lines = ["", "## 95% intervals and paired differences to `none`", ""]
+    lines += ci_table(rows)
+    iv = meta.get("intervals") or {}
+    lines += [
+        "",
+        f"Bootstrap over the {cfg['clusters']} prompt clusters (each with its {cfg['seeds']} seed rounds), "
+        f"{iv.get('n_boot', cfg.get('n_boot'))} resamples, the same for every setting (all settings share the "
+        "noise, so the differences are paired); percentile intervals centred on the estimate. "
+        "A difference whose interval contains 0 is not distinguishable from `none` on this prompt set.",
+    ]
+    if cfg["clusters"] < 8:
+        lines += [
+            "",
+            f"**Too small to conclude**: {cfg['clusters']} clusters give unreliable intervals; use 12 or more.",
+        ]
+    return lines
+
+
+def _mixture_lines(mixture: list[dict[str, Any]]) -> list[str]:
+    """results.md's section on the 2-D Gaussian mixture experiment."""
+    lines = [
+        "## 2-D Gaussian mixture",
+        "",
+        "A conditional diffusion model on 8 modes on a circle; each of 2 prompts selects every other "
+        "one (4 modes, unequal weights). Mode coverage: fraction of the prompt's modes hit by at least one sample "
+        "(within 3 std); off-support: fraction of samples not within 3 std of any mode of their prompt.",
+        "",
+        "| method | scale | mode coverage | mode entropy | off-support | s/sample |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in mixture:
+        lines.append(
+            f"| {r['method']} | {r['scale']:g} | {r['mode_coverage']:.3f} | {r['mode_entropy']:.3f} | "
+            f"{r['off_support']:.3f} | {r['sec_per_sample']:.4f} |"
+        )
+    return lines + ["", "![mixture](mixture.png)", ""]
 
 
 def _ci(value: Any, fmt: str, scale: float = 1.0) -> str:

@@ -62,7 +62,7 @@ def write_prompts(path: Path, clusters: int, per_cluster: int, seed: int) -> lis
     return entries
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="SPARKE demo on the embedded model (see the module docstring)."
     )
@@ -74,13 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
     parser.add_argument("--prompt-seed", type=int, default=3, help="seed of the prompt clusters (default 3)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
-    args = parser.parse_args(argv)
+    return parser
 
-    import typer
-    from rich import box
-    from rich.table import Table
 
-    from sparke.cli.common import err, out, say, user_errors
+def _make_runs(args: argparse.Namespace) -> tuple[list[Path], list[dict[str, Any]], Path]:
+    """Generate (or resume) the demo's runs, evaluate them, write the report: (folders, results, report)."""
+    from sparke.cli.common import err
     from sparke.cli.generate import run_with_progress
     from sparke.methods import METHODS, resolve_settings
     from sparke.report import build_report
@@ -88,40 +87,40 @@ def main(argv: list[str] | None = None) -> int:
     from sparke.runs.evaluation import evaluate_run, load_features
     from sparke.runs.generation import load_model, resolve_device
 
-    start = time.perf_counter()
-    try:
-        with user_errors("rerun `make demo` to resume"):
-            entries = write_prompts(args.out / "prompts.jsonl", args.clusters, args.prompts, args.prompt_seed)
-            device = resolve_device(args.device)
-            with err.status("loading the embedded model ..."):
-                pipe = load_model("embedded", device, "float32")
-            folders = []
-            for name, method, scale, settings in RUNS:
-                config = RunConfig(
-                    prompts=entries,
-                    model="embedded",
-                    method=method,
-                    scale=METHODS[method].default_scale if scale is None else scale,
-                    settings=resolve_settings(METHODS[method], settings),
-                    images_per_prompt=args.images,
-                    steps=args.steps,
-                    seed=args.seed,
-                    batch_size=8,
-                    dtype="float32",
-                )
-                folder = args.out / name
-                _move_aside_if_other(folder, config)
-                run_with_progress(config, folder, pipe=pipe, label=f"{name:<12}")
-                folders.append(folder)
-            del pipe
-            with err.status("evaluating ..."):
-                extractor = load_features("embedded", device)
-                results = [evaluate_run(folder, extractor) for folder in folders]
-            report = build_report(
-                folders, args.out / "report.html", title="SPARKE demo: the embedded shapes model"
-            )
-    except typer.Exit as stop:  # user_errors' exit: its one line is printed
-        return int(stop.exit_code)
+    entries = write_prompts(args.out / "prompts.jsonl", args.clusters, args.prompts, args.prompt_seed)
+    device = resolve_device(args.device)
+    with err.status("loading the embedded model ..."):
+        pipe = load_model("embedded", device, "float32")
+    folders = []
+    for name, method, scale, settings in RUNS:
+        config = RunConfig(
+            prompts=entries,
+            model="embedded",
+            method=method,
+            scale=METHODS[method].default_scale if scale is None else scale,
+            settings=resolve_settings(METHODS[method], settings),
+            images_per_prompt=args.images,
+            steps=args.steps,
+            seed=args.seed,
+            batch_size=8,
+            dtype="float32",
+        )
+        folder = args.out / name
+        _move_aside_if_other(folder, config)
+        run_with_progress(config, folder, pipe=pipe, label=f"{name:<12}")
+        folders.append(folder)
+    del pipe
+    with err.status("evaluating ..."):
+        extractor = load_features("embedded", device)
+        results = [evaluate_run(folder, extractor) for folder in folders]
+    report = build_report(folders, args.out / "report.html", title="SPARKE demo: the embedded shapes model")
+    return folders, results, report
+
+
+def _results_table(folders: list[Path], results: list[dict[str, Any]]) -> Any:
+    """The rich table of the runs' overall figures, each run's Cond-Vendi against the first run's."""
+    from rich import box
+    from rich.table import Table
 
     table = Table(title="Demo: diversity and fidelity", title_justify="left", box=box.SIMPLE_HEAD)
     for column in (
@@ -150,7 +149,23 @@ def main(argv: list[str] | None = None) -> int:
             "-" if o.get("match_rate") is None else f"{o['match_rate']:.3f}",
             "-" if o.get("match_shape_colour") is None else f"{o['match_shape_colour']:.3f}",
         )
-    out.print(table)
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+
+    import typer
+
+    from sparke.cli.common import out, say, user_errors
+
+    start = time.perf_counter()
+    try:
+        with user_errors("rerun `make demo` to resume"):
+            folders, results, report = _make_runs(args)
+    except typer.Exit as stop:  # user_errors' exit: its one line is printed
+        return int(stop.exit_code)
+    out.print(_results_table(folders, results))
     n_images = results[0]["overall"]["n_images"]
     say(
         f"[Cond-Vendi with its 95% interval over the prompt clusters.] With {n_images} images per run the "

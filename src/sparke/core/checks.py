@@ -76,6 +76,21 @@ def as_features(
     return value
 
 
+def kernel_features(
+    value: torch.Tensor | np.ndarray,
+    name: str,
+    kernel: str,
+    *,
+    min_rows: int = 1,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """``as_features`` rows for ``kernel``: the cosine kernel also refuses an all-zero row (it has no direction)."""
+    value = as_features(value, name, min_rows=min_rows, device=device)
+    if kernel == "cosine":
+        check_nonzero_rows(value, name)
+    return value
+
+
 def as_stored_rows(
     value: torch.Tensor | np.ndarray | None, name: str, *, like: torch.Tensor, columns: int
 ) -> torch.Tensor:

@@ -28,6 +28,7 @@ from .checks import (
     check_nonzero_rows,
     check_rows_match,
     check_sigma,
+    kernel_features,
     renamed_bandwidths,
 )
 from .defaults import KERNEL, SIGMA_IMAGE, SIGMA_PROMPT
@@ -41,11 +42,7 @@ MAX_DENSE_ROWS = 8_192
 
 
 def _prepare(x: Array, name: str, kernel: str) -> torch.Tensor:
-    check_kernel(kernel)
-    x = as_features(x, name)
-    if kernel == "cosine":
-        check_nonzero_rows(x, name)
-    return x
+    return kernel_features(x, name, check_kernel(kernel))
 
 
 def _prepare_pair(x: Array, y: Array, kernel: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -243,13 +243,7 @@ class ShapesPipeline(DiffusionPipeline):
         """
         if kwargs:
             raise TypeError(f"unexpected arguments: {sorted(kwargs)}")
-        if callback_on_step_end_tensor_inputs is None:
-            callback_on_step_end_tensor_inputs = ["latents"]
-        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
-            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        bad = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
-        if bad:
-            raise ValueError(f"callback tensor inputs {bad} not in {self._callback_tensor_inputs}")
+        tensor_inputs = self._callback_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs)
         if (prompt is None) == (prompt_embeds is None):
             raise ValueError("pass exactly one of `prompt` and `prompt_embeds`")
         if timesteps is None and num_inference_steps < MIN_STEPS:
@@ -262,8 +256,53 @@ class ShapesPipeline(DiffusionPipeline):
         self._interrupt = False
         device = self._execution_device
         dtype = self.unet.dtype
+        embeds = self._prompt_embeddings(
+            prompt,
+            prompt_embeds,
+            negative_prompt,
+            negative_prompt_embeds,
+            num_images_per_prompt,
+            device,
+            dtype,
+        )
+        if timesteps is not None:
+            self.scheduler.set_timesteps(timesteps=timesteps, device=device)
+        else:
+            self.scheduler.set_timesteps(num_inference_steps, device=device)
+        latents = self.prepare_latents(embeds["prompt_embeds"].shape[0], dtype, device, generator, latents)
+        self._num_timesteps = len(self.scheduler.timesteps)
+        step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
+        latents = self._denoise(latents, embeds, step_kwargs, callback_on_step_end, tensor_inputs)
 
-        # 1. text embeddings
+        images = latents if output_type == "latent" else self.postprocess(latents, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)
+
+    def _callback_inputs(self, callback: Any, tensor_inputs: list[str] | None) -> list[str]:
+        """The tensors handed to ``callback_on_step_end`` (a diffusers callback object names its own)."""
+        if tensor_inputs is None:
+            tensor_inputs = ["latents"]
+        if isinstance(callback, (PipelineCallback, MultiPipelineCallbacks)):
+            tensor_inputs = callback.tensor_inputs
+        bad = [k for k in tensor_inputs if k not in self._callback_tensor_inputs]
+        if bad:
+            raise ValueError(f"callback tensor inputs {bad} not in {self._callback_tensor_inputs}")
+        return tensor_inputs
+
+    def _prompt_embeddings(
+        self,
+        prompt: str | list[str] | None,
+        prompt_embeds: torch.Tensor | None,
+        negative_prompt: str | list[str] | None,
+        negative_prompt_embeds: torch.Tensor | None,
+        num_images_per_prompt: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> dict[str, torch.Tensor | None]:
+        """``{"prompt_embeds": (B, 384), "negative_prompt_embeds": (B, 384) or None without CFG}``, one row
+        per image (B = prompts * num_images_per_prompt)."""
         if prompt_embeds is None:
             prompts = [prompt] if isinstance(prompt, str) else list(prompt)
             prompt_embeds = self.encode_prompt_features(prompts, device=device)
@@ -284,61 +323,45 @@ class ShapesPipeline(DiffusionPipeline):
             if negative_prompt_embeds.shape[0] == 1 and n_prompts > 1:
                 negative_prompt_embeds = negative_prompt_embeds.expand(n_prompts, -1)
             negative_prompt_embeds = negative_prompt_embeds.repeat_interleave(num_images_per_prompt, 0)
-        batch_size = n_prompts * num_images_per_prompt
+        return {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds}
 
-        # 2. timesteps and initial noise
-        if timesteps is not None:
-            self.scheduler.set_timesteps(timesteps=timesteps, device=device)
-        else:
-            self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps_ = self.scheduler.timesteps
-        num_inference_steps = len(timesteps_)
-        latents = self.prepare_latents(batch_size, dtype, device, generator, latents)
-        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
-        num_warmup_steps = len(timesteps_) - num_inference_steps * self.scheduler.order
-        self._num_timesteps = len(timesteps_)
-
-        # 3. denoising loop
-        with self.progress_bar(total=num_inference_steps) as progress_bar:
-            for i, t in enumerate(timesteps_):
+    def _denoise(
+        self,
+        latents: torch.Tensor,
+        embeds: dict[str, torch.Tensor | None],
+        step_kwargs: dict[str, Any],
+        callback: Callable | PipelineCallback | MultiPipelineCallbacks | None,
+        tensor_inputs: list[str],
+    ) -> torch.Tensor:
+        """The denoising loop over the scheduler's timesteps; returns the final latents."""
+        timesteps = self.scheduler.timesteps
+        num_warmup_steps = len(timesteps) - len(timesteps) * self.scheduler.order
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
                 if self.do_classifier_free_guidance:
                     latent_in = torch.cat([latents] * 2)
-                    embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
+                    both = torch.cat([embeds["negative_prompt_embeds"], embeds["prompt_embeds"]])
                 else:
-                    latent_in, embeds = latents, prompt_embeds
+                    latent_in, both = latents, embeds["prompt_embeds"]
                 latent_in = self.scheduler.scale_model_input(latent_in, t)
-                noise_pred = self.unet(latent_in, t, **self._unet_kwargs(embeds), return_dict=False)[0]
+                noise_pred = self.unet(latent_in, t, **self._unet_kwargs(both), return_dict=False)[0]
                 if self.do_classifier_free_guidance:
                     uncond, cond = noise_pred.chunk(2)
-                    noise_pred = uncond + guidance_scale * (cond - uncond)
-
-                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[
-                    0
-                ]
-
-                if callback_on_step_end is not None:
-                    callback_kwargs = {}
-                    for k in callback_on_step_end_tensor_inputs:
-                        callback_kwargs[k] = locals()[k]
-                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
-                    latents = callback_outputs.pop("latents", latents)
-                    prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
-                    negative_prompt_embeds = callback_outputs.pop(
-                        "negative_prompt_embeds", negative_prompt_embeds
-                    )
-
-                if i == len(timesteps_) - 1 or (
+                    noise_pred = uncond + self._guidance_scale * (cond - uncond)
+                latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
+                if callback is not None:
+                    current = {"latents": latents, **embeds}
+                    outputs = callback(self, i, t, {k: current[k] for k in tensor_inputs}) or {}
+                    latents = outputs.pop("latents", latents)
+                    for name in embeds:
+                        embeds[name] = outputs.pop(name, embeds[name])
+                if i == len(timesteps) - 1 or (
                     (i + 1) > num_warmup_steps and (i + 1) % self.scheduler.order == 0
                 ):
                     progress_bar.update()
-
-        images = latents if output_type == "latent" else self.postprocess(latents, output_type)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (images,)
-        return ImagePipelineOutput(images=images)
+        return latents
 
 
 def load_pipeline(

@@ -27,24 +27,105 @@ last bits between GPU models); ``--minutes`` stops early on a time budget.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from sparke.embedded.data import load_or_build_pool, render_batch, sample_scenes
+from sparke.embedded.data import CaptionPool, load_or_build_pool, render_batch, sample_scenes
 from sparke.embedded.pipeline import SCHEDULER_CONFIG, TINY_UNET_CONFIG, UNET_CONFIG, build_unet
+from sparke.embedded.training import save_trained, training_parser
 
 
 def _hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{platform.processor() or platform.machine()} cpu, {torch.get_num_threads()} threads"
+
+
+def _diffusion(dev: torch.device) -> tuple[torch.Tensor, Any]:
+    """(alpha-bar of the 1000 training noise levels on ``dev``, the autocast context: bf16 on CUDA, none on
+    CPU); on CUDA also allows TF32 matmuls."""
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    betas = torch.linspace(
+        SCHEDULER_CONFIG["beta_start"], SCHEDULER_CONFIG["beta_end"], 1000, dtype=torch.float64
+    )
+    abar = torch.cumprod(1 - betas, 0).to(dev, torch.float32)
+    if dev.type == "cuda":
+        return abar, torch.autocast("cuda", dtype=torch.bfloat16)
+    return abar, torch.autocast("cpu", enabled=False)
+
+
+def _caption_draws(pool: CaptionPool) -> np.ndarray:
+    """Probabilities of drawing each pool caption: its frequency, the empty caption never (dropout adds it)."""
+    probs = pool.freq / pool.freq.sum()
+    probs[0] = 0.0
+    return probs / probs.sum()
+
+
+def _models(
+    config: dict, dev: torch.device, init: str | Path | None
+) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(the trained UNet, its EMA copy), from ``init``'s saved (EMA, fp16) weights when given."""
+    unet = build_unet(config).to(dev).train()
+    ema = build_unet(config).to(dev).eval()
+    if init is not None:
+        from safetensors.torch import load_file
+
+        unet.load_state_dict({k: v.float() for k, v in load_file(str(init)).items()})
+    ema.load_state_dict(unet.state_dict())
+    ema.requires_grad_(False)
+    return unet, ema
+
+
+class _Schedule:
+    """The learning rate at a step: warm-up, then cosine to 10%; progress is the larger of the step and the
+    time fractions (``minutes``: the time budget, counted from ``start``)."""
+
+    def __init__(self, lr: float, steps: int, minutes: float | None, start: float) -> None:
+        self.lr, self.steps, self.minutes, self.start = lr, steps, minutes, start
+        self.warm = min(500, steps // 10)
+
+    def __call__(self, i: int) -> float:
+        if i < self.warm:
+            return self.lr * (i + 1) / self.warm
+        prog = (i - self.warm) / max(1, self.steps - self.warm)
+        if self.minutes is not None:
+            prog = max(prog, (time.time() - self.start) / (self.minutes * 60))
+        return self.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(prog, 1.0))))
+
+    def out_of_time(self) -> bool:
+        return self.minutes is not None and time.time() - self.start > self.minutes * 60
+
+
+def _noised_batch(
+    rng: np.random.Generator,
+    pool: CaptionPool,
+    probs: np.ndarray,
+    embeds: torch.Tensor,
+    abar: torch.Tensor,
+    batch_size: int,
+    p_uncond: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One training batch: (noised images x_t, timesteps t, caption embeddings c, the noise to predict)."""
+    dev = embeds.device
+    idx = rng.choice(len(pool), size=batch_size, p=probs)
+    fields = (pool.shape, pool.colour, pool.count, pool.size, pool.background, pool.position)
+    x0 = render_batch(sample_scenes(rng, *(f[idx] for f in fields)), dev)
+    drop = rng.random(batch_size) < p_uncond
+    idx = np.where(drop, 0, idx)  # caption 0 is the empty one: the CFG unconditional branch
+    c = embeds[torch.as_tensor(idx, device=dev)]
+    t = torch.randint(0, 1000, (batch_size,), device=dev)
+    noise = torch.randn_like(x0)
+    a = abar[t][:, None, None, None]
+    return a.sqrt() * x0 + (1 - a).sqrt() * noise, t, c, noise
 
 
 def train(
@@ -64,79 +145,25 @@ def train(
     init: str | Path | None = None,
 ) -> dict:
     """Train and write the EMA UNet to ``out``; returns the info dict also saved as train_info.json."""
-    from safetensors.torch import save_file
-
     t0 = time.time()
     dev = torch.device(device)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    if dev.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    abar, autocast = _diffusion(dev)
     pool = load_or_build_pool(pool_path, pool_draws, seed)
-    embeds = pool.embeds.to(dev, torch.float32)
-    probs = pool.freq / pool.freq.sum()
-    probs[0] = 0.0  # the empty caption only enters through dropout
-    probs = probs / probs.sum()
-
+    embeds, probs = pool.embeds.to(dev, torch.float32), _caption_draws(pool)
     config = TINY_UNET_CONFIG if tiny else UNET_CONFIG
-    unet = build_unet(config).to(dev).train()
-    ema = build_unet(config).to(dev).eval()
-    if init is not None:  # resume from saved (EMA, fp16) weights
-        from safetensors.torch import load_file
-
-        unet.load_state_dict({k: v.float() for k, v in load_file(str(init)).items()})
-    ema.load_state_dict(unet.state_dict())
-    ema.requires_grad_(False)
-    n_params = sum(p.numel() for p in unet.parameters())
-
+    unet, ema = _models(config, dev, init)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0, fused=dev.type == "cuda")
     ema_params, unet_params = list(ema.parameters()), list(unet.parameters())
-    warm = min(500, steps // 10)
-
-    def lr_at(i: int) -> float:
-        """Warm-up, then cosine to 10%; progress is the larger of step and time fractions."""
-        if i < warm:
-            return lr * (i + 1) / warm
-        prog = (i - warm) / max(1, steps - warm)
-        if minutes is not None:
-            prog = max(prog, (time.time() - t_start) / (minutes * 60))
-        return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(prog, 1.0))))
-
-    betas = torch.linspace(
-        SCHEDULER_CONFIG["beta_start"], SCHEDULER_CONFIG["beta_end"], 1000, dtype=torch.float64
-    )
-    abar = torch.cumprod(1 - betas, 0).to(dev, torch.float32)
-    uncond_idx = 0
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if dev.type == "cuda"
-        else torch.autocast("cpu", enabled=False)
-    )
-
+    schedule = _Schedule(
+        lr, steps, minutes, time.time()
+    )  # the time budget counts training only, not the pool
     losses: list[tuple[int, float]] = []
-    t_start = time.time()  # the time budget counts training only, not the pool
     run_loss: torch.Tensor | float = 0.0
     n_run, done = 0, 0
     for step in range(steps):
-        idx = rng.choice(len(pool), size=batch_size, p=probs)
-        scenes = sample_scenes(
-            rng,
-            pool.shape[idx],
-            pool.colour[idx],
-            pool.count[idx],
-            pool.size[idx],
-            pool.background[idx],
-            pool.position[idx],
-        )
-        x0 = render_batch(scenes, dev)
-        drop = rng.random(batch_size) < p_uncond
-        idx = np.where(drop, uncond_idx, idx)
-        c = embeds[torch.as_tensor(idx, device=dev)]
-        t = torch.randint(0, 1000, (batch_size,), device=dev)
-        noise = torch.randn_like(x0)
-        a = abar[t][:, None, None, None]
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        xt, t, c, noise = _noised_batch(rng, pool, probs, embeds, abar, batch_size, p_uncond)
         with autocast:
             pred = unet(xt, t, encoder_hidden_states=c[:, None], class_labels=c, return_dict=False)[0]
         loss = torch.nn.functional.mse_loss(pred.float(), noise)
@@ -144,32 +171,21 @@ def train(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step)
+            g["lr"] = schedule(step)
         opt.step()
         d = ema_decay if init is not None else min(ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             torch._foreach_lerp_(ema_params, unet_params, 1 - d)
         run_loss = run_loss + loss.detach()  # stays on the device: no sync per step
-        n_run += 1
-        done = step + 1
-        if (step + 1) % log_every == 0:
-            losses.append((step + 1, float(run_loss) / n_run))
-            print(
-                f"step {step + 1} loss {losses[-1][1]:.4f} lr {opt.param_groups[0]['lr']:.2e} {time.time() - t0:.0f}s",
-                flush=True,
-            )
+        n_run, done = n_run + 1, step + 1
+        if done % log_every == 0:
+            losses.append((done, float(run_loss) / n_run))
+            rate = opt.param_groups[0]["lr"]
+            print(f"step {done} loss {losses[-1][1]:.4f} lr {rate:.2e} {time.time() - t0:.0f}s", flush=True)
             run_loss, n_run = 0.0, 0
-        if minutes is not None and time.time() - t_start > minutes * 60:
-            print(f"time budget reached at step {step + 1}", flush=True)
+        if schedule.out_of_time():
+            print(f"time budget reached at step {done}", flush=True)
             break
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in ema.state_dict().items()}
-    save_file(sd, str(out / "unet.safetensors"))
-    (out / "unet_config.json").write_text(
-        json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}, indent=1)
-    )
     info = {
         "steps": done,
         "steps_planned": steps,
@@ -179,7 +195,7 @@ def train(
         "ema_decay": ema_decay,
         "seed": seed,
         "objective": "DDPM epsilon, linear betas 1e-4..0.02, 1000 steps",
-        "params": n_params,
+        "params": sum(p.numel() for p in unet.parameters()),
         "pool_captions": len(pool),
         "init": str(init) if init is not None else None,
         "seconds": round(time.time() - t0, 1),
@@ -187,18 +203,16 @@ def train(
         "torch": torch.__version__,
         "loss": losses,
     }
-    (out / "train_info.json").write_text(json.dumps(info, indent=1))
+    out = save_trained(ema, out, "unet.safetensors", "train_info.json", info)
+    (out / "unet_config.json").write_text(
+        json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}, indent=1)
+    )
     return info
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="runs/embedded/unet")
-    ap.add_argument("--steps", type=int, default=8000)
-    ap.add_argument("--batch-size", type=int, default=512)
+    ap = training_parser(__doc__.split("\n")[0], out="runs/embedded/unet", steps=8000, batch_size=512)
     ap.add_argument("--lr", type=float, default=3e-4)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pool", default="runs/embedded/pool.safetensors", help="cached caption embeddings")
     ap.add_argument("--minutes", type=float, default=None, help="stop after this many minutes")
     ap.add_argument("--tiny", action="store_true", help="tiny UNet (smoke tests)")

@@ -10,7 +10,6 @@ A GPU trains the default 3000 steps in about a minute; 2 CPU cores take several 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -22,6 +21,7 @@ import torch
 from sparke.embedded import world as W
 from sparke.embedded.data import SceneBatch, render_batch
 from sparke.embedded.encoder import ShapesEncoder
+from sparke.embedded.training import save_trained, training_parser
 
 
 def random_scenes(rng: np.random.Generator, n: int) -> SceneBatch:
@@ -76,8 +76,6 @@ def train_encoder(
     seed: int = 0,
 ) -> dict:
     """Train, write ``encoder.safetensors`` + ``encoder_info.json`` to ``out``; returns the info dict."""
-    from safetensors.torch import save_file
-
     t0 = time.time()
     dev = torch.device(device)
     torch.manual_seed(seed)
@@ -107,12 +105,6 @@ def train_encoder(
     tgt = targets(b, dev)
     acc = {k: float((pred[k].argmax(1) == tgt[k]).float().mean()) for k in tgt if k != "geom"}
     acc["geom_rmse_px"] = float(((pred["geom"] - tgt["geom"]) ** 2).mean().sqrt() * W.IMAGE_SIZE)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(
-        {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()},
-        str(out / "encoder.safetensors"),
-    )
     info = {
         "steps": steps,
         "batch_size": batch_size,
@@ -122,17 +114,12 @@ def train_encoder(
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "heldout": acc,
     }
-    (out / "encoder_info.json").write_text(json.dumps(info, indent=1))
+    save_trained(model, out, "encoder.safetensors", "encoder_info.json", info)
     return info
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="runs/embedded/encoder")
-    ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--seed", type=int, default=0)
+    ap = training_parser(__doc__.split("\n")[0], out="runs/embedded/encoder", steps=3000, batch_size=256)
     a = ap.parse_args(argv)
     print(json.dumps(train_encoder(a.out, a.steps, a.batch_size, device=a.device, seed=a.seed)))
 

@@ -1,6 +1,7 @@
 """Random-Fourier-feature (RFF) streaming scores: bounded memory for any number of rows (Gaussian kernel).
 
-Features: psi(v) = [cos(W v), sin(W v)] / sqrt(D / 2), D = ``features`` columns, W: (D / 2, dim) with
+Features: psi(v) = [cos(W v), sin(W v)] / sqrt(D / 2), D = ``features`` columns (by default 8192 for the
+RKE scores, 2048 for the Vendi ones: the class's ``default_features``), W: (D / 2, dim) with
 N(0, 1 / s^2) entries, so psi(v) . psi(v') is an unbiased estimate of exp(-|v - v'|^2 / (2 s^2)) and
 psi(v) . psi(v) = 1 exactly (the normalised kernel's trace stays n).
 
@@ -38,9 +39,11 @@ class _RFF(StreamingMetric):
     # feature maps: name -> which input ("x", "y" or "joint") and whether the state is a covariance
     _maps: dict[str, str] = {}
     second_moment = False
+    default_features = 2048  # D when ``features`` is not given
 
-    def __init__(self, *, features: int, seed: int = 0) -> None:
+    def __init__(self, *, features: int | None, seed: int = 0) -> None:
         super().__init__()
+        features = self.default_features if features is None else features
         if not isinstance(features, int) or features < 2 or features % 2:
             raise ValueError(f"features: must be a positive even integer, got {features!r}")
         self.features = features
@@ -101,7 +104,7 @@ class _RFF(StreamingMetric):
 class _Unconditional(_RFF):
     _maps = {"x": "x"}
 
-    def __init__(self, *, sigma: float = SIGMA_IMAGE, features: int, seed: int = 0) -> None:
+    def __init__(self, *, sigma: float = SIGMA_IMAGE, features: int | None = None, seed: int = 0) -> None:
         self.sigma = check_sigma(sigma, "sigma")
         super().__init__(features=features, seed=seed)
 
@@ -122,7 +125,7 @@ class _Conditional(_RFF):
         *,
         sigma_image: float = SIGMA_IMAGE,
         sigma_prompt: float = SIGMA_PROMPT,
-        features: int,
+        features: int | None = None,
         seed: int = 0,
     ) -> None:
         self.sigma_image = check_sigma(sigma_image, "sigma_image")
@@ -141,8 +144,7 @@ class _Conditional(_RFF):
 class RFFRKE(_Unconditional):
     """RKE ~ n^2 / |sum_i psi(x_i)|^2, psi the RFF of bandwidth sigma / sqrt(2). O(D) memory."""
 
-    def __init__(self, *, sigma: float = SIGMA_IMAGE, features: int = 8192, seed: int = 0) -> None:
-        super().__init__(sigma=sigma, features=features, seed=seed)
+    default_features = 8192
 
     def _bandwidth(self, name: str) -> float:
         return self.sigma / math.sqrt(2.0)
@@ -156,9 +158,7 @@ class RFFVendi(_Unconditional):
     """Vendi ~ exp(H1(C)), C the D x D covariance of the RFF of bandwidth sigma. O(D^2) memory."""
 
     second_moment = True
-
-    def __init__(self, *, sigma: float = SIGMA_IMAGE, features: int = 2048, seed: int = 0) -> None:
-        super().__init__(sigma=sigma, features=features, seed=seed)
+    default_features = 2048
 
     def _bandwidth(self, name: str) -> float:
         return self.sigma
@@ -170,15 +170,7 @@ class RFFVendi(_Unconditional):
 class RFFCondRKE(_Conditional):
     """Cond-RKE ~ |sum psi_y|^2 / |sum psi_joint|^2 (joint: RFF of [x / sigma_image, y / sigma_prompt]). O(D)."""
 
-    def __init__(
-        self,
-        *,
-        sigma_image: float = SIGMA_IMAGE,
-        sigma_prompt: float = SIGMA_PROMPT,
-        features: int = 8192,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(sigma_image=sigma_image, sigma_prompt=sigma_prompt, features=features, seed=seed)
+    default_features = 8192
 
     def _bandwidth(self, name: str) -> float:
         return (self.sigma_prompt if name == "y" else 1.0) / math.sqrt(2.0)
@@ -191,16 +183,7 @@ class RFFCondVendi(_Conditional):
     """Cond-Vendi ~ exp(H1(C_joint) - H1(C_y)), two D x D RFF covariances. O(D^2) memory."""
 
     second_moment = True
-
-    def __init__(
-        self,
-        *,
-        sigma_image: float = SIGMA_IMAGE,
-        sigma_prompt: float = SIGMA_PROMPT,
-        features: int = 2048,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(sigma_image=sigma_image, sigma_prompt=sigma_prompt, features=features, seed=seed)
+    default_features = 2048
 
     def _bandwidth(self, name: str) -> float:
         return self.sigma_prompt if name == "y" else 1.0

@@ -28,12 +28,11 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 
 from ..core import cond_rke, cond_vendi, rke, vendi
 from ..core.checks import (
-    as_features,
     check_bandwidths,
     check_kernel,
-    check_nonzero_rows,
     check_rows_match,
     check_sigma,
+    kernel_features,
 )
 from ..core.defaults import KERNEL, SIGMA_IMAGE, SIGMA_PROMPT
 from ..core.kernels import unit_rows
@@ -75,13 +74,11 @@ class _SparkeMetric(Metric):
         super().merge_state(incoming_state)
 
     def _features(
-        self, value: Array, name: str, state: str, *, cosine: bool, device: torch.device | None = None
+        self, value: Array, name: str, state: str, *, kernel: str, device: torch.device | None = None
     ) -> torch.Tensor:
-        """Validate a batch with the core's checks: float32 rows (float64 stays float64), as the core
-        functions convert them, and as wide as the rows kept in ``state``."""
-        value = as_features(value, name, min_rows=0, device=device)
-        if cosine:
-            check_nonzero_rows(value, name)
+        """Validate a batch with the core's checks for ``kernel``: float32 rows (float64 stays float64), as
+        the core functions convert them, and as wide as the rows kept in ``state``."""
+        value = kernel_features(value, name, kernel, min_rows=0, device=device)
         width = _width(getattr(self, state))
         if width is not None and value.shape[1] != width:
             raise ValueError(f"{name}: has {value.shape[1]} feature columns, the earlier rows had {width}")
@@ -117,7 +114,7 @@ class _Unconditional(_SparkeMetric):
 
     def update(self, x: Array) -> None:
         """Add the feature rows x: (B, d)."""
-        x = self._features(x, "x", "x", cosine=self.kernel == "cosine")
+        x = self._features(x, "x", "x", kernel=self.kernel)
         if x.shape[0]:
             self._append("x", x)
 
@@ -145,8 +142,8 @@ class _Conditional(_SparkeMetric):
 
     def update(self, x: Array, y: Array) -> None:
         """Add the image feature rows x: (B, d) and their prompt feature rows y: (B, e)."""
-        x = self._features(x, "x", "x", cosine=self.kernel == "cosine")
-        y = self._features(y, "y", "y", cosine=self.kernel == "cosine", device=x.device)
+        x = self._features(x, "x", "x", kernel=self.kernel)
+        y = self._features(y, "y", "y", kernel=self.kernel, device=x.device)
         check_rows_match(x, y, "x", "y")
         if x.shape[0]:
             self._append("x", x)
@@ -200,7 +197,7 @@ class InBatchSimilarity(_SparkeMetric):
 
     def update(self, x: Array) -> None:
         """Add the feature rows x: (B, d)."""
-        x = self._features(x, "x", "sums", cosine=True)
+        x = self._features(x, "x", "sums", kernel="cosine")
         if x.shape[0]:
             self._append("sums", unit_rows(x).to(torch.float64).sum(0, keepdim=True))
             self.n = self.n + x.shape[0]
@@ -237,7 +234,7 @@ class PRDC(_SparkeMetric):
         """Add feature rows (B, d) to the real set (``real=True``) or to the generated set."""
         other = "fake_rows" if real else "real_rows"
         state = "real_rows" if real else "fake_rows"
-        features = self._features(features, "features", state, cosine=False)
+        features = self._features(features, "features", state, kernel="gaussian")
         width = _width(getattr(self, other))
         if width is not None and features.shape[1] != width:
             raise ValueError(

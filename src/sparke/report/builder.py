@@ -493,6 +493,77 @@ def _labels(paths: Sequence[Path]) -> list[str]:
     return [f"{p.parent.name}/{p.name}" for p in paths]
 
 
+def _run_info(run: RunImages, label: str, metrics: dict[str, Any] | None) -> dict[str, Any]:
+    """What the page shows of one run: its label, settings (run.json, else its first record's) and metrics."""
+    first = run.records[0]
+    return {
+        "label": label,
+        "run": run,
+        "config": run.config or {k: first.get(k) for k in ("model", "method", "scale", "settings")},
+        "method": run.config.get("method", first.get("method")),
+        "scale": run.config.get("scale", first.get("scale")),
+        "model": run.config.get("model", first.get("model")),
+        "n_images": len(run.records),
+        "metrics": metrics or read_metrics(run.path),
+    }
+
+
+def _prompt_groups(
+    loaded: Sequence[RunImages],
+) -> tuple[dict[str, str], list[dict[str, list[dict[str, Any]]]]]:
+    """(each prompt's cluster, from the first run that has the prompt, in order of first appearance;
+    per run, its records by prompt)."""
+    prompt_cluster: dict[str, str] = {}
+    by_run_prompt: list[dict[str, list[dict[str, Any]]]] = []
+    for run in loaded:
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for record in run.records:
+            groups.setdefault(record["prompt"], []).append(record)
+            prompt_cluster.setdefault(record["prompt"], record.get("cluster") or record["prompt"])
+        by_run_prompt.append(groups)
+    return prompt_cluster, by_run_prompt
+
+
+def _grid_figure(info: dict[str, Any], records: Sequence[dict[str, Any]], thumb: int) -> str:
+    """One run's grid of a prompt's images (or a 'none' box), captioned with the run's label."""
+    if not records:
+        return f"<figure><div class='missing'>none</div><figcaption>{_e(info['label'])}</figcaption></figure>"
+    data, w, h, cell = grid_png([info["run"].path / r["file"] for r in records], thumb)
+    # small images (the embedded model's 32x32) are shown enlarged to >= 64 px cells, pixelated
+    factor = max(1, math.ceil(64 / cell)) if cell < 64 else 1
+    cls = "" if cell < 64 else " class='smooth'"
+    alt = f"{len(records)} images of {info['label']}"
+    return (
+        f"<figure><img{cls} src='data:image/png;base64,{data}' width='{w * factor}' "
+        f"height='{h * factor}' alt='{_e(alt)}'><figcaption>{_e(info['label'])}</figcaption></figure>"
+    )
+
+
+def _cluster_section(
+    name: str,
+    members: Sequence[str],
+    infos: Sequence[dict[str, Any]],
+    by_run_prompt: Sequence[dict[str, list[dict[str, Any]]]],
+    max_images: int,
+    thumb: int,
+) -> str:
+    """A cluster's block: its metrics line, its free attributes, and per prompt one grid per run."""
+    parts = [f"<div class='cluster'><h3>{_e(name)}</h3>"]
+    line = _cluster_metrics_line(infos, name, members)
+    if line:
+        parts.append(f"<p class='cluster-metrics'>{line}</p>")
+    parts.append(free_attributes_block(infos, members, by_run_prompt))
+    for prompt in members:
+        text = "" if members == [name] else f"<p class='ptext'>{_e(prompt)}</p>"  # cluster = this prompt
+        parts.append(f"<div class='prompt' data-prompt='{_e(prompt.lower())}'>{text}")
+        parts.append("<div class='grids'>")
+        for info, groups in zip(infos, by_run_prompt, strict=True):
+            parts.append(_grid_figure(info, groups.get(prompt, [])[:max_images], thumb))
+        parts.append("</div></div>")
+    parts.append("</div>")
+    return "".join(parts)
+
+
 def build_report(
     runs: Sequence[str | os.PathLike],
     out: str | os.PathLike,
@@ -514,31 +585,11 @@ def build_report(
         raise RunError("no run folders given")
     loaded: list[RunImages] = [load_run(r) for r in runs]
     labels = _labels([r.path for r in loaded])
-    infos = []
-    for run, label, given in zip(loaded, labels, runs, strict=True):
-        first = run.records[0]
-        m = (metrics or {}).get(str(given)) or read_metrics(run.path)
-        infos.append(
-            {
-                "label": label,
-                "run": run,
-                "config": run.config or {k: first.get(k) for k in ("model", "method", "scale", "settings")},
-                "method": run.config.get("method", first.get("method")),
-                "scale": run.config.get("scale", first.get("scale")),
-                "model": run.config.get("model", first.get("model")),
-                "n_images": len(run.records),
-                "metrics": m,
-            }
-        )
-    # prompts in order of first appearance, each with its cluster (from the first run that has it)
-    prompt_cluster: dict[str, str] = {}
-    by_run_prompt: list[dict[str, list[dict[str, Any]]]] = []
-    for run in loaded:
-        groups: dict[str, list[dict[str, Any]]] = {}
-        for record in run.records:
-            groups.setdefault(record["prompt"], []).append(record)
-            prompt_cluster.setdefault(record["prompt"], record.get("cluster") or record["prompt"])
-        by_run_prompt.append(groups)
+    infos = [
+        _run_info(run, label, (metrics or {}).get(str(given)))
+        for run, label, given in zip(loaded, labels, runs, strict=True)
+    ]
+    prompt_cluster, by_run_prompt = _prompt_groups(loaded)
     prompts = list(prompt_cluster)
     truncated = ""
     if len(prompts) > max_prompts:
@@ -547,38 +598,10 @@ def build_report(
     clusters: dict[str, list[str]] = {}
     for p in prompts:
         clusters.setdefault(prompt_cluster[p], []).append(p)
-
-    cluster_html = []
-    for name, members in clusters.items():
-        parts = [f"<div class='cluster'><h3>{_e(name)}</h3>"]
-        line = _cluster_metrics_line(infos, name, members)
-        if line:
-            parts.append(f"<p class='cluster-metrics'>{line}</p>")
-        parts.append(free_attributes_block(infos, members, by_run_prompt))
-        for prompt in members:
-            text = "" if members == [name] else f"<p class='ptext'>{_e(prompt)}</p>"  # cluster = this prompt
-            parts.append(f"<div class='prompt' data-prompt='{_e(prompt.lower())}'>{text}")
-            parts.append("<div class='grids'>")
-            for info, groups in zip(infos, by_run_prompt, strict=True):
-                records = groups.get(prompt, [])[:max_images]
-                if not records:
-                    parts.append(
-                        f"<figure><div class='missing'>none</div><figcaption>{_e(info['label'])}</figcaption></figure>"
-                    )
-                    continue
-                data, w, h, cell = grid_png([info["run"].path / r["file"] for r in records], thumb)
-                # small images (the embedded model's 32x32) are shown enlarged to >= 64 px cells, pixelated
-                factor = max(1, math.ceil(64 / cell)) if cell < 64 else 1
-                cls = "" if cell < 64 else " class='smooth'"
-                alt = f"{len(records)} images of {info['label']}"
-                parts.append(
-                    f"<figure><img{cls} src='data:image/png;base64,{data}' width='{w * factor}' "
-                    f"height='{h * factor}' alt='{_e(alt)}'><figcaption>{_e(info['label'])}</figcaption></figure>"
-                )
-            parts.append("</div></div>")
-        parts.append("</div>")
-        cluster_html.append("".join(parts))
-
+    cluster_html = [
+        _cluster_section(name, members, infos, by_run_prompt, max_images, thumb)
+        for name, members in clusters.items()
+    ]
     n_prompts = len(prompt_cluster)
     subtitle = (
         f"{len(loaded)} run{'s' if len(loaded) != 1 else ''} &middot; {n_prompts} prompt{'s' if n_prompts != 1 else ''} "

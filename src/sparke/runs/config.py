@@ -22,6 +22,7 @@ __all__ = [
     "WorkItem",
     "check_required",
     "config_differences",
+    "file_error",
     "image_seed",
     "plan",
     "read_prompts",
@@ -34,6 +35,17 @@ FORMAT_VERSION = 1
 
 class RunError(Exception):
     """Bad input or an unusable run folder; the message is one line for the user, no traceback needed."""
+
+
+def file_error(
+    path: str | os.PathLike, error: OSError, doing: str, reasons: dict[type[OSError], str] | None = None
+) -> RunError:
+    """The one-line ``RunError`` for ``error`` raised while ``doing`` something with ``path``: the reason
+    ``reasons`` gives for the error's kind (checked in order), else "cannot <doing> (<the system's words>)"."""
+    for kind, reason in (reasons or {}).items():
+        if isinstance(error, kind):
+            return RunError(f"{path}: {reason}")
+    return RunError(f"{path}: cannot {doing} ({error.strerror or error})")
 
 
 # -- prompts ----------------------------------------------------------------------------------------------------
@@ -52,14 +64,14 @@ def read_prompts(path: str | os.PathLike) -> list[PromptEntry]:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RunError(f"{path}: no such prompt file") from None
-    except IsADirectoryError:
-        raise RunError(f"{path}: is a folder, not a prompt file") from None
     except UnicodeDecodeError:
         raise RunError(f"{path}: not a UTF-8 text file") from None
     except OSError as error:
-        raise RunError(f"{path}: cannot read the prompt file ({error.strerror or error})") from None
+        reasons = {
+            FileNotFoundError: "no such prompt file",
+            IsADirectoryError: "is a folder, not a prompt file",
+        }
+        raise file_error(path, error, "read the prompt file", reasons) from None
     entries: list[PromptEntry] = []
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()

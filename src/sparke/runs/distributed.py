@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -34,7 +33,7 @@ import torch
 from .batch import BatchResult, guide_images, manifest_record, run_record, save_bank
 from .config import RunConfig, RunError, WorkItem
 from .folder import BANK_FILE
-from .generation import GenerateSummary
+from .generation import GenerateOptions, GenerateSummary
 from .model import load_model, resolve_device
 from .session import Session, open_session
 
@@ -190,24 +189,18 @@ def _same_everywhere(values: list[int], comm: torch.device, what: str) -> None:
 
 
 # -- the driver ---------------------------------------------------------------------------------------------
-def generate_distributed(
-    config: RunConfig,
-    out: str | os.PathLike,
-    *,
-    device: str = "auto",
-    pipe: Any = None,
-    on_start: Callable[[Session], None] | None = None,
-    on_batch: Callable[[Session, int], None] | None = None,
-) -> GenerateSummary:
-    """``generate`` across the launcher's processes (see the module docstring); callbacks run on rank 0 only."""
+def generate_distributed(config: RunConfig, out: str | os.PathLike, **options: Any) -> GenerateSummary:
+    """``generate`` across the launcher's processes (see the module docstring); ``options``: those of
+    ``GenerateOptions``; callbacks run on rank 0 only."""
     import torch.distributed as dist
 
+    opts = GenerateOptions(**options)
     env = dist_env()
     if env is None:
         raise RunError("generate_distributed: WORLD_SIZE is not above 1 (no launcher)")
     if not dist.is_available():
         raise RunError("torch.distributed is not available in this torch build")
-    device = resolve_device(device)
+    device = resolve_device(opts.device)
     cuda = device.startswith("cuda")
     if cuda:
         device = f"cuda:{env.local_rank}" if device == "cuda" else device
@@ -218,7 +211,7 @@ def generate_distributed(
         dist.init_process_group(backend, timeout=timedelta(minutes=30))
     comm = torch.device(device) if dist.get_backend() == "nccl" else torch.device("cpu")
     try:
-        return _drive(config, out, env, device, comm, pipe, on_start, on_batch)
+        return _drive(config, out, env, device, comm, opts)
     finally:
         if own_group:
             dist.destroy_process_group()
@@ -230,11 +223,10 @@ def _drive(
     env: DistEnv,
     device: str,
     comm: torch.device,
-    pipe: Any,
-    on_start: Callable[[Session], None] | None,
-    on_batch: Callable[[Session, int], None] | None,
+    opts: GenerateOptions,
 ) -> GenerateSummary:
     start = time.perf_counter()
+    pipe = opts.pipe
     main = env.rank == 0
     error: BaseException | None = None
     try:
@@ -256,7 +248,7 @@ def _drive(
         _agree(error, comm, "opening the run folder")
     assert session is not None
     try:
-        return _rounds(session, env, comm, main, start, on_start, on_batch)
+        return _rounds(session, env, comm, main, start, opts)
     except BaseException:
         session.abandon()
         raise
@@ -270,8 +262,7 @@ def _rounds(
     comm: torch.device,
     main: bool,
     start: float,
-    on_start: Callable[[Session], None] | None,
-    on_batch: Callable[[Session, int], None] | None,
+    opts: GenerateOptions,
 ) -> GenerateSummary:
     """The rounds of a run whose folder rank 0 holds (its lock, and every file but the ranks' own PNGs)."""
     bank = session.bank
@@ -281,8 +272,8 @@ def _rounds(
         "what is left of the run",
     )
     resumed = session.done_images
-    if main and on_start is not None:
-        on_start(session)
+    if main and opts.on_start is not None:
+        opts.on_start(session)
 
     folder, cfg = session.folder, session.config
     todo, world = session.todo, env.world
@@ -320,8 +311,8 @@ def _rounds(
             if main:
                 save_bank(bank, folder.path / BANK_FILE)
         generated += len(new)
-        if main and on_batch is not None:
-            on_batch(session, len(new))
+        if main and opts.on_batch is not None:
+            opts.on_batch(session, len(new))
 
     import torch.distributed as dist
 

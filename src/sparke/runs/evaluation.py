@@ -37,8 +37,9 @@ import torch
 
 from sparke.core.defaults import SIGMA_IMAGE, SIGMA_PROMPT
 
-from .config import RunError
-from .folder import MANIFEST_FILE, RunFolder, file_sha256, repair_command
+from .config import RunError, file_error
+from .folder import MANIFEST_FILE, RunFolder, atomic_write, file_sha256, repair_command
+from .imagefolder import ImageRecords, image_groups
 from .pixels import (
     CLIP_MEAN,
     CLIP_STD,
@@ -187,36 +188,11 @@ def _hf_features(spec: str, device: str, batch_size: int) -> FeatureExtractor:
 
 # -- reading a run ----------------------------------------------------------------------------------------------
 @dataclass
-class RunImages:
+class RunImages(ImageRecords):
     """A run folder's config (run.json dict, or {} when absent) and its manifest records sorted by index."""
 
-    path: Path
-    config: dict[str, Any]
-    records: list[dict[str, Any]]
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    def load_images(self) -> torch.Tensor:
-        """All images (N, 3, H, W) float in [-1, 1]."""
-        from PIL import Image
-
-        arrays = []
-        for record in self.records:
-            file = self.path / record["file"]
-            try:
-                with Image.open(file) as im:
-                    arrays.append(np.asarray(im.convert("RGB")))
-            except (OSError, ValueError) as error:
-                raise RunError(
-                    f"{file}: unreadable image ({error}); run `{repair_command(self.path)}` to make it again"
-                ) from None
-        shapes = {a.shape for a in arrays}
-        if len(shapes) > 1:
-            raise RunError(f"{self.path}: images of different sizes {sorted(shapes)}")
-        arr = np.stack(arrays).astype(np.float32) / 127.5 - 1.0
-        return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+    def _unreadable_hint(self) -> str:
+        return f"; run `{repair_command(self.path)}` to make it again"
 
 
 def load_run(path: str | os.PathLike) -> RunImages:
@@ -380,8 +356,6 @@ def evaluate_run(
     """Metrics of a run folder (path or ``RunImages``; or a ``FolderImages``), overall and per cluster, written to
     ``out`` (default ``DIR/metrics.json``) when ``write``, with the features cached beside it; ``reference``: a
     ``runs.reference.Reference`` (PRDC, Fréchet), ``clip``: a ``runs.alignment.ClipScorer`` (CLIPScore)."""
-    from sparke.encoders.minilm import encode_minilm
-
     from .feature_cache import image_features
 
     _check_kernel_settings(kernel, sigma_image, sigma_prompt)
@@ -389,9 +363,7 @@ def evaluate_run(
     target = Path(out) if out is not None else run.path / METRICS_FILE
     cache_dir = target.parent if write else None
     x, size = image_features(run, extractor, cache_dir)
-    prompts = [r["prompt"] for r in run.records]
-    unique = list(dict.fromkeys(prompts))
-    y = encode_minilm(unique)[[unique.index(p) for p in prompts]]
+    prompts, y = _prompt_features(run.records)
     flags, notes = _checker_flags(run, extractor.name, size)
     opts = dict(kernel=kernel, sigma_image=sigma_image, sigma_prompt=sigma_prompt)
     overall = group_metrics(x, y, prompts, flags=flags, **opts)
@@ -439,12 +411,19 @@ def evaluate_run(
         result["notes"] = notes
     if write:
         try:
-            from .folder import atomic_write
-
             atomic_write(target, (json.dumps(result, indent=1) + "\n").encode())
         except OSError as error:
-            raise RunError(f"{target}: cannot write ({error.strerror or error})") from None
+            raise file_error(target, error, "write") from None
     return result
+
+
+def _prompt_features(records: list[dict[str, Any]]) -> tuple[list[str], torch.Tensor]:
+    """(each record's prompt, their MiniLM features (n, 384)), each distinct prompt encoded once."""
+    from sparke.encoders.minilm import encode_minilm
+
+    prompts = [r["prompt"] for r in records]
+    unique = list(dict.fromkeys(prompts))
+    return prompts, encode_minilm(unique)[[unique.index(p) for p in prompts]]
 
 
 def _check_kernel_settings(kernel: str, sigma_image: float, sigma_prompt: float) -> None:
@@ -497,7 +476,6 @@ def cluster_metrics(
 
 def clip_scores(run: RunImages, clip: Any) -> torch.Tensor:
     """CLIPScore of each image of the run with its prompt: (n,) float64, in record order."""
-    from .imagefolder import image_groups
 
     scores = torch.empty(len(run.records), dtype=torch.float64)
     for rows, images in image_groups(run):

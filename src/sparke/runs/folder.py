@@ -39,6 +39,7 @@ from .config import (
     FORMAT_VERSION,
     RunConfig,
     RunError,
+    file_error,
 )
 
 __all__ = [
@@ -98,31 +99,34 @@ def _parse_record(line: bytes) -> dict[str, Any] | None:
     return record
 
 
+# why a run folder cannot be made, by the kind of error (``RunFolder.create``)
+_UNWRITABLE: dict[type[OSError], str] = {
+    FileExistsError: "is a file, not a folder",
+    NotADirectoryError: "a parent of this path is a file, not a folder",
+    PermissionError: "permission denied; choose an output folder you can write",
+}
+
+
+def _inside(name: str) -> property:
+    """A ``RunFolder`` property: the path of its member ``name``."""
+
+    def member(self: RunFolder) -> Path:
+        return self.path / name
+
+    return property(member, doc=f"The folder's {name!r}.")
+
+
 class RunFolder:
     """Reads and writes one run folder; every write is atomic (see the module docstring)."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
 
-    @property
-    def run_file(self) -> Path:
-        return self.path / RUN_FILE
-
-    @property
-    def manifest_file(self) -> Path:
-        return self.path / MANIFEST_FILE
-
-    @property
-    def bank_file(self) -> Path:
-        return self.path / BANK_FILE
-
-    @property
-    def images_dir(self) -> Path:
-        return self.path / IMAGES_DIR
-
-    @property
-    def lock_file(self) -> Path:
-        return self.path / LOCK_FILE
+    run_file = _inside(RUN_FILE)
+    manifest_file = _inside(MANIFEST_FILE)
+    bank_file = _inside(BANK_FILE)
+    images_dir = _inside(IMAGES_DIR)
+    lock_file = _inside(LOCK_FILE)
 
     # -- reading (no writes: safe on any folder) --------------------------------------------------------------
     def read_config(self) -> dict[str, Any] | None:
@@ -281,14 +285,8 @@ class RunFolder:
                 fd, probe = tempfile.mkstemp(prefix=".sparke-probe-", dir=folder)
                 os.close(fd)
                 os.unlink(probe)
-        except FileExistsError:
-            raise RunError(f"{self.path}: is a file, not a folder") from None
-        except NotADirectoryError:
-            raise RunError(f"{self.path}: a parent of this path is a file, not a folder") from None
-        except PermissionError:
-            raise RunError(f"{self.path}: permission denied; choose an output folder you can write") from None
         except OSError as error:
-            raise RunError(f"{self.path}: cannot write here ({error.strerror or error})") from None
+            raise file_error(self.path, error, "write here", _UNWRITABLE) from None
         return made
 
     def ensure_writable(self) -> None:

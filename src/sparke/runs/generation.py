@@ -53,6 +53,7 @@ __all__ = [
     "DTYPES",
     "EMBEDDED",
     "BatchResult",
+    "GenerateOptions",
     "GenerateSummary",
     "Session",
     "as_pil",
@@ -90,24 +91,31 @@ class GenerateSummary:
     config: RunConfig = field(repr=False)
 
 
-def generate_single(
-    config: RunConfig,
-    out: str | os.PathLike,
-    *,
-    device: str = "auto",
-    pipe: Any = None,
-    on_start: Callable[[Session], None] | None = None,
-    on_batch: Callable[[Session, int], None] | None = None,
-) -> GenerateSummary:
-    """Generate (or resume) the run ``config`` in folder ``out``; see the module docstring.
+@dataclass(frozen=True, kw_only=True)
+class GenerateOptions:
+    """The keywords of ``generate`` (and of its drivers ``generate_single``/``generate_distributed``).
 
-    ``on_start(session)`` is called once before the first batch, ``on_batch(session, new_images)`` after each.
+    ``device``: "auto", "cpu", "cuda", "cuda:1", ...; ``pipe``: a ready pipeline used instead of loading the
+    config's model; ``on_start(session)`` is called once before the first batch, ``on_batch(session,
+    new_images)`` after each (on rank 0 only under a launcher).
+    """
+
+    device: str = "auto"
+    pipe: Any = None
+    on_start: Callable[[Session], None] | None = None
+    on_batch: Callable[[Session, int], None] | None = None
+
+
+def generate_single(config: RunConfig, out: str | os.PathLike, **options: Any) -> GenerateSummary:
+    """Generate (or resume) the run ``config`` in folder ``out``; ``options``: those of ``GenerateOptions``.
+
     One process; ``sparke.runs.generate`` dispatches to ``generate_distributed`` under a launcher.
     """
+    opts = GenerateOptions(**options)
     start = time.perf_counter()
-    session = open_session(config, out, device=device, pipe=pipe)
+    session = open_session(config, out, device=opts.device, pipe=opts.pipe)
     try:
-        return _generate_session(session, start, on_start, on_batch)
+        return _generate_session(session, start, opts)
     except BaseException:
         session.abandon()
         raise
@@ -118,12 +126,11 @@ def generate_single(
 def _generate_session(
     session: Session,
     start: float,
-    on_start: Callable[[Session], None] | None,
-    on_batch: Callable[[Session, int], None] | None,
+    opts: GenerateOptions,
 ) -> GenerateSummary:
     resumed = session.done_images
-    if on_start is not None:
-        on_start(session)
+    if opts.on_start is not None:
+        opts.on_start(session)
     generated = 0
     for item in session.todo:
         try:
@@ -150,8 +157,8 @@ def _generate_session(
                 "are saved: rerun the same command to resume"
             ) from None
         generated += count
-        if on_batch is not None:
-            on_batch(session, count)
+        if opts.on_batch is not None:
+            opts.on_batch(session, count)
     bank = session.bank
     return GenerateSummary(
         out=session.folder.path,

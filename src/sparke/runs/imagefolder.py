@@ -26,6 +26,7 @@ from .folder import MANIFEST_FILE
 __all__ = [
     "METADATA_FILES",
     "FolderImages",
+    "ImageRecords",
     "image_groups",
     "read_image_folder",
     "load_reference_folder",
@@ -36,8 +37,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".ti
 
 
 @dataclass
-class FolderImages:
-    """A plain image folder: records ``{"file", "prompt"[, "cluster"]}`` in metadata order, config {}."""
+class ImageRecords:
+    """Images listed by ``records`` (``{"file": path inside the folder, ...}``) in folder ``path``, with the
+    folder's ``config`` ({} when it has none): what ``evaluate_run`` reads, from a run or a plain folder."""
 
     path: Path
     config: dict[str, Any]
@@ -46,6 +48,10 @@ class FolderImages:
     @property
     def name(self) -> str:
         return self.path.name
+
+    def _unreadable_hint(self) -> str:
+        """What to add to the message about an unreadable image (a fix the folder's kind offers)."""
+        return ""
 
     def read_image(self, record: dict[str, Any]) -> np.ndarray:
         """One image as (H, W, 3) uint8; ``RunError`` naming the file when it cannot be decoded."""
@@ -56,7 +62,9 @@ class FolderImages:
             with Image.open(file) as im:
                 return np.asarray(im.convert("RGB"))
         except (OSError, ValueError, SyntaxError) as error:
-            raise RunError(f"{file}: unreadable image ({_first_line(error)})") from None
+            raise RunError(
+                f"{file}: unreadable image ({_first_line(error)}){self._unreadable_hint()}"
+            ) from None
 
     def verify(self) -> None:
         """Decode every image once, so that a bad one is refused before anything is computed or written."""
@@ -82,6 +90,11 @@ class FolderImages:
             sizes = sorted({tuple(images.shape[-2:]) for _, images in groups})
             raise RunError(f"{self.path}: images of different sizes {sizes}")
         return groups[0][1]
+
+
+@dataclass
+class FolderImages(ImageRecords):
+    """A plain image folder: records ``{"file", "prompt"[, "cluster"]}`` in metadata order, config {}."""
 
 
 def image_groups(run: Any) -> list[tuple[list[int], torch.Tensor]]:

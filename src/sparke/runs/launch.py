@@ -22,9 +22,8 @@ def generate(
     on_start: Callable[[Session], None] | None = None,
     on_batch: Callable[[Session, int], None] | None = None,
 ) -> GenerateSummary:
-    """Generate (or resume) the run ``config`` in folder ``out``.
+    """Generate (or resume) the run ``config`` in folder ``out``; the keywords are those of ``GenerateOptions``.
 
-    ``on_start(session)`` is called once before the first batch, ``on_batch(session, new_images)`` after each.
     Under a launcher (``WORLD_SIZE`` > 1) the processes share the work and one bank (``generate_distributed``).
     """
     run = generate_distributed if dist_env() is not None else generate_single
