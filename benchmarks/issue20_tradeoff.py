@@ -6,7 +6,10 @@ point estimate, Cond-Vendi >= +15%, >= 30% of the entropy gap closed. Prints a m
 trade-off plot (one panel per prompt set, Cond-Vendi gain against fidelity cost, a line through each setting's
 scales).
 
-    python benchmarks/issue20_tradeoff.py runs/i20-seed5 runs/i20-seed6 --png docs/issue20-tradeoff.png
+    python benchmarks/issue20_tradeoff.py runs/i20-seed5 runs/i20b-seed5 runs/i20-seed6 runs/i20b-seed6 \
+        --png docs/issue20-tradeoff.png
+
+Folders of one prompt set (the same ``--seed`` and sizes) are merged: their rows share the bootstrap resamples.
 """
 
 from __future__ import annotations
@@ -19,12 +22,26 @@ from sparke.bench.combine import load
 from sparke.bench.report import goal_check
 
 BAR_COST, BAR_GAIN, BAR_CLOSED = 2.0, 0.15, 0.30  # issue 20: points, relative gain, share of the gap
+NAMES = {"sparke": "sparke (today's default: x0 centred)", "latent": "latent (the paper's step)"}
 
 
-def candidate_rows(folder: Path) -> list[dict[str, Any]]:
-    """One dict per SPARKE row of a bench folder: seed, label, scale, the three figures and their intervals."""
-    rows, meta, reps = load(folder)
-    seed = meta["config"]["seed"]
+def paired_runs(folders: list[Path]) -> dict[int, tuple[list[dict[str, Any]], list[Any]]]:
+    """seed -> (rows, bootstrap replicates) of all the folders run on that prompt set (same seed and sizes, so
+    the same resamples: their rows stay paired), one row per (label, scale), the first folder's first."""
+    runs: dict[int, tuple[list[dict[str, Any]], list[Any]]] = {}
+    for folder in folders:
+        rows, meta, reps = load(folder)
+        have_rows, have_reps = runs.setdefault(meta["config"]["seed"], ([], []))
+        seen = {(r["label"], float(r["scale"])) for r in have_rows}
+        for row, rep in zip(rows, reps, strict=True):
+            if (row["label"], float(row["scale"])) not in seen:
+                have_rows.append(row)
+                have_reps.append(rep)
+    return runs
+
+
+def candidate_rows(seed: int, rows: list[dict[str, Any]], reps: list[Any]) -> list[dict[str, Any]]:
+    """One dict per SPARKE row of a prompt set: seed, label, scale, the three figures and their intervals."""
     out = []
     for row in rows:
         if row["method"] != "sparke":
@@ -32,6 +49,7 @@ def candidate_rows(folder: Path) -> list[dict[str, Any]]:
         g = goal_check(rows, reps, fixed=(row["label"], float(row["scale"])))
         cost = -100 * g["fidelity_delta"]
         ci = g["fidelity_delta_ci"]
+        closed = g["entropy_gap_closed"]
         out.append(
             dict(
                 seed=seed,
@@ -41,14 +59,12 @@ def candidate_rows(folder: Path) -> list[dict[str, Any]]:
                 gain_ci=g["cond_vendi_gain_ci"],
                 cost=cost,
                 cost_ci=None if ci is None else [-100 * ci[1], -100 * ci[0]],
-                closed=g["entropy_gap_closed"],
+                closed=closed,
                 closed_ci=g["entropy_gap_closed_ci"],
-                meets=cost < BAR_COST
-                and g["cond_vendi_gain"] >= BAR_GAIN
-                and (g["entropy_gap_closed"] or 0) >= BAR_CLOSED,
+                meets=cost < BAR_COST and g["cond_vendi_gain"] >= BAR_GAIN and (closed or 0) >= BAR_CLOSED,
             )
         )
-    return out
+    return sorted(out, key=lambda r: (r["label"] != "sparke", r["label"] != "latent", r["label"], r["scale"]))
 
 
 def _with_ci(value: float | None, ci: list[float] | None, fmt: str, scale: float = 1.0) -> str:
@@ -60,13 +76,13 @@ def _with_ci(value: float | None, ci: list[float] | None, fmt: str, scale: float
 
 def markdown(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| seed | setting | scale | Cond-Vendi gain | fidelity cost (points) | entropy gap closed | issue bar |",
+        "| seed | setting | scale | Cond-Vendi gain | Δ fidelity (points) | entropy gap closed | issue bar |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['seed']} | {r['label']} | {r['scale']:g} | {_with_ci(r['gain'], r['gain_ci'], '{:+.1f}%', 100)} "
-            f"| {_with_ci(r['cost'], r['cost_ci'], '{:.1f}')} | {_with_ci(r['closed'], r['closed_ci'], '{:.0f}%', 100)} "
+            f"| {_with_ci(-r['cost'], None if r['cost_ci'] is None else [-r['cost_ci'][1], -r['cost_ci'][0]], '{:+.1f}')} | {_with_ci(r['closed'], r['closed_ci'], '{:.0f}%', 100)} "
             f"| {'met' if r['meets'] else 'no'} |"
         )
     return lines
@@ -83,7 +99,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     colours = {label: plt.get_cmap("tab10")(i % 10) for i, label in enumerate(labels)}
     fig, axes = plt.subplots(1, len(seeds), figsize=(5.5 * len(seeds), 4.6), squeeze=False, sharey=True)
     for ax, seed in zip(axes[0], seeds, strict=True):
-        ax.axvspan(-100, BAR_COST, color="0.93", zorder=0)
+        left = min(-5.0, *(r["cost"] - 3 for r in rows))
+        ax.axvspan(left, BAR_COST, color="0.93", zorder=0)
+        ax.set_xlim(left, max(BAR_COST + 3, *(r["cost"] + 6 for r in rows)))
         ax.axhline(100 * BAR_GAIN, color="0.6", lw=0.8, ls="--", zorder=0)
         for label in labels:
             mine = sorted(
@@ -92,7 +110,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             if not mine:
                 continue
             xs, ys = [r["cost"] for r in mine], [100 * r["gain"] for r in mine]
-            ax.plot(xs, ys, "-o", color=colours[label], label=label, ms=5)
+            ax.plot(xs, ys, "-o", color=colours[label], label=NAMES.get(label, label), ms=5)
             for r, x, y in zip(mine, xs, ys, strict=True):
                 if r["cost_ci"] is not None and r["gain_ci"] is not None:
                     ax.errorbar(
@@ -120,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folders", nargs="+", type=Path, help="sparke bench output folders")
     parser.add_argument("--png", type=Path, help="write the trade-off plot here")
     args = parser.parse_args(argv)
-    rows = [r for folder in args.folders for r in candidate_rows(folder)]
+    runs = paired_runs(args.folders)
+    rows = [r for seed in sorted(runs) for r in candidate_rows(seed, *runs[seed])]
     print("\n".join(markdown(rows)))
     if args.png is not None:
         plot(rows, args.png)
