@@ -25,13 +25,19 @@ BAR_COST, BAR_GAIN, BAR_CLOSED = 2.0, 0.15, 0.30  # issue 20: points, relative g
 NAMES = {"sparke": "sparke (today's default: x0 centred)", "latent": "latent (the paper's step)"}
 
 
-def paired_runs(folders: list[Path]) -> dict[int, tuple[list[dict[str, Any]], list[Any]]]:
-    """seed -> (rows, bootstrap replicates) of all the folders run on that prompt set (same seed and sizes, so
-    the same resamples: their rows stay paired), one row per (label, scale), the first folder's first."""
-    runs: dict[int, tuple[list[dict[str, Any]], list[Any]]] = {}
+def prompt_set(config: dict[str, Any]) -> str:
+    """A run's prompt set and design: "5" for the seed alone, "5 (12x4x2)" with clusters x prompts x rounds."""
+    sizes = [config.get(k) for k in ("clusters", "prompts", "seeds")]
+    return f"{config['seed']}" + (f" ({'x'.join(map(str, sizes))})" if all(sizes) else "")
+
+
+def paired_runs(folders: list[Path]) -> dict[str, tuple[list[dict[str, Any]], list[Any]]]:
+    """prompt set -> (rows, bootstrap replicates) of all the folders run on it (same seed and sizes, so the
+    same resamples: their rows stay paired), one row per (label, scale), the first folder's first."""
+    runs: dict[str, tuple[list[dict[str, Any]], list[Any]]] = {}
     for folder in folders:
         rows, meta, reps = load(folder)
-        have_rows, have_reps = runs.setdefault(meta["config"]["seed"], ([], []))
+        have_rows, have_reps = runs.setdefault(prompt_set(meta["config"]), ([], []))
         seen = {(r["label"], float(r["scale"])) for r in have_rows}
         for row, rep in zip(rows, reps, strict=True):
             if (row["label"], float(row["scale"])) not in seen:
@@ -40,7 +46,7 @@ def paired_runs(folders: list[Path]) -> dict[int, tuple[list[dict[str, Any]], li
     return runs
 
 
-def candidate_rows(seed: int, rows: list[dict[str, Any]], reps: list[Any]) -> list[dict[str, Any]]:
+def candidate_rows(seed: str, rows: list[dict[str, Any]], reps: list[Any]) -> list[dict[str, Any]]:
     """One dict per SPARKE row of a prompt set: seed, label, scale, the three figures and their intervals."""
     out = []
     for row in rows:
@@ -94,14 +100,19 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    seeds = sorted({r["seed"] for r in rows})
+    seeds = list(dict.fromkeys(r["seed"] for r in rows))
     labels = list(dict.fromkeys(r["label"] for r in rows))
     colours = {label: plt.get_cmap("tab10")(i % 10) for i, label in enumerate(labels)}
-    fig, axes = plt.subplots(1, len(seeds), figsize=(5.5 * len(seeds), 4.6), squeeze=False, sharey=True)
-    for ax, seed in zip(axes[0], seeds, strict=True):
-        left = min(-5.0, *(r["cost"] - 3 for r in rows))
+    cols = min(len(seeds), 2)
+    n_rows = -(-len(seeds) // cols)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(5.5 * cols, 4.3 * n_rows), squeeze=False, sharey=True)
+    for ax in axes.flat[len(seeds) :]:
+        ax.set_visible(False)
+    for ax, seed in zip(axes.flat, seeds, strict=False):
+        here = [r for r in rows if r["seed"] == seed]
+        left = min(-5.0, *(r["cost"] - 3 for r in here))
         ax.axvspan(left, BAR_COST, color="0.93", zorder=0)
-        ax.set_xlim(left, max(BAR_COST + 3, *(r["cost"] + 6 for r in rows)))
+        ax.set_xlim(left, max(BAR_COST + 3, *(r["cost"] + 6 for r in here)))
         ax.axhline(100 * BAR_GAIN, color="0.6", lw=0.8, ls="--", zorder=0)
         for label in labels:
             mine = sorted(
@@ -124,10 +135,10 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
                     )
                 ax.annotate(f"{r['scale']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.set_title(f"prompt set seed {seed}")
+        ax.set_ylabel("Cond-Vendi gain vs none (%; dashed: +15%)")
         ax.set_xlabel("fidelity cost vs none (points; shaded: < 2)")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("Cond-Vendi gain vs none (%; dashed: +15%)")
-    axes[0][-1].legend(fontsize=8, loc="best")
+    axes.flat[0].legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -139,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--png", type=Path, help="write the trade-off plot here")
     args = parser.parse_args(argv)
     runs = paired_runs(args.folders)
-    rows = [r for seed in sorted(runs) for r in candidate_rows(seed, *runs[seed])]
+    rows = [r for seed in runs for r in candidate_rows(seed, *runs[seed])]
     print("\n".join(markdown(rows)))
     if args.png is not None:
         plot(rows, args.png)
