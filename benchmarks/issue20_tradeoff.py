@@ -138,8 +138,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.set_ylabel("Cond-Vendi gain vs none (%; dashed: +15%)")
         ax.set_xlabel("fidelity cost vs none (points; shaded: < 2)")
         ax.grid(alpha=0.3)
-    axes.flat[0].legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, names, fontsize=8, loc="lower center", ncol=3)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
