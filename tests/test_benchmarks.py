@@ -75,3 +75,50 @@ def test_eval_scale_tiny(tmp_path):
     ours, reference = result["prdc_sparke"]["scores"], result["prdc_package"]["scores"]
     assert ours == pytest.approx(reference, abs=1e-12)  # density: sum/k vs (1/k) sum rounds apart
     assert 1 < result["vendi_cosine"]["scores"]["vendi_cosine"] <= 16  # at most d for the cosine kernel
+
+
+def test_issue20_tradeoff_reads_paired_folders_of_a_prompt_set(tmp_path):
+    """Two folders of one prompt set merge (paired rows); each SPARKE row's gain, fidelity change and entropy
+    gap closed are the exact ratios of the rows, and the plot is written."""
+    import numpy as np
+
+    def row(label, method, scale, fid, cv, ent):
+        d = {"label": label, "method": method, "scale": scale, "fidelity": fid, "cond_vendi": cv}
+        d["free_attribute_entropy"] = ent
+        d["delta_vs_none"] = {"fidelity": {"value": fid - 0.5, "ci": [fid - 0.55, fid - 0.45]}}
+        return d
+
+    rows_a = [row("world", "world", 0, 1.0, 2.0, 0.9), row("none", "none", 0, 0.5, 2.0, 0.5)]
+    rows_a.append(row("sparke", "sparke", 0.03, 0.49, 2.32, 0.64))
+    rows_b = [rows_a[1], row("centre 0.5", "sparke", 0.03, 0.52, 2.4, 0.70)]
+    for name, rows in (("a", rows_a), ("b", rows_b)):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "results.json").write_text(json.dumps(rows))
+        (folder / "meta.json").write_text(json.dumps({"config": {"seed": 5}}))
+        reps = {
+            f"{i}/{k}": np.full(20, r[k])
+            for i, r in enumerate(rows)
+            for k in ("cond_vendi", "free_attribute_entropy")
+        }
+        np.savez(folder / "replicates.npz", **reps)
+    png = tmp_path / "plot.png"
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "issue20_tradeoff.py"),
+        str(tmp_path / "a"),
+        str(tmp_path / "b"),
+    ]
+    done = subprocess.run([*cmd, "--png", str(png)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("| 5 |")]
+    # gain 2.32 / 2.0 - 1, fidelity -1 point, gap (0.64 - 0.5) / (0.9 - 0.5) = 35%; constant replicates: point CIs
+    assert (
+        lines[0]
+        == "| 5 | sparke | 0.03 | +16.0% [+16.0%, +16.0%] | -1.0 [-6.0, +4.0] | 35% [35%, 35%] | met |"
+    )
+    assert (
+        lines[1]
+        == "| 5 | centre 0.5 | 0.03 | +20.0% [+20.0%, +20.0%] | +2.0 [-3.0, +7.0] | 50% [50%, 50%] | met |"
+    )
+    assert png.stat().st_size > 10_000

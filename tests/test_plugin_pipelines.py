@@ -9,6 +9,7 @@ import torch
 
 from sparke.core import Bank
 from sparke.guidance import SPARKE, attach
+from sparke.guidance.plugin import cfg_direction
 from tiny_pipelines import NAMES, build, call_kwargs, final_latents, pipeline_state, same_state
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("torch_one_thread")]
@@ -116,3 +117,81 @@ def test_bank_save_load_continue(name, tmp_path):
     # the resumed guide repels the loaded rows: its result differs from a guide with an empty bank
     _, z_fresh = _run(pipe, SPARKE(scale=0.2, every=1), seed=1)
     assert not torch.equal(z_resumed, z_fresh)
+
+
+class _Recording(SPARKE):
+    """SPARKE that keeps, per guided step, its move (new - old latents, (b, D)) and that step's CFG line."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.moves: list[torch.Tensor] = []
+        self.lines: list[torch.Tensor | None] = []
+
+    def on_step(self, step):
+        new = super().on_step(step)
+        if new is not None:
+            b = new.shape[0] // 2 if step.latents.shape[0] != self.batch else new.shape[0]
+            self.moves.append((new[:b].float() - step.latents[:b].float()).flatten(1))
+            self.lines.append(cfg_direction(self._denoised, step.latents[:b]))
+        return new
+
+
+def _cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_orthogonal_step_has_no_component_along_the_cfg_direction(name):
+    """Every sample's move is orthogonal to its step's cond - uncond; Flux runs no CFG batch: the plain step."""
+    pipe = _pipe(name)
+    plain, ortho = _Recording(scale=0.3, every=1), _Recording(scale=0.3, every=1, orthogonal=True)
+    out_p, _ = _run(pipe, plain)
+    out_o, _ = _run(pipe, ortho)
+    assert ortho.stats.guided == 3 and len(ortho.moves) == 3
+    if name == "flux":  # guidance-distilled: one conditional batch, nothing to project on
+        assert all(line is None for line in ortho.lines)
+        assert torch.equal(final_latents(out_o), final_latents(out_p))
+        return
+    moved = 0
+    for move, line in zip(ortho.moves, ortho.lines, strict=True):
+        assert line is not None and (line.norm(dim=1) > 0).all()
+        rows = move.norm(dim=1) > 0  # DiT's class labels are far apart: a sample may have nothing to repel
+        moved += int(rows.sum())
+        # float32 rounding of a projection over D <= 4,096 entries: |cos| ~ 1e-6 at most, not the plain
+        # step's (checked below) of order 1e-2 and more
+        assert _cosines(move[rows], line[rows]).abs().max() < 1e-4
+    assert moved > 0
+    plain_cos = [
+        _cosines(m[m.norm(dim=1) > 0], c[m.norm(dim=1) > 0]).abs().max()
+        for m, c in zip(plain.moves, ortho.lines, strict=True)
+    ]
+    assert max(plain_cos) > 1e-3  # the plain step does have a CFG component: the projection removed something
+    assert not torch.equal(final_latents(out_o), final_latents(out_p))
+
+
+def test_orthogonal_falls_back_to_the_plain_step_without_cfg():
+    """guidance_scale 1: SD runs the conditional batch only; orthogonal=True is then exactly the plain step."""
+    pipe = _pipe("sd")
+    out_p, _ = _run(pipe, SPARKE(scale=0.3, every=1), guidance_scale=1.0)
+    ortho = _Recording(scale=0.3, every=1, orthogonal=True)
+    out_o, _ = _run(pipe, ortho, guidance_scale=1.0)
+    assert ortho.lines and all(line is None for line in ortho.lines)
+    assert torch.equal(final_latents(out_o), final_latents(out_p))
+
+
+@pytest.mark.parametrize("option", [{"centre": 0.5}, {"crowding": 0.5}], ids=["centre-0.5", "crowding"])
+@pytest.mark.parametrize("name", NAMES)
+def test_partial_centring_and_crowding_run_on_every_pipeline(name, option):
+    """Both options guide every step of every tiny pipeline; crowding leaves the first call (empty bank)
+    exactly unguided and moves the second, whose bank holds the first call's images of the same prompts."""
+    pipe = _pipe(name)
+    guide = SPARKE(scale=0.3, every=1, **option)
+    out_1, _ = _run(pipe, guide, seed=0)
+    vanilla_1, _ = _run(pipe, seed=0)
+    assert guide.stats.guided == guide.stats.steps == 3
+    crowding = "crowding" in option
+    assert torch.equal(final_latents(out_1), final_latents(vanilla_1)) == crowding
+    out_2, _ = _run(pipe, guide, seed=1)
+    vanilla_2, _ = _run(pipe, seed=1)
+    assert not torch.equal(final_latents(out_2), final_latents(vanilla_2))
+    assert len(guide.bank) == 2 * len(PROMPTS) * PER

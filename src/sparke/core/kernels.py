@@ -85,3 +85,32 @@ def squared_kernel_sum(
         else:
             total += sq.sum(dtype=torch.float64)
     return float(total)
+
+
+def kernel_mass(
+    x: torch.Tensor,
+    rows_x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    rows_y: torch.Tensor | None = None,
+    *,
+    sigma_image: float,
+    sigma_prompt: float = SIGMA_PROMPT,
+    block: int = 1 << 16,
+) -> torch.Tensor:
+    """(B,) kernel-weighted mass sum_j k_x(x_i, r_j) k_y(y_i, s_j) of the rows r: (n, d) (and their prompts
+    s: (n, e)) around each row of x: (B, d), Gaussian kernels of bandwidths ``sigma_image`` and
+    ``sigma_prompt``; the prompt factor only when both y and rows_y are given. 0 for no rows.
+
+    How crowded each sample's neighbourhood is: a near-duplicate of a similar prompt adds about 1, a far row
+    or another prompt's row about 0. float32 on x's device; ``block`` rows of a (half-precision) bank at a time.
+    """
+    x = x.float()
+    mass = torch.zeros(x.shape[0], dtype=torch.float32, device=x.device)
+    for start in range(0, rows_x.shape[0], block):
+        part = rows_x[start : start + block].to(x.device, torch.float32)
+        log_k = squared_distances(x, part) / (-2.0 * sigma_image * sigma_image)
+        if y is not None and rows_y is not None:
+            part_y = rows_y[start : start + block].to(x.device, torch.float32)
+            log_k += squared_distances(y.float(), part_y) / (-2.0 * sigma_prompt * sigma_prompt)
+        mass += log_k.exp().sum(1)
+    return mass

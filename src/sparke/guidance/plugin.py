@@ -29,10 +29,11 @@ from sparke.core.auto import KINDS as BANK_KINDS
 from sparke.core.auto import AutoBank, make_bank
 from sparke.core.defaults import KERNEL, OBJECTIVE, SIGMA_IMAGE, SIGMA_PROMPT
 from sparke.core.indexed import IndexedBank
+from sparke.core.kernels import kernel_mass
 from sparke.core.repel import any_within
 from sparke.core.spec import MEDIAN, KernelSpec
 
-from .attach import Attachment, Step, split_batch
+from .attach import Attachment, Step, denoiser_of, split_batch
 from .guide import Guide, Schedule, check_scale
 from .prompts import PromptEncoder, batch_prompts, encode_prompts
 from .spaces import (
@@ -46,7 +47,7 @@ from .spaces import (
     unit_rows,
 )
 
-__all__ = ["SPARKE", "execution_device", "lowpass", "median_distance"]
+__all__ = ["SPARKE", "cfg_direction", "crowding_factor", "execution_device", "lowpass", "median_distance"]
 
 
 @dataclass
@@ -102,8 +103,19 @@ class SPARKE(Guide):
             within 2 ``sigma_prompt`` of its own (any prompt for "rke"/"vendi"); others are left alone.
         centre: in the latent and x0 spaces (default True), compare the latents minus each channel's spatial
             mean, so the step moves spatial structure (layout) and leaves global colour and brightness alone;
-            an image encoder's features are used as they are. ``space="latent", centre=False`` is the paper's
-            setting; the defaults are the best trade-off measured by ``sparke bench`` (docs/benchmark.md).
+            a float in [0, 1] removes that fraction of each mean (0.5 keeps half: some background diversity
+            back); an image encoder's features are used as they are. ``space="latent", centre=False`` is the
+            paper's setting; the defaults are the best trade-off measured by ``sparke bench``
+            (docs/benchmark.md).
+        orthogonal: remove from each sample's step its component along that step's classifier-free guidance
+            direction (cond - uncond of the denoiser's output, in the latents' layout), so the push leaves
+            alone what the prompt moves the sample towards; a call without a CFG batch (guidance scale 0 or 1,
+            guidance-distilled Flux) takes the plain step.
+        crowding: per-sample step scale m / (m + crowding) (0, the default: off, every sample takes the full
+            step), where m is the kernel-weighted mass of bank rows near the sample's features with a similar
+            prompt (Gaussian kernels of ``sigma_image``, ``sigma_prompt``; ``kernel_mass``): an isolated
+            sample barely moves, a near-duplicate of earlier images takes nearly the whole step; with an
+            empty bank nothing moves.
 
     ``sigma_image="median"`` sets the image bandwidth at each guided step to the median distance between the
     batch's features and the bank's (and each other), instead of a fixed number.
@@ -126,11 +138,13 @@ class SPARKE(Guide):
         step: str = "relative",
         step_schedule: str = "constant",
         smooth: float = 0.0,
-        centre: bool = True,
+        centre: bool | float = True,
         crossover: int | None = None,
         neighbors: int = 256,
         samples: int | None = None,
         gate: float = 0.0,
+        orthogonal: bool = False,
+        crowding: float = 0.0,
     ) -> None:
         super().__init__()
         self.scale = check_scale(scale)
@@ -158,12 +172,21 @@ class SPARKE(Guide):
         self.space = space
         self.step_schedule = step_schedule
         self.smooth = float(smooth)
-        if not isinstance(centre, bool):
-            raise ValueError(f"centre: must be True or False, got {centre!r}")
-        self.centre = centre and not callable(space)  # an encoder's features are used as they are
+        if not (isinstance(centre, bool) or (isinstance(centre, (int, float)) and 0 <= centre <= 1)):
+            raise ValueError(f"centre: must be True, False or a fraction in [0, 1], got {centre!r}")
+        self.centre = False if callable(space) else centre  # an encoder's features are used as they are
         if isinstance(gate, bool) or not (isinstance(gate, (int, float)) and 0 <= gate < math.inf):
             raise ValueError(f"gate: must be a feature distance >= 0 (0: off), got {gate!r}")
         self.gate = float(gate)
+        if not isinstance(orthogonal, bool):
+            raise ValueError(f"orthogonal: must be True or False, got {orthogonal!r}")
+        self.orthogonal = orthogonal
+        if isinstance(crowding, bool) or not (
+            isinstance(crowding, (int, float)) and 0 <= crowding < math.inf
+        ):
+            raise ValueError(f"crowding: must be a kernel mass >= 0 (0: off), got {crowding!r}")
+        self.crowding = float(crowding)
+        self._denoised: torch.Tensor | None = None  # the denoiser's last output (orthogonal=True)
         self.prompt_encoder = prompt_encoder
         self.follows_pipeline = bank is None or (isinstance(bank, str) and bank in BANK_KINDS)
         self.bank = (
@@ -190,7 +213,7 @@ class SPARKE(Guide):
         return (
             f"SPARKE(scale={self.scale}, objective={self.objective!r}, every={self.every!r}, window={self.window}, "
             f"space={space!r}, step={self.step!r}, step_schedule={self.step_schedule!r}, smooth={self.smooth:g}, "
-            f"centre={self.centre}, "
+            f"centre={self.centre}, orthogonal={self.orthogonal}, crowding={self.crowding:g}, "
             f"bank={type(self.bank).__name__} of {len(self.bank)} rows)"
         )
 
@@ -220,11 +243,23 @@ class SPARKE(Guide):
                 "latent gradient. Call it outside inference_mode (torch.no_grad() is fine)."
             )
         self._prompt_features = prompt_features
+        denoiser = denoiser_of(pipe) if self.orthogonal and self.scale > 0 else None
+        hook = None if denoiser is None else denoiser.register_forward_hook(self._keep_output)
         try:
             return super().__call__(pipe, **kwargs)
         finally:
+            if hook is not None:
+                hook.remove()
             self._prompt_features = None
             self._call = None
+            self._denoised = None
+
+    def _keep_output(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        """Forward hook (orthogonal=True): keep the denoiser's last output, whose CFG halves give cond - uncond."""
+        out = getattr(output, "sample", output)
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        self._denoised = out.detach() if isinstance(out, torch.Tensor) else None
 
     def begin(self, pipe: Any, kwargs: dict[str, Any]) -> None:
         batch, y = self._prompt_rows(pipe, kwargs, self._prompt_features)
@@ -350,10 +385,14 @@ class SPARKE(Guide):
         if self.smooth > 0:
             g = lowpass(g, self.smooth)
         g = g.flatten(1)
+        if self.orthogonal:
+            g = _without_component(g, cfg_direction(self._denoised, z))
         flat = z.detach().flatten(1)
-        scale = self.scale
+        scale: float | torch.Tensor = self.scale
         if self.step_schedule == "noise":
             scale *= noise_share(step.scheduler, step.timestep)
+        if self.crowding > 0:
+            scale = scale * self._crowding_factor(x.detach(), y)[:, None]
         if self.step == "relative":
             g_norm = torch.linalg.vector_norm(g, dim=1, keepdim=True)
             z_norm = torch.linalg.vector_norm(flat, dim=1, keepdim=True)
@@ -405,6 +444,17 @@ class SPARKE(Guide):
             )
             d = d + self.novelty * nov.to(d.dtype)
         return d
+
+    def _crowding_factor(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """(B,) m / (m + crowding), m the kernel mass of the bank rows around each sample (0: empty bank)."""
+        bank = self.bank
+        if not len(bank):
+            return torch.zeros(x.shape[0], device=x.device)
+        sigma = self.sigma_image if self.sigma_image != MEDIAN else median_distance(x, bank)
+        yy = y if self.conditional else None
+        bank_y = bank.y if yy is not None else None
+        mass = kernel_mass(x, bank.x, yy, bank_y, sigma_image=sigma, sigma_prompt=self.sigma_prompt)
+        return crowding_factor(mass, self.crowding)
 
     def _gate_open(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """(B,) bool: a bank row or another sample of the batch lies within ``gate`` of the sample's features,
@@ -466,7 +516,7 @@ class SPARKE(Guide):
         pixels = _to_pixels(pipe, images)
         if self.space in ("latent", "x0"):
             latents = encode_to_latents(pipe, pixels)
-            x = unit_rows(centred(latents) if self.centre else latents)
+            x = unit_rows(centred(latents, float(self.centre)) if self.centre else latents)
         else:
             x = unit_rows(encode_images(self.space, pixels))
         y = None
@@ -495,6 +545,41 @@ def _to_pixels(pipe: Any, images: Any) -> torch.Tensor:
         pixels = pixels * 2 - 1
     device = getattr(pipe, "_execution_device", None) or getattr(pipe, "device", "cpu")
     return pixels.to(device)
+
+
+def crowding_factor(mass: torch.Tensor, crowding: float) -> torch.Tensor:
+    """The per-sample step scale m / (m + crowding) of kernel masses m >= 0: 0 at m = 0, 1/2 at m = crowding,
+    towards 1 for a crowded neighbourhood (strictly increasing in m)."""
+    return mass / (mass + crowding)
+
+
+def cfg_direction(denoised: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+    """(b, D) cond - uncond of a denoiser output over a CFG batch of 2b rows, flattened in ``like``'s layout
+    (b, ...); None when the output is not such a batch (no CFG, or a layout this cannot read).
+
+    Only the line matters (the step loses its component along it), so the halves' order (DiT puts the
+    conditional half first) does not. A learned-variance output (PixArt, DiT: 2C channels) gives its first C.
+    """
+    b = like.shape[0]
+    if denoised is None or denoised.ndim != like.ndim or denoised.shape[0] != 2 * b:
+        return None
+    out = denoised
+    if out.ndim >= 3 and out.shape[1] == 2 * like.shape[1] and out.shape[2:] == like.shape[2:]:
+        out = out[:, : like.shape[1]]
+    if out.shape[1:] != like.shape[1:]:
+        return None
+    first, second = out.float().chunk(2)
+    return (second - first).flatten(1).to(like.device)
+
+
+def _without_component(g: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+    """Rows of g (B, D) minus their projection on the rows of c (B, D); a zero row of c (or c None) removes
+    nothing."""
+    if c is None:
+        return g
+    cc = (c * c).sum(1, keepdim=True)
+    coef = torch.where(cc > 0, (g * c).sum(1, keepdim=True) / cc.clamp_min(1e-30), torch.zeros_like(cc))
+    return g - coef * c
 
 
 def lowpass(g: torch.Tensor, std: float) -> torch.Tensor:

@@ -148,21 +148,25 @@ def step_sigma(scheduler: Any, index: int) -> float:
     return math.inf if abar <= 0 else ((1.0 - abar) / abar) ** 0.5
 
 
-def space_label(space: str, centre: bool) -> str:
-    """The feature space as banks record it: "latent", "x0", "latent-centred", "x0-centred", "image-encoder"."""
-    return f"{space}-centred" if centre else space
+def space_label(space: str, centre: bool | float) -> str:
+    """The feature space as banks record it: "latent", "x0", "latent-centred", "x0-centred", "image-encoder";
+    a partial centring names its fraction ("x0-centred-0.5")."""
+    if not centre:
+        return space
+    return f"{space}-centred" if float(centre) == 1.0 else f"{space}-centred-{float(centre):g}"
 
 
-def centred(z: torch.Tensor) -> torch.Tensor:
-    """Latents minus each channel's spatial mean: (B, C, H, W) over H, W; packed (B, seq, C) over seq.
+def centred(z: torch.Tensor, fraction: float = 1.0) -> torch.Tensor:
+    """Latents minus ``fraction`` of each channel's spatial mean: (B, C, H, W) over H, W; packed (B, seq, C)
+    over seq. ``fraction`` 1 removes the means, 0.5 keeps half of each, 0 keeps them.
 
     What is left is the spatial structure (where things are); the means carry global colour and brightness.
     Flat (B, d) latents have no spatial axis and come back as they are.
     """
     if z.ndim == 4:
-        return z - z.mean(dim=(2, 3), keepdim=True)
+        return z - fraction * z.mean(dim=(2, 3), keepdim=True)
     if z.ndim == 3:
-        return z - z.mean(dim=1, keepdim=True)
+        return z - fraction * z.mean(dim=1, keepdim=True)
     if z.ndim == 2:
         return z
     raise ValueError(
@@ -274,17 +278,18 @@ def features(
     timestep: Any = None,
     height: int | None = None,
     width: int | None = None,
-    centre: bool = False,
+    centre: bool | float = False,
 ) -> torch.Tensor:
     """(B, d) unit feature rows of `latents` in `space`; without `model_output` the latents count as clean.
 
     Differentiable with respect to `latents` (the model output is held fixed). ``centre``: in the latent and
-    x0 spaces, each channel's spatial mean is removed first (``centred``).
+    x0 spaces, each channel's spatial mean (True), or that fraction of it (a float), is removed first
+    (``centred``).
     """
     clean = latents
     if space != "latent" and model_output is not None:
         clean = x0_estimate(scheduler, latents, model_output, timestep)
     if space in ("latent", "x0"):
-        return unit_rows(centred(clean) if centre else clean)
+        return unit_rows(centred(clean, float(centre)) if centre else clean)
     images = decode(pipe, clean, height=height, width=width)
     return unit_rows(encode_images(space, images))

@@ -200,6 +200,8 @@ ADDED_SETTINGS: dict[str, Any] = {
     "neighbors": 256,
     "samples": None,
     "gate": 0.0,
+    "orthogonal": False,
+    "crowding": 0.0,
 }
 
 

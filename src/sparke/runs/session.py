@@ -75,7 +75,7 @@ class Session:
 
 
 def _space(config: RunConfig) -> str:
-    return space_label(str(config.settings.get("space", "latent")), bool(config.settings.get("centre")))
+    return space_label(str(config.settings.get("space", "latent")), config.settings.get("centre") or False)
 
 
 def _bank_metadata(config: RunConfig) -> dict[str, Any]:
