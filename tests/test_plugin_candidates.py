@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from sparke.core.kernels import kernel_mass
+from sparke.core.spec import KernelSpec
 from sparke.guidance import SPARKE
 from sparke.guidance.plugin import _without_component, cfg_direction, crowding_factor
 from sparke.guidance.spaces import centred, features, space_label, unit_rows
@@ -44,7 +45,13 @@ def test_space_labels_name_a_partial_fraction():
     assert space_label("latent", 0.5) == "latent-centred-0.5"
 
 
-def test_kernel_mass_against_its_definition():
+SPEC = KernelSpec(sigma_image=0.8, sigma_prompt=0.3)
+
+
+def test_kernel_mass_against_its_definition(monkeypatch):
+    import sparke.core.kernels as kernels
+
+    monkeypatch.setattr(kernels, "MASS_BLOCK", 3)  # blocks of 3 bank rows: the blocked sum is exercised
     gen = torch.Generator().manual_seed(1)
     x, rows = unit_rows(torch.randn(5, 16, generator=gen)), unit_rows(torch.randn(7, 16, generator=gen))
     y, rows_y = unit_rows(torch.randn(5, 3, generator=gen)), unit_rows(torch.randn(7, 3, generator=gen))
@@ -58,13 +65,13 @@ def test_kernel_mass_against_its_definition():
             for i in range(5)
         ]
     )
-    fast = kernel_mass(x, rows, y, rows_y, sigma_image=0.8, sigma_prompt=0.3, block=3)  # blocks of 3 rows
+    fast = kernel_mass(x, rows, y, rows_y, SPEC)
     torch.testing.assert_close(fast, slow, atol=TOL, rtol=TOL)
-    image_only = kernel_mass(x, rows, sigma_image=0.8)
+    image_only = kernel_mass(x, rows, None, None, SPEC)
     assert (image_only >= fast).all()  # a prompt factor <= 1 only lowers the mass
-    assert torch.equal(kernel_mass(x, rows[:0], y, rows_y[:0], sigma_image=0.8), torch.zeros(5))
+    assert torch.equal(kernel_mass(x, rows[:0], y, rows_y[:0], SPEC), torch.zeros(5))
     # a duplicate of a sample, with the sample's own prompt, adds exactly 1
-    dup = kernel_mass(x[:1], torch.cat([rows, x[:1]]), y[:1], torch.cat([rows_y, y[:1]]), sigma_image=0.8)
+    dup = kernel_mass(x[:1], torch.cat([rows, x[:1]]), y[:1], torch.cat([rows_y, y[:1]]), SPEC)
     torch.testing.assert_close(dup - fast[:1], torch.ones(1), atol=TOL, rtol=0)
 
 

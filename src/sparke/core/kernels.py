@@ -9,11 +9,17 @@ Blockwise sums never hold more than ``block`` x n kernel entries at once, so an 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from .defaults import SIGMA_PROMPT
 
+if TYPE_CHECKING:
+    from .spec import KernelSpec
+
 DEFAULT_BLOCK = 2048
+MASS_BLOCK = 1 << 16  # bank rows per block of ``kernel_mass``
 
 
 def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -90,22 +96,21 @@ def squared_kernel_sum(
 def kernel_mass(
     x: torch.Tensor,
     rows_x: torch.Tensor,
-    y: torch.Tensor | None = None,
-    rows_y: torch.Tensor | None = None,
-    *,
-    sigma_image: float,
-    sigma_prompt: float = SIGMA_PROMPT,
-    block: int = 1 << 16,
+    y: torch.Tensor | None,
+    rows_y: torch.Tensor | None,
+    spec: KernelSpec,
 ) -> torch.Tensor:
     """(B,) kernel-weighted mass sum_j k_x(x_i, r_j) k_y(y_i, s_j) of the rows r: (n, d) (and their prompts
-    s: (n, e)) around each row of x: (B, d), Gaussian kernels of bandwidths ``sigma_image`` and
-    ``sigma_prompt``; the prompt factor only when both y and rows_y are given. 0 for no rows.
+    s: (n, e)) around each row of x: (B, d); the prompt factor only when both y and rows_y are given. 0 for no rows.
 
-    How crowded each sample's neighbourhood is: a near-duplicate of a similar prompt adds about 1, a far row
-    or another prompt's row about 0. float32 on x's device; ``block`` rows of a (half-precision) bank at a time.
+    Gaussian kernels with ``spec``'s bandwidths (``sigma_image`` a number), whatever ``spec.kernel``: a mass needs
+    similarities >= 0, which cosine ones are not. How crowded each sample's neighbourhood is: a near-duplicate of
+    a similar prompt adds about 1, a far row or another prompt's row about 0. float32 on x's device, in blocks
+    of a (half-precision) bank's rows.
     """
     x = x.float()
     mass = torch.zeros(x.shape[0], dtype=torch.float32, device=x.device)
+    sigma_image, sigma_prompt, block = float(spec.sigma_image), spec.sigma_prompt, MASS_BLOCK
     for start in range(0, rows_x.shape[0], block):
         part = rows_x[start : start + block].to(x.device, torch.float32)
         log_k = squared_distances(x, part) / (-2.0 * sigma_image * sigma_image)

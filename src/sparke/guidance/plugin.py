@@ -113,7 +113,7 @@ class SPARKE(Guide):
             guidance-distilled Flux) takes the plain step.
         crowding: per-sample step scale m / (m + crowding) (0, the default: off, every sample takes the full
             step), where m is the kernel-weighted mass of bank rows near the sample's features with a similar
-            prompt (Gaussian kernels of ``sigma_image``, ``sigma_prompt``; ``kernel_mass``): an isolated
+            prompt (Gaussian kernels of the guide's bandwidths, whatever ``kernel``; ``kernel_mass``): an isolated
             sample barely moves, a near-duplicate of earlier images takes nearly the whole step; with an
             empty bank nothing moves.
 
@@ -453,7 +453,7 @@ class SPARKE(Guide):
         sigma = self.sigma_image if self.sigma_image != MEDIAN else median_distance(x, bank)
         yy = y if self.conditional else None
         bank_y = bank.y if yy is not None else None
-        mass = kernel_mass(x, bank.x, yy, bank_y, sigma_image=sigma, sigma_prompt=self.sigma_prompt)
+        mass = kernel_mass(x, bank.x, yy, bank_y, self.spec.replace(sigma_image=float(sigma)))
         return crowding_factor(mass, self.crowding)
 
     def _gate_open(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
