@@ -377,7 +377,8 @@ class SPARKE(Guide):
             )
             y = None if call.y is None else call.y.to(x.device)
             self._check_dims(x.shape[1], y, type(step.pipe).__name__)
-            d = self._direction(x.detach(), y)
+            spec = self._step_spec(x.detach())
+            d = self._direction(x.detach(), y, spec)
             if self.gate > 0:  # SPELL-style sparsity: only samples with a similar earlier image move
                 d = torch.where(self._gate_open(x.detach(), y)[:, None], d, torch.zeros_like(d))
             d_ok = torch.isfinite(d).all(1)
@@ -392,7 +393,7 @@ class SPARKE(Guide):
         if self.step_schedule == "noise":
             scale *= noise_share(step.scheduler, step.timestep)
         if self.crowding > 0:
-            scale = scale * self._crowding_factor(x.detach(), y)[:, None]
+            scale = scale * self._crowding_factor(x.detach(), y, spec)[:, None]
         if self.step == "relative":
             g_norm = torch.linalg.vector_norm(g, dim=1, keepdim=True)
             z_norm = torch.linalg.vector_norm(flat, dim=1, keepdim=True)
@@ -412,11 +413,18 @@ class SPARKE(Guide):
         new = new.to(latents.dtype)
         return torch.cat([new, new]) if dup else new
 
-    def _direction(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        """Ascent direction (B, d) of log S(bank U batch), plus novelty * the novelty direction."""
-        spec = self.spec
-        if spec.sigma_image == MEDIAN:
-            spec = spec.replace(sigma_image=median_distance(x, self.bank))
+    def _step_spec(self, x: torch.Tensor) -> KernelSpec:
+        """The guide's kernel spec for this step: ``sigma_image="median"`` resolved once from x (B, d)."""
+        if self.spec.sigma_image == MEDIAN:
+            return self.spec.replace(sigma_image=median_distance(x, self.bank))
+        return self.spec
+
+    def _direction(
+        self, x: torch.Tensor, y: torch.Tensor | None, spec: KernelSpec | None = None
+    ) -> torch.Tensor:
+        """Ascent direction (B, d) of log S(bank U batch) under ``spec`` (None: this step's, from x), plus
+        novelty * the novelty direction."""
+        spec = spec or self._step_spec(x)
         sigma_image = spec.sigma_image
         yy = y if self.conditional else None
         bank = self.bank
@@ -445,15 +453,17 @@ class SPARKE(Guide):
             d = d + self.novelty * nov.to(d.dtype)
         return d
 
-    def _crowding_factor(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        """(B,) m / (m + crowding), m the kernel mass of the bank rows around each sample (0: empty bank)."""
+    def _crowding_factor(
+        self, x: torch.Tensor, y: torch.Tensor | None, spec: KernelSpec | None = None
+    ) -> torch.Tensor:
+        """(B,) m / (m + crowding), m the kernel mass of the bank rows around each sample (0: empty bank)
+        under ``spec`` (None: this step's, from x)."""
         bank = self.bank
         if not len(bank):
             return torch.zeros(x.shape[0], device=x.device)
-        sigma = self.sigma_image if self.sigma_image != MEDIAN else median_distance(x, bank)
         yy = y if self.conditional else None
         bank_y = bank.y if yy is not None else None
-        mass = kernel_mass(x, bank.x, yy, bank_y, self.spec.replace(sigma_image=float(sigma)))
+        mass = kernel_mass(x, bank.x, yy, bank_y, spec or self._step_spec(x))
         return crowding_factor(mass, self.crowding)
 
     def _gate_open(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
