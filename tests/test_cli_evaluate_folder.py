@@ -272,3 +272,43 @@ def test_run_folder_with_reference_and_clip_in_the_report(folders, models, tmp_p
     html = page.read_text()
     for label in ("Recall", "Coverage", "Fréchet", "CLIPScore", "Cond-Vendi"):
         assert label in html, label
+
+
+def test_report_reevaluates_a_stale_run_with_its_reference_and_clip(folders, models, tmp_path, monkeypatch):
+    """A run evaluated with --reference and --clip, then resumed (one more image): the report evaluates it again
+    with the same reference and CLIP model, from another working folder, so the metrics stay; a reference that
+    is gone by then is named in a warning and only its metrics drop out."""
+    import shutil
+
+    from cli_helpers import fake_run, said
+    from sparke.runs.evaluation import metrics_stale, read_metrics
+    from test_cli_evaluate import _add_image
+
+    run = fake_run(
+        tmp_path / "run",
+        method="none",
+        scale=0.0,
+        prompts=[("red", "a red circle"), ("blue", "a blue square")],
+    )
+    shutil.copytree(folders["reference"], tmp_path / "work" / "ref")
+    monkeypatch.chdir(tmp_path / "work")  # a relative --reference, as typed
+    args = ["evaluate", run, "--features", models["dinov2"], "--device", "cpu", "--clip", models["clip"]]
+    assert cli(*args, "--reference", "ref").exit_code == 0
+    before = read_metrics(run)
+    _add_image(run, 8, prompt="a red circle", cluster="red")
+    assert metrics_stale(run) == "made from 8 images, the run has 9 now"
+    monkeypatch.chdir(tmp_path)
+    result = cli("report", run, "--out", tmp_path / "page.html", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    after = read_metrics(run)
+    assert after["n_images"] == 9 and metrics_stale(run) is None
+    assert after["reference"] == before["reference"] and after["alignment"] == before["alignment"]
+    assert {"precision", "recall", "density", "coverage", "frechet", "clip_score"} <= set(after["overall"])
+    # the reference is gone: the report still evaluates, keeps CLIPScore and says what it lost
+    shutil.rmtree(tmp_path / "work" / "ref")
+    _add_image(run, 9, prompt="a blue square", cluster="blue")
+    result = cli("report", run, "--out", tmp_path / "page.html", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "its reference cannot be used again" in said(result) and "no PRDC or Fréchet" in said(result)
+    overall = read_metrics(run)["overall"]
+    assert "clip_score" in overall and "frechet" not in overall and read_metrics(run)["reference"] is None

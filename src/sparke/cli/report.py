@@ -25,7 +25,8 @@ def report_command(
         typer.Option(
             "--evaluate/--no-evaluate",
             help="Evaluate runs that have no metrics.json yet, or whose metrics.json is older than their images "
-            "(default features and kernels for new ones, the recorded ones for stale ones).",
+            "(default features and kernels for new ones; for stale ones the recorded features, kernels, reference "
+            "and CLIP model).",
         ),
     ] = True,
     features: Annotated[
@@ -60,6 +61,7 @@ def report_command(
             load_run(run)
         # run -> (features, kernel options) to evaluate it with: new runs the defaults, stale ones their own
         todo: dict[Path, tuple[str, dict]] = {}
+        opened: dict = {}  # reference sets and CLIP models of stale runs, shared by the runs that used them
         for run in runs:
             metrics = read_metrics(run)
             if metrics is None:
@@ -83,7 +85,7 @@ def report_command(
             }
             spec = (metrics.get("features") or {}).get("image") or features
             say(f"{run / 'metrics.json'} is stale ({reason}): evaluating again", "note")
-            todo[run] = (spec, opts)
+            todo[run] = (spec, opts | _recorded_extras(run, metrics, spec, resolve_device(device), opened))
         if evaluate and todo:
             extractors: dict[str, object] = {}
             for run, (spec, opts) in todo.items():
@@ -102,6 +104,40 @@ def report_command(
             except OSError as error:
                 raise RunError(f"{out_file}: cannot write ({error.strerror or error})") from None
     say(f"{path} ({human_size(path.stat().st_size)})", "report", console=out)
+
+
+def _recorded_extras(run: Path, metrics: dict, encoder: str, device: str, opened: dict) -> dict[str, object]:
+    """The reference set and CLIP model a stale metrics.json was made with, reopened (once per report: ``opened``
+    keeps them) so that evaluating the run again keeps its PRDC, Fréchet and CLIPScore; one that is gone or
+    unusable is dropped with a warning naming what is lost."""
+    from sparke.runs import RunError
+    from sparke.runs.alignment import load_clip_scorer
+    from sparke.runs.evaluation import load_run
+    from sparke.runs.reference import check_prdc_sizes, open_reference
+
+    extras: dict[str, object] = {}
+    source = (metrics.get("reference") or {}).get("source")
+    if source:
+        try:
+            if (source, encoder) not in opened:
+                opened[source, encoder] = open_reference(source, encoder)
+            check_prdc_sizes(len(load_run(run).records), opened[source, encoder], run)
+            extras["reference"] = opened[source, encoder]
+        except RunError as error:
+            say(
+                f"{run}: its reference cannot be used again ({error}); no PRDC or Fréchet this time",
+                "warning",
+            )
+    model = (metrics.get("alignment") or {}).get("model")
+    if model:
+        try:
+            if model not in opened:
+                with err.status(f"loading CLIP {model} ..."):
+                    opened[model] = load_clip_scorer(model, device)
+            extras["clip"] = opened[model]
+        except RunError as error:
+            say(f"{run}: its CLIP model cannot be loaded again ({error}); no CLIPScore this time", "warning")
+    return extras
 
 
 def check_distinct(runs: list[Path]) -> None:

@@ -30,8 +30,9 @@ class Reference:
     rows: torch.Tensor | None = None  # the features once read or computed (several folders share them)
 
     def describe(self) -> dict[str, Any]:
-        """What metrics.json says of the reference."""
-        return {"source": str(self.source), "n_images": self.n_images, "nearest_k": NEAREST_K}
+        """What metrics.json says of the reference (an absolute path: ``sparke report`` reopens it from
+        anywhere when the run changes)."""
+        return {"source": str(self.source.absolute()), "n_images": self.n_images, "nearest_k": NEAREST_K}
 
     def features(self, extractor: Any, cache_dir: str | os.PathLike | None) -> torch.Tensor:
         """Unit feature rows (n, d), from the file or the folder's images (through the feature cache)."""
