@@ -6,8 +6,12 @@ point estimate, Cond-Vendi >= +15%, >= 30% of the entropy gap closed. Prints a m
 trade-off plot (one panel per prompt set, Cond-Vendi gain against fidelity cost, a line through each setting's
 scales).
 
-    python benchmarks/issue20_tradeoff.py runs/i20-seed5 runs/i20b-seed5 runs/i20-seed6 runs/i20b-seed6 \
-        --png docs/issue20-tradeoff.png
+    python benchmarks/issue20_tradeoff.py runs/choice-seed1 runs/choice-seed2 --choose
+    python benchmarks/issue20_tradeoff.py runs/choice-seed1 runs/choice-seed2 runs/confirm-seed5 ... \
+        --note 1=choice --note 5=confirmation --png docs/issue20-tradeoff.png
+
+``--choose`` ranks the settings by the second round's rule (docs/benchmark.md, issue 20): the (prompt set,
+criterion) pairs met, ties broken by the smallest Cond-Vendi gain.
 
 Folders of one prompt set (the same ``--seed`` and sizes) are merged: their rows share the bootstrap resamples.
 """
@@ -94,7 +98,34 @@ def markdown(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
+def criteria_met(r: dict[str, Any]) -> int:
+    """How many of the issue's three criteria a row meets (point estimates)."""
+    return (r["cost"] < BAR_COST) + (r["gain"] >= BAR_GAIN) + ((r["closed"] or 0) >= BAR_CLOSED)
+
+
+def choice(rows: list[dict[str, Any]]) -> list[str]:
+    """The second round's rule, fixed before its results: per (setting, scale), the (prompt set, criterion)
+    pairs met over the given sets; most first, ties broken by the smallest Cond-Vendi gain over the sets."""
+    settings: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for r in rows:
+        settings.setdefault((r["label"], r["scale"]), []).append(r)
+    ranked = sorted(
+        settings.items(),
+        key=lambda kv: (-sum(map(criteria_met, kv[1])), -min(r["gain"] for r in kv[1])),
+    )
+    lines = [
+        "| setting | scale | criteria met (of 3 per set) | smallest Cond-Vendi gain |",
+        "|---|---|---|---|",
+    ]
+    for (label, scale), mine in ranked:
+        met = sum(map(criteria_met, mine))
+        lines.append(
+            f"| {label} | {scale:g} | {met} of {3 * len(mine)} | {100 * min(r['gain'] for r in mine):+.1f}% |"
+        )
+    return lines
+
+
+def plot(rows: list[dict[str, Any]], path: Path, notes: dict[str, str] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -134,12 +165,16 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
                         lw=1,
                     )
                 ax.annotate(f"{r['scale']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        ax.set_title(f"prompt set seed {seed}")
+        note = (notes or {}).get(seed.split()[0])
+        ax.set_title(f"prompt set seed {seed}" + (f": {note}" if note else ""))
         ax.set_ylabel("Cond-Vendi gain vs none (%; dashed: +15%)")
         ax.set_xlabel("fidelity cost vs none (points; shaded: < 2)")
         ax.grid(alpha=0.3)
-    handles, names = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, names, fontsize=8, loc="lower center", ncol=3)
+    legend: dict[str, Any] = {}  # every setting once, whichever panel has it
+    for ax in axes.flat:
+        for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(name, handle)
+    fig.legend(list(legend.values()), list(legend), fontsize=8, loc="lower center", ncol=3)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -149,12 +184,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path, help="sparke bench output folders")
     parser.add_argument("--png", type=Path, help="write the trade-off plot here")
+    parser.add_argument(
+        "--note", action="append", default=[], metavar="SEED=TEXT", help="add TEXT to that seed's panel title"
+    )
+    parser.add_argument("--choose", action="store_true", help="also rank the settings by the choice rule")
     args = parser.parse_args(argv)
     runs = paired_runs(args.folders)
     rows = [r for seed in runs for r in candidate_rows(seed, *runs[seed])]
     print("\n".join(markdown(rows)))
+    if args.choose:
+        print("\n" + "\n".join(choice(rows)))
     if args.png is not None:
-        plot(rows, args.png)
+        plot(rows, args.png, dict(note.split("=", 1) for note in args.note))
         print(f"wrote {args.png}")
     return 0
 
