@@ -59,7 +59,8 @@ def report_command(
         check_distinct(runs)
         for run in runs:
             load_run(run)
-        # run -> (features, kernel options) to evaluate it with: new runs the defaults, stale ones their own
+        # run -> (features, evaluate_run options) to evaluate it with: new runs the defaults, stale ones their own
+        # (kernels, and the reference set and CLIP model they were evaluated with)
         todo: dict[Path, tuple[str, dict]] = {}
         opened: dict = {}  # reference sets and CLIP models of stale runs, shared by the runs that used them
         for run in runs:
