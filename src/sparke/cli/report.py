@@ -57,8 +57,7 @@ def report_command(
     with user_errors(), user_warnings():
         _check_out_file(out_file)
         check_distinct(runs)
-        for run in runs:
-            load_run(run)
+        loaded = {run: load_run(run) for run in runs}  # each run read (and checked) once
         # run -> (features, evaluate_run options) to evaluate it with: new runs the defaults, stale ones their own
         # (kernels, and the reference set and CLIP model they were evaluated with)
         todo: dict[Path, tuple[str, dict]] = {}
@@ -86,7 +85,10 @@ def report_command(
             }
             spec = (metrics.get("features") or {}).get("image") or features
             say(f"{run / 'metrics.json'} is stale ({reason}): evaluating again", "note")
-            todo[run] = (spec, opts | _recorded_extras(run, metrics, spec, resolve_device(device), opened))
+            extras = _recorded_extras(
+                run, len(loaded[run].records), metrics, spec, resolve_device(device), opened
+            )
+            todo[run] = (spec, opts | extras)
         if evaluate and todo:
             extractors: dict[str, object] = {}
             for run, (spec, opts) in todo.items():
@@ -94,7 +96,7 @@ def report_command(
                     with err.status(f"loading features {spec} ..."):
                         extractors[spec] = load_features(spec, resolve_device(device))
                 with err.status(f"evaluating {run} ..."):
-                    result = evaluate_run(run, extractors[spec], **opts)
+                    result = evaluate_run(loaded[run], extractors[spec], **opts)
                 for note in result.get("notes", []):
                     say(f"{run}: {note}", "warning")
         with err.status(f"writing {out_file} ..."):
@@ -107,13 +109,14 @@ def report_command(
     say(f"{path} ({human_size(path.stat().st_size)})", "report", console=out)
 
 
-def _recorded_extras(run: Path, metrics: dict, encoder: str, device: str, opened: dict) -> dict[str, object]:
+def _recorded_extras(
+    run: Path, n_images: int, metrics: dict, encoder: str, device: str, opened: dict
+) -> dict[str, object]:
     """The reference set and CLIP model a stale metrics.json was made with, reopened (once per report: ``opened``
     keeps them) so that evaluating the run again keeps its PRDC, Fréchet and CLIPScore; one that is gone or
     unusable is dropped with a warning naming what is lost."""
     from sparke.runs import RunError
     from sparke.runs.alignment import load_clip_scorer
-    from sparke.runs.evaluation import load_run
     from sparke.runs.reference import check_prdc_sizes, open_reference
 
     extras: dict[str, object] = {}
@@ -122,7 +125,7 @@ def _recorded_extras(run: Path, metrics: dict, encoder: str, device: str, opened
         try:
             if (source, encoder) not in opened:
                 opened[source, encoder] = open_reference(source, encoder)
-            check_prdc_sizes(len(load_run(run).records), opened[source, encoder], run)
+            check_prdc_sizes(n_images, opened[source, encoder], run)
             extras["reference"] = opened[source, encoder]
         except RunError as error:
             say(
