@@ -129,13 +129,16 @@ def test_options_are_checked_documented_and_resume_old_run_folders():
         dict(centre="yes"),
         dict(orthogonal=1),
         dict(crowding=-1),
+        dict(motion=-1),
+        dict(motion=True),
     ):
         name = next(iter(bad))
         with pytest.raises(ValueError, match=f"^{name}:"):
             SPARKE(**bad)
     assert SPARKE(centre=0.5).centre == 0.5
-    for name in ("orthogonal", "crowding"):
+    for name in ("orthogonal", "crowding", "motion"):
         assert name in SPARKE_SETTINGS and name in SPARKE_HELP
         # a folder made before the setting existed ran with its off value, today's default
         assert ADDED_SETTINGS[name] == SPARKE_SPEC.defaults[name]
     assert SPARKE_SPEC.defaults["orthogonal"] is False and SPARKE_SPEC.defaults["crowding"] == 0.0
+    assert SPARKE_SPEC.defaults["motion"] == 0.0

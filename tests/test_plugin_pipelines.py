@@ -9,6 +9,7 @@ import torch
 
 from sparke.core import Bank
 from sparke.guidance import SPARKE, attach
+from sparke.guidance.filters import motion_component
 from sparke.guidance.plugin import cfg_direction
 from tiny_pipelines import NAMES, build, call_kwargs, final_latents, pipeline_state, same_state
 
@@ -120,12 +121,14 @@ def test_bank_save_load_continue(name, tmp_path):
 
 
 class _Recording(SPARKE):
-    """SPARKE that keeps, per guided step, its move (new - old latents, (b, D)) and that step's CFG line."""
+    """SPARKE that keeps, per guided step, its move (new - old latents, (b, D)), the latents' norms (b,) and that
+    step's CFG line."""
 
     def __init__(self, **kw):
         super().__init__(**kw)
         self.moves: list[torch.Tensor] = []
         self.lines: list[torch.Tensor | None] = []
+        self.norms: list[torch.Tensor] = []
 
     def on_step(self, step):
         new = super().on_step(step)
@@ -133,6 +136,7 @@ class _Recording(SPARKE):
             b = new.shape[0] // 2 if step.latents.shape[0] != self.batch else new.shape[0]
             self.moves.append((new[:b].float() - step.latents[:b].float()).flatten(1))
             self.lines.append(cfg_direction(self._denoised, step.latents[:b]))
+            self.norms.append(step.latents[:b].float().flatten(1).norm(dim=1))
         return new
 
 
@@ -179,10 +183,12 @@ def test_orthogonal_falls_back_to_the_plain_step_without_cfg():
     assert torch.equal(final_latents(out_o), final_latents(out_p))
 
 
-@pytest.mark.parametrize("option", [{"centre": 0.5}, {"crowding": 0.5}], ids=["centre-0.5", "crowding"])
+@pytest.mark.parametrize(
+    "option", [{"centre": 0.5}, {"crowding": 0.5}, {"motion": 1.0}], ids=["centre-0.5", "crowding", "motion"]
+)
 @pytest.mark.parametrize("name", NAMES)
-def test_partial_centring_and_crowding_run_on_every_pipeline(name, option):
-    """Both options guide every step of every tiny pipeline; crowding leaves the first call (empty bank)
+def test_step_options_run_on_every_pipeline(name, option):
+    """Each option guides every step of every tiny pipeline; crowding leaves the first call (empty bank)
     exactly unguided and moves the second, whose bank holds the first call's images of the same prompts."""
     pipe = _pipe(name)
     guide = SPARKE(scale=0.3, every=1, **option)
@@ -195,3 +201,32 @@ def test_partial_centring_and_crowding_run_on_every_pipeline(name, option):
     vanilla_2, _ = _run(pipe, seed=1)
     assert not torch.equal(final_latents(out_2), final_latents(vanilla_2))
     assert len(guide.bank) == 2 * len(PROMPTS) * PER
+
+
+@pytest.mark.parametrize("name", ["sd", "flux"])
+def test_motion_step_is_the_motion_component_of_the_plain_gradient(name, monkeypatch):
+    """Each guided move is scale * |z| times the unit motion component of that step's gradient against the
+    clean estimate, read in (B, C, H, W) (Flux: unpacked) and put back in the latents' layout."""
+    import sparke.guidance.plugin as plugin
+
+    calls = []
+
+    def spy(g, image, std, *args):
+        out = motion_component(g, image, std, *args)
+        calls.append((g.shape, image.shape, std, out))
+        return out
+
+    monkeypatch.setattr(plugin, "motion_component", spy)
+    pipe = _pipe(name)
+    guide = _Recording(scale=0.3, every=1, motion=1.5)
+    _run(pipe, guide)
+    assert guide.stats.guided == 3 and len(calls) == 3 == len(guide.moves)
+    for (g_shape, image_shape, std, out), move, norms in zip(calls, guide.moves, guide.norms, strict=True):
+        assert std == 1.5 and len(g_shape) == len(image_shape) == 4 and g_shape == image_shape
+        expected = out.float()
+        if name == "flux":  # the move is in the packed layout: pack the filter's output the pipeline's way
+            expected = pipe._pack_latents(expected, *expected.shape)
+        # float32: one normalisation and a subtraction of latents of norm ~10; cosines agree to ~1e-6
+        cos = torch.nn.functional.cosine_similarity(move, expected.flatten(1), dim=1)
+        torch.testing.assert_close(cos, torch.ones_like(cos), atol=1e-5, rtol=0)
+        torch.testing.assert_close(move.norm(dim=1), 0.3 * norms, rtol=1e-4, atol=0)

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from sparke.core import Bank, diversity_direction, novelty_direction
 from sparke.core.auto import KINDS as BANK_KINDS
@@ -34,6 +33,7 @@ from sparke.core.repel import any_within
 from sparke.core.spec import MEDIAN, KernelSpec
 
 from .attach import Attachment, Step, denoiser_of, split_batch
+from .filters import lowpass, motion_component
 from .guide import Guide, Schedule, check_scale
 from .prompts import PromptEncoder, batch_prompts, encode_prompts
 from .spaces import (
@@ -42,9 +42,12 @@ from .spaces import (
     encode_images,
     encode_to_latents,
     features,
+    image_size,
+    is_packed,
     noise_share,
     space_label,
     unit_rows,
+    x0_estimate,
 )
 
 __all__ = ["SPARKE", "cfg_direction", "crowding_factor", "execution_device", "lowpass", "median_distance"]
@@ -116,6 +119,12 @@ class SPARKE(Guide):
             prompt (Gaussian kernels of the guide's bandwidths, whatever ``kernel``; ``kernel_mass``): an isolated
             sample barely moves, a near-duplicate of earlier images takes nearly the whole step; with an
             empty bank nothing moves.
+        motion: keep only the part of each step that moves what the sample's clean estimate already shows
+            (0, the default: off): the step is replaced by -(grad x0 . v), v the displacement field that
+            explains it best over a Gaussian window of this many latent pixels (``motion_component``), so the
+            push shifts and resizes objects and paints nothing on flat regions, where a bank's other images
+            would leave ghosts that the next steps turn into extra objects. Needs spatial latents ((B, C, H, W)
+            or Flux's packed ones).
 
     ``sigma_image="median"`` sets the image bandwidth at each guided step to the median distance between the
     batch's features and the bank's (and each other), instead of a fixed number.
@@ -145,6 +154,7 @@ class SPARKE(Guide):
         gate: float = 0.0,
         orthogonal: bool = False,
         crowding: float = 0.0,
+        motion: float = 0.0,
     ) -> None:
         super().__init__()
         self.scale = check_scale(scale)
@@ -186,6 +196,9 @@ class SPARKE(Guide):
         ):
             raise ValueError(f"crowding: must be a kernel mass >= 0 (0: off), got {crowding!r}")
         self.crowding = float(crowding)
+        if isinstance(motion, bool) or not (isinstance(motion, (int, float)) and 0 <= motion < math.inf):
+            raise ValueError(f"motion: must be a window width >= 0 (latent pixels; 0: off), got {motion!r}")
+        self.motion = float(motion)
         self._denoised: torch.Tensor | None = None  # the denoiser's last output (orthogonal=True)
         self.prompt_encoder = prompt_encoder
         self.follows_pipeline = bank is None or (isinstance(bank, str) and bank in BANK_KINDS)
@@ -213,7 +226,7 @@ class SPARKE(Guide):
         return (
             f"SPARKE(scale={self.scale}, objective={self.objective!r}, every={self.every!r}, window={self.window}, "
             f"space={space!r}, step={self.step!r}, step_schedule={self.step_schedule!r}, smooth={self.smooth:g}, "
-            f"centre={self.centre}, orthogonal={self.orthogonal}, crowding={self.crowding:g}, "
+            f"centre={self.centre}, orthogonal={self.orthogonal}, crowding={self.crowding:g}, motion={self.motion:g}, "
             f"bank={type(self.bank).__name__} of {len(self.bank)} rows)"
         )
 
@@ -383,6 +396,8 @@ class SPARKE(Guide):
                 d = torch.where(self._gate_open(x.detach(), y)[:, None], d, torch.zeros_like(d))
             d_ok = torch.isfinite(d).all(1)
             (g,) = torch.autograd.grad(x, z, torch.where(d_ok[:, None], d, torch.zeros_like(d)))
+        if self.motion > 0:  # what the estimate shows moves; nothing is painted where it is flat
+            g = self._motion(step, z.detach(), g, call)
         if self.smooth > 0:
             g = lowpass(g, self.smooth)
         g = g.flatten(1)
@@ -412,6 +427,19 @@ class SPARKE(Guide):
         call.all_bad = bad.amin() + (0 if call.all_bad is None else call.all_bad)
         new = new.to(latents.dtype)
         return torch.cat([new, new]) if dup else new
+
+    def _motion(self, step: Step, z: torch.Tensor, g: torch.Tensor, call: _Call) -> torch.Tensor:
+        """g's motion component (``motion_component``) against the clean estimate of z, both in the latents'
+        layout; Flux's packed latents are unpacked to (B, C, H, W) for it and packed back."""
+        b = z.shape[0]
+        image = x0_estimate(step.scheduler, z, step.model_output[:b].float(), step.timestep)
+        if not is_packed(step.pipe, z):
+            return motion_component(g, image, self.motion)
+        pipe = step.pipe
+        h, w = image_size(pipe, call.height, call.width)
+        g4, image4 = (pipe._unpack_latents(t, h, w, pipe.vae_scale_factor) for t in (g, image))
+        moved = motion_component(g4, image4, self.motion)
+        return pipe._pack_latents(moved, b, *moved.shape[1:]).view_as(g)
 
     def _step_spec(self, x: torch.Tensor) -> KernelSpec:
         """The guide's kernel spec for this step: ``sigma_image="median"`` resolved once from x (B, d)."""
@@ -590,23 +618,6 @@ def _without_component(g: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
     cc = (c * c).sum(1, keepdim=True)
     coef = torch.where(cc > 0, (g * c).sum(1, keepdim=True) / cc.clamp_min(1e-30), torch.zeros_like(cc))
     return g - coef * c
-
-
-def lowpass(g: torch.Tensor, std: float) -> torch.Tensor:
-    """(B, C, H, W) -> the same, blurred over H and W by a Gaussian of ``std`` pixels (reflected edges)."""
-    if g.ndim != 4:
-        raise ValueError(
-            f"smooth: needs (B, C, H, W) latents, got shape {tuple(g.shape)} (packed latents: use smooth=0)"
-        )
-    radius = max(1, min(math.ceil(3 * std), min(g.shape[-2:]) - 1))
-    taps = torch.arange(-radius, radius + 1, device=g.device, dtype=g.dtype)
-    kernel = torch.exp(-0.5 * (taps / std) ** 2)
-    kernel = kernel / kernel.sum()
-    c = g.shape[1]
-    rows = kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1)
-    cols = kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1)
-    out = F.conv2d(F.pad(g, (0, 0, radius, radius), mode="reflect"), rows, groups=c)
-    return F.conv2d(F.pad(out, (radius, radius, 0, 0), mode="reflect"), cols, groups=c)
 
 
 def median_distance(x: torch.Tensor, bank: Any, max_rows: int = 4096) -> float:

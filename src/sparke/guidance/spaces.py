@@ -24,6 +24,8 @@ __all__ = [
     "decode",
     "encode_to_latents",
     "features",
+    "image_size",
+    "is_packed",
     "noise_share",
     "space_label",
     "step_sigma",
@@ -174,11 +176,13 @@ def centred(z: torch.Tensor, fraction: float = 1.0) -> torch.Tensor:
     )
 
 
-def _is_packed(pipe: Any, latents: torch.Tensor) -> bool:
+def is_packed(pipe: Any, latents: torch.Tensor) -> bool:
+    """Whether ``latents`` are Flux-style packed tokens (B, seq, C * 4) of a pipeline that unpacks them."""
     return latents.ndim == 3 and hasattr(pipe, "_unpack_latents")
 
 
-def _image_size(pipe: Any, height: int | None, width: int | None) -> tuple[int, int]:
+def image_size(pipe: Any, height: int | None, width: int | None) -> tuple[int, int]:
+    """The call's image (height, width) in pixels: those given, else the pipeline's default size."""
     default = getattr(pipe, "default_sample_size", 64) * getattr(pipe, "vae_scale_factor", 8)
     return int(height or default), int(width or default)
 
@@ -221,8 +225,8 @@ def decode(
     vae = getattr(pipe, "vae", None)
     if vae is None:
         return latents.float()
-    if _is_packed(pipe, latents):
-        h, w = _image_size(pipe, height, width)
+    if is_packed(pipe, latents):
+        h, w = image_size(pipe, height, width)
         latents = pipe._unpack_latents(latents, h, w, pipe.vae_scale_factor)
     scale = getattr(vae.config, "scaling_factor", 1.0) or 1.0
     shift = getattr(vae.config, "shift_factor", None) or 0.0

@@ -28,6 +28,7 @@ SPARKE_SETTINGS = (
     "gate",
     "orthogonal",
     "crowding",
+    "motion",
     "crossover",
     "neighbors",
     "samples",
@@ -46,6 +47,8 @@ SPARKE_HELP: dict[str, str] = {
     "a fraction in [0, 1] removes that share of each mean",
     "orthogonal": "drop the step's component along the step's CFG direction (cond - uncond); no CFG: plain step",
     "crowding": "per-sample step scale m / (m + crowding), m: kernel mass of similar-prompt bank rows; 0: off",
+    "motion": "keep only the step's part that moves what the clean estimate shows (a displacement field "
+    "fit over a window of this many latent pixels): nothing painted on flat regions; 0: off",
     "gate": "guide a sample only when a bank image of a similar prompt is within this feature distance; 0: off",
     "smooth": "Gaussian blur (latent pixels) of the step's gradient, against high-frequency noise; 0: none",
     "prompt_encoder": "prompt features: pipeline (its own text encoder) or minilm",

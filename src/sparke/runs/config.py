@@ -202,6 +202,7 @@ ADDED_SETTINGS: dict[str, Any] = {
     "gate": 0.0,
     "orthogonal": False,
     "crowding": 0.0,
+    "motion": 0.0,
 }
 
 

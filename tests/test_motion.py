@@ -1,0 +1,91 @@
+"""``motion_component``: the part of a step that moves an image's content, against a slow per-pixel least-squares
+fit, on exact motions, and where nothing can move."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sparke.guidance.filters import _gradients, lowpass, motion_component
+
+
+def _smooth_image(shape=(2, 3, 12, 10), seed=0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return lowpass(torch.randn(*shape, generator=gen, dtype=torch.float64), 1.5) * 10
+
+
+def _slow_motion(g: np.ndarray, image: np.ndarray, std: float, ridge: float) -> np.ndarray:
+    """Per pixel, the 2-vector v minimising sum_q w(q) sum_c (g_c(q) + dx_c(q) vx + dy_c(q) vy)^2 + lam |v|^2,
+    w the (reflected-edge) Gaussian window around the pixel; then -(dx vx + dy vy)."""
+    dx, dy = (t.numpy() for t in _gradients(torch.from_numpy(image)))
+    b, c, h, w = g.shape
+    radius = max(1, min(math.ceil(3 * std), min(h, w) - 1))
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / std) ** 2)
+    taps /= taps.sum()
+
+    def reflect(i, n):
+        return -i if i < 0 else (2 * (n - 1) - i if i >= n else i)
+
+    out = np.zeros_like(g)
+    for s in range(b):
+        energy = (dx[s] ** 2).sum(0) + (dy[s] ** 2).sum(0)
+        lam = ridge * energy.mean() / 2
+        for y in range(h):
+            for x in range(w):
+                a = np.eye(2) * lam
+                rhs = np.zeros(2)
+                for oy in range(-radius, radius + 1):
+                    for ox in range(-radius, radius + 1):
+                        q = (reflect(y + oy, h), reflect(x + ox, w))
+                        wq = taps[oy + radius] * taps[ox + radius]
+                        j = np.stack([dx[s][:, q[0], q[1]], dy[s][:, q[0], q[1]]], 1)  # (C, 2)
+                        a += wq * j.T @ j
+                        rhs -= wq * j.T @ g[s][:, q[0], q[1]]
+                v = np.linalg.solve(a, rhs)
+                out[s, :, y, x] = -(dx[s][:, y, x] * v[0] + dy[s][:, y, x] * v[1])
+    return out
+
+
+@pytest.mark.parametrize("std", [0.8, 2.0])
+def test_motion_component_matches_a_slow_least_squares_fit(std):
+    image = _smooth_image()
+    g = torch.randn(image.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    fast = motion_component(g, image, std, ridge=0.05)
+    # float64 throughout; the two differ only in summation order (~1e-15 relative)
+    np.testing.assert_allclose(fast.numpy(), _slow_motion(g.numpy(), image.numpy(), std, 0.05), atol=1e-9)
+
+
+def test_a_step_that_is_a_motion_is_kept_whole():
+    """g = -(grad image . v) for one displacement v everywhere: every window's fit is v, so g comes back."""
+    image = _smooth_image()
+    dx, dy = _gradients(image)
+    g = -(0.3 * dx - 0.2 * dy)
+    # ridge 0: the exact least-squares solution; float64 rounding of 2x2 solves ~1e-12
+    torch.testing.assert_close(motion_component(g, image, 1.5, ridge=0.0), g, atol=1e-10, rtol=0)
+    # the default ridge shrinks it a little and never flips it
+    kept = motion_component(g, image, 1.5)
+    assert 0.9 < float((kept * g).sum() / (g * g).sum()) <= 1.0
+
+
+def test_nothing_is_painted_where_the_image_is_flat():
+    image = torch.zeros(1, 3, 16, 16, dtype=torch.float64)
+    image[..., 4:8, 4:8] = 1.0  # a square; flat everywhere more than a pixel away from its edges
+    g = torch.randn(image.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    out = motion_component(g, image, 2.0)
+    dx, dy = _gradients(image)
+    flat = (dx.abs().sum(1) + dy.abs().sum(1)) == 0  # (1, H, W)
+    assert flat.sum() > 150 and torch.equal(
+        out.permute(1, 0, 2, 3)[:, flat], torch.zeros(3, int(flat.sum()), dtype=out.dtype)
+    )
+    assert out.norm() < 0.5 * g.norm()  # white noise is mostly not a motion
+    assert torch.equal(motion_component(g, torch.zeros_like(image), 2.0), torch.zeros_like(g))
+
+
+def test_motion_component_refuses_what_it_cannot_read():
+    with pytest.raises(ValueError, match="^motion: needs"):
+        motion_component(torch.zeros(2, 16, 8), torch.zeros(2, 16, 8), 1.0)
+    with pytest.raises(ValueError, match="^motion: the step"):
+        motion_component(torch.zeros(1, 3, 8, 8), torch.zeros(1, 4, 8, 8), 1.0)
