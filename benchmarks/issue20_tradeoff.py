@@ -26,7 +26,7 @@ from sparke.bench.combine import load
 from sparke.bench.report import goal_check
 
 BAR_COST, BAR_GAIN, BAR_CLOSED = 2.0, 0.15, 0.30  # issue 20: points, relative gain, share of the gap
-NAMES = {"sparke": "sparke (today's default: x0 centred)", "latent": "latent (the paper's step)"}
+NAMES = {"sparke": "sparke (x0 centred: issue 13's default)", "latent": "latent (the paper's step)"}
 
 
 def prompt_set(config: dict[str, Any]) -> str:
@@ -188,9 +188,14 @@ def main(argv: list[str] | None = None) -> int:
         "--note", action="append", default=[], metavar="SEED=TEXT", help="add TEXT to that seed's panel title"
     )
     parser.add_argument("--choose", action="store_true", help="also rank the settings by the choice rule")
+    parser.add_argument(
+        "--only", action="append", default=[], metavar="LABEL", help="keep only these settings (repeatable)"
+    )
     args = parser.parse_args(argv)
     runs = paired_runs(args.folders)
     rows = [r for seed in runs for r in candidate_rows(seed, *runs[seed])]
+    if args.only:
+        rows = [r for r in rows if r["label"] in args.only]
     print("\n".join(markdown(rows)))
     if args.choose:
         print("\n" + "\n".join(choice(rows)))

@@ -89,3 +89,26 @@ def test_motion_component_refuses_what_it_cannot_read():
         motion_component(torch.zeros(2, 16, 8), torch.zeros(2, 16, 8), 1.0)
     with pytest.raises(ValueError, match="^motion: the step"):
         motion_component(torch.zeros(1, 3, 8, 8), torch.zeros(1, 4, 8, 8), 1.0)
+
+
+def test_flat_latents_take_the_plain_step():
+    """The 2-D mixture pipeline's (B, 2) points have no spatial axes: motion changes nothing there."""
+    from sparke.bench.mixture import Denoiser, MixturePipeline
+    from sparke.guidance import SPARKE
+
+    torch.manual_seed(0)
+    pipe = MixturePipeline(Denoiser())
+    outs = []
+    for motion in (0.0, 2.0):
+        guide = SPARKE(scale=0.3, every=1, space="latent", centre=False, motion=motion)
+        for seed in (0, 1):  # the second call has a bank to push from
+            out = guide(
+                pipe,
+                prompt=["group 0", "group 1"],
+                num_images_per_prompt=2,
+                num_inference_steps=4,
+                generator=torch.Generator().manual_seed(seed),
+            )
+        assert guide.stats.guided == 4
+        outs.append(out.images)
+    assert torch.equal(outs[0], outs[1])

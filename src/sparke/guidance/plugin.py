@@ -123,8 +123,8 @@ class SPARKE(Guide):
             (0, the default: off): the step is replaced by -(grad x0 . v), v the displacement field that
             explains it best over a Gaussian window of this many latent pixels (``motion_component``), so the
             push shifts and resizes objects and paints nothing on flat regions, where a bank's other images
-            would leave ghosts that the next steps turn into extra objects. Needs spatial latents ((B, C, H, W)
-            or Flux's packed ones).
+            would leave ghosts that the next steps turn into extra objects. For (B, C, H, W) latents and Flux's
+            packed ones; flat (B, d) latents take the plain step.
 
     ``sigma_image="median"`` sets the image bandwidth at each guided step to the median distance between the
     batch's features and the bank's (and each other), instead of a fixed number.
@@ -430,10 +430,14 @@ class SPARKE(Guide):
 
     def _motion(self, step: Step, z: torch.Tensor, g: torch.Tensor, call: _Call) -> torch.Tensor:
         """g's motion component (``motion_component``) against the clean estimate of z, both in the latents'
-        layout; Flux's packed latents are unpacked to (B, C, H, W) for it and packed back."""
+        layout; Flux's packed latents are unpacked to (B, C, H, W) for it and packed back. Latents without a
+        spatial layout (flat (B, d) points) have nothing to move: the plain step."""
+        packed = is_packed(step.pipe, z)
+        if z.ndim != 4 and not packed:
+            return g
         b = z.shape[0]
         image = x0_estimate(step.scheduler, z, step.model_output[:b].float(), step.timestep)
-        if not is_packed(step.pipe, z):
+        if not packed:
             return motion_component(g, image, self.motion)
         pipe = step.pipe
         h, w = image_size(pipe, call.height, call.width)
