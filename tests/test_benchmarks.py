@@ -122,3 +122,75 @@ def test_issue20_tradeoff_reads_paired_folders_of_a_prompt_set(tmp_path):
         == "| 5 | centre 0.5 | 0.03 | +20.0% [+20.0%, +20.0%] | +2.0 [-3.0, +7.0] | 50% [50%, 50%] | met |"
     )
     assert png.stat().st_size > 10_000
+
+
+def test_bench_settings_reproduces_sparke_bench_rows(tmp_path):
+    """Settings generated one at a time and measured from their cached images give sparke bench's rows and
+    intervals; measured beside a bench folder of the same prompt set (--base), a cached row stays paired."""
+    import numpy as np
+
+    from sparke.bench import QUICK, BenchConfig, run_bench
+    from sparke.bench.combine import load
+
+    sizes = dict(clusters=2, prompts=2, seeds=2, n_boot=50, seed=3, steps=4, mixture=False)
+    config = BenchConfig(**{**QUICK.to_dict(), **sizes, "sweeps": {"sparke": [0.03]}})
+    run_bench(config, tmp_path / "bench", progress=None)
+    script = [sys.executable, str(ROOT / "benchmarks" / "bench_settings.py")]
+    design = ["--clusters", "2", "--prompts", "2", "--rounds", "2"]
+    cache = ["--cache", str(tmp_path / "cache")]
+
+    def call(*args):
+        done = subprocess.run([*script, *args], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+
+    for label, extra in (("none", []), ("sparke", ["--scale", "0.03"])):
+        call("generate", "3", "--label", label, *extra, *cache, *design, "--steps", "4")
+    call("measure", "3", *cache, *design, "--steps", "4", "--n-boot", "50", "--out", str(tmp_path / "mine"))
+    want, _, want_reps = load(tmp_path / "bench")
+    got, _, got_reps = load(tmp_path / "mine")
+    by_label = {r["label"]: (r, p) for r, p in zip(got, got_reps, strict=True)}
+    for row, reps in zip(want, want_reps, strict=True):
+        mine, mine_reps = by_label[row["label"]]
+        # the checker's counts are exact; feature scores come from float32 encoder and kernel sums, whose
+        # rounding (~1e-7 relative) follows the thread count of the process that ran them
+        assert mine["fidelity"] == row["fidelity"] and (mine_reps["fidelity"] == reps["fidelity"]).all()
+        for key in ("cond_vendi", "vendi", "free_attribute_entropy", "world_recall"):
+            if key not in row:  # the world row has no recall against itself
+                assert key not in mine
+                continue
+            assert mine[key] == pytest.approx(row[key], rel=1e-5), (row["label"], key)
+        for key, delta in row.get("delta_vs_none", {}).items():
+            got_delta = mine["delta_vs_none"][key]
+            assert got_delta["value"] == pytest.approx(delta["value"], rel=1e-5, abs=1e-6), (
+                row["label"],
+                key,
+            )
+            assert got_delta["ci"] == pytest.approx(delta["ci"], rel=1e-5, abs=1e-6), (row["label"], key)
+        for key in reps:
+            np.testing.assert_allclose(mine_reps[key], reps[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    # beside the bench folder: none and sparke are the folder's; a cached setting of another label is paired
+    call("generate", "3", "--label", "again", "--scale", "0.03", *cache, *design, "--steps", "4")
+    call(
+        "measure",
+        "3",
+        *cache,
+        *design,
+        "--steps",
+        "4",
+        "--n-boot",
+        "50",
+        "--base",
+        str(tmp_path / "bench"),
+        "--out",
+        str(tmp_path / "paired"),
+    )
+    rows, _, reps = load(tmp_path / "paired")
+    labels = [r["label"] for r in rows]
+    assert labels == ["world", "none", "sparke", "again"]
+    again, sparke = rows[3], rows[2]
+    # "again" is the default under another name: the same images, so the same row and paired differences
+    assert again["fidelity"] == sparke["fidelity"]
+    for key, delta in sparke["delta_vs_none"].items():  # rounding as above
+        assert again["delta_vs_none"][key]["value"] == pytest.approx(delta["value"], rel=1e-5, abs=1e-6), key
+        assert again["delta_vs_none"][key]["ci"] == pytest.approx(delta["ci"], rel=1e-5, abs=1e-6), key
+    np.testing.assert_allclose(reps[3]["cond_vendi"], reps[2]["cond_vendi"], rtol=1e-5)
