@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from sparke.guidance.filters import _gradients, lowpass, motion_component
+from sparke.guidance.filters import _gradients, layout_component, lowpass, motion_component
 
 
 def _smooth_image(shape=(2, 3, 12, 10), seed=0) -> torch.Tensor:
@@ -112,3 +112,31 @@ def test_flat_latents_take_the_plain_step():
         assert guide.stats.guided == 4
         outs.append(out.images)
     assert torch.equal(outs[0], outs[1])
+
+
+def test_layout_component_keeps_a_shift_and_zoom_whole_and_drops_the_rest():
+    """g = -(grad image . v) for v = t + s (p - centre): recovered exactly (ridge 0); its residual is orthogonal
+    to the three motions (least squares); a flat image gives 0."""
+    image = _smooth_image(shape=(2, 3, 12, 10))
+    dx, dy = _gradients(image)
+    h, w = 12, 10
+    ys = ((torch.arange(h, dtype=torch.float64) - (h - 1) / 2) / 6).view(h, 1)
+    xs = ((torch.arange(w, dtype=torch.float64) - (w - 1) / 2) / 6).view(1, w)
+    t = torch.tensor([[0.4, -0.2, 0.3], [-0.1, 0.5, -0.6]], dtype=torch.float64)  # (tx, ty, s) per sample
+    v_x = t[:, 0].view(2, 1, 1, 1) + t[:, 2].view(2, 1, 1, 1) * xs
+    v_y = t[:, 1].view(2, 1, 1, 1) + t[:, 2].view(2, 1, 1, 1) * ys
+    g = -(dx * v_x + dy * v_y)
+    # float64 3x3 solves: ~1e-13
+    torch.testing.assert_close(layout_component(g, image, ridge=0.0), g, atol=1e-10, rtol=0)
+    noise = torch.randn(image.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    kept = layout_component(noise, image, ridge=0.0)
+    residual = (noise - kept).flatten(1)
+    for basis in (-dx, -dy, -(dx * xs + dy * ys)):
+        # the normal equations' residual is orthogonal to each basis field, to float64 rounding
+        torch.testing.assert_close(
+            (residual * basis.flatten(1)).sum(1), torch.zeros(2, dtype=torch.float64), atol=1e-9, rtol=0
+        )
+    assert kept.norm() < 0.5 * noise.norm()
+    assert torch.equal(layout_component(noise, torch.zeros_like(image)), torch.zeros_like(noise))
+    with pytest.raises(ValueError, match="^motion: needs"):
+        layout_component(torch.zeros(2, 16, 8), torch.zeros(2, 16, 8))

@@ -131,6 +131,7 @@ def test_options_are_checked_documented_and_resume_old_run_folders():
         dict(crowding=-1),
         dict(motion=-1),
         dict(motion=True),
+        dict(motion="local"),
     ):
         name = next(iter(bad))
         with pytest.raises(ValueError, match=f"^{name}:"):
@@ -142,3 +143,4 @@ def test_options_are_checked_documented_and_resume_old_run_folders():
         assert ADDED_SETTINGS[name] == SPARKE_SPEC.defaults[name]
     assert SPARKE_SPEC.defaults["orthogonal"] is False and SPARKE_SPEC.defaults["crowding"] == 0.0
     assert SPARKE_SPEC.defaults["motion"] == 0.0
+    assert SPARKE(motion="global").motion == "global" and SPARKE(motion=2).motion == 2.0

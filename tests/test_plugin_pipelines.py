@@ -9,7 +9,7 @@ import torch
 
 from sparke.core import Bank
 from sparke.guidance import SPARKE, attach
-from sparke.guidance.filters import motion_component
+from sparke.guidance.filters import layout_component, motion_component
 from sparke.guidance.plugin import cfg_direction
 from tiny_pipelines import NAMES, build, call_kwargs, final_latents, pipeline_state, same_state
 
@@ -184,7 +184,9 @@ def test_orthogonal_falls_back_to_the_plain_step_without_cfg():
 
 
 @pytest.mark.parametrize(
-    "option", [{"centre": 0.5}, {"crowding": 0.5}, {"motion": 1.0}], ids=["centre-0.5", "crowding", "motion"]
+    "option",
+    [{"centre": 0.5}, {"crowding": 0.5}, {"motion": 1.0}, {"motion": "global"}],
+    ids=["centre-0.5", "crowding", "motion", "motion-global"],
 )
 @pytest.mark.parametrize("name", NAMES)
 def test_step_options_run_on_every_pipeline(name, option):
@@ -203,26 +205,29 @@ def test_step_options_run_on_every_pipeline(name, option):
     assert len(guide.bank) == 2 * len(PROMPTS) * PER
 
 
+@pytest.mark.parametrize("motion", [1.5, "global"])
 @pytest.mark.parametrize("name", ["sd", "flux"])
-def test_motion_step_is_the_motion_component_of_the_plain_gradient(name, monkeypatch):
-    """Each guided move is scale * |z| times the unit motion component of that step's gradient against the
-    clean estimate, read in (B, C, H, W) (Flux: unpacked) and put back in the latents' layout."""
+def test_motion_step_is_the_motion_component_of_the_plain_gradient(name, motion, monkeypatch):
+    """Each guided move is scale * |z| times the unit motion (or layout) component of that step's gradient
+    against the clean estimate, read in (B, C, H, W) (Flux: unpacked) and put back in the latents' layout."""
     import sparke.guidance.plugin as plugin
 
     calls = []
+    real = layout_component if motion == "global" else motion_component
 
-    def spy(g, image, std, *args):
-        out = motion_component(g, image, std, *args)
-        calls.append((g.shape, image.shape, std, out))
+    def spy(g, image, *args):
+        out = real(g, image, *args)
+        calls.append((g.shape, image.shape, args, out))
         return out
 
-    monkeypatch.setattr(plugin, "motion_component", spy)
+    monkeypatch.setattr(plugin, real.__name__, spy)
     pipe = _pipe(name)
-    guide = _Recording(scale=0.3, every=1, motion=1.5)
+    guide = _Recording(scale=0.3, every=1, motion=motion)
     _run(pipe, guide)
     assert guide.stats.guided == 3 and len(calls) == 3 == len(guide.moves)
-    for (g_shape, image_shape, std, out), move, norms in zip(calls, guide.moves, guide.norms, strict=True):
-        assert std == 1.5 and len(g_shape) == len(image_shape) == 4 and g_shape == image_shape
+    for (g_shape, image_shape, args, out), move, norms in zip(calls, guide.moves, guide.norms, strict=True):
+        assert args == (() if motion == "global" else (1.5,))
+        assert len(g_shape) == len(image_shape) == 4 and g_shape == image_shape
         expected = out.float()
         if name == "flux":  # the move is in the packed layout: pack the filter's output the pipeline's way
             expected = pipe._pack_latents(expected, *expected.shape)

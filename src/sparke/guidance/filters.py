@@ -1,7 +1,8 @@
 """Filters of a guidance step g (B, C, H, W) in the latents' layout: what the step is allowed to change.
 
 ``lowpass`` blurs it (no high-frequency noise). ``motion_component`` keeps only the part of it that moves the
-content of an image, so the step displaces what the estimate already shows instead of painting something new.
+content of an image, so the step displaces what the estimate already shows instead of painting something new;
+``layout_component`` keeps only one shift and one zoom of the whole image, which cannot bend a shape.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["lowpass", "motion_component"]
+__all__ = ["layout_component", "lowpass", "motion_component"]
 
 
 def _spatial(g: torch.Tensor, option: str) -> None:
@@ -69,3 +70,34 @@ def motion_component(g: torch.Tensor, image: torch.Tensor, std: float, ridge: fl
     vx = torch.where(det > 0, (a22 * b1 - a12 * b2) / safe, torch.zeros_like(det))
     vy = torch.where(det > 0, (a11 * b2 - a12 * b1) / safe, torch.zeros_like(det))
     return -(dx * vx + dy * vy)
+
+
+def layout_component(g: torch.Tensor, image: torch.Tensor, ridge: float = 1e-6) -> torch.Tensor:
+    """The part of the step g (B, C, H, W) that shifts and zooms the whole of ``image`` (same shape).
+
+    Per sample, the least-squares fit of g by -(grad image . v) with v(p) = t + s (p - centre): one translation
+    t (2 numbers) and one isotropic zoom s about the image centre, coordinates in units of half the larger
+    side. Shapes, counts and colours stay as they are to first order; only where things are and how large.
+    ``ridge`` (times the mean diagonal of the 3x3 normal matrix) keeps a nearly flat image's fit bounded; a
+    flat image gives 0.
+    """
+    _spatial(g, "motion")
+    if g.shape != image.shape:
+        raise ValueError(
+            f"motion: the step {tuple(g.shape)} and the image {tuple(image.shape)} differ in shape"
+        )
+    dx, dy = _gradients(image.to(g.dtype))
+    h, w = g.shape[-2:]
+    half = max(h, w) / 2
+    ys = ((torch.arange(h, device=g.device, dtype=g.dtype) - (h - 1) / 2) / half).view(h, 1)
+    xs = ((torch.arange(w, device=g.device, dtype=g.dtype) - (w - 1) / 2) / half).view(1, w)
+    basis = torch.stack([-dx, -dy, -(dx * xs + dy * ys)], 1).flatten(2)  # (B, 3, C*H*W)
+    normal = basis @ basis.transpose(1, 2)  # (B, 3, 3)
+    scale = normal.diagonal(dim1=1, dim2=2).mean(1)  # (B,)
+    eye = torch.eye(3, device=g.device, dtype=g.dtype)
+    lam = (ridge * scale).clamp_min(torch.finfo(g.dtype).tiny)
+    coef = torch.linalg.solve(
+        normal + lam[:, None, None] * eye, basis @ g.flatten(1)[:, :, None]
+    )  # (B, 3, 1)
+    out = (coef * basis).sum(1).view_as(g)
+    return torch.where((scale > 0).view(-1, 1, 1, 1), out, torch.zeros_like(out))

@@ -33,7 +33,7 @@ from sparke.core.repel import any_within
 from sparke.core.spec import MEDIAN, KernelSpec
 
 from .attach import Attachment, Step, denoiser_of, split_batch
-from .filters import lowpass, motion_component
+from .filters import layout_component, lowpass, motion_component
 from .guide import Guide, Schedule, check_scale
 from .prompts import PromptEncoder, batch_prompts, encode_prompts
 from .spaces import (
@@ -123,8 +123,9 @@ class SPARKE(Guide):
             (0, the default: off): the step is replaced by -(grad x0 . v), v the displacement field that
             explains it best over a Gaussian window of this many latent pixels (``motion_component``), so the
             push shifts and resizes objects and paints nothing on flat regions, where a bank's other images
-            would leave ghosts that the next steps turn into extra objects. For (B, C, H, W) latents and Flux's
-            packed ones; flat (B, d) latents take the plain step.
+            would leave ghosts that the next steps turn into extra objects. ``"global"``: only one shift and one
+            zoom of the whole estimate per sample (``layout_component``), which cannot bend a shape. For
+            (B, C, H, W) latents and Flux's packed ones; flat (B, d) latents take the plain step.
 
     ``sigma_image="median"`` sets the image bandwidth at each guided step to the median distance between the
     batch's features and the bank's (and each other), instead of a fixed number.
@@ -154,7 +155,7 @@ class SPARKE(Guide):
         gate: float = 0.0,
         orthogonal: bool = False,
         crowding: float = 0.0,
-        motion: float = 0.0,
+        motion: float | str = 0.0,
     ) -> None:
         super().__init__()
         self.scale = check_scale(scale)
@@ -196,9 +197,13 @@ class SPARKE(Guide):
         ):
             raise ValueError(f"crowding: must be a kernel mass >= 0 (0: off), got {crowding!r}")
         self.crowding = float(crowding)
-        if isinstance(motion, bool) or not (isinstance(motion, (int, float)) and 0 <= motion < math.inf):
-            raise ValueError(f"motion: must be a window width >= 0 (latent pixels; 0: off), got {motion!r}")
-        self.motion = float(motion)
+        if motion != "global" and (
+            isinstance(motion, bool) or not (isinstance(motion, (int, float)) and 0 <= motion < math.inf)
+        ):
+            raise ValueError(
+                f"motion: must be a window width >= 0 (latent pixels; 0: off) or 'global', got {motion!r}"
+            )
+        self.motion: float | str = motion if motion == "global" else float(motion)
         self._denoised: torch.Tensor | None = None  # the denoiser's last output (orthogonal=True)
         self.prompt_encoder = prompt_encoder
         self.follows_pipeline = bank is None or (isinstance(bank, str) and bank in BANK_KINDS)
@@ -226,7 +231,7 @@ class SPARKE(Guide):
         return (
             f"SPARKE(scale={self.scale}, objective={self.objective!r}, every={self.every!r}, window={self.window}, "
             f"space={space!r}, step={self.step!r}, step_schedule={self.step_schedule!r}, smooth={self.smooth:g}, "
-            f"centre={self.centre}, orthogonal={self.orthogonal}, crowding={self.crowding:g}, motion={self.motion:g}, "
+            f"centre={self.centre}, orthogonal={self.orthogonal}, crowding={self.crowding:g}, motion={self.motion!r}, "
             f"bank={type(self.bank).__name__} of {len(self.bank)} rows)"
         )
 
@@ -396,7 +401,7 @@ class SPARKE(Guide):
                 d = torch.where(self._gate_open(x.detach(), y)[:, None], d, torch.zeros_like(d))
             d_ok = torch.isfinite(d).all(1)
             (g,) = torch.autograd.grad(x, z, torch.where(d_ok[:, None], d, torch.zeros_like(d)))
-        if self.motion > 0:  # what the estimate shows moves; nothing is painted where it is flat
+        if self.motion:  # what the estimate shows moves; nothing is painted where it is flat
             g = self._motion(step, z.detach(), g, call)
         if self.smooth > 0:
             g = lowpass(g, self.smooth)
@@ -437,12 +442,17 @@ class SPARKE(Guide):
             return g
         b = z.shape[0]
         image = x0_estimate(step.scheduler, z, step.model_output[:b].float(), step.timestep)
+
+        def moving(g4: torch.Tensor, image4: torch.Tensor) -> torch.Tensor:
+            if self.motion == "global":
+                return layout_component(g4, image4)
+            return motion_component(g4, image4, float(self.motion))
+
         if not packed:
-            return motion_component(g, image, self.motion)
+            return moving(g, image)
         pipe = step.pipe
         h, w = image_size(pipe, call.height, call.width)
-        g4, image4 = (pipe._unpack_latents(t, h, w, pipe.vae_scale_factor) for t in (g, image))
-        moved = motion_component(g4, image4, self.motion)
+        moved = moving(*(pipe._unpack_latents(t, h, w, pipe.vae_scale_factor) for t in (g, image)))
         return pipe._pack_latents(moved, b, *moved.shape[1:]).view_as(g)
 
     def _step_spec(self, x: torch.Tensor) -> KernelSpec:

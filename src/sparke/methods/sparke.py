@@ -48,7 +48,8 @@ SPARKE_HELP: dict[str, str] = {
     "orthogonal": "drop the step's component along the step's CFG direction (cond - uncond); no CFG: plain step",
     "crowding": "per-sample step scale m / (m + crowding), m: kernel mass of similar-prompt bank rows; 0: off",
     "motion": "keep only the step's part that moves what the clean estimate shows (a displacement field "
-    "fit over a window of this many latent pixels): nothing painted on flat regions; 0: off",
+    "fit over a window of this many latent pixels): nothing painted on flat regions; global: one shift and one "
+    "zoom of the whole image per sample; 0: off",
     "gate": "guide a sample only when a bank image of a similar prompt is within this feature distance; 0: off",
     "smooth": "Gaussian blur (latent pixels) of the step's gradient, against high-frequency noise; 0: none",
     "prompt_encoder": "prompt features: pipeline (its own text encoder) or minilm",
