@@ -15,16 +15,14 @@ import torch.nn.functional as F
 __all__ = ["layout_component", "lowpass", "motion_component"]
 
 
-def _spatial(g: torch.Tensor, option: str) -> None:
+def _spatial(g: torch.Tensor, option: str, hint: str = "") -> None:
     if g.ndim != 4:
-        raise ValueError(
-            f"{option}: needs (B, C, H, W) latents, got shape {tuple(g.shape)} (packed latents: use {option}=0)"
-        )
+        raise ValueError(f"{option}: needs (B, C, H, W) latents, got shape {tuple(g.shape)}{hint}")
 
 
 def lowpass(g: torch.Tensor, std: float) -> torch.Tensor:
     """(B, C, H, W) -> the same, blurred over H and W by a Gaussian of ``std`` pixels (reflected edges)."""
-    _spatial(g, "smooth")
+    _spatial(g, "smooth", " (packed latents: use smooth=0)")
     radius = max(1, min(math.ceil(3 * std), min(g.shape[-2:]) - 1))
     taps = torch.arange(-radius, radius + 1, device=g.device, dtype=g.dtype)
     kernel = torch.exp(-0.5 * (taps / std) ** 2)

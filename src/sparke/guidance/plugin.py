@@ -434,8 +434,8 @@ class SPARKE(Guide):
         return torch.cat([new, new]) if dup else new
 
     def _motion(self, step: Step, z: torch.Tensor, g: torch.Tensor, call: _Call) -> torch.Tensor:
-        """g's motion component (``motion_component``) against the clean estimate of z, both in the latents'
-        layout; Flux's packed latents are unpacked to (B, C, H, W) for it and packed back. Latents without a
+        """g's motion component (``motion_component``, or ``layout_component`` for "global") against the clean
+        estimate of z, both in the latents' layout; Flux's packed latents are unpacked to (B, C, H, W) for it and packed back. Latents without a
         spatial layout (flat (B, d) points) have nothing to move: the plain step."""
         packed = is_packed(step.pipe, z)
         if z.ndim != 4 and not packed:
