@@ -38,6 +38,10 @@ def config_for(args: argparse.Namespace) -> BenchConfig:
     )
 
 
+def _method(label: str) -> str:
+    return "none" if label == "none" else "sparke"
+
+
 def generate(args: argparse.Namespace) -> None:
     import torch
 
@@ -50,7 +54,7 @@ def generate(args: argparse.Namespace) -> None:
     if out.exists():
         print(f"{out}: cached")
         return
-    method = "none" if args.label == "none" else "sparke"
+    method = _method(args.label)
     options = {}
     if args.set:  # checked and typed as ``sparke bench --variant`` does
         options = parse_variants([f"x:sparke:{args.scale}:{';'.join(args.set)}"])["x"].get("options", {})
@@ -77,8 +81,7 @@ def generate(args: argparse.Namespace) -> None:
 def measure(args: argparse.Namespace) -> None:
     from sparke.bench import report
     from sparke.bench.combine import load
-    from sparke.bench.metrics import world_scores
-    from sparke.bench.runner import measure_with_evidence, reference_images
+    from sparke.bench.runner import reference_images, setting_row, world_row
     from sparke.embedded import world as W
     from sparke.embedded.encoder import load_encoder
     from sparke.encoders.minilm import encode_minilm
@@ -89,11 +92,9 @@ def measure(args: argparse.Namespace) -> None:
     prompt_features = dict(zip(texts, encode_minilm(texts).cpu(), strict=True))
     encoder = load_encoder("cpu")
     intervals = Intervals(config)
-    world_row, world_evidence = measure_with_evidence(
-        reference_images(clusters, config), clusters, encoder, prompt_features
-    )
-    rows = [{"label": "world", "method": "world", "scale": 0.0, **world_row}]
-    reps = [intervals.add(rows[-1], world_evidence)]
+    first, world_evidence = world_row(reference_images(clusters, config), clusters, encoder, prompt_features)
+    rows = [first]
+    reps = [intervals.add(first, world_evidence)]
     if args.base is not None:
         base_rows, meta, base_reps = load(args.base)
         if any(
@@ -116,12 +117,8 @@ def measure(args: argparse.Namespace) -> None:
             continue  # the base folder's
         z = np.load(path)
         gen = Generated(z["images"], z["cluster"], list(z["prompts"]), float(z["seconds"]), 0.0, z["round"])
-        measured, evidence = measure_with_evidence(gen, clusters, encoder, prompt_features)
-        options = json.loads(str(z["options"]))
-        row = {"label": label, "method": "none" if label == "none" else "sparke", "scale": float(scale)}
-        row.update({"options": options} if options else {})
-        row.update(measured)
-        row.update(world_scores(evidence, world_evidence))
+        setting = Setting(label, _method(label), float(scale), json.loads(str(z["options"])))
+        row, evidence = setting_row(setting, gen, clusters, encoder, prompt_features, world_evidence)
         rows.append(row)
         reps.append(intervals.add(row, evidence))
         print(

@@ -45,8 +45,7 @@ def run_bench(
     from sparke.encoders.minilm import encode_minilm
 
     from . import report
-    from .metrics import world_scores
-    from .runner import generate_setting, measure_with_evidence, reference_images
+    from .runner import generate_setting, reference_images, setting_row, world_row
 
     start = time.perf_counter()
     out = Path(out)
@@ -59,30 +58,14 @@ def run_bench(
 
     intervals = Intervals(config)
     world = reference_images(clusters, config)
-    measured, world_evidence = measure_with_evidence(world, clusters, encoder, prompt_features)
-    rows: list[dict[str, Any]] = [
-        {
-            "label": "world",
-            "method": "world",
-            "scale": 0.0,
-            **measured,
-            "sec_per_image": None,
-            "peak_mem_mb": None,
-        }
-    ]
-    reps: list[dict[str, Any] | None] = [
-        intervals.add(rows[-1], world_evidence)
-    ]  # bootstrap replicates, paired
+    first, world_evidence = world_row(world, clusters, encoder, prompt_features)
+    rows: list[dict[str, Any]] = [first]
+    reps: list[dict[str, Any] | None] = [intervals.add(first, world_evidence)]  # bootstrap replicates, paired
     samples: dict[str, Any] = {"world": world}
     for setting in settings_of(config):
         torch.manual_seed(config.seed)
         gen = generate_setting(pipe, clusters, setting, config, progress=say)
-        row = {"label": setting.label, "method": setting.method, "scale": setting.scale}
-        if setting.options:
-            row["options"] = {k: list(v) if isinstance(v, tuple) else v for k, v in setting.options.items()}
-        measured, evidence = measure_with_evidence(gen, clusters, encoder, prompt_features)
-        row.update(measured)
-        row.update(world_scores(evidence, world_evidence))
+        row, evidence = setting_row(setting, gen, clusters, encoder, prompt_features, world_evidence)
         rows.append(row)
         reps.append(intervals.add(row, evidence))
         samples[f"{setting.label} {setting.scale:g}"] = gen

@@ -22,7 +22,7 @@ import torch
 from sparke.methods import make
 
 from .config import BenchConfig, guide_options
-from .metrics import Evidence, feature_scores, free_attribute_scores
+from .metrics import Evidence, feature_scores, free_attribute_scores, world_scores
 
 __all__ = [
     "Generated",
@@ -32,6 +32,8 @@ __all__ = [
     "measure",
     "measure_with_evidence",
     "reference_images",
+    "setting_row",
+    "world_row",
 ]
 
 
@@ -209,4 +211,33 @@ def measure_with_evidence(
         "peak_mem_mb": gen.peak_mem_mb,
         "n_images": n,
     }
+    return row, evidence
+
+
+def world_row(
+    world: Generated, clusters: list, encoder: torch.nn.Module, prompt_features: dict[str, torch.Tensor]
+) -> tuple[dict[str, Any], Evidence]:
+    """The ``world`` row of ``reference_images`` (what a perfect model scores) and its evidence, which every
+    setting's world recall and coverage are measured against."""
+    measured, evidence = measure_with_evidence(world, clusters, encoder, prompt_features)
+    row = {"label": "world", "method": "world", "scale": 0.0, **measured}
+    return {**row, "sec_per_image": None, "peak_mem_mb": None}, evidence
+
+
+def setting_row(
+    setting: Setting,
+    gen: Generated,
+    clusters: list,
+    encoder: torch.nn.Module,
+    prompt_features: dict[str, torch.Tensor],
+    world_evidence: Evidence,
+) -> tuple[dict[str, Any], Evidence]:
+    """One setting's row of results.json (its options, measures and scores against the world) and its
+    evidence."""
+    row: dict[str, Any] = {"label": setting.label, "method": setting.method, "scale": setting.scale}
+    if setting.options:
+        row["options"] = {k: list(v) if isinstance(v, tuple) else v for k, v in setting.options.items()}
+    measured, evidence = measure_with_evidence(gen, clusters, encoder, prompt_features)
+    row.update(measured)
+    row.update(world_scores(evidence, world_evidence))
     return row, evidence

@@ -20,6 +20,14 @@ def _spatial(g: torch.Tensor, option: str, hint: str = "") -> None:
         raise ValueError(f"{option}: needs (B, C, H, W) latents, got shape {tuple(g.shape)}{hint}")
 
 
+def _step_and_image(g: torch.Tensor, image: torch.Tensor) -> None:
+    _spatial(g, "motion")
+    if g.shape != image.shape:
+        raise ValueError(
+            f"motion: the step {tuple(g.shape)} and the image {tuple(image.shape)} differ in shape"
+        )
+
+
 def lowpass(g: torch.Tensor, std: float) -> torch.Tensor:
     """(B, C, H, W) -> the same, blurred over H and W by a Gaussian of ``std`` pixels (reflected edges)."""
     _spatial(g, "smooth", " (packed latents: use smooth=0)")
@@ -51,11 +59,7 @@ def motion_component(g: torch.Tensor, image: torch.Tensor, std: float, ridge: fl
     of ``ridge`` times the sample's mean edge energy so that flat regions, where nothing can move, get v = 0.
     Where the image is flat the result is 0: the step cannot paint new content there.
     """
-    _spatial(g, "motion")
-    if g.shape != image.shape:
-        raise ValueError(
-            f"motion: the step {tuple(g.shape)} and the image {tuple(image.shape)} differ in shape"
-        )
+    _step_and_image(g, image)
     dx, dy = _gradients(image.to(g.dtype))
     # per-pixel 2x2 systems A v = b, A and b summed over channels and blurred over the window
     s11, s12, s22 = ((p * q).sum(1, keepdim=True) for p, q in ((dx, dx), (dx, dy), (dy, dy)))
@@ -79,11 +83,7 @@ def layout_component(g: torch.Tensor, image: torch.Tensor, ridge: float = 1e-6) 
     ``ridge`` (times the mean diagonal of the 3x3 normal matrix) keeps a nearly flat image's fit bounded; a
     flat image gives 0.
     """
-    _spatial(g, "motion")
-    if g.shape != image.shape:
-        raise ValueError(
-            f"motion: the step {tuple(g.shape)} and the image {tuple(image.shape)} differ in shape"
-        )
+    _step_and_image(g, image)
     dx, dy = _gradients(image.to(g.dtype))
     h, w = g.shape[-2:]
     half = max(h, w) / 2
