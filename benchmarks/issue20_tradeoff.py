@@ -11,7 +11,9 @@ scales).
         --note 1=choice --note 5=confirmation --png docs/issue20-tradeoff.png
 
 ``--choose`` ranks the settings by the second round's rule (docs/benchmark.md, issue 20): the (prompt set,
-criterion) pairs met, ties broken by the smallest Cond-Vendi gain.
+criterion) pairs met, ties broken by the smallest Cond-Vendi gain. ``--pool`` adds each setting that every given
+prompt set holds, pooled over them (``sparke.bench.pool``: the stratified paired bootstrap), and its paired
+difference to the default.
 
 Folders of one prompt set (the same ``--seed`` and sizes) are merged: their rows share the bootstrap resamples.
 """
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sparke.bench.combine import load
+from sparke.bench.pool import pooled_comparison, pooled_effect
 from sparke.bench.report import goal_check
 
 BAR_COST, BAR_GAIN, BAR_CLOSED = 2.0, 0.15, 0.30  # issue 20: points, relative gain, share of the gap
@@ -125,6 +128,42 @@ def choice(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def pooled(runs: dict[str, tuple[list[dict[str, Any]], list[Any]]]) -> list[str]:
+    """Each SPARKE setting held by every prompt set in ``runs``, pooled over them, and its paired difference
+    to the default (``sparke`` at 0.03) where both are there."""
+    sets = list(runs.values())
+    keys = [
+        (r["label"], float(r["scale"]))
+        for r in sets[0][0]
+        if r["method"] == "sparke" and r["label"] != "world"
+    ]
+    common = [
+        k for k in keys if all(any((r["label"], float(r["scale"])) == k for r in rows) for rows, _ in sets)
+    ]
+    lines = [
+        f"Pooled over prompt sets {', '.join(runs)}:",
+        "",
+        "| setting | scale | Cond-Vendi gain | Δ fidelity (points) | entropy gap closed "
+        "| gain - default's | Δ fidelity - default's |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, scale in common:
+        e = pooled_effect(sets, label, scale)
+        versus = ["-", "-"]
+        if (label, scale) != ("sparke", 0.03) and ("sparke", 0.03) in common:
+            c = pooled_comparison(sets, (label, scale), ("sparke", 0.03))
+            versus = [
+                _with_ci(c["gain"], c["gain_ci"], "{:+.1f}%", 100),
+                _with_ci(c["fidelity_delta"], c["fidelity_delta_ci"], "{:+.1f}"),
+            ]
+        lines.append(
+            f"| {label} | {scale:g} | {_with_ci(e['gain'], e['gain_ci'], '{:+.1f}%', 100)} "
+            f"| {_with_ci(e['fidelity_delta'], e['fidelity_delta_ci'], '{:+.1f}')} "
+            f"| {_with_ci(e['closed'], e['closed_ci'], '{:.0f}%', 100)} | {versus[0]} | {versus[1]} |"
+        )
+    return lines
+
+
 def plot(rows: list[dict[str, Any]], path: Path, notes: dict[str, str] | None = None) -> None:
     import matplotlib
 
@@ -188,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         "--note", action="append", default=[], metavar="SEED=TEXT", help="add TEXT to that seed's panel title"
     )
     parser.add_argument("--choose", action="store_true", help="also rank the settings by the choice rule")
+    parser.add_argument("--pool", action="store_true", help="also pool each setting over all the prompt sets")
     parser.add_argument(
         "--only", action="append", default=[], metavar="LABEL", help="keep only these settings (repeatable)"
     )
@@ -199,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(markdown(rows)))
     if args.choose:
         print("\n" + "\n".join(choice(rows)))
+    if args.pool:
+        print("\n" + "\n".join(pooled(runs)))
     if args.png is not None:
         plot(rows, args.png, dict(note.split("=", 1) for note in args.note))
         print(f"wrote {args.png}")
