@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from sparke.guidance.filters import _gradients, layout_component, lowpass, motion_component
+from sparke.guidance.filters import (
+    _gradients,
+    displacement,
+    first_order_warp,
+    layout_component,
+    lowpass,
+    motion_component,
+    warp,
+)
 
 
 def _smooth_image(shape=(2, 3, 12, 10), seed=0) -> torch.Tensor:
@@ -140,3 +148,69 @@ def test_layout_component_keeps_a_shift_and_zoom_whole_and_drops_the_rest():
     assert torch.equal(layout_component(noise, torch.zeros_like(image)), torch.zeros_like(noise))
     with pytest.raises(ValueError, match="^motion: needs"):
         layout_component(torch.zeros(2, 16, 8), torch.zeros(2, 16, 8))
+
+
+def test_warp_moves_content_for_real_and_agrees_with_its_first_order_change_on_a_ramp():
+    h, w = 9, 11
+    ys, xs = torch.meshgrid(
+        torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij"
+    )
+    ramp = torch.stack([0.7 * xs - 0.2 * ys + 1, -0.3 * xs + 0.5 * ys])[
+        None
+    ]  # (1, 2, H, W), linear in x and y
+    v = torch.empty(1, 2, h, w, dtype=torch.float64)
+    v[:, 0], v[:, 1] = 0.4, -0.25  # a fractional move: bilinear resampling is exact on a linear image
+    inner = (..., slice(1, -1), slice(1, -1))  # the edges are extended, not extrapolated
+    moved = warp(ramp, v)
+    expected = torch.stack([0.7 * (xs - 0.4) - 0.2 * (ys + 0.25) + 1, -0.3 * (xs - 0.4) + 0.5 * (ys + 0.25)])[
+        None
+    ]
+    # float64; grid_sample's normalised coordinates round at ~1e-16 relative
+    torch.testing.assert_close(moved[inner], expected[inner], rtol=0, atol=1e-12)
+    torch.testing.assert_close((ramp + first_order_warp(ramp, v))[inner], expected[inner], rtol=0, atol=1e-12)
+    torch.testing.assert_close(warp(ramp, torch.zeros_like(v)), ramp, rtol=0, atol=1e-12)
+
+
+def test_warp_by_whole_pixels_shifts_and_extends_the_edge():
+    image = torch.arange(2 * 3 * 5 * 6, dtype=torch.float64).view(2, 3, 5, 6)
+    v = torch.zeros(2, 2, 5, 6, dtype=torch.float64)
+    v[0, 0] = 1.0  # sample 0: one pixel right
+    v[1, 1] = -2.0  # sample 1: two pixels up
+    moved = warp(image, v)
+    torch.testing.assert_close(moved[0, :, :, 1:], image[0, :, :, :-1], rtol=0, atol=1e-9)
+    torch.testing.assert_close(moved[0, :, :, 0], image[0, :, :, 0], rtol=0, atol=1e-9)
+    torch.testing.assert_close(moved[1, :, :-2], image[1, :, 2:], rtol=0, atol=1e-9)
+    torch.testing.assert_close(moved[1, :, -2:], image[1, :, -1:].expand(-1, 2, -1), rtol=0, atol=1e-9)
+    with pytest.raises(ValueError, match=r"^warp: the field must be \(2, 2, 5, 6\)"):
+        warp(image, v[:, :1])
+
+
+@pytest.mark.parametrize("motion", [1.5, "global"])
+def test_displacement_is_the_field_behind_each_component(motion):
+    image = _smooth_image()
+    g = torch.randn(image.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    v = displacement(g, image, motion)
+    assert v.shape == (image.shape[0], 2, *image.shape[-2:])
+    component = layout_component(g, image) if motion == "global" else motion_component(g, image, motion)
+    # float64, the same sums in another order
+    torch.testing.assert_close(first_order_warp(image, v), component, rtol=0, atol=1e-10)
+    if motion == "global":  # one shift and one zoom: v(p) = t + s (p - centre) is affine and isotropic
+        dvx = v[:, 0, :, 1:] - v[:, 0, :, :-1]
+        dvy = v[:, 1, 1:] - v[:, 1, :-1]
+        torch.testing.assert_close(dvx, dvx[:, :1, :1].expand_as(dvx), rtol=0, atol=1e-12)
+        torch.testing.assert_close(dvy, dvx[:, :1, :1].expand_as(dvy), rtol=0, atol=1e-12)
+
+
+def test_warp_setting_is_checked():
+    from sparke.guidance import SPARKE
+
+    assert SPARKE(motion=2, warp=True).warp is True and SPARKE().warp is False
+    for bad in (
+        dict(warp=True),
+        dict(warp=True, motion=2, smooth=1),
+        dict(warp=True, motion=2, orthogonal=True),
+    ):
+        with pytest.raises(ValueError, match="^warp: moves by the fitted displacement of `motion`"):
+            SPARKE(**bad)
+    with pytest.raises(ValueError, match="^warp: must be True or False"):
+        SPARKE(motion=2, warp=1)

@@ -137,7 +137,7 @@ def test_options_are_checked_documented_and_resume_old_run_folders():
         with pytest.raises(ValueError, match=f"^{name}:"):
             SPARKE(**bad)
     assert SPARKE(centre=0.5).centre == 0.5
-    for name in ("orthogonal", "crowding", "motion"):
+    for name in ("orthogonal", "crowding", "motion", "warp"):
         assert name in SPARKE_SETTINGS and name in SPARKE_HELP
         # a folder made before the setting existed ran with its off value, today's default
         assert ADDED_SETTINGS[name] == SPARKE_SPEC.defaults[name]

@@ -9,7 +9,7 @@ import torch
 
 from sparke.core import Bank
 from sparke.guidance import SPARKE, attach
-from sparke.guidance.filters import layout_component, motion_component
+from sparke.guidance.filters import displacement, first_order_warp, layout_component, motion_component, warp
 from sparke.guidance.plugin import cfg_direction
 from tiny_pipelines import NAMES, build, call_kwargs, final_latents, pipeline_state, same_state
 
@@ -185,8 +185,14 @@ def test_orthogonal_falls_back_to_the_plain_step_without_cfg():
 
 @pytest.mark.parametrize(
     "option",
-    [{"centre": 0.5}, {"crowding": 0.5}, {"motion": 1.0}, {"motion": "global"}],
-    ids=["centre-0.5", "crowding", "motion", "motion-global"],
+    [
+        {"centre": 0.5},
+        {"crowding": 0.5},
+        {"motion": 1.0},
+        {"motion": "global"},
+        {"motion": 1.0, "warp": True},
+    ],
+    ids=["centre-0.5", "crowding", "motion", "motion-global", "motion-warp"],
 )
 @pytest.mark.parametrize("name", NAMES)
 def test_step_options_run_on_every_pipeline(name, option):
@@ -205,33 +211,44 @@ def test_step_options_run_on_every_pipeline(name, option):
     assert len(guide.bank) == 2 * len(PROMPTS) * PER
 
 
+@pytest.mark.parametrize("warped", [False, True], ids=["first-order", "warp"])
 @pytest.mark.parametrize("motion", [1.5, "global"])
 @pytest.mark.parametrize("name", ["sd", "flux"])
-def test_motion_step_is_the_motion_component_of_the_plain_gradient(name, motion, monkeypatch):
+def test_motion_step_is_the_motion_component_of_the_plain_gradient(name, motion, warped, monkeypatch):
     """Each guided move is scale * |z| times the unit motion (or layout) component of that step's gradient
-    against the clean estimate, read in (B, C, H, W) (Flux: unpacked) and put back in the latents' layout."""
+    against the clean estimate, read in (B, C, H, W) (Flux: unpacked) and put back in the latents' layout; with
+    warp=True, the clean estimate warped by the same displacement times that factor, minus itself."""
     import sparke.guidance.plugin as plugin
 
     calls = []
-    real = layout_component if motion == "global" else motion_component
 
-    def spy(g, image, *args):
-        out = real(g, image, *args)
-        calls.append((g.shape, image.shape, args, out))
-        return out
+    def spy(g, image, how):
+        v = displacement(g, image, how)
+        calls.append((g, image, how, v))
+        return v
 
-    monkeypatch.setattr(plugin, real.__name__, spy)
+    monkeypatch.setattr(plugin, "displacement", spy)
     pipe = _pipe(name)
-    guide = _Recording(scale=0.3, every=1, motion=motion)
+    guide = _Recording(scale=0.3, every=1, motion=motion, warp=warped)
     _run(pipe, guide)
     assert guide.stats.guided == 3 and len(calls) == 3 == len(guide.moves)
-    for (g_shape, image_shape, args, out), move, norms in zip(calls, guide.moves, guide.norms, strict=True):
-        assert args == (() if motion == "global" else (1.5,))
-        assert len(g_shape) == len(image_shape) == 4 and g_shape == image_shape
-        expected = out.float()
+    for (g, image, how, v), move, norms in zip(calls, guide.moves, guide.norms, strict=True):
+        assert how == motion and g.ndim == image.ndim == 4 and g.shape == image.shape
+        component = layout_component(g, image) if motion == "global" else motion_component(g, image, 1.5)
+        # float32, the same operations in another order
+        torch.testing.assert_close(first_order_warp(image, v), component, rtol=1e-4, atol=1e-6)
+        factor = 0.3 * norms / component.flatten(1).norm(dim=1)
+        expected = (
+            warp(image, factor.view(-1, 1, 1, 1) * v) - image
+            if warped
+            else component * factor.view(-1, 1, 1, 1)
+        )
         if name == "flux":  # the move is in the packed layout: pack the filter's output the pipeline's way
             expected = pipe._pack_latents(expected, *expected.shape)
-        # float32: one normalisation and a subtraction of latents of norm ~10; cosines agree to ~1e-6
-        cos = torch.nn.functional.cosine_similarity(move, expected.flatten(1), dim=1)
-        torch.testing.assert_close(cos, torch.ones_like(cos), atol=1e-5, rtol=0)
-        torch.testing.assert_close(move.norm(dim=1), 0.3 * norms, rtol=1e-4, atol=0)
+        # float32 latents of norm ~10 moved by ~3: their difference keeps ~1e-6 of |z|
+        torch.testing.assert_close(move, expected.flatten(1), rtol=0, atol=1e-4 * norms.max().item())
+        if warped:  # not the first-order move: a real warp of a step this long differs from it
+            first = (component * factor.view(-1, 1, 1, 1)).flatten(1)
+            if name == "flux":
+                first = pipe._pack_latents(component * factor.view(-1, 1, 1, 1), *component.shape).flatten(1)
+            assert ((move - first).norm(dim=1) > 1e-3 * norms).all()

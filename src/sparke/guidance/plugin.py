@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +34,7 @@ from sparke.core.repel import any_within
 from sparke.core.spec import MEDIAN, KernelSpec
 
 from .attach import Attachment, Step, denoiser_of, split_batch
-from .filters import layout_component, lowpass, motion_component
+from .filters import displacement, first_order_warp, lowpass, warp
 from .guide import Guide, Schedule, check_scale
 from .prompts import PromptEncoder, batch_prompts, encode_prompts
 from .spaces import (
@@ -126,6 +127,10 @@ class SPARKE(Guide):
             would leave ghosts that the next steps turn into extra objects. ``"global"``: only one shift and one
             zoom of the whole estimate per sample (``layout_component``), which cannot bend a shape. For
             (B, C, H, W) latents and Flux's packed ones; flat (B, d) latents take the plain step.
+        warp: with ``motion``, move the clean estimate by the fitted displacement for real (bilinear
+            resampling, ``sparke.guidance.filters.warp``) instead of adding its first-order change, which
+            leaves a faint double of an edge moved by more than about a pixel; the same step to first order.
+            Not with ``smooth`` or ``orthogonal``, which change the step after the fit.
 
     ``sigma_image="median"`` sets the image bandwidth at each guided step to the median distance between the
     batch's features and the bank's (and each other), instead of a fixed number.
@@ -156,6 +161,7 @@ class SPARKE(Guide):
         orthogonal: bool = False,
         crowding: float = 0.0,
         motion: float | str = 0.0,
+        warp: bool = False,
     ) -> None:
         super().__init__()
         self.scale = check_scale(scale)
@@ -204,6 +210,14 @@ class SPARKE(Guide):
                 f"motion: must be a window width >= 0 (latent pixels; 0: off) or 'global', got {motion!r}"
             )
         self.motion: float | str = motion if motion == "global" else float(motion)
+        if not isinstance(warp, bool):
+            raise ValueError(f"warp: must be True or False, got {warp!r}")
+        if warp and (not self.motion or self.smooth > 0 or orthogonal):
+            raise ValueError(
+                "warp: moves by the fitted displacement of `motion`: needs motion > 0 or 'global', and neither "
+                f"smooth nor orthogonal (got motion={motion!r}, smooth={smooth!r}, orthogonal={orthogonal!r})"
+            )
+        self.warp = warp
         self._denoised: torch.Tensor | None = None  # the denoiser's last output (orthogonal=True)
         self.prompt_encoder = prompt_encoder
         self.follows_pipeline = bank is None or (isinstance(bank, str) and bank in BANK_KINDS)
@@ -232,6 +246,7 @@ class SPARKE(Guide):
             f"SPARKE(scale={self.scale}, objective={self.objective!r}, every={self.every!r}, window={self.window}, "
             f"space={space!r}, step={self.step!r}, step_schedule={self.step_schedule!r}, smooth={self.smooth:g}, "
             f"centre={self.centre}, orthogonal={self.orthogonal}, crowding={self.crowding:g}, motion={self.motion!r}, "
+            f"warp={self.warp}, "
             f"bank={type(self.bank).__name__} of {len(self.bank)} rows)"
         )
 
@@ -401,8 +416,9 @@ class SPARKE(Guide):
                 d = torch.where(self._gate_open(x.detach(), y)[:, None], d, torch.zeros_like(d))
             d_ok = torch.isfinite(d).all(1)
             (g,) = torch.autograd.grad(x, z, torch.where(d_ok[:, None], d, torch.zeros_like(d)))
+        move = None
         if self.motion:  # what the estimate shows moves; nothing is painted where it is flat
-            g = self._motion(step, z.detach(), g, call)
+            g, move = self._motion(step, z.detach(), g, call)
         if self.smooth > 0:
             g = lowpass(g, self.smooth)
         g = g.flatten(1)
@@ -418,9 +434,13 @@ class SPARKE(Guide):
             g_norm = torch.linalg.vector_norm(g, dim=1, keepdim=True)
             z_norm = torch.linalg.vector_norm(flat, dim=1, keepdim=True)
             # a zero gradient (single sample, empty bank) means no move, not 0/0
-            delta = torch.where(g_norm > 0, scale * z_norm * g / g_norm.clamp_min(1e-30), torch.zeros_like(g))
+            factor = torch.where(
+                g_norm > 0, scale * z_norm / g_norm.clamp_min(1e-30), torch.zeros_like(g_norm)
+            )
         else:
-            delta = scale * g
+            factor = scale * torch.ones_like(flat[:, :1])
+        # warp: the same move made for real, not its first-order change factor * g
+        delta = factor * g if move is None else move(factor[:, 0])
         new = flat + delta
         # a sample whose direction, gradient or update is not finite keeps its latents: decided on the device,
         # counted there and reported after the call, so the step never waits for the host
@@ -433,27 +453,38 @@ class SPARKE(Guide):
         new = new.to(latents.dtype)
         return torch.cat([new, new]) if dup else new
 
-    def _motion(self, step: Step, z: torch.Tensor, g: torch.Tensor, call: _Call) -> torch.Tensor:
-        """g's motion component (``motion_component``, or ``layout_component`` for "global") against the clean
-        estimate of z, both in the latents' layout; Flux's packed latents are unpacked to (B, C, H, W) for it and packed back. Latents without a
-        spatial layout (flat (B, d) points) have nothing to move: the plain step."""
+    def _motion(
+        self, step: Step, z: torch.Tensor, g: torch.Tensor, call: _Call
+    ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor] | None]:
+        """g's motion component -(grad x0 . v) (``motion_component``, or ``layout_component`` for "global")
+        against the clean estimate x0 of z, both in the latents' layout, and with ``warp`` the move for real:
+        a function of the per-sample step factors f (B,) giving warp(x0, f v) - x0, flattened (B, d). Flux's
+        packed latents are unpacked to (B, C, H, W) for it and packed back. Latents without a spatial layout
+        (flat (B, d) points) have nothing to move: the plain step, no warp."""
         packed = is_packed(step.pipe, z)
         if z.ndim != 4 and not packed:
-            return g
+            return g, None
         b = z.shape[0]
         image = x0_estimate(step.scheduler, z, step.model_output[:b].float(), step.timestep)
-
-        def moving(g4: torch.Tensor, image4: torch.Tensor) -> torch.Tensor:
-            if self.motion == "global":
-                return layout_component(g4, image4)
-            return motion_component(g4, image4, float(self.motion))
-
-        if not packed:
-            return moving(g, image)
         pipe = step.pipe
-        h, w = image_size(pipe, call.height, call.width)
-        moved = moving(*(pipe._unpack_latents(t, h, w, pipe.vae_scale_factor) for t in (g, image)))
-        return pipe._pack_latents(moved, b, *moved.shape[1:]).view_as(g)
+        size = image_size(pipe, call.height, call.width) if packed else None
+
+        def unpack(t: torch.Tensor) -> torch.Tensor:
+            return pipe._unpack_latents(t, *size, pipe.vae_scale_factor) if packed else t
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            return pipe._pack_latents(t, b, *t.shape[1:]).view_as(g) if packed else t
+
+        image4 = unpack(image)
+        v = displacement(unpack(g), image4, self.motion)
+        moved = pack(first_order_warp(image4, v))
+        if not self.warp:
+            return moved, None
+
+        def move(factor: torch.Tensor) -> torch.Tensor:
+            return pack(warp(image4, factor.view(-1, 1, 1, 1) * v) - image4).flatten(1)
+
+        return moved, move
 
     def _step_spec(self, x: torch.Tensor) -> KernelSpec:
         """The guide's kernel spec for this step: ``sigma_image="median"`` resolved once from x (B, d)."""

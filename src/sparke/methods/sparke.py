@@ -29,6 +29,7 @@ SPARKE_SETTINGS = (
     "orthogonal",
     "crowding",
     "motion",
+    "warp",
     "crossover",
     "neighbors",
     "samples",
@@ -50,6 +51,8 @@ SPARKE_HELP: dict[str, str] = {
     "motion": "keep only the step's part that moves what the clean estimate shows (a displacement field "
     "fit over a window of this many latent pixels): nothing painted on flat regions; global: one shift and one "
     "zoom of the whole image per sample; 0: off",
+    "warp": "with motion: move the clean estimate by the fitted displacement for real (resampled), not by its "
+    "first-order change",
     "gate": "guide a sample only when a bank image of a similar prompt is within this feature distance; 0: off",
     "smooth": "Gaussian blur (latent pixels) of the step's gradient, against high-frequency noise; 0: none",
     "prompt_encoder": "prompt features: pipeline (its own text encoder) or minilm",

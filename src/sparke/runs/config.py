@@ -203,6 +203,7 @@ ADDED_SETTINGS: dict[str, Any] = {
     "orthogonal": False,
     "crowding": 0.0,
     "motion": 0.0,
+    "warp": False,
 }
 
 
