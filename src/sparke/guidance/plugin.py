@@ -434,13 +434,17 @@ class SPARKE(Guide):
             g_norm = torch.linalg.vector_norm(g, dim=1, keepdim=True)
             z_norm = torch.linalg.vector_norm(flat, dim=1, keepdim=True)
             # a zero gradient (single sample, empty bank) means no move, not 0/0
-            factor = torch.where(
-                g_norm > 0, scale * z_norm / g_norm.clamp_min(1e-30), torch.zeros_like(g_norm)
-            )
+            if move is None:
+                delta = torch.where(
+                    g_norm > 0, scale * z_norm * g / g_norm.clamp_min(1e-30), torch.zeros_like(g)
+                )
+            else:  # warp: the move of that length made for real, not its first-order change
+                factor = torch.where(
+                    g_norm > 0, scale * z_norm / g_norm.clamp_min(1e-30), torch.zeros_like(g_norm)
+                )
+                delta = move(factor[:, 0])
         else:
-            factor = scale * torch.ones_like(flat[:, :1])
-        # warp: the same move made for real, not its first-order change factor * g
-        delta = factor * g if move is None else move(factor[:, 0])
+            delta = scale * g if move is None else move((scale * torch.ones_like(flat[:, :1]))[:, 0])
         new = flat + delta
         # a sample whose direction, gradient or update is not finite keeps its latents: decided on the device,
         # counted there and reported after the call, so the step never waits for the host
