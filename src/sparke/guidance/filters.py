@@ -16,6 +16,9 @@ import torch.nn.functional as F
 
 __all__ = ["displacement", "first_order_warp", "layout_component", "lowpass", "motion_component", "warp"]
 
+LOCAL_RIDGE = 1e-2  # x the sample's mean edge energy: flat regions get no motion
+LAYOUT_RIDGE = 1e-6  # x the mean diagonal of the 3x3 normal matrix: keeps a nearly flat image's fit bounded
+
 
 def _spatial(g: torch.Tensor, option: str, hint: str = "") -> None:
     if g.ndim != 4:
@@ -69,7 +72,9 @@ def _local_field(
     return torch.cat([vx, vy], 1)
 
 
-def motion_component(g: torch.Tensor, image: torch.Tensor, std: float, ridge: float = 1e-2) -> torch.Tensor:
+def motion_component(
+    g: torch.Tensor, image: torch.Tensor, std: float, ridge: float = LOCAL_RIDGE
+) -> torch.Tensor:
     """The part of the step g (B, C, H, W) that moves the content of ``image`` (same shape): -(grad image . v).
 
     v (B, 2, H, W) is the displacement field, in pixels per unit step, that best explains g to first order
@@ -99,9 +104,8 @@ def _layout_basis(image: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor
 def _layout_field(g: torch.Tensor, image: torch.Tensor, ridge: float) -> torch.Tensor:
     """The shift + zoom field (B, 2, H, W) of ``layout_component``: v(p) = t + s (p - centre), least squares."""
     fields, dx, dy = _layout_basis(image, g.dtype)
-    basis = -(dx[:, None] * fields[None, :, :1] + dy[:, None] * fields[None, :, 1:]).flatten(
-        2
-    )  # (B, 3, C*H*W)
+    # (B, 3, C*H*W): the first-order change of the image under each unit field
+    basis = -(dx[:, None] * fields[None, :, :1] + dy[:, None] * fields[None, :, 1:]).flatten(2)
     normal = basis @ basis.transpose(1, 2)  # (B, 3, 3)
     scale = normal.diagonal(dim1=1, dim2=2).mean(1)  # (B,)
     eye = torch.eye(3, device=g.device, dtype=g.dtype)
@@ -113,7 +117,7 @@ def _layout_field(g: torch.Tensor, image: torch.Tensor, ridge: float) -> torch.T
     return (coef[..., None, None] * fields).sum(1)
 
 
-def layout_component(g: torch.Tensor, image: torch.Tensor, ridge: float = 1e-6) -> torch.Tensor:
+def layout_component(g: torch.Tensor, image: torch.Tensor, ridge: float = LAYOUT_RIDGE) -> torch.Tensor:
     """The part of the step g (B, C, H, W) that shifts and zooms the whole of ``image`` (same shape).
 
     Per sample, the least-squares fit of g by -(grad image . v) with v(p) = t + s (p - centre): one translation
@@ -132,9 +136,9 @@ def displacement(g: torch.Tensor, image: torch.Tensor, motion: float | str) -> t
     that component is -(grad image . v)."""
     _step_and_image(g, image)
     if motion == "global":
-        return _layout_field(g, image, 1e-6)
+        return _layout_field(g, image, LAYOUT_RIDGE)
     dx, dy = _gradients(image.to(g.dtype))
-    return _local_field(g, dx, dy, float(motion), 1e-2)
+    return _local_field(g, dx, dy, float(motion), LOCAL_RIDGE)
 
 
 def _first_order(dx: torch.Tensor, dy: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -149,7 +153,7 @@ def first_order_warp(image: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 def warp(image: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``image`` (B, C, H, W) with its content moved by the field v (B, 2, H, W; x then y, in pixels):
     out(p) = image(p - v(p)), bilinear, edges extended. To first order, image - (grad image . v)."""
-    _spatial(image, "motion")
+    _spatial(image, "warp")
     b, _, h, w = image.shape
     if v.shape != (b, 2, h, w):
         raise ValueError(f"warp: the field must be {(b, 2, h, w)}, got {tuple(v.shape)}")
