@@ -132,11 +132,7 @@ def pooled(runs: dict[str, tuple[list[dict[str, Any]], list[Any]]]) -> list[str]
     """Each SPARKE setting held by every prompt set in ``runs``, pooled over them, and its paired difference
     to the default (``sparke`` at 0.03) where both are there."""
     sets = list(runs.values())
-    keys = [
-        (r["label"], float(r["scale"]))
-        for r in sets[0][0]
-        if r["method"] == "sparke" and r["label"] != "world"
-    ]
+    keys = [(r["label"], float(r["scale"])) for r in sets[0][0] if r["method"] == "sparke"]
     common = [
         k for k in keys if all(any((r["label"], float(r["scale"])) == k for r in rows) for rows, _ in sets)
     ]

@@ -53,14 +53,14 @@ def _pooled(sets: list[tuple[Rows, Replicates]], label: str, scale: float) -> di
         n_boot = n_boot or len(r_none["fidelity"])
         if len(r_none["fidelity"]) != n_boot:
             raise ValueError("pooled_effect: the prompt sets have different numbers of bootstrap resamples")
-        for out, a, b, none_a, none_b in (
-            (parts, row, world, none, none),
-            (reps_of, r_row, r_world, r_none, r_none),
-        ):
-            out["delta"].append(a["fidelity"] - none_a["fidelity"])
-            out["gain"].append(a["cond_vendi"] / none_a["cond_vendi"] - 1)
-            out["lift"].append(a["free_attribute_entropy"] - none_a["free_attribute_entropy"])
-            out["gap"].append(b["free_attribute_entropy"] - none_b["free_attribute_entropy"])
+        for out, a, w, n in (
+            (parts, row, world, none),
+            (reps_of, r_row, r_world, r_none),
+        ):  # estimates, replicates
+            out["delta"].append(a["fidelity"] - n["fidelity"])
+            out["gain"].append(a["cond_vendi"] / n["cond_vendi"] - 1)
+            out["lift"].append(a["free_attribute_entropy"] - n["free_attribute_entropy"])
+            out["gap"].append(w["free_attribute_entropy"] - n["free_attribute_entropy"])
     with np.errstate(divide="ignore", invalid="ignore"):
         closed_reps = np.sum(reps_of["lift"], 0) / np.sum(reps_of["gap"], 0)
     return {

@@ -88,22 +88,20 @@ def motion_component(
     return _first_order(dx, dy, _local_field(g, dx, dy, std, ridge))
 
 
-def _layout_basis(image: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _layout_fields(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """The fields of a unit x shift, y shift and zoom (3, 2, H, W), coordinates in units of half the larger side
-    about the centre, and the image's gradients dx, dy (B, C, H, W)."""
-    dx, dy = _gradients(image.to(dtype))
-    h, w = image.shape[-2:]
+    about the centre."""
     half = max(h, w) / 2
-    ys = ((torch.arange(h, device=image.device, dtype=dtype) - (h - 1) / 2) / half).view(h, 1).expand(h, w)
-    xs = ((torch.arange(w, device=image.device, dtype=dtype) - (w - 1) / 2) / half).view(1, w).expand(h, w)
+    ys = ((torch.arange(h, device=device, dtype=dtype) - (h - 1) / 2) / half).view(h, 1).expand(h, w)
+    xs = ((torch.arange(w, device=device, dtype=dtype) - (w - 1) / 2) / half).view(1, w).expand(h, w)
     one, zero = torch.ones_like(xs), torch.zeros_like(xs)
-    fields = torch.stack([torch.stack([one, zero]), torch.stack([zero, one]), torch.stack([xs, ys])])
-    return fields, dx, dy
+    return torch.stack([torch.stack([one, zero]), torch.stack([zero, one]), torch.stack([xs, ys])])
 
 
-def _layout_field(g: torch.Tensor, image: torch.Tensor, ridge: float) -> torch.Tensor:
-    """The shift + zoom field (B, 2, H, W) of ``layout_component``: v(p) = t + s (p - centre), least squares."""
-    fields, dx, dy = _layout_basis(image, g.dtype)
+def _layout_field(g: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, ridge: float) -> torch.Tensor:
+    """The shift + zoom field (B, 2, H, W) of ``layout_component`` from the image's gradients dx, dy:
+    v(p) = t + s (p - centre), least squares."""
+    fields = _layout_fields(*g.shape[-2:], g.device, g.dtype)
     # (B, 3, C*H*W): the first-order change of the image under each unit field
     basis = -(dx[:, None] * fields[None, :, :1] + dy[:, None] * fields[None, :, 1:]).flatten(2)
     normal = basis @ basis.transpose(1, 2)  # (B, 3, 3)
@@ -127,7 +125,8 @@ def layout_component(g: torch.Tensor, image: torch.Tensor, ridge: float = LAYOUT
     flat image gives 0.
     """
     _step_and_image(g, image)
-    return first_order_warp(image.to(g.dtype), _layout_field(g, image, ridge))
+    dx, dy = _gradients(image.to(g.dtype))
+    return _first_order(dx, dy, _layout_field(g, dx, dy, ridge))
 
 
 def displacement(g: torch.Tensor, image: torch.Tensor, motion: float | str) -> torch.Tensor:
@@ -135,9 +134,9 @@ def displacement(g: torch.Tensor, image: torch.Tensor, motion: float | str) -> t
     (``motion`` a window width) or ``layout_component`` (``motion="global"``) of the step g against ``image``:
     that component is -(grad image . v)."""
     _step_and_image(g, image)
-    if motion == "global":
-        return _layout_field(g, image, LAYOUT_RIDGE)
     dx, dy = _gradients(image.to(g.dtype))
+    if motion == "global":
+        return _layout_field(g, dx, dy, LAYOUT_RIDGE)
     return _local_field(g, dx, dy, float(motion), LOCAL_RIDGE)
 
 
