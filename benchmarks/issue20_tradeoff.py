@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sparke.bench.combine import load
-from sparke.bench.pool import pooled_comparison, pooled_effect
+from sparke.bench.pool import pooled_markdown, pooled_rows
 from sparke.bench.report import goal_check
 
 BAR_COST, BAR_GAIN, BAR_CLOSED = 2.0, 0.15, 0.30  # issue 20: points, relative gain, share of the gap
@@ -129,35 +129,10 @@ def choice(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def pooled(runs: dict[str, tuple[list[dict[str, Any]], list[Any]]]) -> list[str]:
-    """Each SPARKE setting held by every prompt set in ``runs``, pooled over them, and its paired difference
-    to the default (``sparke`` at 0.03) where both are there."""
-    sets = list(runs.values())
-    keys = [(r["label"], float(r["scale"])) for r in sets[0][0] if r["method"] == "sparke"]
-    common = [
-        k for k in keys if all(any((r["label"], float(r["scale"])) == k for r in rows) for rows, _ in sets)
-    ]
-    lines = [
-        f"Pooled over prompt sets {', '.join(runs)}:",
-        "",
-        "| setting | scale | Cond-Vendi gain | Δ fidelity (points) | entropy gap closed "
-        "| gain - default's | Δ fidelity - default's |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for label, scale in common:
-        e = pooled_effect(sets, label, scale)
-        versus = ["-", "-"]
-        if (label, scale) != ("sparke", 0.03) and ("sparke", 0.03) in common:
-            c = pooled_comparison(sets, (label, scale), ("sparke", 0.03))
-            versus = [
-                _with_ci(c["gain"], c["gain_ci"], "{:+.1f}%", 100),
-                _with_ci(c["fidelity_delta"], c["fidelity_delta_ci"], "{:+.1f}"),
-            ]
-        lines.append(
-            f"| {label} | {scale:g} | {_with_ci(e['gain'], e['gain_ci'], '{:+.1f}%', 100)} "
-            f"| {_with_ci(e['fidelity_delta'], e['fidelity_delta_ci'], '{:+.1f}')} "
-            f"| {_with_ci(e['closed'], e['closed_ci'], '{:.0f}%', 100)} | {versus[0]} | {versus[1]} |"
-        )
-    return lines
+    """Each setting held by every prompt set in ``runs``, pooled over them, and its paired difference to the
+    default (``sparke.bench.pool.pooled_rows``, as ``sparke bench --seed A --seed B`` writes it)."""
+    rows, left_out = pooled_rows(list(runs.values()))
+    return pooled_markdown(rows, list(runs), left_out)
 
 
 def plot(rows: list[dict[str, Any]], path: Path, notes: dict[str, str] | None = None) -> None:

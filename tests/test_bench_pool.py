@@ -79,3 +79,26 @@ def test_refuses_sets_it_cannot_pool():
     other = _set(1, {"sparke": (0.57, 2.3, 0.74)}, n_boot=100)
     with pytest.raises(ValueError, match="different numbers of bootstrap resamples"):
         pooled_effect([one, other], "sparke", 0.03)
+
+
+def test_pooled_rows_hold_every_guided_row_on_all_sets_with_its_difference_to_the_default():
+    from sparke.bench.pool import pooled_markdown, pooled_rows
+
+    sets = [_set(s, {"sparke": (0.58, 2.30, 0.74), "other": (0.59, 2.40, 0.76)}) for s in range(2)]
+    extra = _set(2, {"sparke": (0.58, 2.30, 0.74), "other": (0.59, 2.40, 0.76), "only here": (0.5, 2.0, 0.6)})
+    rows, left_out = pooled_rows([*sets, extra])
+    assert [(r["label"], r["scale"]) for r in rows] == [("sparke", 0.03), ("other", 0.03)]
+    assert left_out == ["only here 0.03"]
+    assert rows[0]["versus_default"] is None  # the default itself
+    expected = pooled_comparison([*sets, extra], ("other", 0.03), ("sparke", 0.03))
+    assert rows[1]["versus_default"] == expected
+    assert {k: rows[1][k] for k in ("fidelity_delta", "gain")} == {
+        k: pooled_effect([*sets, extra], "other", 0.03)[k] for k in ("fidelity_delta", "gain")
+    }
+    # without the default on every set there is nothing to compare with
+    rows, _ = pooled_rows([_set(0, {"other": (0.59, 2.40, 0.76)})])
+    assert rows[0]["versus_default"] is None
+    table = "\n".join(pooled_markdown(rows, [0], []))
+    assert "| other | 0.03 | +20.0% [" in table and "| -1.0 [" in table
+    with pytest.raises(ValueError, match="no prompt sets"):
+        pooled_rows([])

@@ -332,3 +332,97 @@ def test_world_scores_are_per_cluster_prdc_against_the_world():
     assert scores["world_recall"] == pytest.approx(np.mean([w["recall"] for w in want]), abs=1e-12)
     assert scores["world_coverage"] == pytest.approx(np.mean([w["coverage"] for w in want]), abs=1e-12)
     assert gen.world_recall.tolist() == [w["recall"] for w in want]
+
+
+def test_bench_sets_runs_each_prompt_set_pools_them_and_resumes(monkeypatch, tmp_path):
+    import sparke.bench as bench
+    from sparke.bench.combine import load
+    from sparke.bench.pool import pool_folders, pooled_effect
+
+    pipe, encoder = _tiny()
+    config = BenchConfig(
+        clusters=2, prompts=2, seeds=2, steps=2, n_boot=20, mixture=False, sweeps={"sparke": [0.1]}
+    )
+    rows = bench.run_bench_sets(config, [3, 4], tmp_path, progress=None, pipe=pipe, encoder=encoder)
+    sets = [load(tmp_path / f"seed{s}") for s in (3, 4)]
+    assert [m["config"]["seed"] for _, m, _ in sets] == [3, 4]
+    assert [(r["label"], r["scale"]) for r in rows] == [("sparke", 0.1)]
+    # the pooled row is the mean of the two sets' paired differences (exact: the same float64 sums)
+    per_set = [
+        100 * (next(r for r in rs if r["label"] == "sparke")["fidelity"] - rs[1]["fidelity"])
+        for rs, _, _ in sets
+    ]
+    assert rows[0]["fidelity_delta"] == pytest.approx(np.mean(per_set), abs=1e-9)
+    assert rows[0] == {
+        **pooled_effect([(r, p) for r, _, p in sets], "sparke", 0.1),
+        "label": "sparke",
+        "scale": 0.1,
+        "versus_default": None,
+    }
+    saved = json.loads((tmp_path / "pooled.json").read_text())
+    assert saved["seeds"] == [3, 4] and saved["rows"][0]["fidelity_delta"] == pytest.approx(
+        rows[0]["fidelity_delta"]
+    )
+    assert "Pooled over 2 prompt sets (seeds 3, 4)" in (tmp_path / "pooled.md").read_text()
+
+    # a stopped run resumes: complete sets of the same config are kept, others (or changed ones) run again
+    ran = []
+    real = bench.run_bench
+
+    def spy(one, out, **kwargs):
+        ran.append(one.seed)
+        return real(one, out, **kwargs)
+
+    monkeypatch.setattr(bench, "run_bench", spy)
+    meta = json.loads((tmp_path / "seed4" / "meta.json").read_text())
+    (tmp_path / "seed4" / "meta.json").write_text(json.dumps({**meta, "complete": False}))
+    bench.run_bench_sets(config, [3, 4], tmp_path, progress=None, pipe=pipe, encoder=encoder)
+    assert ran == [4]
+    changed = dataclasses.replace(config, sweeps={"sparke": [0.1, 0.2]})
+    rows = bench.run_bench_sets(changed, [3, 4], tmp_path, progress=None, pipe=pipe, encoder=encoder)
+    assert ran == [4, 3, 4] and [r["scale"] for r in rows] == [0.1, 0.2]
+    with pytest.raises(ValueError, match="at least two different"):
+        bench.run_bench_sets(config, [3, 3], tmp_path, progress=None, pipe=pipe, encoder=encoder)
+
+    # sets of different designs, or the same set twice, are not pooled
+    other = tmp_path / "other"
+    run_bench(dataclasses.replace(config, seed=5, steps=3), other, progress=None, pipe=pipe, encoder=encoder)
+    with pytest.raises(ValueError, match=r"differs from .* in \['steps'\]"):
+        pool_folders(tmp_path / "p", [tmp_path / "seed3", other])
+    with pytest.raises(ValueError, match="seed 3 is already pooled"):
+        pool_folders(tmp_path / "p", [tmp_path / "seed3", tmp_path / "seed3"])
+    with pytest.raises(ValueError, match="not a sparke bench folder"):
+        pool_folders(tmp_path / "p", [tmp_path / "seed3", tmp_path / "nothing"])
+
+
+def test_cli_bench_with_several_seeds_pools_them(monkeypatch, tmp_path):
+    import sparke.bench as bench
+    from cli_helpers import cli
+
+    seen = {}
+
+    def fake_sets(config, seeds, out, **kwargs):
+        seen.update(config=config, seeds=seeds, out=out)
+        return [
+            {
+                "label": "sparke",
+                "scale": 0.03,
+                "gain": 0.156,
+                "fidelity_delta": 0.3,
+                "fidelity_delta_ci": [-1.3, 2.0],
+                "sets": 2,
+            }
+        ]
+
+    monkeypatch.setattr(bench, "run_bench_sets", fake_sets)
+    result = cli("bench", "--quick", "--seed", "5", "--seed", "6", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert seen["seeds"] == [5, 6] and seen["config"].clusters == 12
+    assert (
+        "sparke 0.03: Cond-Vendi +15.6%, fidelity +0.3 points [-1.3, +2.0] (pooled over 2 sets)"
+        in result.output
+    )
+    result = cli("bench", "--seed", "5", "--seed", "5", "--out", tmp_path)
+    assert result.exit_code != 0 and "each prompt set once" in result.output
+    result = cli("bench", "--seed", "5", "--seed", "6", "--n-boot", "0", "--out", tmp_path)
+    assert result.exit_code != 0 and "pooling needs the bootstrap" in result.output

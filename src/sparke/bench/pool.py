@@ -11,17 +11,24 @@ summed entropy gains to the summed gaps. Interval: the stratified cluster bootst
 resamples its own clusters with its own seed, so its i-th replicate is independent of the other sets' i-th:
 the mean of the sets' i-th replicates is one draw of the pooled statistic (the sets must have the same number
 of resamples), and the rows of one set stay paired with its ``none``.
+
+    python -m sparke.bench.pool OUT DIR1 DIR2 ...    # bench folders of one design, one prompt set each
+
+writes OUT/pooled.json and OUT/pooled.md: every guided row held by all the sets, pooled, and its paired
+difference to SPARKE's defaults (``sparke bench --seed 5 --seed 6 ...`` writes them itself).
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sparke.metrics.bootstrap import interval
 
-__all__ = ["pooled_comparison", "pooled_effect"]
+__all__ = ["pool_folders", "pooled_comparison", "pooled_effect", "pooled_rows"]
 
 Rows = list[dict[str, Any]]
 Replicates = list[dict[str, np.ndarray] | None]
@@ -105,3 +112,128 @@ def pooled_comparison(
         out[name] = unit * value
         out[f"{name}_ci"] = [unit * v for v in interval(value, pa[key][1] - pb[key][1])]
     return out
+
+
+def pooled_rows(
+    sets: list[tuple[Rows, Replicates]], default: tuple[str, float] = ("sparke", 0.03)
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every guided row (not ``none`` or the world) that all ``sets`` hold, pooled (``pooled_effect``: label,
+    scale and its fields), with ``versus_default`` (``pooled_comparison`` against ``default``, None for the
+    default itself or when a set lacks it); and the "label scale" of the rows left out (not on every set)."""
+    if not sets:
+        raise ValueError("pooled_rows: no prompt sets")
+
+    def keys(rows: Rows) -> list[tuple[str, float]]:
+        return [(r["label"], float(r["scale"])) for r in rows if r["method"] not in ("none", "world")]
+
+    held = [set(keys(rows)) for rows, _ in sets]
+    everywhere = set.intersection(*held)
+    order = list(dict.fromkeys(k for rows, _ in sets for k in keys(rows)))
+    out = []
+    for key in (k for k in order if k in everywhere):
+        row: dict[str, Any] = {"label": key[0], "scale": key[1], **pooled_effect(sets, *key)}
+        row["versus_default"] = (
+            pooled_comparison(sets, key, default) if key != default and default in everywhere else None
+        )
+        out.append(row)
+    return out, [f"{label} {scale:g}" for label, scale in order if (label, scale) not in everywhere]
+
+
+def _with_ci(value: float, ci: list[float], fmt: str, scale: float = 1.0) -> str:
+    if ci is None or not all(v is not None and np.isfinite(v) for v in ci):
+        return fmt.format(value * scale)
+    low, high = ci
+    return f"{fmt.format(value * scale)} [{fmt.format(low * scale)}, {fmt.format(high * scale)}]"
+
+
+def pooled_markdown(rows: list[dict[str, Any]], seeds: list[int], left_out: list[str]) -> list[str]:
+    """``pooled_rows``' rows as a markdown table (lines)."""
+    lines = [
+        f"# Pooled over {len(seeds)} prompt sets (seeds {', '.join(map(str, seeds))})",
+        "",
+        "Each set weighs the same; 95% intervals from the stratified paired cluster bootstrap "
+        "(`sparke.bench.pool`). Gain: Cond-Vendi relative to `none`; gap closed: share of the free-attribute "
+        "entropy gap from `none` to the world; the last two columns: the row minus SPARKE's defaults, paired.",
+        "",
+        "| setting | scale | Cond-Vendi gain | Δ fidelity (points) | entropy gap closed | gain - default's "
+        "| Δ fidelity - default's | Δ fidelity per set |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        v = r["versus_default"]
+        versus = (
+            ["-", "-"]
+            if v is None
+            else [
+                _with_ci(v["gain"], v["gain_ci"], "{:+.1f}%", 100),
+                _with_ci(v["fidelity_delta"], v["fidelity_delta_ci"], "{:+.1f}"),
+            ]
+        )
+        per_set = " / ".join(f"{d:+.1f}" for d, _ in r["per_set"])
+        lines.append(
+            f"| {r['label']} | {r['scale']:g} | {_with_ci(r['gain'], r['gain_ci'], '{:+.1f}%', 100)} "
+            f"| {_with_ci(r['fidelity_delta'], r['fidelity_delta_ci'], '{:+.1f}')} "
+            f"| {_with_ci(r['closed'], r['closed_ci'], '{:.0f}%', 100)} | {versus[0]} | {versus[1]} | {per_set} |"
+        )
+    if left_out:
+        lines += ["", f"Not on every set, left out: {', '.join(left_out)}."]
+    return lines + [""]
+
+
+# a pooled table needs sets of one design; only the prompt set (the seed) may differ
+SAME_DESIGN = ("clusters", "prompts", "seeds", "steps", "cfg", "n_boot")
+
+
+def pool_folders(out: str | Path, folders: list[str | Path]) -> list[dict[str, Any]]:
+    """Pool the bench folders (one prompt set each, one design) into OUT/pooled.json and OUT/pooled.md;
+    return the pooled rows."""
+    from . import report
+    from .combine import load
+
+    if not folders:
+        raise ValueError("pool_folders: no bench folders")
+    sets, seeds, first = [], [], None
+    for folder in map(Path, folders):
+        if not (folder / "results.json").is_file():
+            raise ValueError(f"{folder}: no results.json (not a sparke bench folder)")
+        rows, meta, reps = load(folder)
+        config = meta["config"]
+        first = first or (folder, config)
+        differ = [k for k in SAME_DESIGN if config.get(k) != first[1].get(k)]
+        if differ:
+            raise ValueError(f"{folder}: differs from {first[0]} in {differ}; pooled sets need one design")
+        if config.get("seed") in seeds:
+            raise ValueError(f"{folder}: prompt set seed {config.get('seed')} is already pooled")
+        if not config.get("n_boot"):
+            raise ValueError(f"{folder}: run without bootstrap resamples (--n-boot 0); nothing to pool")
+        seeds.append(config.get("seed"))
+        sets.append((rows, reps))
+    rows, left_out = pooled_rows(sets, report.RECOMMENDED)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    report.write_json(
+        out / "pooled.json",
+        {"seeds": seeds, "folders": [str(f) for f in folders], "rows": rows, "left_out": left_out},
+    )
+    from sparke.runs.folder import atomic_write
+
+    atomic_write(out / "pooled.md", "\n".join(pooled_markdown(rows, seeds, left_out)).encode())
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) < 2:
+        print(__doc__)
+        return 2
+    try:
+        pool_folders(Path(args[0]), [Path(a) for a in args[1:]])
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print((Path(args[0]) / "pooled.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
