@@ -5,6 +5,7 @@
     python benchmarks/bench_settings.py generate 1 --label none --cache runs/cache
     python benchmarks/bench_settings.py measure 1 --cache runs/cache --out runs/round3-seed1
     python benchmarks/bench_settings.py measure 5 --cache runs/cache --base runs/confirm-seed5 --out runs/round3-seed5
+    python benchmarks/bench_settings.py measure 1 --cache runs/cache --only "motion 2@0.06" --out runs/one-seed1
 
 ``generate`` runs one setting of the quick design (12 clusters x 8 prompts x 4 rounds, ``--seed``) exactly as
 ``sparke bench`` does (``sparke.bench.runner.generate_setting``: the same images) and writes its images to
@@ -115,6 +116,8 @@ def measure(args: argparse.Namespace) -> None:
         label, scale = path.stem.rsplit("@", 1)
         if args.base is not None and label in ("none", "sparke"):
             continue  # the base folder's
+        if args.only and label not in ("none", "sparke") and path.stem not in args.only:
+            continue
         z = np.load(path)
         gen = Generated(z["images"], z["cluster"], list(z["prompts"]), float(z["seconds"]), 0.0, z["round"])
         setting = Setting(label, _method(label), float(scale), json.loads(str(z["options"])))
@@ -147,6 +150,13 @@ def main(argv: list[str] | None = None) -> int:
         "--base", type=Path, help="a bench folder of the same prompt set with none and sparke rows"
     )
     m.add_argument("--out", type=Path, required=True)
+    m.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="LABEL@SCALE",
+        help="measure only these cached settings (repeatable; none and sparke always)",
+    )
     for command in (g, m):
         command.add_argument("--clusters", type=int, default=QUICK.clusters, help="prompt clusters")
         command.add_argument("--prompts", type=int, default=QUICK.prompts, help="paraphrases per cluster")
