@@ -28,6 +28,8 @@ import numpy as np
 
 from sparke.metrics.bootstrap import interval
 
+from .report import RECOMMENDED
+
 __all__ = ["pool_folders", "pooled_comparison", "pooled_effect", "pooled_rows"]
 
 Rows = list[dict[str, Any]]
@@ -115,11 +117,13 @@ def pooled_comparison(
 
 
 def pooled_rows(
-    sets: list[tuple[Rows, Replicates]], default: tuple[str, float] = ("sparke", 0.03)
+    sets: list[tuple[Rows, Replicates]], default: tuple[str, float] | None = None
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Every guided row (not ``none`` or the world) that all ``sets`` hold, pooled (``pooled_effect``: label,
-    scale and its fields), with ``versus_default`` (``pooled_comparison`` against ``default``, None for the
-    default itself or when a set lacks it); and the "label scale" of the rows left out (not on every set)."""
+    scale and its fields), with ``versus_default`` (``pooled_comparison`` against ``default``, None: SPARKE's
+    defaults, ``report.RECOMMENDED``; None for the default itself or when a set lacks it); and the "label
+    scale" of the rows left out (not on every set)."""
+    default = default or RECOMMENDED
     if not sets:
         raise ValueError("pooled_rows: no prompt sets")
 
@@ -208,7 +212,7 @@ def pool_folders(out: str | Path, folders: list[str | Path]) -> list[dict[str, A
             raise ValueError(f"{folder}: run without bootstrap resamples (--n-boot 0); nothing to pool")
         seeds.append(config.get("seed"))
         sets.append((rows, reps))
-    rows, left_out = pooled_rows(sets, report.RECOMMENDED)
+    rows, left_out = pooled_rows(sets)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     report.write_json(
