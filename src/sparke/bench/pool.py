@@ -28,7 +28,7 @@ import numpy as np
 
 from sparke.metrics.bootstrap import interval
 
-from .report import RECOMMENDED
+from . import report
 
 __all__ = ["pool_folders", "pooled_comparison", "pooled_effect", "pooled_rows"]
 
@@ -123,7 +123,7 @@ def pooled_rows(
     scale and its fields), with ``versus_default`` (``pooled_comparison`` against ``default``, None: SPARKE's
     defaults, ``report.RECOMMENDED``; None for the default itself or when a set lacks it); and the "label
     scale" of the rows left out (not on every set)."""
-    default = default or RECOMMENDED
+    default = default or report.RECOMMENDED
     if not sets:
         raise ValueError("pooled_rows: no prompt sets")
 
@@ -143,7 +143,7 @@ def pooled_rows(
     return out, [f"{label} {scale:g}" for label, scale in order if (label, scale) not in everywhere]
 
 
-def _with_ci(value: float, ci: list[float], fmt: str, scale: float = 1.0) -> str:
+def _with_ci(value: float, ci: list[float] | None, fmt: str, scale: float = 1.0) -> str:
     if ci is None or not all(v is not None and np.isfinite(v) for v in ci):
         return fmt.format(value * scale)
     low, high = ci
@@ -191,7 +191,6 @@ SAME_DESIGN = ("clusters", "prompts", "seeds", "steps", "cfg", "n_boot")
 def pool_folders(out: str | Path, folders: list[str | Path]) -> list[dict[str, Any]]:
     """Pool the bench folders (one prompt set each, one design) into OUT/pooled.json and OUT/pooled.md;
     return the pooled rows."""
-    from . import report
     from .combine import load
 
     if not folders:
