@@ -486,7 +486,9 @@ class SPARKE(Guide):
             return moved, None
 
         def move(factor: torch.Tensor) -> torch.Tensor:
-            return pack(warp(image4, factor.view(-1, 1, 1, 1) * v) - image4).flatten(1)
+            moved = pack(warp(image4, factor.view(-1, 1, 1, 1) * v) - image4).flatten(1)
+            # resampling at the pixel centres is exact only to rounding: a sample with no move keeps its latents
+            return torch.where((factor != 0)[:, None], moved, torch.zeros_like(moved))
 
         return moved, move
 
