@@ -86,7 +86,7 @@ def test_pooled_rows_hold_every_guided_row_on_all_sets_with_its_difference_to_th
 
     sets = [_set(s, {"sparke": (0.58, 2.30, 0.74), "other": (0.59, 2.40, 0.76)}) for s in range(2)]
     extra = _set(2, {"sparke": (0.58, 2.30, 0.74), "other": (0.59, 2.40, 0.76), "only here": (0.5, 2.0, 0.6)})
-    rows, left_out = pooled_rows([*sets, extra])
+    rows, left_out = pooled_rows([*sets, extra], default=("sparke", 0.03))
     assert [(r["label"], r["scale"]) for r in rows] == [("sparke", 0.03), ("other", 0.03)]
     assert left_out == ["only here 0.03"]
     assert rows[0]["versus_default"] is None  # the default itself

@@ -204,13 +204,18 @@ def test_displacement_is_the_field_behind_each_component(motion):
 def test_warp_setting_is_checked():
     from sparke.guidance import SPARKE
 
-    assert SPARKE(motion=2, warp=True).warp is True and SPARKE().warp is False
+    assert SPARKE(motion=2, warp=True).warp is True and SPARKE(motion=2, warp=False).warp is False
+    # the defaults warp; "auto" (the default) warps wherever motion is on and nothing changes the step after the fit
+    assert SPARKE().motion == 2.0 and SPARKE().warp is True and SPARKE(motion="global").warp is True
+    assert not any(
+        SPARKE(**options).warp for options in (dict(motion=0), dict(smooth=1), dict(orthogonal=True))
+    )
     for bad in (
-        dict(warp=True),
+        dict(warp=True, motion=0),
         dict(warp=True, motion=2, smooth=1),
         dict(warp=True, motion=2, orthogonal=True),
     ):
         with pytest.raises(ValueError, match="^warp: moves by the fitted displacement of `motion`"):
             SPARKE(**bad)
-    with pytest.raises(ValueError, match="^warp: must be True or False"):
+    with pytest.raises(ValueError, match="^warp: must be True, False or 'auto'"):
         SPARKE(motion=2, warp=1)

@@ -139,8 +139,12 @@ def test_options_are_checked_documented_and_resume_old_run_folders():
     assert SPARKE(centre=0.5).centre == 0.5
     for name in ("orthogonal", "crowding", "motion", "warp"):
         assert name in SPARKE_SETTINGS and name in SPARKE_HELP
+    for name in ("orthogonal", "crowding"):
         # a folder made before the setting existed ran with its off value, today's default
         assert ADDED_SETTINGS[name] == SPARKE_SPEC.defaults[name]
     assert SPARKE_SPEC.defaults["orthogonal"] is False and SPARKE_SPEC.defaults["crowding"] == 0.0
-    assert SPARKE_SPEC.defaults["motion"] == 0.0
+    # the warped motion step became the default after folders were made without it (off): those folders
+    # resume only with motion=0 (and the old scale), never silently with the new step
+    assert SPARKE_SPEC.defaults["motion"] == 2.0 and SPARKE_SPEC.defaults["warp"] == "auto"
+    assert (ADDED_SETTINGS["motion"], ADDED_SETTINGS["warp"]) == (0.0, False)
     assert SPARKE(motion="global").motion == "global" and SPARKE(motion=2).motion == 2.0

@@ -51,7 +51,11 @@ def test_scale_zero_is_exactly_unguided(name):
     assert guide.stats.guided == 0
 
 
-@pytest.mark.parametrize("space", [{}, {"space": "latent", "centre": False}], ids=["default", "paper-latent"])
+@pytest.mark.parametrize(
+    "space",
+    [{"motion": 0}, {"space": "latent", "centre": False, "motion": 0}],
+    ids=["x0-centred", "paper-latent"],
+)
 @pytest.mark.parametrize("name", NAMES)
 def test_guidance_changes_images_and_raises_spread(name, space):
     pipe = _pipe(name)
@@ -148,7 +152,10 @@ def _cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def test_orthogonal_step_has_no_component_along_the_cfg_direction(name):
     """Every sample's move is orthogonal to its step's cond - uncond; Flux runs no CFG batch: the plain step."""
     pipe = _pipe(name)
-    plain, ortho = _Recording(scale=0.3, every=1), _Recording(scale=0.3, every=1, orthogonal=True)
+    plain = _Recording(
+        scale=0.3, every=1, motion=0
+    )  # the plain gradient step, then without its CFG component
+    ortho = _Recording(scale=0.3, every=1, motion=0, orthogonal=True)
     out_p, _ = _run(pipe, plain)
     out_o, _ = _run(pipe, ortho)
     assert ortho.stats.guided == 3 and len(ortho.moves) == 3
@@ -176,8 +183,8 @@ def test_orthogonal_step_has_no_component_along_the_cfg_direction(name):
 def test_orthogonal_falls_back_to_the_plain_step_without_cfg():
     """guidance_scale 1: SD runs the conditional batch only; orthogonal=True is then exactly the plain step."""
     pipe = _pipe("sd")
-    out_p, _ = _run(pipe, SPARKE(scale=0.3, every=1), guidance_scale=1.0)
-    ortho = _Recording(scale=0.3, every=1, orthogonal=True)
+    out_p, _ = _run(pipe, SPARKE(scale=0.3, every=1, motion=0), guidance_scale=1.0)
+    ortho = _Recording(scale=0.3, every=1, motion=0, orthogonal=True)
     out_o, _ = _run(pipe, ortho, guidance_scale=1.0)
     assert ortho.lines and all(line is None for line in ortho.lines)
     assert torch.equal(final_latents(out_o), final_latents(out_p))

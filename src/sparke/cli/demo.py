@@ -6,8 +6,8 @@ Six clusters of paraphrased prompts (4 prompts each, from ``sparke.embedded.prom
 prompt, 10 DPM-Solver++ steps with classifier-free guidance 4 (the benchmark's sampler), two runs:
 
 - ``none``: the model alone;
-- ``sparke``: SPARKE at its defaults (scale 0.03, the clean estimate x0 with each channel's mean removed, the
-  setting ``sparke bench`` found best), guiding every 2nd step (``--every 2``, 5 guided steps, as the
+- ``sparke``: SPARKE at its defaults (scale 0.05, the clean estimate x0 with each channel's mean removed, moved
+  by the warped motion step: the setting ``sparke bench`` found best), guiding every 2nd step (``--every 2``, 5 guided steps, as the
   benchmark): the images of one cluster push each other apart in layout while the prompt fixes shape, colour
   and count. On the benchmark's held-out prompt sets it raises Cond-Vendi by 16-17% for about a fidelity
   point (docs/benchmark.md).

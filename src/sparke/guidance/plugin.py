@@ -1,6 +1,6 @@
 """``SPARKE``: prompt-aware diversity (and novelty) guidance for a stock diffusers pipeline call.
 
-    guide = SPARKE()  # scale 0.03, every="auto": every 10th step of a long run, every step of a 1-5 step run
+    guide = SPARKE()  # scale 0.05, the warped motion step; every="auto": every 10th step of a long run, every step of a 1-5 step run
     out = guide(pipe, prompt=["a cat", "a dog"], num_images_per_prompt=2, generator=g)
     len(guide.bank)  # grew by 4
 
@@ -108,8 +108,8 @@ class SPARKE(Guide):
         centre: in the latent and x0 spaces (default True), compare the latents minus each channel's spatial
             mean, so the step moves spatial structure (layout) and leaves global colour and brightness alone;
             a float in [0, 1] removes that fraction of each mean (0.5 keeps half: some background diversity
-            back); an image encoder's features are used as they are. ``space="latent", centre=False`` is the
-            paper's setting; the defaults are the best trade-off measured by ``sparke bench``
+            back); an image encoder's features are used as they are. ``space="latent", centre=False,
+            motion=0`` is the paper's setting; the defaults are the best trade-off measured by ``sparke bench``
             (docs/benchmark.md).
         orthogonal: remove from each sample's step its component along that step's classifier-free guidance
             direction (cond - uncond of the denoiser's output, in the latents' layout), so the push leaves
@@ -121,13 +121,14 @@ class SPARKE(Guide):
             sample barely moves, a near-duplicate of earlier images takes nearly the whole step; with an
             empty bank nothing moves.
         motion: keep only the part of each step that moves what the sample's clean estimate already shows
-            (0, the default: off): the step is replaced by -(grad x0 . v), v the displacement field that
+            (default 2; 0: off, the plain gradient step): the step is replaced by -(grad x0 . v), v the displacement field that
             explains it best over a Gaussian window of this many latent pixels (``motion_component``), so the
             push shifts and resizes objects and paints nothing on flat regions, where a bank's other images
             would leave ghosts that the next steps turn into extra objects. ``"global"``: only one shift and one
             zoom of the whole estimate per sample (``layout_component``), which cannot bend a shape. For
             (B, C, H, W) latents and Flux's packed ones; flat (B, d) latents take the plain step.
-        warp: with ``motion``, move the clean estimate by the fitted displacement for real (bilinear
+        warp: "auto" (default: True wherever ``motion`` is on and neither ``smooth`` nor ``orthogonal`` is set),
+            True or False. With ``motion``, move the clean estimate by the fitted displacement for real (bilinear
             resampling, ``sparke.guidance.filters.warp``) instead of adding its first-order change, which
             leaves a faint double of an edge moved by more than about a pixel; the same step to first order.
             Not with ``smooth`` or ``orthogonal``, which change the step after the fit.
@@ -138,7 +139,7 @@ class SPARKE(Guide):
 
     def __init__(
         self,
-        scale: float = 0.03,
+        scale: float = 0.05,
         objective: str = OBJECTIVE,
         kernel: str = KERNEL,
         sigma_image: float = SIGMA_IMAGE,
@@ -160,8 +161,8 @@ class SPARKE(Guide):
         gate: float = 0.0,
         orthogonal: bool = False,
         crowding: float = 0.0,
-        motion: float | str = 0.0,
-        warp: bool = False,
+        motion: float | str = 2.0,
+        warp: bool | str = "auto",
     ) -> None:
         super().__init__()
         self.scale = check_scale(scale)
@@ -210,8 +211,10 @@ class SPARKE(Guide):
                 f"motion: must be a window width >= 0 (latent pixels; 0: off) or 'global', got {motion!r}"
             )
         self.motion: float | str = motion if motion == "global" else float(motion)
-        if not isinstance(warp, bool):
-            raise ValueError(f"warp: must be True or False, got {warp!r}")
+        if not (isinstance(warp, bool) or warp == "auto"):
+            raise ValueError(f"warp: must be True, False or 'auto', got {warp!r}")
+        if warp == "auto":  # the defaults' warped motion step, wherever the other options leave it possible
+            warp = bool(self.motion) and self.smooth == 0 and not orthogonal
         if warp and (not self.motion or self.smooth > 0 or orthogonal):
             raise ValueError(
                 "warp: moves by the fitted displacement of `motion`: needs motion > 0 or 'global', and neither "

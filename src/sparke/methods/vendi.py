@@ -10,9 +10,9 @@ unconditional: prompts are ignored (c-VSG's "contextualisation" with real exempl
 is no exemplar set here).
 
 Built on the SPARKE plug-in (same attachment, step rule and feature spaces). Defaults: memory 150 rows, the
-Gaussian kernel with sigma 0.8 on unit features, every 10th step, relative step, ``scale`` = 0.03 (the
-plug-in's defaults), in the latent space as c-VSG and the SPARKE paper run it (``space="latent"``,
-``centre=False``, whatever SPARKE's own default space).
+Gaussian kernel with sigma 0.8 on unit features, every 10th step, relative step, ``scale`` = 0.03, in the
+latent space as c-VSG and the SPARKE paper run it (``space="latent"``,
+``centre=False``, ``motion=0``, whatever SPARKE's own defaults).
 """
 
 from __future__ import annotations
@@ -32,7 +32,12 @@ WINDOW = 150
 
 
 def VendiGuidance(  # noqa: N802 - a class-like factory
-    scale: float = 0.03, memory: int = WINDOW, space: Any = "latent", centre: bool = False, **options: Any
+    scale: float = 0.03,
+    memory: int = WINDOW,
+    space: Any = "latent",
+    centre: bool = False,
+    motion: float | str = 0.0,
+    **options: Any,
 ) -> SPARKE:
     """A ``sparke.SPARKE`` guide with objective "vendi" and a sliding bank of the last ``memory`` rows.
 
@@ -41,7 +46,13 @@ def VendiGuidance(  # noqa: N802 - a class-like factory
     if isinstance(memory, bool) or not (isinstance(memory, int) and memory >= 1):
         raise ValueError(f"memory: must be a positive integer, got {memory!r}")
     guide = SPARKE(
-        scale=scale, objective="vendi", bank=Bank(capacity=memory), space=space, centre=centre, **options
+        scale=scale,
+        objective="vendi",
+        bank=Bank(capacity=memory),
+        space=space,
+        centre=centre,
+        motion=motion,
+        **options,
     )
     guide.follows_pipeline = (
         True  # our own sliding bank: it moves to the pipeline's device like a default one
