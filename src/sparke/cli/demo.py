@@ -7,10 +7,10 @@ prompt, 10 DPM-Solver++ steps with classifier-free guidance 4 (the benchmark's s
 
 - ``none``: the model alone;
 - ``sparke``: SPARKE at its defaults (scale 0.05, the clean estimate x0 with each channel's mean removed, moved
-  by the warped motion step: the setting ``sparke bench`` found best), guiding every 2nd step (``--every 2``, 5 guided steps, as the
-  benchmark): the images of one cluster push each other apart in layout while the prompt fixes shape, colour
-  and count. On the benchmark's held-out prompt sets it raises Cond-Vendi by 16-17% for about a fidelity
-  point (docs/benchmark.md).
+  by the warped motion step: the setting ``sparke bench`` found best), guiding every 2nd step (``--every 2``, 5
+  guided steps, as the benchmark): the images of one cluster push each other apart in layout while the prompt
+  fixes shape, colour and count. On twenty held-out prompt sets of the benchmark it raises Cond-Vendi by 19% for
+  about half a fidelity point (docs/benchmark.md).
 
 Then ``sparke evaluate`` (embedded encoder, MiniLM prompts, 95% intervals over the clusters) and ``sparke
 report``. It calls the same functions as the commands, so the equivalent commands are
