@@ -1,6 +1,7 @@
 """``SPARKE``: prompt-aware diversity (and novelty) guidance for a stock diffusers pipeline call.
 
-    guide = SPARKE()  # scale 0.05, the warped motion step; every="auto": every 10th step of a long run, every step of a 1-5 step run
+    guide = SPARKE()  # scale 0.05, the warped motion step, every="auto" (every 10th step of a long run,
+                      # every step of a 1-5 step run)
     out = guide(pipe, prompt=["a cat", "a dog"], num_images_per_prompt=2, generator=g)
     len(guide.bank)  # grew by 4
 
@@ -121,8 +122,8 @@ class SPARKE(Guide):
             sample barely moves, a near-duplicate of earlier images takes nearly the whole step; with an
             empty bank nothing moves.
         motion: keep only the part of each step that moves what the sample's clean estimate already shows
-            (default 2; 0: off, the plain gradient step): the step is replaced by -(grad x0 . v), v the displacement field that
-            explains it best over a Gaussian window of this many latent pixels (``motion_component``), so the
+            (default 2; 0: off, the plain gradient step): the step is replaced by -(grad x0 . v), v the
+            displacement field that explains it best over a Gaussian window of this many latent pixels (``motion_component``), so the
             push shifts and resizes objects and paints nothing on flat regions, where a bank's other images
             would leave ghosts that the next steps turn into extra objects. ``"global"``: only one shift and one
             zoom of the whole estimate per sample (``layout_component``), which cannot bend a shape. For

@@ -52,7 +52,7 @@ SPARKE_HELP: dict[str, str] = {
     "fit over a window of this many latent pixels): nothing painted on flat regions; global: one shift and one "
     "zoom of the whole image per sample; 0: off",
     "warp": "with motion: move the clean estimate by the fitted displacement for real (resampled), not by its "
-    "first-order change",
+    "first-order change; auto: wherever motion is on and neither smooth nor orthogonal is set",
     "gate": "guide a sample only when a bank image of a similar prompt is within this feature distance; 0: off",
     "smooth": "Gaussian blur (latent pixels) of the step's gradient, against high-frequency noise; 0: none",
     "prompt_encoder": "prompt features: pipeline (its own text encoder) or minilm",
