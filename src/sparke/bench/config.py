@@ -41,9 +41,9 @@ def guide_options(method: str, config: BenchConfig) -> dict[str, Any]:
     return {}
 
 
-# SPARKE at its defaults (x0 space, centred, the warped motion step at 0.05; issue 20), the best trade-off on the
-# held-out prompt sets (docs/benchmark.md). The baselines' scales come from a reduced CPU sweep on seed 0: rke and vendi
-# 0.03 (0.1 collapses them), pg 0.003 (0.01 costs 8 fidelity points), cads its paper default. Six settings of
+# SPARKE at its defaults (x0 space, centred, the warped motion step at 0.05; issue 20), the best trade-off on
+# the held-out prompt sets (docs/benchmark.md). The baselines' scales come from a reduced CPU sweep on seed 0:
+# rke and vendi 0.03 (0.1 collapses them), pg 0.003 (0.01 costs 8 fidelity points), cads its paper default. Six settings of
 # 384 images at 10 steps fit 20 minutes on 2 idle CPU cores; `--variant 'sparke latent:sparke:0.01:space=
 # "latent";centre=false;motion=0'` adds the paper's latent step.
 QUICK = BenchConfig(

@@ -12,10 +12,8 @@ __all__ = ["FIDELITY_SLACK", "best_rows", "goal_check", "write_markdown", "plot_
 
 FIDELITY_SLACK = 0.02  # "fidelity within 2 points of none"
 GOAL_GAIN = 0.15  # SPARKE's target: Cond-Vendi at least 15% above none
-RECOMMENDED = (
-    "sparke",
-    0.05,
-)  # SPARKE's defaults (x0 centred, warped motion step; issue 20, docs/benchmark.md)
+# SPARKE's defaults (x0 centred, the warped motion step; issue 20, docs/benchmark.md)
+RECOMMENDED = ("sparke", 0.05)
 GOAL_CLOSURE = 0.40  # ... and 40% of the free-attribute entropy gap from none to the world closed
 COLUMNS = (
     ("method", "method", "{}"),

@@ -123,14 +123,14 @@ class SPARKE(Guide):
             empty bank nothing moves.
         motion: keep only the part of each step that moves what the sample's clean estimate already shows
             (default 2; 0: off, the plain gradient step): the step is replaced by -(grad x0 . v), v the
-            displacement field that explains it best over a Gaussian window of this many latent pixels (``motion_component``), so the
-            push shifts and resizes objects and paints nothing on flat regions, where a bank's other images
+            displacement field that explains it best over a Gaussian window of this many latent pixels
+            (``motion_component``), so the push shifts and resizes objects and paints nothing on flat regions, where a bank's other images
             would leave ghosts that the next steps turn into extra objects. ``"global"``: only one shift and one
             zoom of the whole estimate per sample (``layout_component``), which cannot bend a shape. For
             (B, C, H, W) latents and Flux's packed ones; flat (B, d) latents take the plain step.
-        warp: "auto" (default: True wherever ``motion`` is on and neither ``smooth`` nor ``orthogonal`` is set),
-            True or False. With ``motion``, move the clean estimate by the fitted displacement for real (bilinear
-            resampling, ``sparke.guidance.filters.warp``) instead of adding its first-order change, which
+        warp: "auto" (default: True wherever ``motion`` is on and neither ``smooth`` nor ``orthogonal`` is
+            set), True or False. With ``motion``, move the clean estimate by the fitted displacement for real
+            (bilinear resampling, ``sparke.guidance.filters.warp``) instead of adding its first-order change, which
             leaves a faint double of an edge moved by more than about a pixel; the same step to first order.
             Not with ``smooth`` or ``orthogonal``, which change the step after the fit.
 
