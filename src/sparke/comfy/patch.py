@@ -1,0 +1,136 @@
+"""The SPARKE patch on a ComfyUI model: a post-CFG function that moves each guided step's clean estimate,
+and a sampler wrapper that adds every finished image to the bank.
+
+The move is ``sparke.SPARKE.step_latents``, the diffusers guide's own update rule. ComfyUI's k-diffusion
+samplers never let a patch change the sampler's latents x, but a post-CFG function returns the clean estimate
+``denoised`` that the sampler integrates. With the noise prediction held fixed, moving x by delta moves the
+clean estimate by the same delta (``x0_of(z) = denoised + (z - x)``), so the patch returns
+``denoised + (step_latents(x, x0_of, y) - x)``: the sampler then steps towards a clean image moved by delta
+(an Euler step from sigma to sigma' moves its next latents by delta * (1 - sigma' / sigma)).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .banks import NamedBank
+from .features import prompt_rows
+
+__all__ = ["SparkePatch", "guided_window"]
+
+WRAPPER_KEY = "sparke"  # the key of our sampler wrapper in the model's wrappers
+
+
+def guided_window(model_sampling: Any, start_percent: float, end_percent: float) -> tuple[float, float]:
+    """(lowest, highest) sigma guided: ComfyUI's percent-of-schedule window mapped through the model's own
+    ``percent_to_sigma`` (0 = the first step, 1 = the last)."""
+    high = float(model_sampling.percent_to_sigma(start_percent))
+    low = float(model_sampling.percent_to_sigma(end_percent))
+    return low, high
+
+
+class _Shared:
+    """A patch part that ComfyUI's ``ModelPatcher.clone`` (a deep copy of model_options) keeps as it is:
+    copies of the model share one guide and one bank, as a chained patch expects."""
+
+    def __deepcopy__(self, memo: dict) -> Any:
+        return self
+
+    def __copy__(self) -> Any:
+        return self
+
+
+class SparkePatch(_Shared):
+    """The guide and bank of one SPARKE Diversity node, and the guided sigma window."""
+
+    def __init__(self, guide: Any, bank: NamedBank, start_percent: float, end_percent: float) -> None:
+        self.guide = guide
+        self.bank = bank
+        self.start_percent = start_percent
+        self.end_percent = end_percent
+        self.guided_steps = 0  # post-CFG calls that moved the estimate (tests, logs)
+        self.post_cfg = _PostCfg(self)
+        self.wrapper = _RecordWrapper(self)
+
+    def apply(self, model: Any) -> Any:
+        """A clone of ComfyUI MODEL ``model`` with this patch added after any it already has."""
+        from comfy.patcher_extension import WrappersMP
+
+        patched = model.clone()
+        patched.set_model_sampler_post_cfg_function(self.post_cfg)  # appended: earlier patches run first
+        patched.add_wrapper_with_key(WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY, self.wrapper)
+        return patched
+
+    def step(self, args: dict[str, Any]) -> torch.Tensor:
+        """The post-CFG function: ``args["denoised"]`` moved by the guide inside the window, else as it is."""
+        denoised = args["denoised"]
+        if self.guide.scale == 0:
+            return denoised
+        sigma = float(torch.as_tensor(args["sigma"]).flatten()[0])
+        low, high = guided_window(args["model"].model_sampling, self.start_percent, self.end_percent)
+        if not low - 1e-6 * abs(low) <= sigma <= high + 1e-6 * abs(high):
+            return denoised
+        # ComfyUI samples under torch.inference_mode(); the step needs autograd on ordinary tensors
+        with torch.inference_mode(False), torch.enable_grad():
+            x = args["input"].detach().clone()
+            fixed = denoised.detach().clone()
+            y = prompt_rows(args.get("cond"), x.shape[0])
+            moved = _guard(lambda: step_latents(self.guide, x, lambda z: fixed + (z - x), y))
+            delta = (moved - x).to(denoised.dtype)
+        self.guided_steps += 1
+        return denoised + delta
+
+    def record(self, executor: Callable[..., torch.Tensor], guider: Any, *args: Any, **kwargs: Any) -> Any:
+        """The sampler wrapper: run the sampler, then add the finished latents (the model's own latent space,
+        as the guided estimates) with their prompt features to the bank."""
+        samples = executor(guider, *args, **kwargs)
+        with torch.inference_mode(False):
+            final = samples.detach().float().clone()
+            y = prompt_rows(guider.conds.get("positive"), final.shape[0])
+            _guard(lambda: add_to_bank(self.guide, final, y))
+        self.bank.after_run()
+        return samples
+
+
+class _PostCfg(_Shared):
+    def __init__(self, patch: SparkePatch) -> None:
+        self.patch = patch
+
+    def __call__(self, args: dict[str, Any]) -> torch.Tensor:
+        return self.patch.step(args)
+
+
+class _RecordWrapper(_Shared):
+    def __init__(self, patch: SparkePatch) -> None:
+        self.patch = patch
+
+    def __call__(self, executor: Any, *args: Any, **kwargs: Any) -> Any:
+        return self.patch.record(executor, *args, **kwargs)
+
+
+def _guard(run: Callable[[], Any]) -> Any:
+    """``run()``, with the guide's ValueError (a bank of other dimensions, say) as one line naming the node."""
+    try:
+        return run()
+    except ValueError as error:
+        raise ValueError(f"SPARKE Diversity: {str(error).splitlines()[0]}") from None
+
+
+def step_latents(guide: Any, z: torch.Tensor, x0_of: Callable, y: torch.Tensor | None) -> torch.Tensor:
+    if hasattr(guide, "step_latents"):
+        return guide.step_latents(z, x0_of, y)
+    from ._shim import step_latents as shim
+
+    return shim(guide, z, x0_of, y)
+
+
+def add_to_bank(guide: Any, final: torch.Tensor, y: torch.Tensor | None) -> None:
+    if hasattr(guide, "add_to_bank"):
+        return guide.add_to_bank(final, y)
+    from ._shim import add_to_bank as shim
+
+    return shim(guide, final, y)
+

@@ -1,0 +1,145 @@
+"""The real ComfyUI engine for tests, benchmarks and the screenshot: where it is, how it imports, tiny models.
+
+ComfyUI is not on the package index: tests use the source snapshot at ``../shared/comfyui/ComfyUI`` (seen from
+the repository root) or the folder named by ``COMFYUI_PATH``, and skip with that reason where neither exists.
+
+torchvision: the package index's wheels are built against CUDA torch and fail to load beside the CPU torch the
+project pins. ComfyUI imports it at module level only in ``comfy.ldm.cascade``, ``comfy.ldm.cosmos`` and
+``comfy.ldm.ace`` (Stable Cascade, Cosmos and ACE, families these tests never build). Where the real torchvision
+cannot load, ``torchvision_stub()`` answers those three packages' ``import torchvision`` (and nothing else) with
+a stand-in whose every attribute raises ImportError; every other module sees torchvision as absent, as before.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import os
+import sys
+import types
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+SNAPSHOT = REPO.parent / "shared" / "comfyui" / "ComfyUI"
+# the only importers the stub answers: packages of model families that the tests never build
+STUB_IMPORTERS = ("comfy.ldm.cascade", "comfy.ldm.cosmos", "comfy.ldm.ace")
+STUB_MODULES = ("torchvision", "torchvision.models", "torchvision.transforms")
+
+
+def comfyui_path() -> Path | None:
+    """The ComfyUI source folder: ``COMFYUI_PATH`` if set, else the shared snapshot; None if neither exists."""
+    given = os.environ.get("COMFYUI_PATH")
+    path = Path(given) if given else SNAPSHOT
+    return path if (path / "comfy" / "sd.py").is_file() else None
+
+
+SKIP_REASON = (
+    f"ComfyUI not found: neither COMFYUI_PATH nor {SNAPSHOT} holds a ComfyUI source folder (comfy/sd.py)"
+)
+
+
+class _Unavailable(types.ModuleType):
+    """A module whose public attributes raise: the model family that needs torchvision is not usable here."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or f"{self.__name__}.{name}" in STUB_MODULES:
+            raise AttributeError(name)  # a submodule not imported yet: the import system imports it
+        raise ImportError(
+            f"{self.__name__}.{name}: torchvision cannot load beside this CPU torch; the test harness stands "
+            "it in only so that ComfyUI imports (Stable Cascade, Cosmos and ACE are unusable here)"
+        )
+
+
+class _StubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Serves ``STUB_MODULES`` to importers under ``STUB_IMPORTERS`` only, and drops the stand-in from
+    ``sys.modules`` at the next unrelated import, so that no other module ever receives it."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name not in STUB_MODULES:
+            self._forget()
+            return None
+        if not _importer().startswith(STUB_IMPORTERS):
+            return None
+        return importlib.machinery.ModuleSpec(name, self, is_package=name == "torchvision")
+
+    def create_module(self, spec: Any) -> types.ModuleType:
+        return _Unavailable(spec.name)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        if module.__name__ == "torchvision":
+            module.__path__ = []  # a package, so that its two submodules import
+
+    @staticmethod
+    def _forget() -> None:
+        for name in STUB_MODULES:
+            if isinstance(sys.modules.get(name), _Unavailable):
+                del sys.modules[name]
+
+
+def _importer() -> str:
+    """The ``__name__`` of the module whose import statement is running (outside importlib's own frames)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        name = frame.f_globals.get("__name__", "")
+        if not name.startswith(("importlib", "_frozen_importlib")) and frame.f_code.co_filename != __file__:
+            return name
+        frame = frame.f_back
+    return ""
+
+
+def torchvision_loads() -> bool:
+    """Whether the real torchvision imports beside this torch."""
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # a CUDA-built wheel raises OSError or RuntimeError, not only ImportError
+        sys.modules.pop("torchvision", None)
+        return False
+    return True
+
+
+def install_torchvision_stub() -> bool:
+    """Install the scoped stand-in for the process where the real torchvision cannot load (True if installed)."""
+    if torchvision_loads() or any(isinstance(f, _StubFinder) for f in sys.meta_path):
+        return False
+    sys.meta_path.insert(0, _StubFinder())
+    return True
+
+
+@contextmanager
+def torchvision_stub() -> Iterator[None]:
+    """The stand-in for the duration of the block (ComfyUI's imports), removed afterwards."""
+    finder = _StubFinder()
+    installed = not torchvision_loads()
+    if installed:
+        sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        if installed:
+            sys.meta_path.remove(finder)
+            finder._forget()
+
+
+def import_engine(path: Path) -> types.ModuleType:
+    """Import ComfyUI's engine from ``path`` without a server (CPU, no argument parsing of pytest's argv);
+    returns its ``nodes`` module. Idempotent."""
+    if "nodes" in sys.modules and hasattr(sys.modules["nodes"], "common_ksampler"):
+        return sys.modules["nodes"]
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+    argv = sys.argv
+    sys.argv = [argv[0], "--cpu"]
+    try:
+        import comfy.options
+
+        comfy.options.enable_args_parsing()
+        with torchvision_stub():
+            import comfy.sd  # noqa: F401
+            import comfy.samplers  # noqa: F401
+            import nodes
+    finally:
+        sys.argv = argv
+    return nodes
