@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .banks import DIRECTORIES, NamedBank, bank_file, named_bank
+from .banks import DIRECTORIES, NamedBank, bank_file, named_bank, new_bank
 from .features import conditioning_entries, image_rows, prompt_rows
 from .patch import SparkePatch
 
@@ -86,7 +86,9 @@ class SparkeDiversity:
             raise ValueError(f"SPARKE Diversity: strength must be a number >= 0, got {strength!r}")
         if bank is not None and not isinstance(bank, NamedBank):
             raise ValueError(f"SPARKE Diversity: bank must come from a SPARKE Bank node, got {type(bank).__name__}")
-        named = bank or named_bank(f"SPARKE Diversity node {unique_id}")
+        if bank is None:  # the node's own bank, kept across runs by the node's id (none outside a workflow)
+            bank = named_bank(f"node {unique_id}") if unique_id is not None else NamedBank("", new_bank())
+        named = bank
         guide = SPARKE(scale=float(strength), bank=named.bank)
         return (SparkePatch(guide, named, start, end).apply(model),)
 
