@@ -12,7 +12,7 @@ import torch
 from sparke.core import Bank
 from sparke.core.defaults import SIGMA_IMAGE, SIGMA_PROMPT
 from sparke.guidance import SPARKE, Schedule
-from sparke.guidance import plugin as plugin_module
+from sparke.guidance import bank as guide_bank
 from sparke.methods import METHODS, NAMES, make
 from tiny_pipelines import call_kwargs, final_latents, tiny_sd
 
@@ -101,7 +101,7 @@ def test_default_bank_follows_the_pipeline(monkeypatch):
     guide(pipe, **call_kwargs(pipe))
     assert guide.bank.device == torch.device("cpu") and guide.bank.dtype == torch.float32
     # on CUDA the bank goes to the pipeline's device in half precision (the move itself is spied on)
-    monkeypatch.setattr(plugin_module, "execution_device", lambda pipe: torch.device("cuda", 0))
+    monkeypatch.setattr(guide_bank, "execution_device", lambda pipe: torch.device("cuda", 0))
     spy = SPARKE(scale=0.1, every=1)
     spy.bank = SpyBank()
     with warnings.catch_warnings(record=True) as caught:
@@ -113,7 +113,7 @@ def test_default_bank_follows_the_pipeline(monkeypatch):
 
 def test_a_users_bank_stays_and_a_device_mismatch_warns_once(monkeypatch):
     pipe = _sd()
-    monkeypatch.setattr(plugin_module, "execution_device", lambda pipe: torch.device("cuda", 0))
+    monkeypatch.setattr(guide_bank, "execution_device", lambda pipe: torch.device("cuda", 0))
     bank = SpyBank()
     guide = SPARKE(scale=0.1, every=1, bank=bank)
     assert not guide.follows_pipeline

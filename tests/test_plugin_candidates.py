@@ -10,9 +10,10 @@ import torch
 
 from sparke.core.kernels import kernel_mass
 from sparke.core.spec import KernelSpec
-from sparke.guidance import SPARKE
-from sparke.guidance.plugin import _without_component, cfg_direction, crowding_factor
+from sparke.guidance import SPARKE, Update
 from sparke.guidance.spaces import centred, features, space_label, unit_rows
+from sparke.guidance.update import cfg_direction, crowding_factor
+from sparke.guidance.update import without_component as _without_component
 from sparke.methods.sparke import SPARKE_HELP, SPARKE_SETTINGS, SPARKE_SPEC
 from sparke.runs.config import ADDED_SETTINGS
 
@@ -83,12 +84,12 @@ def test_crowding_factor_is_zero_without_mass_and_increases_with_it():
 
 
 def test_crowding_with_an_empty_bank_leaves_every_sample_alone():
-    guide = SPARKE(crowding=0.5)
+    guide = SPARKE(update=Update(crowding=0.5))
     x = unit_rows(torch.randn(4, 12))
-    assert torch.equal(guide._crowding_factor(x, unit_rows(torch.randn(4, 3))), torch.zeros(4))
+    assert torch.equal(guide._crowding(x, unit_rows(torch.randn(4, 3)), guide.spec), torch.zeros(4))
     guide.bank.add(x[:1], unit_rows(torch.ones(1, 3)))
     y = unit_rows(torch.ones(4, 3))
-    f = guide._crowding_factor(x, y)
+    f = guide._crowding(x, y, guide.spec)
     assert f[0] == pytest.approx(1 / 1.5, abs=TOL)  # its own duplicate: mass 1
     assert (f[1:] < f[0]).all()  # farther from the one bank row: less mass, a smaller step
 

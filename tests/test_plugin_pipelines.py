@@ -10,7 +10,7 @@ import torch
 from sparke.core import Bank
 from sparke.guidance import SPARKE, attach
 from sparke.guidance.filters import displacement, first_order_warp, layout_component, motion_component, warp
-from sparke.guidance.plugin import cfg_direction
+from sparke.guidance.update import cfg_direction
 from tiny_pipelines import NAMES, build, call_kwargs, final_latents, pipeline_state, same_state
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("torch_one_thread")]

@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 # public name -> module that defines it, imported on first access
 _LAZY = {
     "SPARKE": "sparke.guidance",
+    "Update": "sparke.guidance",
     "IndexedBank": "sparke.core.indexed",
     "AutoBank": "sparke.core.auto",
     "make_bank": "sparke.core.auto",
@@ -47,6 +48,7 @@ __all__ = [
     "BankFileError",
     "IndexedBank",
     "SPARKE",
+    "Update",
     "cond_rke",
     "cond_vendi",
     "diversity_direction",

@@ -186,7 +186,7 @@ class AutoBank(ScoresBatches):
             self._move(exact=True)  # other bandwidths: the index is built again for them (below)
         self._spec = spec
         self._maybe_index()
-        return self.inner.direction(x, y, spec, skipped=skipped)
+        return self.inner._spec_direction(x, y, spec, skipped)
 
     def _bandwidths(self) -> tuple[float, float]:
         """(sigma_image, sigma_prompt) of the last call, or the constructor's."""

@@ -10,6 +10,7 @@ import functools
 import inspect
 import math
 import warnings
+from typing import Any
 
 import numpy as np
 import torch
@@ -229,28 +230,40 @@ def zero_nonfinite_rows(
     return torch.where(ok.unsqueeze(1), result, torch.zeros((), dtype=result.dtype, device=result.device))
 
 
-def renamed_bandwidths(fn):
-    """Decorator: accept the old keywords ``sigma_x``/``sigma_y`` for ``sigma_image``/``sigma_prompt``.
+# the release that drops the old bandwidth keywords
+BANDWIDTHS_REMOVAL = "0.3"
 
-    The old names give a ``DeprecationWarning``; passing both the old and the new name is a ``TypeError``.
-    The old names stay visible in ``inspect.signature`` (default None), so a caller that filters its options
-    by the signature still passes them.
-    """
+
+def rename_bandwidths(owner: str, kwargs: dict[str, Any], stacklevel: int = 3) -> dict[str, Any]:
+    """``kwargs`` with the old ``sigma_x``/``sigma_y`` renamed to ``sigma_image``/``sigma_prompt`` (one
+    DeprecationWarning naming ``owner``); both the old and the new name is a ``TypeError``."""
+    used = []
+    for old, new in RENAMED_BANDWIDTHS.items():
+        value = kwargs.pop(old, None)
+        if value is None:
+            continue
+        if kwargs.get(new) is not None:
+            raise TypeError(f"{owner}: got both {old}= and {new}=; pass only {new}=")
+        kwargs[new] = value
+        used.append(f"{old}= is deprecated, use {new}=")
+    if used:
+        warnings.warn(
+            f"{owner}: {'; '.join(used)} ({'the old names are' if len(used) > 1 else 'it is'} removed in sparke "
+            f"{BANDWIDTHS_REMOVAL})",
+            DeprecationWarning,
+            stacklevel=stacklevel,
+        )
+    return kwargs
+
+
+def renamed_bandwidths(fn):
+    """Decorator of a public function or constructor: accept the old keywords ``sigma_x``/``sigma_y`` for
+    ``sigma_image``/``sigma_prompt`` until ``BANDWIDTHS_REMOVAL`` (``rename_bandwidths``). The old names stay
+    visible in ``inspect.signature`` (default None)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        used = []
-        for old, new in RENAMED_BANDWIDTHS.items():
-            value = kwargs.pop(old, None)
-            if value is None:
-                continue
-            if new in kwargs:
-                raise TypeError(f"{fn.__qualname__}: got both {old}= and {new}=; pass only {new}=")
-            kwargs[new] = value
-            used.append(f"{old}= is deprecated, use {new}=")
-        if used:
-            warnings.warn(f"{fn.__qualname__}: {'; '.join(used)}", DeprecationWarning, stacklevel=2)
-        return fn(*args, **kwargs)
+        return fn(*args, **rename_bandwidths(fn.__qualname__, kwargs))
 
     signature = inspect.signature(fn)
     old_names = [

@@ -41,11 +41,10 @@ from .checks import (
     check_nonzero_rows,
     check_rows_match,
     finite_rows,
-    renamed_bandwidths,
     zero_nonfinite_rows,
 )
 from .kernels import squared_distances, unit_rows
-from .spec import KernelSpec, as_spec, takes_spec
+from .spec import KernelSpec, as_spec
 
 # CPU: bank rows per chunk (a half-precision chunk is converted to the compute type; a chunk of float32
 # rows of d = 16,384 is 16 MiB, so the second product reads it from cache).
@@ -195,7 +194,6 @@ def _chunk_rows(rows: torch.Tensor, compute: torch.dtype, ws: Workspace, name: s
     return out
 
 
-@renamed_bandwidths
 def _plan_chunks(x: torch.Tensor, bank_x: torch.Tensor, bank_y: torch.Tensor | None) -> tuple[bool, int]:
     """(whether half-precision bank rows multiply in float32 on the GPU, bank rows per chunk)."""
     compute, device, d = x.dtype, x.device, x.shape[1]
@@ -328,7 +326,6 @@ def order2_sums(
     return weight_sum, weighted, cross
 
 
-@renamed_bandwidths
 def order2_direction(
     x: torch.Tensor,
     y: torch.Tensor | None,
@@ -430,7 +427,6 @@ def order2_terms(x, y, rows_x, rows_y, kernel, sigma_image, sigma_prompt, same=F
     return c, a @ units, c
 
 
-@renamed_bandwidths
 def finish_direction(
     x: torch.Tensor,
     y: torch.Tensor | None,
@@ -481,7 +477,6 @@ def _norms(rows: torch.Tensor, compute: torch.dtype, square: bool) -> torch.Tens
     return out
 
 
-@takes_spec
 def bank_direction(
     bank,
     x: torch.Tensor,

@@ -11,23 +11,21 @@ the bank's door, and everything below it reads the spec.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .checks import (
-    RENAMED_BANDWIDTHS,
     check_kernel,
     check_objective,
     check_on_nonfinite,
     check_sigma,
-    renamed_bandwidths,
+    rename_bandwidths,
 )
 from .defaults import KERNEL, OBJECTIVE, ON_NONFINITE, SIGMA_IMAGE, SIGMA_PROMPT
 
-__all__ = ["MEDIAN", "KernelSpec", "ScoresBatches", "as_spec", "takes_spec"]
+__all__ = ["MEDIAN", "KernelSpec", "ScoresBatches", "as_spec"]
 
 # A bandwidth set at each step from the data (``SPARKE(sigma_image="median")``), not a number.
 MEDIAN = "median"
@@ -81,7 +79,9 @@ class KernelSpec:
 
 def as_spec(spec: KernelSpec | None, options: dict[str, Any], base: KernelSpec | None = None) -> KernelSpec:
     """``spec``, or the keywords ``options`` over ``base`` (default: the defaults); None-valued keywords keep
-    ``base``'s value. ``TypeError`` for an unknown keyword, or for a spec given with keywords."""
+    ``base``'s value; the old ``sigma_x``/``sigma_y`` are renamed with a DeprecationWarning
+    (``renamed_bandwidths``). ``TypeError`` for an unknown keyword, or for a spec given with keywords."""
+    options = rename_bandwidths("direction", dict(options), stacklevel=4)
     unknown = sorted(set(options) - set(KEYWORDS))
     if unknown:
         raise TypeError(
@@ -101,23 +101,6 @@ def as_spec(spec: KernelSpec | None, options: dict[str, Any], base: KernelSpec |
 DEFAULT = KernelSpec()
 
 
-def takes_spec(fn):
-    """Decorator of a ``direction(x, y, spec=None, *, ..., **options)``: the deprecated ``sigma_x``/``sigma_y``
-    are renamed (``renamed_bandwidths``), and the signature shows the spec's fields and the old names as
-    keyword-only parameters (default None), so a caller that filters its options by the signature passes them."""
-    wrapper = renamed_bandwidths(fn)
-    signature = inspect.signature(fn)
-    params = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    extra = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None)
-        for name in ("skipped", *KEYWORDS, *RENAMED_BANDWIDTHS)
-        if name not in signature.parameters
-    ]
-    var = [p for p in signature.parameters.values() if p.kind is inspect.Parameter.VAR_KEYWORD]
-    wrapper.__signature__ = signature.replace(parameters=[*params, *extra, *var])
-    return wrapper
-
-
 class ScoresBatches:
     """Base of sparke's banks: one ``direction``, which turns its spec or keywords into a ``KernelSpec`` once
     and hands it to the bank's ``_spec_direction(x, y, spec, skipped)``."""
@@ -126,19 +109,41 @@ class ScoresBatches:
         """The spec that keywords left out fall back to (None: ``KernelSpec()``'s defaults)."""
         return None
 
-    @takes_spec
     def direction(
-        self, x: torch.Tensor, y: torch.Tensor | None = None, spec: KernelSpec | None = None, **options: Any
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None = None,
+        spec: KernelSpec | None = None,
+        *,
+        skipped: torch.Tensor | None = None,
+        objective: str | None = None,
+        kernel: str | None = None,
+        sigma_image: float | None = None,
+        sigma_prompt: float | None = None,
+        on_nonfinite: str | None = None,
+        sigma_x: float | None = None,
+        sigma_y: float | None = None,
     ) -> torch.Tensor:
         """Ascent direction (B, d) of the diversity score of bank U batch for x: (B, d), y: (B, e) (L2-normalised
         features for the default bandwidths).
 
         ``spec``: a ``KernelSpec``, or its fields as keywords (``objective``, ``kernel``, ``sigma_image``,
-        ``sigma_prompt``, ``on_nonfinite``). ``on_nonfinite="raise"`` raises ``ValueError`` naming the bad
-        input; ``"skip"`` returns zero rows where the direction is not finite and adds their number to
-        ``skipped=`` (a 0-d integer tensor, in place) when given. See the bank's ``_spec_direction``.
+        ``sigma_prompt``, ``on_nonfinite``; ``sigma_x``/``sigma_y``: deprecated names of the bandwidths).
+        ``on_nonfinite="raise"`` raises ``ValueError`` naming the bad input; ``"skip"`` returns zero rows where
+        the direction is not finite and adds their number to ``skipped=`` (a 0-d integer tensor, in place) when
+        given. See the bank's ``_spec_direction``.
         """
-        skipped = options.pop("skipped", None)
+        options = dict(
+            objective=objective,
+            kernel=kernel,
+            sigma_image=sigma_image,
+            sigma_prompt=sigma_prompt,
+            on_nonfinite=on_nonfinite,
+            sigma_x=sigma_x,
+            sigma_y=sigma_y,
+        )
+        if spec is not None and all(value is None for value in options.values()):
+            return self._spec_direction(x, y, spec, skipped)  # the guide's path: its spec was checked once
         return self._spec_direction(x, y, as_spec(spec, options, self._base_spec()), skipped)
 
     def _spec_direction(

@@ -6,7 +6,19 @@ diffusers pipeline (a ``scheduler`` with ``step``, optional ``vae`` and text enc
 
 from .attach import Attachment, Step, attach
 from .guide import Guide, GuideStats, Schedule
-from .plugin import SPARKE
+from .plugin import SPARKE, Host
 from .spec import MethodSpec
+from .update import Update
 
-__all__ = ["SPARKE", "Attachment", "Guide", "GuideStats", "MethodSpec", "Schedule", "Step", "attach"]
+__all__ = [
+    "SPARKE",
+    "Attachment",
+    "Guide",
+    "GuideStats",
+    "Host",
+    "MethodSpec",
+    "Schedule",
+    "Step",
+    "Update",
+    "attach",
+]

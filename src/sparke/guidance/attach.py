@@ -187,11 +187,9 @@ class Attachment:
         # the class's bound method, or an outer attachment's patched step: attachments nest (and compose)
         real_step = scheduler.step
 
-        @functools.wraps(real_step)
-        def step(*args: Any, **kwargs: Any) -> Any:
-            return self._step(real_step, *args, **kwargs)
-
-        scheduler.step = step
+        # a partial, not a closure: one Python frame fewer on every step; its signature is the real step's
+        # (pipelines inspect it for ``eta`` and ``generator``)
+        scheduler.step = functools.update_wrapper(functools.partial(self._step, real_step), real_step)
         if self.on_model_input is not None:
             denoiser = denoiser_of(self.pipe)
             if denoiser is None:

@@ -13,37 +13,28 @@ from __future__ import annotations
 from typing import Any
 
 from sparke.guidance import SPARKE, MethodSpec
-from sparke.guidance.spec import constructor_defaults
+from sparke.guidance.options import PAPER, help_of
 
-from .sparke import SPARKE_HELP
+from .sparke import flat_defaults
 
 __all__ = ["LATENT_RKE_SPEC", "LatentRKE"]
 
 SETTINGS = ("every", "window", "step", "sigma_image")
 SPACE_SETTINGS = ("space", "centre", "motion")  # pinned to the paper's latent step (see the module docstring)
+SCALE = 0.03
 
 
-def LatentRKE(  # noqa: N802 - a class-like factory
-    scale: float = 0.03,
-    space: Any = "latent",
-    centre: bool = False,
-    motion: float | str = 0.0,
-    **options: Any,
-) -> SPARKE:
-    """A ``sparke.SPARKE`` guide with objective "rke"; ``options`` go to ``SPARKE``."""
-    return SPARKE(scale=scale, objective="rke", space=space, centre=centre, motion=motion, **options)
-
-
-def _build(scale: float, settings: dict[str, Any]) -> SPARKE:
-    return LatentRKE(scale, **{**settings, "window": tuple(settings["window"])})
+def LatentRKE(scale: float = SCALE, **settings: Any) -> SPARKE:  # noqa: N802 - a class-like factory
+    """A ``sparke.SPARKE`` guide with objective "rke" and the paper's step; ``settings``: flat SPARKE settings."""
+    return SPARKE.from_settings(scale, {**PAPER, **settings, "objective": "rke"})
 
 
 LATENT_RKE_SPEC = MethodSpec(
     name="rke",
     doc="latent RKE guidance: SPARKE without the prompt kernel (pushes away from every earlier image)",
     paper="Jalali, Lei, Gohari, Farnia, SPARKE, arXiv 2506.10173 (latent RKE baseline)",
-    default_scale=constructor_defaults(LatentRKE, ["scale"])["scale"],
-    defaults={**constructor_defaults(SPARKE, SETTINGS), **constructor_defaults(LatentRKE, SPACE_SETTINGS)},
-    build=_build,
-    help={k: SPARKE_HELP[k] for k in (*SETTINGS, *SPACE_SETTINGS)},
+    default_scale=SCALE,
+    defaults={**flat_defaults(*SETTINGS), **{k: PAPER[k] for k in SPACE_SETTINGS}},
+    build=lambda scale, settings: LatentRKE(scale, **settings),
+    help=help_of(*SETTINGS, *SPACE_SETTINGS),
 )

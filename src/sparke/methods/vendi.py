@@ -21,38 +21,23 @@ from typing import Any
 
 from sparke.core import Bank
 from sparke.guidance import SPARKE, MethodSpec
-from sparke.guidance.spec import constructor_defaults
+from sparke.guidance.options import PAPER, help_of
 
-from .rke import SETTINGS, SPACE_SETTINGS
-from .sparke import SPARKE_HELP
+from .rke import SCALE, SETTINGS, SPACE_SETTINGS
+from .sparke import flat_defaults
 
 __all__ = ["VENDI_SPEC", "WINDOW", "VendiGuidance"]
 
 WINDOW = 150
 
 
-def VendiGuidance(  # noqa: N802 - a class-like factory
-    scale: float = 0.03,
-    memory: int = WINDOW,
-    space: Any = "latent",
-    centre: bool = False,
-    motion: float | str = 0.0,
-    **options: Any,
-) -> SPARKE:
-    """A ``sparke.SPARKE`` guide with objective "vendi" and a sliding bank of the last ``memory`` rows.
-
-    ``options`` go to ``SPARKE`` (every, window = the trajectory fractions, space, sigma_image, step, ...).
-    """
+def VendiGuidance(scale: float = SCALE, memory: int = WINDOW, **settings: Any) -> SPARKE:  # noqa: N802
+    """A ``sparke.SPARKE`` guide with objective "vendi", the paper's step and a sliding bank of the last
+    ``memory`` rows. ``settings``: flat SPARKE settings (every, window = the trajectory fractions, ...)."""
     if isinstance(memory, bool) or not (isinstance(memory, int) and memory >= 1):
         raise ValueError(f"memory: must be a positive integer, got {memory!r}")
-    guide = SPARKE(
-        scale=scale,
-        objective="vendi",
-        bank=Bank(capacity=memory),
-        space=space,
-        centre=centre,
-        motion=motion,
-        **options,
+    guide = SPARKE.from_settings(
+        scale, {**PAPER, **settings, "objective": "vendi"}, bank=Bank(capacity=memory)
     )
     guide.follows_pipeline = (
         True  # our own sliding bank: it moves to the pipeline's device like a default one
@@ -60,22 +45,15 @@ def VendiGuidance(  # noqa: N802 - a class-like factory
     return guide
 
 
-def _build(scale: float, settings: dict[str, Any]) -> SPARKE:
-    return VendiGuidance(scale, **{**settings, "window": tuple(settings["window"])})
-
-
 VENDI_SPEC = MethodSpec(
     name="vendi",
     doc=f"Vendi score guidance over a sliding window of the last {WINDOW} images (as in c-VSG)",
     paper="Askari Hemmat et al., contextualized Vendi Score Guidance (c-VSG), ECCV 2024",
-    default_scale=constructor_defaults(VendiGuidance, ["scale"])["scale"],
-    defaults={
-        **constructor_defaults(SPARKE, SETTINGS),
-        **constructor_defaults(VendiGuidance, [*SPACE_SETTINGS, "memory"]),
-    },
-    build=_build,
+    default_scale=SCALE,
+    defaults={**flat_defaults(*SETTINGS), **{k: PAPER[k] for k in SPACE_SETTINGS}, "memory": WINDOW},
+    build=lambda scale, settings: VendiGuidance(scale, **settings),
     help={
-        **{k: SPARKE_HELP[k] for k in (*SETTINGS, *SPACE_SETTINGS)},
+        **help_of(*SETTINGS, *SPACE_SETTINGS),
         "memory": "rows of the sliding memory (the last images generated)",
     },
 )

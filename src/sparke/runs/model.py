@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from sparke.guidance.bank import bank_placement
+
 from .config import RunConfig, RunError
 
 __all__ = [
@@ -200,14 +202,6 @@ def check_call_arguments(pipe: Any, config: RunConfig) -> None:
             raise RunError(f"{option}: the model ({name}) takes no {key}; leave {option} out")
     if config.steps is not None and config.steps < 1:
         raise RunError(f"--steps {config.steps}: must be at least 1")
-
-
-def bank_placement(pipe: Any) -> tuple[torch.device, torch.dtype]:
-    """Where a run's bank lives: the pipeline's execution device, in half precision on CUDA."""
-    from sparke.guidance.plugin import execution_device
-
-    device = execution_device(pipe)
-    return device, (torch.float16 if device.type == "cuda" else torch.float32)
 
 
 def place_bank(bank: Any, pipe: Any) -> Any:
