@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import gc
 import sys
 
 import pytest
@@ -26,7 +27,9 @@ _MODELS: dict[str, object] = {}
 
 @pytest.fixture(scope="module")
 def engine(torch_one_thread):
-    return comfy_harness.import_engine(comfy_harness.comfyui_path())
+    yield comfy_harness.import_engine(comfy_harness.comfyui_path())
+    _MODELS.clear()  # freed now: a ModelPatcher collected at interpreter exit logs an error from its __del__
+    gc.collect()
 
 
 @pytest.fixture(scope="module")

@@ -78,7 +78,7 @@ class SparkePatch(_Shared):
             x = args["input"].detach().clone()
             fixed = denoised.detach().clone()
             y = prompt_rows(args.get("cond"), x.shape[0])
-            moved = _guard(lambda: step_latents(self.guide, x, lambda z: fixed + (z - x), y))
+            moved = _guard(lambda: self.guide.step_latents(x, lambda z: fixed + (z - x), y))
             delta = (moved - x).to(denoised.dtype)
         self.guided_steps += 1
         return denoised + delta
@@ -90,7 +90,7 @@ class SparkePatch(_Shared):
         with torch.inference_mode(False):
             final = samples.detach().float().clone()
             y = prompt_rows(guider.conds.get("positive"), final.shape[0])
-            _guard(lambda: add_to_bank(self.guide, final, y))
+            _guard(lambda: self.guide.add_to_bank(final, y))
         self.bank.after_run()
         return samples
 
@@ -117,20 +117,4 @@ def _guard(run: Callable[[], Any]) -> Any:
         return run()
     except ValueError as error:
         raise ValueError(f"SPARKE Diversity: {str(error).splitlines()[0]}") from None
-
-
-def step_latents(guide: Any, z: torch.Tensor, x0_of: Callable, y: torch.Tensor | None) -> torch.Tensor:
-    if hasattr(guide, "step_latents"):
-        return guide.step_latents(z, x0_of, y)
-    from ._shim import step_latents as shim
-
-    return shim(guide, z, x0_of, y)
-
-
-def add_to_bank(guide: Any, final: torch.Tensor, y: torch.Tensor | None) -> None:
-    if hasattr(guide, "add_to_bank"):
-        return guide.add_to_bank(final, y)
-    from ._shim import add_to_bank as shim
-
-    return shim(guide, final, y)
 
