@@ -66,7 +66,8 @@ class SparkeDiversity:
     @classmethod
     def IS_CHANGED(cls, **kwargs: Any) -> float:
         # the patched model's output depends on the bank, which every run grows: never reuse a cached run
-        return math.nan
+        # (a new NaN object each time: ComfyUI's cache compares keys by identity first, then equality)
+        return float("nan")
 
     def patch(
         self,
@@ -118,7 +119,7 @@ class SparkeBank:
 
     @classmethod
     def IS_CHANGED(cls, **kwargs: Any) -> float:
-        return math.nan  # the bank changes with every run, and a load or a reset must happen when asked
+        return float("nan")  # the bank changes with every run, and a load or a reset must happen when asked
 
     def bank(self, name: str, action: str, file: str, directory: str, save_after_run: bool) -> tuple[NamedBank]:
         path = bank_file(file, directory_path(directory)) if file.strip() else None
