@@ -15,7 +15,9 @@ export OMP_WAIT_POLICY := PASSIVE
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
-# torch is pinned to the local CPU wheel before anything can pull a CUDA build.
+# torch is pinned to the local CPU wheel before anything can pull a CUDA build. The test extra includes what
+# ComfyUI's engine and server import (extra "comfy"): with ../shared/comfyui/ComfyUI beside the clone (or
+# COMFYUI_PATH), `make test` runs the ComfyUI tests in that engine and server (docs/comfyui.md).
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
@@ -25,8 +27,8 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks __init__.py
+	$(BIN)/ruff format --check src tests benchmarks __init__.py
 	$(BIN)/lint-imports
 
 pytest: $(STAMP)

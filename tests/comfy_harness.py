@@ -137,8 +137,8 @@ def import_engine(path: Path) -> types.ModuleType:
 
         comfy.options.enable_args_parsing()
         with torchvision_stub():
-            import comfy.sd  # noqa: F401
             import comfy.samplers  # noqa: F401
+            import comfy.sd  # noqa: F401
             import nodes
     finally:
         sys.argv = argv

@@ -96,7 +96,7 @@ def test_strength_zero_is_the_unpatched_model_and_the_original_is_untouched(engi
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_second_run_differs_and_the_bank_records_every_image(engine, pack, family):
-    from sparke.comfy.features import prompt_rows, conditioning_entries
+    from sparke.comfy.features import conditioning_entries, prompt_rows
     from sparke.guidance import SPARKE
 
     model = model_of(family)
@@ -167,13 +167,17 @@ def test_batch_four_with_bank_files_both_ways(engine, pack, family, user_dir):
              torch.nn.functional.normalize(torch.randn(3, dim_y, generator=gen), dim=1))  # fmt: skip
     (user_dir / "sparke").mkdir()
     made.save(user_dir / "sparke" / "made.safetensors")
-    bank = fresh_bank(pack, f"files {family}", action="load", file="sparke/made.safetensors", save_after_run=True)
+    bank = fresh_bank(
+        pack, f"files {family}", action="load", file="sparke/made.safetensors", save_after_run=True
+    )
     assert len(bank.bank) == 3
     torch.testing.assert_close(bank.bank.x, made.x, rtol=0, atol=0)
     out = sample(engine, patched(pack, model, None, bank), family, batch=4)
     assert out.shape[0] == 4 and torch.isfinite(out).all()
     assert len(bank.bank) == 7
-    again = sparke.AutoBank.load(user_dir / "sparke" / "made.safetensors")  # written by the node after the run
+    again = sparke.AutoBank.load(
+        user_dir / "sparke" / "made.safetensors"
+    )  # written by the node after the run
     assert len(again) == 7
     torch.testing.assert_close(again.x, bank.bank.x, rtol=0, atol=0)
     torch.testing.assert_close(again.y, bank.bank.y, rtol=0, atol=0)
@@ -202,4 +206,7 @@ def test_the_pack_loads_through_comfyuis_own_loader(engine):
     assert engine.NODE_DISPLAY_NAME_MAPPINGS["SparkeDiversity"] == "SPARKE Diversity"
     node = engine.NODE_CLASS_MAPPINGS["SparkeDiversity"]
     assert node.RELATIVE_PYTHON_MODULE == f"custom_nodes.{comfy_harness.REPO.name}"
-    assert sys.modules[str(comfy_harness.REPO).replace(".", "_x_")].NODE_CLASS_MAPPINGS["SparkeDiversity"] is node
+    assert (
+        sys.modules[str(comfy_harness.REPO).replace(".", "_x_")].NODE_CLASS_MAPPINGS["SparkeDiversity"]
+        is node
+    )

@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import sparke
-from sparke.comfy import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-from sparke.comfy import banks
+from sparke.comfy import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, banks
 from sparke.comfy.features import conditioning_entries, image_rows, prompt_rows, repeat_to_batch
 from sparke.comfy.nodes import SparkeDiversity, default_strength, diversity_scores
 

@@ -149,8 +149,9 @@ def server(tmp_path_factory):
 
 
 def test_server_lists_the_nodes_and_runs_a_workflow_twice(server):
-    import sparke
     from safetensors.torch import load_file
+
+    import sparke
 
     url, base, log = server
     info = get(f"{url}/object_info")

@@ -44,7 +44,9 @@ def new_bank() -> Any:
     """An empty bank as ``sparke.SPARKE`` makes its own ("auto": exact, indexed past the crossover)."""
     from sparke.core.auto import make_bank
 
-    with torch.inference_mode(False):  # ComfyUI runs nodes in inference mode; the bank's rows are updated later
+    with torch.inference_mode(
+        False
+    ):  # ComfyUI runs nodes in inference mode; the bank's rows are updated later
         return make_bank("auto")
 
 
@@ -67,12 +69,18 @@ def bank_file(name: str, root: str | os.PathLike) -> Path:
         raise ValueError("SPARKE Bank: the file name is empty")
     name = name.strip()
     parts = PurePosixPath(name.replace("\\", "/")).parts
-    if PureWindowsPath(name).is_absolute() or PurePosixPath(name).is_absolute() or PureWindowsPath(name).drive:
+    if (
+        PureWindowsPath(name).is_absolute()
+        or PurePosixPath(name).is_absolute()
+        or PureWindowsPath(name).drive
+    ):
         raise ValueError(f"SPARKE Bank: {name!r} is an absolute path; give a name inside the directory")
     if ".." in parts:
         raise ValueError(f"SPARKE Bank: {name!r} leaves the directory ('..'); give a name inside it")
     if not name.lower().endswith(SUFFIX):
-        raise ValueError(f"SPARKE Bank: {name!r} must be a {SUFFIX} file (banks load through safetensors only)")
+        raise ValueError(
+            f"SPARKE Bank: {name!r} must be a {SUFFIX} file (banks load through safetensors only)"
+        )
     base = Path(root).resolve()
     path = (base / Path(*parts)).resolve()
     if not path.is_relative_to(base):  # a link inside the directory that points out of it

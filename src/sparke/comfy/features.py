@@ -53,7 +53,9 @@ def prompt_rows(entries: Iterable[Mapping[str, Any]] | None, batch: int) -> torc
             feats = tokens.mean(1)
         rows.append(repeat_to_batch(feats.detach().float(), batch))
     if not rows:
-        raise ValueError("conditioning: no pooled output and no token embeddings to take prompt features from")
+        raise ValueError(
+            "conditioning: no pooled output and no token embeddings to take prompt features from"
+        )
     widths = {r.shape[1] for r in rows}
     if len(widths) > 1:
         raise ValueError(f"conditioning: entries of different widths {sorted(widths)} cannot be averaged")

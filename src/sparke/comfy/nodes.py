@@ -83,10 +83,16 @@ class SparkeDiversity:
         start, end = _fraction(start_percent, "start_percent"), _fraction(end_percent, "end_percent")
         if start > end:
             raise ValueError(f"SPARKE Diversity: start_percent {start} is after end_percent {end}")
-        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength < math.inf:
+        if (
+            isinstance(strength, bool)
+            or not isinstance(strength, (int, float))
+            or not 0 <= strength < math.inf
+        ):
             raise ValueError(f"SPARKE Diversity: strength must be a number >= 0, got {strength!r}")
         if bank is not None and not isinstance(bank, NamedBank):
-            raise ValueError(f"SPARKE Diversity: bank must come from a SPARKE Bank node, got {type(bank).__name__}")
+            raise ValueError(
+                f"SPARKE Diversity: bank must come from a SPARKE Bank node, got {type(bank).__name__}"
+            )
         if bank is None:  # the node's own bank, kept across runs by the node's id (none outside a workflow)
             bank = named_bank(f"node {unique_id}") if unique_id is not None else NamedBank("", new_bank())
         named = bank
@@ -121,7 +127,9 @@ class SparkeBank:
     def IS_CHANGED(cls, **kwargs: Any) -> float:
         return float("nan")  # the bank changes with every run, and a load or a reset must happen when asked
 
-    def bank(self, name: str, action: str, file: str, directory: str, save_after_run: bool) -> tuple[NamedBank]:
+    def bank(
+        self, name: str, action: str, file: str, directory: str, save_after_run: bool
+    ) -> tuple[NamedBank]:
         path = bank_file(file, directory_path(directory)) if file.strip() else None
         return (named_bank(name, path=path, action=action, save_after_run=bool(save_after_run)),)
 
@@ -158,7 +166,9 @@ class SparkeDiversityScore:
             "optional": {"conditioning": ("CONDITIONING",), "clip_vision": ("CLIP_VISION",)},
         }
 
-    def score(self, images: torch.Tensor, conditioning: Any = None, clip_vision: Any = None) -> dict[str, Any]:
+    def score(
+        self, images: torch.Tensor, conditioning: Any = None, clip_vision: Any = None
+    ) -> dict[str, Any]:
         text, vendi, cond_vendi, similarity = diversity_scores(images, conditioning, clip_vision)
         return {"ui": {"text": [text]}, "result": (text, vendi, cond_vendi, similarity)}
 
@@ -173,7 +183,11 @@ def diversity_scores(
     try:
         x = image_rows(images, clip_vision)
         n = x.shape[0]
-        y = prompt_rows(conditioning_entries(conditioning), n) if conditioning is not None else torch.ones(n, 1)
+        y = (
+            prompt_rows(conditioning_entries(conditioning), n)
+            if conditioning is not None
+            else torch.ones(n, 1)
+        )
     except ValueError as error:
         raise ValueError(f"Diversity score: {error}") from None
     scores = (vendi(x), cond_vendi(x, y), in_batch_similarity(x))

@@ -117,4 +117,3 @@ def _guard(run: Callable[[], Any]) -> Any:
         return run()
     except ValueError as error:
         raise ValueError(f"SPARKE Diversity: {str(error).splitlines()[0]}") from None
-
