@@ -14,15 +14,23 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.machinery
+import json
 import os
+import shutil
+import socket
+import subprocess
 import sys
+import time
 import types
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
 SNAPSHOT = REPO.parent / "shared" / "comfyui" / "ComfyUI"
 # the only importers the stub answers: packages of model families that the tests never build
 STUB_IMPORTERS = ("comfy.ldm.cascade", "comfy.ldm.cosmos", "comfy.ldm.ace")
@@ -143,3 +151,91 @@ def import_engine(path: Path) -> types.ModuleType:
     finally:
         sys.argv = argv
     return nodes
+
+
+# -- a real ComfyUI server (the server test, the screenshot) -------------------------------------------------
+START_TIMEOUT = 240  # seconds for the server to answer (imports, node packs) on a busy 2-core machine
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str, timeout: float = 10) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def post(url: str, payload: dict, timeout: float = 10) -> Any:
+    request = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        raise AssertionError(f"{url}: HTTP {error.code}: {error.read()[:2000]!r}") from None
+
+
+def make_base(base: Path) -> None:
+    """A server base directory: the tiny SD1.5 model file (float16), this repository as a cloned node pack (a
+    link in ``custom_nodes/``, as ``git clone`` would leave it), and the test fixture node pack
+    (``comfy_fixture_nodes`` plus this module's torchvision stand-in as its prestartup script)."""
+    import torch
+    from safetensors.torch import save_file
+
+    import_engine(comfyui_path())  # the tiny model is made by ComfyUI's own classes
+    import comfy_models
+
+    models = base / "models" / "diffusion_models"
+    models.mkdir(parents=True)
+    sd = comfy_models.state_dict("sd15")
+    save_file({k: v.to(torch.float16).contiguous() for k, v in sd.items()}, models / "tiny_sd15.safetensors")
+    nodes_dir = base / "custom_nodes"
+    nodes_dir.mkdir()
+    (nodes_dir / "sparke").symlink_to(REPO, target_is_directory=True)
+    fixtures = nodes_dir / "sparke_test_fixtures"
+    fixtures.mkdir()
+    shutil.copy(TESTS / "comfy_fixture_nodes.py", fixtures / "__init__.py")
+    (fixtures / "prestartup_script.py").write_text(
+        f"import sys\nsys.path.insert(0, {str(TESTS)!r})\nimport comfy_harness\n"
+        "comfy_harness.install_torchvision_stub()\n"
+    )
+
+
+@contextmanager
+def running_server(base: Path) -> Iterator[tuple[str, Path]]:
+    """(url, log file) of ``main.py --cpu`` on 127.0.0.1 with ``--base-directory base``; stopped on exit
+    (terminate, then kill), every wait bounded."""
+    port = free_port()
+    log = base / "server.log"
+    env = {**os.environ, "PYTHONPATH": "", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    command = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+               "--base-directory", str(base), "--disable-auto-launch"]  # fmt: skip
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, cwd=comfyui_path(), stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"ComfyUI exited ({process.returncode}):\n{log.read_text()[-4000:]}")
+            try:
+                get(f"{url}/system_stats", timeout=2)
+                break
+            except (OSError, ValueError):
+                if time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"ComfyUI did not answer within {START_TIMEOUT} s:\n{log.read_text()[-4000:]}"
+                    ) from None
+                time.sleep(0.5)
+        yield url, log
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=20)

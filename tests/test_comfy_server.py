@@ -9,71 +9,17 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
-import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 
 import pytest
 
 import comfy_harness
+from sparke.comfy.nodes import default_strength
 
 pytestmark = pytest.mark.skipif(comfy_harness.comfyui_path() is None, reason=comfy_harness.SKIP_REASON)
 
-TESTS = Path(__file__).resolve().parent
-START_TIMEOUT = 240  # seconds for the server to answer (imports, node packs) on a busy 2-core machine
 RUN_TIMEOUT = 180  # seconds for one queued workflow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(url: str, timeout: float = 10) -> dict:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return json.loads(response.read())
-
-
-def post(url: str, payload: dict, timeout: float = 10) -> dict:
-    request = urllib.request.Request(
-        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        raise AssertionError(f"{url}: HTTP {error.code}: {error.read()[:2000]!r}") from None
-
-
-def make_base(base: Path) -> None:
-    """The server's base directory: tiny model, node pack clone, fixture nodes."""
-    import torch
-    from safetensors.torch import save_file
-
-    comfy_harness.import_engine(comfy_harness.comfyui_path())  # comfy_models builds with ComfyUI's classes
-    import comfy_models
-
-    models = base / "models" / "diffusion_models"
-    models.mkdir(parents=True)
-    sd = comfy_models.state_dict("sd15")
-    save_file({k: v.to(torch.float16).contiguous() for k, v in sd.items()}, models / "tiny_sd15.safetensors")
-    nodes_dir = base / "custom_nodes"
-    nodes_dir.mkdir()
-    (nodes_dir / "sparke").symlink_to(comfy_harness.REPO, target_is_directory=True)  # as `git clone` would
-    fixtures = nodes_dir / "sparke_test_fixtures"
-    fixtures.mkdir()
-    shutil.copy(TESTS / "comfy_fixture_nodes.py", fixtures / "__init__.py")
-    (fixtures / "prestartup_script.py").write_text(
-        f"import sys\nsys.path.insert(0, {str(TESTS)!r})\nimport comfy_harness\n"
-        "comfy_harness.install_torchvision_stub()\n"
-    )
+get, post = comfy_harness.get, comfy_harness.post
 
 
 def workflow(save_bank: str) -> dict:
@@ -83,7 +29,7 @@ def workflow(save_bank: str) -> dict:
         "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny_sd15.safetensors", "weight_dtype": "default"}},
         "2": {"class_type": "SparkeBank", "inputs": {"name": "server", "action": "keep", "file": save_bank,
                                                      "directory": "user", "save_after_run": True}},
-        "3": {"class_type": "SparkeDiversity", "inputs": {"model": ["1", 0], "strength": 0.05,
+        "3": {"class_type": "SparkeDiversity", "inputs": {"model": ["1", 0], "strength": default_strength(),
                                                           "start_percent": 0.0, "end_percent": 1.0, "bank": ["2", 0]}},
         "4": {"class_type": "TestConditioning", "inputs": {"seed": 1, "width": 768, "pooled": 0}},
         "5": {"class_type": "TestConditioning", "inputs": {"seed": 2, "width": 768, "pooled": 0}},
@@ -98,19 +44,6 @@ def workflow(save_bank: str) -> dict:
     }  # fmt: skip
 
 
-def wait_for_server(url: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"ComfyUI exited ({process.returncode}):\n{log.read_text()[-4000:]}")
-        try:
-            get(f"{url}/system_stats", timeout=2)
-            return
-        except (OSError, ValueError):
-            time.sleep(0.5)
-    raise AssertionError(f"ComfyUI did not answer within {START_TIMEOUT} s:\n{log.read_text()[-4000:]}")
-
-
 def wait_for_history(url: str, prompt_id: str) -> dict:
     deadline = time.monotonic() + RUN_TIMEOUT
     while time.monotonic() < deadline:
@@ -123,29 +56,11 @@ def wait_for_history(url: str, prompt_id: str) -> dict:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """(url, base directory) of a running ComfyUI; stopped (terminate, then kill) afterwards."""
+    """(url, base directory, log file) of a running ComfyUI, stopped afterwards."""
     base = tmp_path_factory.mktemp("comfy_base")
-    make_base(base)
-    port = free_port()
-    log = base / "server.log"
-    env = {**os.environ, "PYTHONPATH": "", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    command = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-               "--base-directory", str(base), "--disable-auto-launch"]  # fmt: skip
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            command, cwd=comfy_harness.comfyui_path(), stdout=out, stderr=subprocess.STDOUT, env=env
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_server(url, process, log)
+    comfy_harness.make_base(base)
+    with comfy_harness.running_server(base) as (url, log):
         yield url, base, log
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=20)
 
 
 def test_server_lists_the_nodes_and_runs_a_workflow_twice(server):
@@ -191,3 +106,15 @@ def test_server_refuses_a_bank_file_outside_its_directories(server):
     message = errors[0]["exception_message"]
     assert "leaves the directory" in message and "\n" not in message.strip()
     assert not (base / "escape.safetensors").exists()
+
+
+def test_the_workflow_file_uses_only_nodes_the_server_knows(server):
+    url, _, _ = server
+    info = get(f"{url}/object_info")
+    saved = json.loads((comfy_harness.REPO / "workflows" / "sparke_diversity.json").read_text())
+    types = {node["type"] for node in saved["nodes"]}
+    assert {"SparkeDiversity", "SparkeBank", "SparkeDiversityScore", "KSampler"} <= types
+    assert types <= set(info)
+    diversity = next(node for node in saved["nodes"] if node["type"] == "SparkeDiversity")
+    assert diversity["widgets_values"][0] == default_strength()
+    assert len(saved["links"]) == 14
