@@ -42,7 +42,6 @@ def run_seconds(engine, model, family: str, size: int, steps: int) -> float:
 
 def measure(engine, family: str, size: int, steps: int, reps: int, bank_rows: int) -> dict:
     import comfy_models
-
     import sparke
     from sparke.comfy import nodes as pack
 
@@ -56,7 +55,7 @@ def measure(engine, family: str, size: int, steps: int, reps: int, bank_rows: in
         bank.bank.add(*rows)
     patched = pack.SparkeDiversity().patch(model, pack.default_strength(), 0.0, 1.0, bank)[0]
     times: dict[str, list[float]] = {"unpatched": [], "patched": []}
-    for name, m in (("unpatched", model), ("patched", patched)):
+    for m in (model, patched):
         run_seconds(engine, m, family, size, steps)  # warm-up
     for _ in range(reps):  # interleaved, so that a change of load on the machine hits both alike
         for name, m in (("unpatched", model), ("patched", patched)):
@@ -89,14 +88,23 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--bank", type=int, default=256, help="bank rows before each patched run")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    # one thread by default: on the shared 2-core machine a second one made the guide's small convolutions 30x
+    # slower under load (waiting for the other thread, not working)
+    torch.set_num_threads(args.threads)
     path = comfy_harness.comfyui_path()
     if path is None:
         sys.exit(comfy_harness.SKIP_REASON)
     engine = comfy_harness.import_engine(path)
-    rows = [measure(engine, f, args.size, args.steps, args.reps, args.bank) for f in args.families.split(",")]
-    print("| family (detected) | parameters | latent | bank | guided calls/run | unpatched ms/step | patched ms/step | added | ratio |")
+    rows = []
+    for family in args.families.split(","):
+        rows.append(measure(engine, family, args.size, args.steps, args.reps, args.bank))
+        print(json.dumps(rows[-1]), flush=True)
+    print(
+        "| family (detected) | parameters | latent | bank | guided calls/run | unpatched ms/step | patched ms/step | added | ratio |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['family']} ({r['detected']}) | {r['parameters_m']}M | {'x'.join(map(str, r['latent']))} | "

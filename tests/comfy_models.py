@@ -63,7 +63,7 @@ def state_dict(family: str, seed: int = 0) -> dict[str, torch.Tensor]:
         from comfy.ldm.modules.diffusionmodules.mmdit import OpenAISignatureMMDITWrapper
 
         net = OpenAISignatureMMDITWrapper(in_channels=16, out_channels=16, patch_size=2, depth=2,
-                                          adm_in_channels=2048, pos_embed_max_size=8, num_patches=64,
+                                          adm_in_channels=2048, pos_embed_max_size=16, num_patches=256,
                                           context_embedder_config={"target": "torch.nn.Linear",
                                                                    "params": {"in_features": 4096,
                                                                               "out_features": 128}},

@@ -78,6 +78,7 @@ class SparkePatch(_Shared):
             x = args["input"].detach().clone()
             fixed = denoised.detach().clone()
             y = prompt_rows(args.get("cond"), x.shape[0])
+            self._place_bank(x.device)
             moved = _guard(lambda: self.guide.step_latents(x, lambda z: fixed + (z - x), y))
             delta = (moved - x).to(denoised.dtype)
         self.guided_steps += 1
@@ -90,9 +91,17 @@ class SparkePatch(_Shared):
         with torch.inference_mode(False):
             final = samples.detach().float().clone()
             y = prompt_rows(guider.conds.get("positive"), final.shape[0])
+            self._place_bank(final.device)
             _guard(lambda: self.guide.add_to_bank(final, y))
         self.bank.after_run()
         return samples
+
+    def _place_bank(self, device: torch.device) -> None:
+        """Keep the bank on the sampling device (a GPU run reads it at every guided step); files stay CPU."""
+        bank = self.bank.bank
+        current = getattr(bank, "device", None)
+        if current is not None and torch.device(current).type != device.type and hasattr(bank, "to"):
+            bank.to(device)
 
 
 class _PostCfg(_Shared):
