@@ -8,12 +8,13 @@ from typing import Any
 
 import numpy as np
 
+from sparke.guidance.options import DEFAULTS
+
 __all__ = ["FIDELITY_SLACK", "best_rows", "goal_check", "write_markdown", "plot_tradeoff"]
 
 FIDELITY_SLACK = 0.02  # "fidelity within 2 points of none"
 GOAL_GAIN = 0.15  # SPARKE's target: Cond-Vendi at least 15% above none
-# SPARKE's defaults (x0 centred, the warped motion step; issue 20, docs/benchmark.md)
-RECOMMENDED = ("sparke", 0.05)
+RECOMMENDED = ("sparke", DEFAULTS["scale"])  # the row the goal check reads: SPARKE() itself
 GOAL_CLOSURE = 0.40  # ... and 40% of the free-attribute entropy gap from none to the world closed
 COLUMNS = (
     ("method", "method", "{}"),

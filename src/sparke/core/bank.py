@@ -39,9 +39,9 @@ from .checks import (
 )
 from .defaults import KERNEL, SIGMA_IMAGE, SIGMA_PROMPT
 from .direction import bank_pair_sum, diversity_direction
-from .fast import Workspace, bank_direction
 from .files import atomic_write
 from .kernels import squared_kernel_sum
+from .order2 import Workspace, bank_direction
 from .spec import KernelSpec, ScoresBatches
 
 FORMAT = "sparke.bank"

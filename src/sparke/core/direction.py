@@ -37,8 +37,8 @@ from .checks import (
     zero_nonfinite_rows,
 )
 from .defaults import KERNEL, OBJECTIVE, ON_NONFINITE, SIGMA_IMAGE, SIGMA_PROMPT
-from .fast import order2_direction
 from .kernels import kernel_matrix, squared_distances, squared_kernel_sum, unit_rows
+from .order2 import order2_direction
 from .scores import von_neumann_entropy
 from .spec import KernelSpec
 
