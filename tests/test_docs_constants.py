@@ -56,7 +56,7 @@ def test_bank_values_match_the_code():
     from sparke.core.auto import KINDS
 
     row = next(
-        line for line in (ROOT / "docs/plugin.md").read_text().splitlines() if line.startswith("| `bank` |")
+        line for line in (ROOT / "docs/guide.md").read_text().splitlines() if line.startswith("| `bank` |")
     )
     assert all(f'`"{kind}"`' in row for kind in KINDS), row
 
