@@ -88,8 +88,7 @@ def goal_check(
     gain_ci = _ratio_interval(gain, rs["cond_vendi"] / rn["cond_vendi"] - 1) if paired else None
     fidelity_delta = s["fidelity"] - none["fidelity"]
     fidelity_ci = (s.get("delta_vs_none") or {}).get("fidelity", {}).get("ci")
-    world = next((r for r in rows if r["method"] == "world"), None)
-    closure, closure_ci = _gap_closed(s, none, world, reps)
+    closure, closure_ci = _gap_closed(s, none, next((r for r in rows if r["method"] == "world"), None), reps)
     baselines = {
         k: v for k, v in best.items() if v is not None and k != "none" and not k.startswith("sparke")
     }
