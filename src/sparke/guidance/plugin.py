@@ -33,7 +33,7 @@ from .attach import Attachment, Step, denoiser_of, split_batch
 from .bank import bank_placement, check_bank, check_dims, own_bank, reference_bank
 from .filters import displacement, first_order_warp, lowpass, warp
 from .guide import Guide, Schedule, check_scale
-from .options import DEFAULTS, PAPER, names
+from .options import DEFAULTS, PAPER, PAPER_SCALE, names
 from .prompts import PromptEncoder, batch_prompts, encode_prompts
 from .spaces import (
     Space,
@@ -185,7 +185,7 @@ class SPARKE(Guide):
         self._denoised: torch.Tensor | None = None  # the denoiser's last output (orthogonal)
 
     @classmethod
-    def paper(cls, scale: float = 0.03, **options: Any) -> SPARKE:
+    def paper(cls, scale: float = PAPER_SCALE, **options: Any) -> SPARKE:
         """The paper's SPARKE: the noisy latents as they are, the plain relative step, eta 0.03 (arXiv 2506.10173)."""
         return cls(scale=scale, space=PAPER["space"], update=Update.paper(), **options)
 
