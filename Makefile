@@ -27,8 +27,8 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks __init__.py
-	$(BIN)/ruff format --check src tests benchmarks __init__.py
+	$(BIN)/ruff check src tests benchmarks experiments __init__.py
+	$(BIN)/ruff format --check src tests benchmarks experiments __init__.py
 	$(BIN)/lint-imports
 
 pytest: $(STAMP)

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import _unet  # noqa: E402
 
 import sparke  # noqa: E402
-from sparke.core import fast  # noqa: E402
+from sparke.core import order2 as fast  # noqa: E402
 
 SIGMA_X, SIGMA_Y, PROMPT_DIM = 0.8, 0.3, 768
 

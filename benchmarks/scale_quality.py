@@ -27,7 +27,7 @@ from _data import clustered  # noqa: E402
 
 import sparke  # noqa: E402
 from sparke import metrics  # noqa: E402
-from sparke.core import fast  # noqa: E402
+from sparke.core import order2 as fast  # noqa: E402
 from sparke.core.direction import bank_pair_sum  # noqa: E402
 from sparke.core.spec import KernelSpec  # noqa: E402
 

@@ -13,6 +13,7 @@ pytest.importorskip("faiss")
 
 import sparke  # noqa: E402
 import sparke.core.indexed as indexed  # noqa: E402
+import sparke.core.search as search_module  # noqa: E402
 from sparke.core import BankFileError  # noqa: E402
 from sparke.core.direction import bank_pair_sum  # noqa: E402
 
@@ -208,7 +209,7 @@ def test_plugin_accepts_an_indexed_bank():
 
 def test_cells_partition_the_bank_and_draws_are_unbiased(monkeypatch):
     monkeypatch.setattr(indexed, "CELLS_FROM", 512)
-    monkeypatch.setattr(indexed, "ROWS_PER_CELL", 16)
+    monkeypatch.setattr(search_module, "ROWS_PER_CELL", 16)
     x, y = clustered(3000, 24, 8, prompts=3, seed=5)
     bank = sparke.IndexedBank(24, 8, neighbors=16, sigma_image=SX, sigma_prompt=SY)
     for start in range(0, 3000, 700):  # trains at 700 rows, retrains at 1,400 and 2,800 (doublings)
@@ -251,10 +252,10 @@ def test_search_option_and_mode():
 
 
 def test_flat_search_matches_brute_force_across_chunks(monkeypatch):
-    monkeypatch.setattr(indexed, "SEARCH_CHUNK", 100)  # many chunks: the merge of the per-chunk top-k
+    monkeypatch.setattr(search_module, "SEARCH_CHUNK", 100)  # many chunks: the merge of the per-chunk top-k
     gen = torch.Generator().manual_seed(0)
     keys, queries = torch.randn(1037, 12, generator=gen), torch.randn(5, 12, generator=gen)
-    flat = indexed._FlatIndex(12, torch.device("cpu"))
+    flat = search_module.FlatIndex(12, torch.device("cpu"))
     flat.add(keys[:500].numpy())
     flat.add(keys[500:])
     dist, ids = flat.search(queries.numpy(), 64)
@@ -279,7 +280,7 @@ def test_flat_search_gives_the_faiss_candidates_and_direction(conditional):
         )
         bank.add(x[8:], None if yy is None else yy[8:])
         banks[search] = bank
-    assert isinstance(banks["flat"]._index, indexed._FlatIndex) and not banks["faiss"]._graph
+    assert isinstance(banks["flat"]._index, search_module.FlatIndex) and not banks["faiss"]._graph
     q = banks["faiss"]._search_vectors(x[:8], None if yy is None else yy[:8])
     (d_faiss, i_faiss), (d_flat, i_flat) = (b._index.search(q, 512) for b in banks.values())
     # both exact: the same rows in the same order, up to swaps of (near) ties
@@ -311,7 +312,7 @@ def test_flat_search_gives_the_faiss_candidates_and_direction(conditional):
 def test_flat_search_stays_exact_past_the_graph_size_and_trains_cells_without_faiss(monkeypatch):
     monkeypatch.setattr(indexed, "FLAT_BELOW", 500)
     monkeypatch.setattr(indexed, "CELLS_FROM", 512)
-    monkeypatch.setattr(indexed, "ROWS_PER_CELL", 16)
+    monkeypatch.setattr(search_module, "ROWS_PER_CELL", 16)
     x, y = clustered(2000, 24, 8, prompts=3, seed=8)
     bank = sparke.IndexedBank(24, 8, neighbors=16, search="flat")
     bank.add(x[:1000], y[:1000])  # trained at 1,000 rows; the next rows are assigned to the cells
@@ -360,13 +361,13 @@ def test_to_cuda_switches_to_the_device_search_and_back():
     q = bank._search_vectors(x[:4], y[:4])
     _, ids_cpu = bank._index.search(q, 128)
     bank.to("cuda", torch.float16)
-    assert bank.search_mode == "flat" and isinstance(bank._index, indexed._FlatIndex)
+    assert bank.search_mode == "flat" and isinstance(bank._index, search_module.FlatIndex)
     _, ids_gpu = bank._index.search(q, 128)
     assert (ids_cpu == ids_gpu).mean() > 0.99
     d = bank.direction(x[:4].cuda(), y[:4].cuda())
     assert d.is_cuda and torch.isfinite(d).all()
     bank.to("cpu", torch.float32)
-    assert bank.search_mode == "faiss" and not isinstance(bank._index, indexed._FlatIndex)
+    assert bank.search_mode == "faiss" and not isinstance(bank._index, search_module.FlatIndex)
 
 
 def test_on_nonfinite_skip_zeroes_bad_rows_and_counts_them():

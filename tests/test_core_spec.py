@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import sparke
+from sparke import Update
 from sparke.core.spec import KernelSpec, as_spec
 
 
@@ -60,7 +61,7 @@ def test_spec_and_keywords_together_are_refused():
 
 
 def test_the_guide_keeps_one_spec_and_its_attributes_follow_it():
-    guide = sparke.SPARKE(kernel="cosine", sigma_prompt=0.2)
+    guide = sparke.SPARKE(update=Update(kernel="cosine"), sigma_prompt=0.2)
     assert guide.spec == KernelSpec(kernel="cosine", sigma_prompt=0.2, on_nonfinite="skip")
     assert type(guide.bank) is sparke.Bank  # no index answers the cosine kernel: an exact bank from the start
     guide.sigma_image = 0.5

@@ -56,7 +56,7 @@ def test_bank_values_match_the_code():
     from sparke.core.auto import KINDS
 
     row = next(
-        line for line in (ROOT / "docs/plugin.md").read_text().splitlines() if line.startswith("| `bank` |")
+        line for line in (ROOT / "docs/guide.md").read_text().splitlines() if line.startswith("| `bank` |")
     )
     assert all(f'`"{kind}"`' in row for kind in KINDS), row
 
@@ -77,3 +77,49 @@ def test_readme_layout_names_every_command():
     layout = next(line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("  cli/"))
     for command in app.registered_commands:
         assert command.name in layout, command.name
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a markdown heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(path: Path) -> set[str]:
+    found: set[str] = set()
+    in_code = False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        in_code ^= line.startswith("```")
+        if not in_code and (match := re.match(r"#+ (.*)", line)):
+            slug, n = _slug(match.group(1)), 0
+            while (f"{slug}-{n}" if n else slug) in found:  # repeated headings get -1, -2, ...
+                n += 1
+            found.add(f"{slug}-{n}" if n else slug)
+    return found
+
+
+USER_DOCS = ["README.md", "CHANGELOG.md", "experiments/README.md", "experiments/default-choice.md"]
+
+
+@pytest.mark.parametrize("name", USER_DOCS + [f"docs/{p.name}" for p in sorted((ROOT / "docs").glob("*.md"))])
+def test_relative_links_reach_their_file_and_heading(name):
+    doc = ROOT / name
+    text = re.sub(r"```.*?```", "", doc.read_text(encoding="utf-8"), flags=re.S)
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target):  # https:, mailto:
+            continue
+        path, _, anchor = target.partition("#")
+        linked = (doc.parent / path).resolve() if path else doc
+        assert linked.exists(), (name, target)
+        if anchor and linked.suffix == ".md":
+            assert anchor in _anchors(linked), (name, target)
+
+
+def test_docs_describe_the_product_not_its_history():
+    """docs/ holds no run folder, no round plot and no issue- or round-named heading; benchmark.md stays short."""
+    docs = ROOT / "docs"
+    assert [p.name for p in docs.iterdir() if p.is_dir()] == []
+    assert [p.name for p in docs.glob("*.png")] == ["report.png"]
+    history = re.compile(r"^#+ .*([Ii]ssue [0-9]+|[Rr]ounds? [a-z0-9]+)", re.M)
+    for page in docs.glob("*.md"):
+        assert not history.findall(page.read_text(encoding="utf-8")), page.name
+    assert len((docs / "benchmark.md").read_text(encoding="utf-8").splitlines()) <= 250

@@ -11,7 +11,7 @@ import torch
 
 from sparke.core import Bank
 from sparke.core.defaults import SIGMA_IMAGE, SIGMA_PROMPT
-from sparke.guidance import SPARKE, Schedule
+from sparke.guidance import SPARKE, Schedule, Update
 from sparke.guidance import bank as guide_bank
 from sparke.methods import METHODS, NAMES, make
 from tiny_pipelines import call_kwargs, final_latents, tiny_sd
@@ -173,7 +173,7 @@ def test_sparsity_gate_limits_guidance_to_samples_near_a_similar_image():
     kw = call_kwargs(pipe, ["a photo of a cat", "a photo of a dog"], num_images_per_prompt=2, steps=3)
     runs = {}
     for label, gate in (("off", 0.0), ("wide", 4.0), ("shut", 1e-6)):
-        guide = SPARKE(scale=0.3, every=1, gate=gate)
+        guide = SPARKE(scale=0.3, every=1, update=Update(gate=gate))
         out = []
         for seed in (0, 1):  # the second call has a bank
             kw["generator"] = torch.Generator().manual_seed(seed)
@@ -185,4 +185,4 @@ def test_sparsity_gate_limits_guidance_to_samples_near_a_similar_image():
     assert all(torch.equal(a, b) for a, b in zip(runs["wide"], runs["off"], strict=True))
     assert torch.equal(runs["shut"][1], vanilla) and not torch.equal(runs["off"][1], vanilla)
     with pytest.raises(ValueError, match="^gate:"):
-        SPARKE(gate=-1.0)
+        SPARKE(update=Update(gate=-1.0))

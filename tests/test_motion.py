@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from sparke import Update
 from sparke.guidance.filters import (
     _gradients,
     displacement,
@@ -108,7 +109,7 @@ def test_flat_latents_take_the_plain_step():
     pipe = MixturePipeline(Denoiser())
     outs = []
     for motion in (0.0, 2.0):
-        guide = SPARKE(scale=0.3, every=1, space="latent", centre=False, motion=motion)
+        guide = SPARKE(scale=0.3, every=1, space="latent", update=Update(centre=False, motion=motion))
         for seed in (0, 1):  # the second call has a bank to push from
             out = guide(
                 pipe,
@@ -204,11 +205,19 @@ def test_displacement_is_the_field_behind_each_component(motion):
 def test_warp_setting_is_checked():
     from sparke.guidance import SPARKE
 
-    assert SPARKE(motion=2, warp=True).warp is True and SPARKE(motion=2, warp=False).warp is False
+    assert (
+        SPARKE(update=Update(motion=2, warp=True)).warp is True
+        and SPARKE(update=Update(motion=2, warp=False)).warp is False
+    )
     # the defaults warp; "auto" (the default) warps wherever motion is on and nothing changes the step after the fit
-    assert SPARKE().motion == 2.0 and SPARKE().warp is True and SPARKE(motion="global").warp is True
+    assert (
+        SPARKE().motion == 2.0
+        and SPARKE().warp is True
+        and SPARKE(update=Update(motion="global")).warp is True
+    )
     assert not any(
-        SPARKE(**options).warp for options in (dict(motion=0), dict(smooth=1), dict(orthogonal=True))
+        SPARKE(update=Update(**options)).warp
+        for options in (dict(motion=0), dict(smooth=1), dict(orthogonal=True))
     )
     for bad in (
         dict(warp=True, motion=0),
@@ -216,6 +225,6 @@ def test_warp_setting_is_checked():
         dict(warp=True, motion=2, orthogonal=True),
     ):
         with pytest.raises(ValueError, match="^warp: moves by the fitted displacement of `motion`"):
-            SPARKE(**bad)
+            Update(**bad)
     with pytest.raises(ValueError, match="^warp: must be True, False or 'auto'"):
-        SPARKE(motion=2, warp=1)
+        SPARKE(update=Update(motion=2, warp=1))

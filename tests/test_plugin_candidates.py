@@ -136,8 +136,8 @@ def test_options_are_checked_documented_and_resume_old_run_folders():
     ):
         name = next(iter(bad))
         with pytest.raises(ValueError, match=f"^{name}:"):
-            SPARKE(**bad)
-    assert SPARKE(centre=0.5).centre == 0.5
+            Update(**bad)
+    assert SPARKE(update=Update(centre=0.5)).centre == 0.5
     for name in ("orthogonal", "crowding", "motion", "warp"):
         assert name in SPARKE_SETTINGS and name in SPARKE_HELP
     for name in ("orthogonal", "crowding"):
@@ -148,4 +148,7 @@ def test_options_are_checked_documented_and_resume_old_run_folders():
     # resume only with motion=0 (and the old scale), never silently with the new step
     assert SPARKE_SPEC.defaults["motion"] == 2.0 and SPARKE_SPEC.defaults["warp"] == "auto"
     assert (ADDED_SETTINGS["motion"], ADDED_SETTINGS["warp"]) == (0.0, False)
-    assert SPARKE(motion="global").motion == "global" and SPARKE(motion=2).motion == 2.0
+    assert (
+        SPARKE(update=Update(motion="global")).motion == "global"
+        and SPARKE(update=Update(motion=2)).motion == 2.0
+    )

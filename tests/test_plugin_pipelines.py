@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sparke.core import Bank
-from sparke.guidance import SPARKE, attach
+from sparke.guidance import SPARKE, Update, attach
 from sparke.guidance.filters import displacement, first_order_warp, layout_component, motion_component, warp
 from sparke.guidance.update import cfg_direction
 from tiny_pipelines import NAMES, build, call_kwargs, final_latents, pipeline_state, same_state
@@ -183,7 +183,7 @@ def test_orthogonal_step_has_no_component_along_the_cfg_direction(name):
 def test_orthogonal_falls_back_to_the_plain_step_without_cfg():
     """guidance_scale 1: SD runs the conditional batch only; orthogonal=True is then exactly the plain step."""
     pipe = _pipe("sd")
-    out_p, _ = _run(pipe, SPARKE(scale=0.3, every=1, motion=0), guidance_scale=1.0)
+    out_p, _ = _run(pipe, SPARKE(scale=0.3, every=1, update=Update(motion=0)), guidance_scale=1.0)
     ortho = _Recording(scale=0.3, every=1, motion=0, orthogonal=True)
     out_o, _ = _run(pipe, ortho, guidance_scale=1.0)
     assert ortho.lines and all(line is None for line in ortho.lines)

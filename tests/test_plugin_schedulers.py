@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparke.guidance import SPARKE, attach
+from sparke.guidance import SPARKE, Update, attach
 from sparke.guidance.spaces import x0_estimate
 from tiny_pipelines import call_kwargs, final_latents, pipeline_state, same_state, tiny_sd, tiny_sd3
 
@@ -80,7 +80,7 @@ def test_raw_step_moves_less_than_relative(sd):
     sd.scheduler = _scheduler("ddim")
     vanilla = final_latents(sd(**call_kwargs(sd)))
     rel = final_latents(SPARKE(scale=0.1, every=1)(sd, **call_kwargs(sd)))
-    raw = final_latents(SPARKE(scale=0.1, every=1, step="raw")(sd, **call_kwargs(sd)))
+    raw = final_latents(SPARKE(scale=0.1, every=1, update=Update(step="raw"))(sd, **call_kwargs(sd)))
     assert not torch.equal(raw, vanilla)
     # raw steps are scale * gradient (small on unit features); relative ones scale with |z|
     assert (raw - vanilla).norm() < (rel - vanilla).norm()

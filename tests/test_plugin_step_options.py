@@ -11,7 +11,7 @@ import torch
 
 from sparke.core import Bank
 from sparke.core.defaults import SIGMA_IMAGE
-from sparke.guidance import SPARKE
+from sparke.guidance import SPARKE, Update
 from sparke.guidance.filters import lowpass
 from sparke.guidance.spaces import centred, noise_share
 from sparke.guidance.update import median_distance
@@ -158,16 +158,18 @@ def _first_step(guide: SPARKE, sd):
 
 
 def test_noise_schedule_scales_the_step_by_the_noise_share(sd):
-    before, constant, _ = _first_step(SPARKE(scale=0.1, every=1, motion=0), sd)
-    before2, noisy, share = _first_step(SPARKE(scale=0.1, every=1, motion=0, step_schedule="noise"), sd)
+    before, constant, _ = _first_step(SPARKE(scale=0.1, every=1, update=Update(motion=0)), sd)
+    before2, noisy, share = _first_step(
+        SPARKE(scale=0.1, every=1, update=Update(motion=0, step_schedule="noise")), sd
+    )
     assert torch.equal(before, before2)
     assert 0.5 < share < 1.0
     torch.testing.assert_close(noisy - before, share * (constant - before), rtol=1e-4, atol=1e-6)
 
 
 def test_smooth_step_is_the_blurred_step_at_the_same_length(sd):
-    before, plain, _ = _first_step(SPARKE(scale=0.1, every=1, motion=0), sd)
-    _, smooth, _ = _first_step(SPARKE(scale=0.1, every=1, motion=0, smooth=1.0), sd)
+    before, plain, _ = _first_step(SPARKE(scale=0.1, every=1, update=Update(motion=0)), sd)
+    _, smooth, _ = _first_step(SPARKE(scale=0.1, every=1, update=Update(motion=0, smooth=1.0)), sd)
     step, smoothed = plain - before, smooth - before
     expected = lowpass(step, 1.0)
     for a, b in zip(smoothed, expected, strict=True):
@@ -213,10 +215,12 @@ def test_centred_removes_each_channels_spatial_mean():
 def test_centred_guidance_never_moves_a_channels_mean(sd):
     """The features see only the centred latents, so the gradient (and the plain step) has zero channel means
     (the motion step moves content instead, and its resampling at the edges shifts a mean slightly)."""
-    before, plain, _ = _first_step(SPARKE(scale=0.1, every=1, motion=0, space="latent", centre=False), sd)
+    before, plain, _ = _first_step(
+        SPARKE(scale=0.1, every=1, update=Update(motion=0, centre=False), space="latent"), sd
+    )
     assert (plain - before).double().mean(dim=(2, 3)).abs().max() > 1e-3 * (plain - before).abs().max()
     for space in ("latent", "x0"):  # x0 = (z - sigma eps) / alpha: its gradient is the latent one over alpha
-        guide = SPARKE(scale=0.1, every=1, motion=0, space=space, centre=True)
+        guide = SPARKE(scale=0.1, every=1, update=Update(motion=0, centre=True), space=space)
         before2, moved, _ = _first_step(guide, sd)
         assert torch.equal(before, before2)
         step = (moved - before).double()
@@ -239,6 +243,6 @@ def test_step_options_are_checked():
     ):
         with pytest.raises(ValueError):
             SPARKE(**kw)
-    assert "step_schedule='noise'" in repr(SPARKE(step_schedule="noise", smooth=2))
+    assert "step_schedule='noise'" in repr(SPARKE(update=Update(step_schedule="noise", smooth=2)))
     assert SPARKE().centre and SPARKE().space == "x0"  # the defaults: the benchmark's best trade-off
     assert not SPARKE(space=lambda images: images.flatten(1)).centre  # an encoder's features stay as they are

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from sparke.guidance.options import DEFAULTS, PAPER
+from sparke.methods import METHODS
+
 __all__ = ["BenchConfig", "FULL", "QUICK", "guide_options"]
 
 
@@ -41,18 +44,17 @@ def guide_options(method: str, config: BenchConfig) -> dict[str, Any]:
     return {}
 
 
-# SPARKE at its defaults (x0 space, centred, the warped motion step at 0.05; issue 20), the best trade-off on
-# the held-out prompt sets (docs/benchmark.md). The baselines' scales come from a reduced CPU sweep on seed 0:
-# rke and vendi 0.03 (0.1 collapses them), pg 0.003 (0.01 costs 8 fidelity points), cads its paper default. Six settings of
-# 384 images at 10 steps fit 20 minutes on 2 idle CPU cores; `--variant 'sparke latent:sparke:0.01:space=
-# "latent";centre=false;motion=0'` adds the paper's latent step.
+# SPARKE at its defaults (``sparke.guidance.options``). The baselines run at their own default scales (each
+# method's spec); cads at its paper default. Six settings of 384 images at 10 steps fit 20 minutes on 2 idle CPU
+# cores; `--variant 'sparke latent:sparke:0.01:space="latent";centre=false;motion=0'` adds the paper's step.
+DEFAULT_SCALE = DEFAULTS["scale"]
 QUICK = BenchConfig(
     sweeps={
-        "sparke": [0.05],
-        "rke": [0.03],
-        "vendi": [0.03],
-        "cads": [0.25],
-        "pg": [0.003],
+        "sparke": [DEFAULT_SCALE],
+        "rke": [METHODS["rke"].default_scale],
+        "vendi": [METHODS["vendi"].default_scale],
+        "cads": [METHODS["cads"].default_scale],
+        "pg": [METHODS["pg"].default_scale],
     },
 )
 
@@ -62,18 +64,15 @@ FULL = BenchConfig(
     seeds=6,
     steps=20,
     sweeps={
-        "sparke": [0.01, 0.03, 0.06, 0.1],
+        "sparke": sorted({0.01, 0.03, DEFAULT_SCALE, 0.1}),
         "rke": [0.001, 0.003, 0.01, 0.03],
         "vendi": [0.001, 0.003, 0.01, 0.03],
         "cads": [0.05, 0.1, 0.25, 0.5],
         "pg": [0.0003, 0.001, 0.003, 0.01],
     },
     variants={
-        "sparke latent": {
-            "method": "sparke",
-            "scales": [0.003, 0.01, 0.03],
-            "options": {"space": "latent", "centre": False},
-        },
+        # the paper's step (SPARKE.paper()): the noisy latents as they are, the plain relative gradient step
+        "sparke latent": {"method": "sparke", "scales": [0.003, 0.01, 0.03], "options": dict(PAPER)},
         "sparke early": {"method": "sparke", "scales": [0.03, 0.06], "options": {"window": (0.0, 0.5)}},
     },
 )

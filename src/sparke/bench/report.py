@@ -8,12 +8,13 @@ from typing import Any
 
 import numpy as np
 
+from sparke.guidance.options import DEFAULTS
+
 __all__ = ["FIDELITY_SLACK", "best_rows", "goal_check", "write_markdown", "plot_tradeoff"]
 
 FIDELITY_SLACK = 0.02  # "fidelity within 2 points of none"
 GOAL_GAIN = 0.15  # SPARKE's target: Cond-Vendi at least 15% above none
-# SPARKE's defaults (x0 centred, the warped motion step; issue 20, docs/benchmark.md)
-RECOMMENDED = ("sparke", 0.05)
+RECOMMENDED = ("sparke", DEFAULTS["scale"])  # the row the goal check reads: SPARKE() itself
 GOAL_CLOSURE = 0.40  # ... and 40% of the free-attribute entropy gap from none to the world closed
 COLUMNS = (
     ("method", "method", "{}"),
@@ -77,26 +78,19 @@ def goal_check(
     none = _none_row(rows)
     best = best_rows(rows)
     reps = {id(r): p for r, p in zip(rows, replicates or [None] * len(rows), strict=True) if p is not None}
-    if fixed is not None:
-        chosen = [r for r in rows if r["label"] == fixed[0] and abs(float(r["scale"]) - fixed[1]) < 1e-12]
-        if not chosen:
-            return {"met": False, "reason": f"no {fixed[0]} row at scale {fixed[1]:g}"}
-        label, s = fixed[0], chosen[0]
-    else:
-        sparke_rows = {k: v for k, v in best.items() if k.startswith("sparke") and v is not None}
-        if not sparke_rows:
-            return {"met": False, "reason": "no SPARKE setting kept fidelity within 2 points of none"}
-        label, s = max(sparke_rows.items(), key=lambda kv: kv[1]["cond_vendi"])
+    picked = _checked_row(rows, best, fixed)
+    if isinstance(picked, str):
+        return {"met": False, "reason": picked}
+    label, s = picked
     rs, rn = reps.get(id(s)), reps.get(id(none))
     paired = rs is not None and rn is not None
     gain = s["cond_vendi"] / none["cond_vendi"] - 1
     gain_ci = _ratio_interval(gain, rs["cond_vendi"] / rn["cond_vendi"] - 1) if paired else None
     fidelity_delta = s["fidelity"] - none["fidelity"]
     fidelity_ci = (s.get("delta_vs_none") or {}).get("fidelity", {}).get("ci")
-    world = next((r for r in rows if r["method"] == "world"), None)
-    closure, closure_ci = _gap_closed(s, none, world, reps)
+    closure, closure_ci = _gap_closed(s, none, next((r for r in rows if r["method"] == "world"), None), reps)
     baselines = {
-        k: v for k, v in best.items() if v is not None and k not in ("none",) and not k.startswith("sparke")
+        k: v for k, v in best.items() if v is not None and k != "none" and not k.startswith("sparke")
     }
     beats, beats_ci = _beats(s, baselines, reps if paired else {})  # paired: against none too
     criteria = {
@@ -125,6 +119,21 @@ def goal_check(
         "beats": beats,
         "beats_ci": beats_ci,
     }
+
+
+def _checked_row(
+    rows: list[dict[str, Any]], best: dict[str, Any], fixed: tuple[str, float] | None
+) -> tuple[str, dict[str, Any]] | str:
+    """(label, row) of the SPARKE row the goal check reads, or why there is none."""
+    if fixed is not None:
+        chosen = [r for r in rows if r["label"] == fixed[0] and abs(float(r["scale"]) - fixed[1]) < 1e-12]
+        if not chosen:
+            return f"no {fixed[0]} row at scale {fixed[1]:g}"
+        return fixed[0], chosen[0]
+    sparke_rows = {k: v for k, v in best.items() if k.startswith("sparke") and v is not None}
+    if not sparke_rows:
+        return "no SPARKE setting kept fidelity within 2 points of none"
+    return max(sparke_rows.items(), key=lambda kv: kv[1]["cond_vendi"])
 
 
 def _gap_closed(

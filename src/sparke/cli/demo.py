@@ -10,7 +10,7 @@ prompt, 10 DPM-Solver++ steps with classifier-free guidance 4 (the benchmark's s
   by the warped motion step: the setting ``sparke bench`` found best), guiding every 2nd step (``--every 2``, 5
   guided steps, as the benchmark): the images of one cluster push each other apart in layout while the prompt
   fixes shape, colour and count. On twenty held-out prompt sets of the benchmark it raises Cond-Vendi by 19% for
-  about half a fidelity point (docs/benchmark.md).
+  about half a fidelity point (README.md's results table).
 
 Then ``sparke evaluate`` (embedded encoder, MiniLM prompts, 95% intervals over the clusters) and ``sparke
 report``. It calls the same functions as the commands, so the equivalent commands are

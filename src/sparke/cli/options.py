@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from sparke.guidance.options import help_of
 from sparke.methods import METHODS
 
 PROMPTS = "Prompts"
@@ -42,11 +43,14 @@ def method_defaults(setting: str) -> str:
 
 
 def _guide(
-    help_text: str, setting: str, flag: str | None = None, **kwargs: object
+    setting: str, flag: str | None = None, help_text: str | None = None, **kwargs: object
 ) -> typer.models.OptionInfo:
-    """An option of a method setting, its help ending with each method's default."""
+    """An option of a SPARKE setting: its help from the options table (``sparke.guidance.options``), ending
+    with each method's default."""
     names = (flag,) if flag else ()
-    return typer.Option(*names, help=help_text + method_defaults(setting), rich_help_panel=GUIDANCE, **kwargs)
+    text = (help_text or help_of(setting)[setting]).rstrip(".") + "."
+    text = text[0].upper() + text[1:]
+    return typer.Option(*names, help=text + method_defaults(setting), rich_help_panel=GUIDANCE, **kwargs)
 
 
 OutDir = Annotated[
@@ -144,38 +148,16 @@ Scale = Annotated[
         help="Guidance strength (0 = unguided).  \\[default: the method's own]", rich_help_panel=GUIDANCE
     ),
 ]
-Every = Annotated[int | None, _guide("Guide every k-th denoising step.", "every")]
-SigmaImage = Annotated[
-    float | None, _guide("Image-feature kernel bandwidth (unit-norm features).", "sigma_image")
-]
-SigmaPrompt = Annotated[float | None, _guide("Prompt-feature kernel bandwidth.", "sigma_prompt")]
-Space = Annotated[
-    str | None, _guide("Feature space: x0 (the clean estimate) or latent (the paper's).", "space")
-]
-Centre = Annotated[
-    bool | None,
-    _guide(
-        "Compare latents minus each channel's spatial mean: guidance moves layout, not global colour "
-        "(latent and x0 spaces).",
-        "centre",
-        "--centre/--no-centre",
-        show_default=False,
-    ),
-]
-Objective = Annotated[str | None, _guide("cond-rke (SPARKE), rke, cond-vendi or vendi.", "objective")]
-Kernel = Annotated[str | None, _guide("gaussian or cosine.", "kernel")]
-Window = Annotated[
-    str | None, _guide("START,END: fractions of the trajectory where guidance acts.", "window")
-]
-Step = Annotated[str | None, _guide("relative (scale x |z| x g/|g|) or raw (scale x g).", "step")]
-PromptEncoder = Annotated[
-    str | None,
-    _guide(
-        "Prompt features for guidance: pipeline (its text encoder) or minilm.",
-        "prompt_encoder",
-        "--prompt-encoder",
-    ),
-]
+Every = Annotated[int | None, _guide("every")]
+SigmaImage = Annotated[float | None, _guide("sigma_image")]
+SigmaPrompt = Annotated[float | None, _guide("sigma_prompt")]
+Space = Annotated[str | None, _guide("space")]
+Centre = Annotated[bool | None, _guide("centre", "--centre/--no-centre", show_default=False)]
+Objective = Annotated[str | None, _guide("objective")]
+Kernel = Annotated[str | None, _guide("kernel")]
+Window = Annotated[str | None, _guide("window", help_text="START,END: " + help_of("window")["window"])]
+Step = Annotated[str | None, _guide("step")]
+PromptEncoder = Annotated[str | None, _guide("prompt_encoder", "--prompt-encoder")]
 Settings = Annotated[
     list[str] | None,
     typer.Option(

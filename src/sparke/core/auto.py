@@ -251,7 +251,7 @@ class AutoBank(ScoresBatches):
             new.add(old.x[start:stop], None if old.y is None else old.y[start:stop])
         new.metadata = old.metadata  # the same dict: a caller's reference stays valid
         if not exact:
-            kept = old.kept_pair_sum(sigma_image=sigma_image, sigma_prompt=sigma_prompt)
+            kept = old.kept_pair_sum(sigma_image, sigma_prompt)
             if kept is not None:  # the exact bank's kept normaliser beats the index's estimate
                 new.set_pair_sum(kept)
             new.exact_marks = dict(old._marks)  # what ``truncate`` below the switch goes back to

@@ -39,9 +39,9 @@ from .checks import (
 )
 from .defaults import KERNEL, SIGMA_IMAGE, SIGMA_PROMPT
 from .direction import bank_pair_sum, diversity_direction
-from .fast import Workspace, bank_direction
 from .files import atomic_write
 from .kernels import squared_kernel_sum
+from .order2 import Workspace, bank_direction
 from .spec import KernelSpec, ScoresBatches
 
 FORMAT = "sparke.bank"
@@ -334,14 +334,8 @@ class Bank(ScoresBatches):
         if self._count:  # a given figure cannot be recomputed: ``truncate`` to this count keeps it
             self._mark()
 
-    @renamed_bandwidths
     def kept_pair_sum(
-        self,
-        *,
-        kernel: str = KERNEL,
-        sigma_image: float = SIGMA_IMAGE,
-        sigma_prompt: float = SIGMA_PROMPT,
-        conditional: bool = True,
+        self, sigma_image: float, sigma_prompt: float, kernel: str = KERNEL, conditional: bool = True
     ) -> float | None:
         """The pair sum of these settings if the bank already keeps it, else None (never computed here)."""
         value = self._pair_sums.get(self._pair_sum_key(kernel, sigma_image, sigma_prompt, conditional)[0])

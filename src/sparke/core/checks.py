@@ -230,6 +230,25 @@ def zero_nonfinite_rows(
     return torch.where(ok.unsqueeze(1), result, torch.zeros((), dtype=result.dtype, device=result.device))
 
 
+def check_index_options(
+    dim_x: Any, dim_y: Any, neighbors: Any, samples: Any, search_dim: Any, kernel: str
+) -> None:
+    """``IndexedBank``'s constructor arguments, each refused with a ValueError naming it."""
+    for name, value in (("dim_x", dim_x), ("neighbors", neighbors), ("search_dim", search_dim)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name}: must be a positive integer, got {value!r}")
+    if dim_y is not None and (not isinstance(dim_y, int) or isinstance(dim_y, bool) or dim_y < 1):
+        raise ValueError(f"dim_y: must be a positive integer or None, got {dim_y!r}")
+    if samples is not None and (not isinstance(samples, int) or isinstance(samples, bool) or samples < 0):
+        raise ValueError(f"samples: must be a non-negative integer, got {samples!r}")
+    check_kernel(kernel)
+    if kernel != "gaussian":
+        raise ValueError(
+            "kernel: IndexedBank supports 'gaussian' only (the squared cosine kernel is not a function of "
+            "a distance, so nearest neighbours do not carry its weight); use sparke.Bank"
+        )
+
+
 # the release that drops the old bandwidth keywords
 BANDWIDTHS_REMOVAL = "0.3"
 

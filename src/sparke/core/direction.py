@@ -37,8 +37,8 @@ from .checks import (
     zero_nonfinite_rows,
 )
 from .defaults import KERNEL, OBJECTIVE, ON_NONFINITE, SIGMA_IMAGE, SIGMA_PROMPT
-from .fast import order2_direction
 from .kernels import kernel_matrix, squared_distances, squared_kernel_sum, unit_rows
+from .order2 import order2_direction
 from .scores import von_neumann_entropy
 from .spec import KernelSpec
 
@@ -113,7 +113,15 @@ def bank_pair_sum(
             same=True,
         )
         return value, True
-    # The n diagonal terms are exactly 1; the off-diagonal mean comes from random pairs (seeded: repeatable).
+    return _estimated_pair_sum(bank_x, bank_y, kernel, sigma_image, sigma_prompt), False
+
+
+def _estimated_pair_sum(
+    bank_x: torch.Tensor, bank_y: torch.Tensor | None, kernel: str, sigma_image: float, sigma_prompt: float
+) -> float:
+    """``bank_pair_sum`` from ``ESTIMATE_PAIRS`` random pairs: the n diagonal terms are exactly 1, the
+    off-diagonal mean is estimated (seeded: repeatable), chunk by chunk in reused buffers."""
+    n, d = bank_x.shape
     gen = torch.Generator().manual_seed(0)
     i = torch.randint(0, n, (ESTIMATE_PAIRS,), generator=gen)
     j = (i + torch.randint(1, n, (ESTIMATE_PAIRS,), generator=gen)) % n
@@ -135,14 +143,15 @@ def bank_pair_sum(
 
     for lo in range(0, ESTIMATE_PAIRS, step):
         ii, jj = i[lo : lo + step], j[lo : lo + step]
-        a, b = gathered(bank_x, ii, "a"), gathered(bank_x, jj, "b")
-        chunk = _paired_squared_kernel(a, b, kernel, sigma_image)
+        chunk = _paired_squared_kernel(
+            gathered(bank_x, ii, "a"), gathered(bank_x, jj, "b"), kernel, sigma_image
+        )
         if bank_y is not None:
             chunk *= _paired_squared_kernel(
                 gathered(bank_y, ii, "a"), gathered(bank_y, jj, "b"), kernel, sigma_prompt
             )
         terms[lo : lo + step] = chunk
-    return float(n + n * (n - 1) * terms.double().mean()), False
+    return float(n + n * (n - 1) * terms.double().mean())
 
 
 def _paired_squared_kernel(a: torch.Tensor, b: torch.Tensor, kernel: str, sigma: float) -> torch.Tensor:
@@ -163,6 +172,22 @@ def _order1_direction(x, y, bank_x, bank_y, kernel, sigma_image, sigma_prompt):
         entropy = von_neumann_entropy(torch.linalg.eigvalsh(k / k.shape[0]))
         (grad,) = torch.autograd.grad(entropy, batch)
     return grad
+
+
+def _pair_sum_of(
+    bank_x: torch.Tensor, bank_y: torch.Tensor | None, kernel: str, sigma_image: float, sigma_prompt: float
+) -> float:
+    """``bank_pair_sum``, with a warning when it had to be estimated."""
+    pair_sum, exact = bank_pair_sum(
+        bank_x, bank_y, kernel=kernel, sigma_image=sigma_image, sigma_prompt=sigma_prompt
+    )
+    if not exact:
+        warnings.warn(
+            "diversity_direction: the bank's pair sum was estimated from random pairs (the magnitude of the "
+            "direction is approximate, its direction exact); pass a sparke.Bank or pair_sum= to avoid this",
+            stacklevel=4,
+        )
+    return pair_sum
 
 
 @renamed_bandwidths
@@ -211,16 +236,7 @@ def diversity_direction(
             keep = keep & keep.all()
     else:
         if pair_sum is None:
-            pair_sum, exact = bank_pair_sum(
-                bank_x, bank_y, kernel=kernel, sigma_image=sigma_image, sigma_prompt=sigma_prompt
-            )
-            if not exact:
-                warnings.warn(
-                    "diversity_direction: the bank's pair sum was estimated from random pairs (the magnitude "
-                    "of the direction is approximate, its direction exact); pass a sparke.Bank or pair_sum= "
-                    "to avoid this",
-                    stacklevel=2,
-                )
+            pair_sum = _pair_sum_of(bank_x, bank_y, kernel, sigma_image, sigma_prompt)
         spec = KernelSpec(objective, kernel, sigma_image, sigma_prompt, on_nonfinite)
         result = order2_direction(x, y, bank_x, bank_y, spec=spec, pair_sum=pair_sum, keep=keep)
     if on_nonfinite == "skip":

@@ -57,21 +57,13 @@ class BankLike(Protocol):
         """Append rows x: (m, d) and, for a prompt-aware bank, their prompt features y: (m, e)."""
         ...
 
-    def direction(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor | None = None,
-        spec: KernelSpec | None = None,
-        *,
-        skipped: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def direction(self, x: torch.Tensor, y: torch.Tensor | None, spec: KernelSpec) -> torch.Tensor:
         """Ascent direction (B, d) of the diversity score of bank U batch for x: (B, d), y: (B, e), for the score
-        ``spec`` (objective, kernel, bandwidths, ``on_nonfinite``). The plug-in passes a spec to sparke's banks
-        and, to any other bank, the spec's fields as keywords (``spec.keywords()``).
+        ``spec`` (objective, kernel, bandwidths, ``on_nonfinite``), passed by the guide as ``spec=``.
 
-        ``on_nonfinite="raise"`` raises ``ValueError`` naming the bad input when the result is not finite;
-        ``"skip"`` returns zero rows where the direction is not finite, with no host synchronisation, and adds
-        the number of such rows to ``skipped`` (a 0-d integer tensor, updated in place) when it is given.
+        ``on_nonfinite="skip"`` (what the guide passes) returns zero rows where the direction is not finite,
+        with no host synchronisation; "raise" raises ``ValueError`` naming the bad input. sparke's banks also
+        take the spec's fields as keywords, and ``skipped=`` (a 0-d integer tensor that counts zeroed rows).
         """
         ...
 

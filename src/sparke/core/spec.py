@@ -11,12 +11,14 @@ the bank's door, and everything below it reads the spec.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .checks import (
+    RENAMED_BANDWIDTHS,
     check_kernel,
     check_objective,
     check_on_nonfinite,
@@ -110,19 +112,7 @@ class ScoresBatches:
         return None
 
     def direction(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor | None = None,
-        spec: KernelSpec | None = None,
-        *,
-        skipped: torch.Tensor | None = None,
-        objective: str | None = None,
-        kernel: str | None = None,
-        sigma_image: float | None = None,
-        sigma_prompt: float | None = None,
-        on_nonfinite: str | None = None,
-        sigma_x: float | None = None,
-        sigma_y: float | None = None,
+        self, x: torch.Tensor, y: torch.Tensor | None = None, spec: KernelSpec | None = None, **options: Any
     ) -> torch.Tensor:
         """Ascent direction (B, d) of the diversity score of bank U batch for x: (B, d), y: (B, e) (L2-normalised
         features for the default bandwidths).
@@ -133,16 +123,8 @@ class ScoresBatches:
         the direction is not finite and adds their number to ``skipped=`` (a 0-d integer tensor, in place) when
         given. See the bank's ``_spec_direction``.
         """
-        options = dict(
-            objective=objective,
-            kernel=kernel,
-            sigma_image=sigma_image,
-            sigma_prompt=sigma_prompt,
-            on_nonfinite=on_nonfinite,
-            sigma_x=sigma_x,
-            sigma_y=sigma_y,
-        )
-        if spec is not None and all(value is None for value in options.values()):
+        skipped = options.pop("skipped", None)
+        if spec is not None and not options:
             return self._spec_direction(x, y, spec, skipped)  # the guide's path: its spec was checked once
         return self._spec_direction(x, y, as_spec(spec, options, self._base_spec()), skipped)
 
@@ -150,3 +132,17 @@ class ScoresBatches:
         self, x: torch.Tensor, y: torch.Tensor | None, spec: KernelSpec, skipped: torch.Tensor | None
     ) -> torch.Tensor:
         raise NotImplementedError
+
+
+def _with_keywords(fn: Any) -> inspect.Signature:
+    """``fn``'s signature with ``skipped``, the spec's fields and the old bandwidth names as keyword-only
+    parameters (default None) in place of ``**options``: what ``direction`` takes, for a caller that reads it."""
+    params = [
+        p for p in inspect.signature(fn).parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
+    names = ("skipped", *KEYWORDS, *RENAMED_BANDWIDTHS)
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None) for name in names]
+    return inspect.signature(fn).replace(parameters=[*params, *extra])
+
+
+ScoresBatches.direction.__signature__ = _with_keywords(ScoresBatches.direction)

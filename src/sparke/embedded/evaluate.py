@@ -18,6 +18,7 @@ import argparse
 import json
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,6 +74,21 @@ def in_cluster_similarity(feats: torch.Tensor) -> float:
 
 
 @torch.no_grad()
+def _encoder_similarities(encoder: Any, images: torch.Tensor, cl: W.Cluster, seed: int) -> dict[str, float]:
+    """In-cluster similarity of the images' encoder features (B, 3, H, W) in [0, 1], and of as many renders of
+    the cluster's world."""
+    f = encoder(images.to(next(encoder.parameters()).device) * 2 - 1)
+    rng = np.random.default_rng(seed)
+    scenes = [
+        W.sample_scene(rng, cl.shape, cl.colour, background=cl.background, count=cl.count) for _ in images
+    ]
+    refs = torch.as_tensor(np.stack([W.render(scene) for scene in scenes])).permute(0, 3, 1, 2).float()
+    return {
+        "encoder_similarity": in_cluster_similarity(f),
+        "ref_encoder_similarity": in_cluster_similarity(encoder((refs / 127.5 - 1).to(f.device))),
+    }
+
+
 def evaluate(
     pipe,
     clusters: list[W.Cluster],
@@ -118,19 +134,7 @@ def evaluate(
         ref = reference_stats(cl, len(imgs), seed=ci)
         row.update({f"ref_{k}": v for k, v in ref.items()})
         if encoder is not None:
-            f = encoder(out.to(next(encoder.parameters()).device) * 2 - 1)
-            row["encoder_similarity"] = in_cluster_similarity(f)
-            rng = np.random.default_rng(ci)
-            refs = np.stack(
-                [
-                    W.render(
-                        W.sample_scene(rng, cl.shape, cl.colour, background=cl.background, count=cl.count)
-                    )
-                    for _ in range(len(imgs))
-                ]
-            )
-            rt = torch.as_tensor(refs).permute(0, 3, 1, 2).float() / 127.5 - 1
-            row["ref_encoder_similarity"] = in_cluster_similarity(encoder(rt.to(f.device)))
+            row.update(_encoder_similarities(encoder, out, cl, ci))
         per_cluster.append(row)
     keys = [k for k in per_cluster[0] if k not in ("cluster",)]
     summary = {k: float(np.nanmean([r[k] for r in per_cluster if k in r])) for k in keys}

@@ -256,19 +256,14 @@ class ShapesPipeline(DiffusionPipeline):
         self._interrupt = False
         device = self._execution_device
         dtype = self.unet.dtype
-        embeds = self._prompt_embeddings(
-            prompt,
-            prompt_embeds,
-            negative_prompt,
-            negative_prompt_embeds,
-            num_images_per_prompt,
-            device,
-            dtype,
+        prompts = (prompt, prompt_embeds, negative_prompt, negative_prompt_embeds)
+        embeds = self._prompt_embeddings(*prompts, num_images_per_prompt, device, dtype)
+        steps = (
+            {"timesteps": timesteps}
+            if timesteps is not None
+            else {"num_inference_steps": num_inference_steps}
         )
-        if timesteps is not None:
-            self.scheduler.set_timesteps(timesteps=timesteps, device=device)
-        else:
-            self.scheduler.set_timesteps(num_inference_steps, device=device)
+        self.scheduler.set_timesteps(**steps, device=device)
         latents = self.prepare_latents(embeds["prompt_embeds"].shape[0], dtype, device, generator, latents)
         self._num_timesteps = len(self.scheduler.timesteps)
         step_kwargs = self.prepare_extra_step_kwargs(generator, eta)

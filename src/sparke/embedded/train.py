@@ -128,6 +128,34 @@ def _noised_batch(
     return a.sqrt() * x0 + (1 - a).sqrt() * noise, t, c, noise
 
 
+def _optimiser_step(unet: Any, opt: Any, batch: tuple, autocast: Any, lr: float) -> torch.Tensor:
+    """One AdamW step on a noised batch (xt, t, c, noise) at learning rate ``lr``; the loss, on the device."""
+    xt, t, c, noise = batch
+    with autocast:
+        pred = unet(xt, t, encoder_hidden_states=c[:, None], class_labels=c, return_dict=False)[0]
+    loss = torch.nn.functional.mse_loss(pred.float(), noise)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.step()
+    return loss.detach()
+
+
+def _run_facts(unet: Any, pool: Any, init: Any, t0: float, dev: torch.device) -> dict[str, Any]:
+    """What train_info.json records about the run besides its settings and losses."""
+    return {
+        "objective": "DDPM epsilon, linear betas 1e-4..0.02, 1000 steps",
+        "params": sum(p.numel() for p in unet.parameters()),
+        "pool_captions": len(pool),
+        "init": str(init) if init is not None else None,
+        "seconds": round(time.time() - t0, 1),
+        "hardware": _hardware(dev),
+        "torch": torch.__version__,
+    }
+
+
 def train(
     out: str | Path,
     steps: int = 8000,
@@ -155,28 +183,18 @@ def train(
     config = TINY_UNET_CONFIG if tiny else UNET_CONFIG
     unet, ema = _models(config, dev, init)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0, fused=dev.type == "cuda")
-    ema_params, unet_params = list(ema.parameters()), list(unet.parameters())
-    schedule = _Schedule(
-        lr, steps, minutes, time.time()
-    )  # the time budget counts training only, not the pool
+    ema_params, unet_params = list(ema.parameters()), list(unet.parameters())  # EMA: lerp towards the weights
+    schedule = _Schedule(lr, steps, minutes, time.time())  # the time budget counts training, not the pool
     losses: list[tuple[int, float]] = []
     run_loss: torch.Tensor | float = 0.0
     n_run, done = 0, 0
     for step in range(steps):
-        xt, t, c, noise = _noised_batch(rng, pool, probs, embeds, abar, batch_size, p_uncond)
-        with autocast:
-            pred = unet(xt, t, encoder_hidden_states=c[:, None], class_labels=c, return_dict=False)[0]
-        loss = torch.nn.functional.mse_loss(pred.float(), noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        for g in opt.param_groups:
-            g["lr"] = schedule(step)
-        opt.step()
+        batch = _noised_batch(rng, pool, probs, embeds, abar, batch_size, p_uncond)
+        loss = _optimiser_step(unet, opt, batch, autocast, schedule(step))
         d = ema_decay if init is not None else min(ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             torch._foreach_lerp_(ema_params, unet_params, 1 - d)
-        run_loss = run_loss + loss.detach()  # stays on the device: no sync per step
+        run_loss = run_loss + loss  # stays on the device: no sync per step
         n_run, done = n_run + 1, step + 1
         if done % log_every == 0:
             losses.append((done, float(run_loss) / n_run))
@@ -186,23 +204,8 @@ def train(
         if schedule.out_of_time():
             print(f"time budget reached at step {done}", flush=True)
             break
-    info = {
-        "steps": done,
-        "steps_planned": steps,
-        "batch_size": batch_size,
-        "lr": lr,
-        "p_uncond": p_uncond,
-        "ema_decay": ema_decay,
-        "seed": seed,
-        "objective": "DDPM epsilon, linear betas 1e-4..0.02, 1000 steps",
-        "params": sum(p.numel() for p in unet.parameters()),
-        "pool_captions": len(pool),
-        "init": str(init) if init is not None else None,
-        "seconds": round(time.time() - t0, 1),
-        "hardware": _hardware(dev),
-        "torch": torch.__version__,
-        "loss": losses,
-    }
+    settings = dict(steps_planned=steps, batch_size=batch_size, lr=lr, p_uncond=p_uncond, ema_decay=ema_decay)
+    info = {"steps": done, **settings, "seed": seed, **_run_facts(unet, pool, init, t0, dev), "loss": losses}
     out = save_trained(ema, out, "unet.safetensors", "train_info.json", info)
     (out / "unet_config.json").write_text(
         json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}, indent=1)

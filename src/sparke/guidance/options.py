@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DEFAULTS", "OPTIONS", "PAPER", "Option", "help_of", "names", "options_table"]
+__all__ = ["DEFAULTS", "OPTIONS", "PAPER", "PAPER_SCALE", "Option", "help_of", "names", "options_table"]
 
 
 @dataclass(frozen=True)
@@ -129,6 +129,7 @@ DEFAULTS: dict[str, Any] = {option.name: option.default for option in OPTIONS}
 # The paper's step (arXiv 2506.10173): the noisy latents as they are, the plain relative gradient step.
 # ``SPARKE.paper()``, ``Update.paper()``, the rke and vendi baselines and the bench's "sparke latent" read it.
 PAPER: dict[str, Any] = {"space": "latent", "centre": False, "motion": 0.0}
+PAPER_SCALE = 0.03  # the paper's eta
 
 
 def names(home: str) -> tuple[str, ...]:

@@ -33,7 +33,7 @@ from .attach import Attachment, Step, denoiser_of, split_batch
 from .bank import bank_placement, check_bank, check_dims, own_bank, reference_bank
 from .filters import displacement, first_order_warp, lowpass, warp
 from .guide import Guide, Schedule, check_scale
-from .options import DEFAULTS, PAPER, names
+from .options import DEFAULTS, PAPER, PAPER_SCALE, names
 from .prompts import PromptEncoder, batch_prompts, encode_prompts
 from .spaces import (
     Space,
@@ -99,23 +99,13 @@ def _old_keywords(init: Callable[..., None]) -> Callable[..., None]:
         old = {name: kwargs.pop(name) for name in list(kwargs) if name in moved}
         fields = {k: v for k, v in old.items() if moved[k] == "update"}
         bank_options = {k: v for k, v in old.items() if moved[k] == "bank"}
+        for given, new_form in ((fields, "update=sparke.Update"), (bank_options, "bank=sparke.AutoBank")):
+            if given:
+                text = ", ".join(f"{k}={v!r}" for k, v in given.items())
+                message = f"SPARKE({text}) is deprecated and is removed in sparke {REMOVAL}: use SPARKE({new_form}({text}))"
+                warnings.warn(message, DeprecationWarning, stacklevel=2)
         if fields:
-            given = ", ".join(f"{k}={v!r}" for k, v in fields.items())
-            warnings.warn(
-                f"SPARKE({given}) is deprecated and is removed in sparke {REMOVAL}: use "
-                f"SPARKE(update=sparke.Update({given}))",
-                DeprecationWarning,
-                stacklevel=2,
-            )
             kwargs["update"] = (kwargs.get("update") or Update()).replace(**fields)
-        if bank_options:
-            given = ", ".join(f"{k}={v!r}" for k, v in bank_options.items())
-            warnings.warn(
-                f"SPARKE({given}) is deprecated and is removed in sparke {REMOVAL}: use "
-                f"SPARKE(bank=sparke.AutoBank({given}))",
-                DeprecationWarning,
-                stacklevel=2,
-            )
         init(self, *args, **kwargs)
         if bank_options:
             self.set_bank_options(**bank_options)
@@ -195,7 +185,7 @@ class SPARKE(Guide):
         self._denoised: torch.Tensor | None = None  # the denoiser's last output (orthogonal)
 
     @classmethod
-    def paper(cls, scale: float = 0.03, **options: Any) -> SPARKE:
+    def paper(cls, scale: float = PAPER_SCALE, **options: Any) -> SPARKE:
         """The paper's SPARKE: the noisy latents as they are, the plain relative step, eta 0.03 (arXiv 2506.10173)."""
         return cls(scale=scale, space=PAPER["space"], update=Update.paper(), **options)
 

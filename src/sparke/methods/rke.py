@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from sparke.guidance import SPARKE, MethodSpec
-from sparke.guidance.options import PAPER, help_of
+from sparke.guidance.options import PAPER, PAPER_SCALE, help_of
 
 from .sparke import flat_defaults
 
@@ -21,7 +21,7 @@ __all__ = ["LATENT_RKE_SPEC", "LatentRKE"]
 
 SETTINGS = ("every", "window", "step", "sigma_image")
 SPACE_SETTINGS = ("space", "centre", "motion")  # pinned to the paper's latent step (see the module docstring)
-SCALE = 0.03
+SCALE = PAPER_SCALE
 
 
 def LatentRKE(scale: float = SCALE, **settings: Any) -> SPARKE:  # noqa: N802 - a class-like factory

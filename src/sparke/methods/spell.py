@@ -28,7 +28,7 @@ autograd, and the latents move by delta / c.
 means the same at any resolution; SD-class latents have unit per-coordinate spread, so two independent images
 are about sqrt(2) = 1.4 apart per coordinate). 0 is exactly the unguided call. Default 0.3: a fifth of the
 distance between independent images, the per-coordinate RMS distance below which two unguided images of the
-same prompt on the embedded model count as near-duplicates (docs/benchmark.md); sweep it per model.
+same prompt on the embedded model count as near-duplicates (docs/guide.md); sweep it per model.
 """
 
 from __future__ import annotations

@@ -256,6 +256,46 @@ def _drive(
         session.close()
 
 
+def _make_local(session: Session, mine: Any) -> tuple[Any, list[dict[str, Any]]]:
+    """This rank's batch of the round (None: it has none): the pipeline's result and the records of the images
+    it wrote."""
+    if mine is None:
+        return None, []
+    folder, cfg = session.folder, session.config
+    result = _run_local(session, mine)
+    records = []
+    for i, image in zip(mine.indices, result.images, strict=True):
+        if i not in session.records:
+            rel = folder.write_png(i, image)
+            records.append(manifest_record(cfg, i, mine.batch, rel, folder.stamp(rel)))
+    folder.sync_images_dir()
+    return result, records
+
+
+def _commit_round(
+    session: Session, round_items: list[Any], rows: list[Any], new: list[dict], main: bool
+) -> None:
+    """Every rank adds the round's gathered rows to its bank; rank 0 writes the manifest and the bank."""
+    bank, folder = session.bank, session.folder
+    if bank is not None:
+        for item, (x, y) in zip(round_items, rows, strict=False):
+            if x is None or x.shape[0] != len(item.indices):
+                raise RuntimeError(f"batch {item.batch}: gathered {0 if x is None else x.shape[0]} rows")
+            bank.add(x, y)
+    if main:
+        session.write_config_once()
+        folder.append_manifest(new)
+    for record in new:
+        session.records[int(record["index"])] = record
+    if bank is not None:
+        if round_items[0].batch != session.committed_batches:
+            raise RuntimeError(f"batch {round_items[0].batch} after {session.committed_batches} batches")
+        session.committed_batches = round_items[-1].batch + 1
+        bank.metadata["run"] = run_record(session)
+        if main:
+            save_bank(bank, folder.path / BANK_FILE)
+
+
 def _rounds(
     session: Session,
     env: DistEnv,
@@ -281,35 +321,10 @@ def _rounds(
     for first in range(0, len(todo), world):
         round_items = todo[first : first + world]
         mine = round_items[env.rank] if env.rank < len(round_items) else None
-        result = None
-        records: list[dict[str, Any]] = []
-        if mine is not None:
-            result = _run_local(session, mine)
-            for i, image in zip(mine.indices, result.images, strict=True):
-                if i not in session.records:
-                    rel = folder.write_png(i, image)
-                    records.append(manifest_record(cfg, i, mine.batch, rel, folder.stamp(rel)))
-            folder.sync_images_dir()
+        result, records = _make_local(session, mine)
         rows, recs = _gather_round(result, records, comm)
-        if bank is not None:
-            for item, (x, y) in zip(round_items, rows, strict=False):
-                if x is None or x.shape[0] != len(item.indices):
-                    raise RuntimeError(f"batch {item.batch}: gathered {0 if x is None else x.shape[0]} rows")
-                bank.add(x, y)
         new = [r for part in recs for r in part]
-        if main:
-            session.write_config_once()
-            folder.append_manifest(new)
-        for record in new:
-            session.records[int(record["index"])] = record
-        if bank is not None:
-            last = round_items[-1].batch
-            if round_items[0].batch != session.committed_batches:
-                raise RuntimeError(f"batch {round_items[0].batch} after {session.committed_batches} batches")
-            session.committed_batches = last + 1
-            bank.metadata["run"] = run_record(session)
-            if main:
-                save_bank(bank, folder.path / BANK_FILE)
+        _commit_round(session, round_items, rows, new, main)
         generated += len(new)
         if main and opts.on_batch is not None:
             opts.on_batch(session, len(new))

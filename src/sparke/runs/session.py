@@ -142,20 +142,7 @@ def open_session(
     after rank 0 did, and read the folder as it is. Notes for the user (what was repaired) are in
     ``session.notes``.
     """
-    if config.method not in METHODS:
-        raise RunError(f"--method {config.method!r}: choose one of {', '.join(METHODS)}")
-    if not config.prompts:
-        raise RunError("no prompts: give --prompt TEXT or --prompts FILE")
-    if config.images_per_prompt < 1 or config.batch_size < 1:
-        raise RunError("--images-per-prompt and --batch-size must be at least 1")
-    folder = RunFolder(out)
-    folder.check_target()
-    stored = folder.read_config()
-    if stored is None and (folder.manifest_file.exists() or folder.bank_file.exists()):
-        raise RunError(f"{folder.path}: has a manifest or bank but no run.json; not a sparke run folder")
-    if stored is not None:  # a resumed run keeps the bank it started from
-        _refuse_if_different(folder, stored, config.to_json(), unresolved_keys(config))
-
+    folder, stored = _checked_folder(config, out)
     spec = METHODS[config.method]
     try:
         guide = spec.build(config.scale, dict(config.settings))
@@ -196,6 +183,25 @@ def open_session(
     except BaseException:
         session.abandon()
         raise
+
+
+def _checked_folder(config: RunConfig, out: str | os.PathLike) -> tuple[RunFolder, dict | None]:
+    """The run's options checked, and its folder with the record it holds (None: a new run), refused when the
+    record's settings differ from ``config``'s."""
+    if config.method not in METHODS:
+        raise RunError(f"--method {config.method!r}: choose one of {', '.join(METHODS)}")
+    if not config.prompts:
+        raise RunError("no prompts: give --prompt TEXT or --prompts FILE")
+    if config.images_per_prompt < 1 or config.batch_size < 1:
+        raise RunError("--images-per-prompt and --batch-size must be at least 1")
+    folder = RunFolder(out)
+    folder.check_target()
+    stored = folder.read_config()
+    if stored is None and (folder.manifest_file.exists() or folder.bank_file.exists()):
+        raise RunError(f"{folder.path}: has a manifest or bank but no run.json; not a sparke run folder")
+    if stored is not None:  # a resumed run keeps the bank it started from
+        _refuse_if_different(folder, stored, config.to_json(), unresolved_keys(config))
+    return folder, stored
 
 
 def _reconcile(session: Session, stored: dict | None, init_bank: Any, *, writer: bool) -> Session:

@@ -6,11 +6,11 @@ point estimate, Cond-Vendi >= +15%, >= 30% of the entropy gap closed. Prints a m
 trade-off plot (one panel per prompt set, Cond-Vendi gain against fidelity cost, a line through each setting's
 scales).
 
-    python benchmarks/issue20_tradeoff.py runs/choice-seed1 runs/choice-seed2 --choose
-    python benchmarks/issue20_tradeoff.py runs/choice-seed1 runs/choice-seed2 runs/confirm-seed5 ... \
-        --note 1=choice --note 5=confirmation --png docs/issue20-tradeoff.png
+    python experiments/scripts/tradeoff.py runs/choice-seed1 runs/choice-seed2 --choose
+    python experiments/scripts/tradeoff.py runs/choice-seed1 runs/choice-seed2 runs/confirm-seed5 ... \
+        --note 1=choice --note 5=confirmation --png experiments/plots/tradeoff-round2.png
 
-``--choose`` ranks the settings by the second round's rule (docs/benchmark.md, issue 20): the (prompt set,
+``--choose`` ranks the settings by the second round's rule (experiments/default-choice.md, issue 20): the (prompt set,
 criterion) pairs met, ties broken by the smallest Cond-Vendi gain. ``--pool`` adds each setting that every given
 prompt set holds, pooled over them (``sparke.bench.pool``: the stratified paired bootstrap), and its paired
 difference to the default.

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import sparke
-import sparke.core.fast as fast
+import sparke.core.order2 as fast
 
 
 def clustered(n, d, e, seed, dtype=torch.float64):

@@ -271,7 +271,6 @@ def order2_sums(
     """Per batch row against the bank: (sum_j c_bj, sum_j a_bj r_j, sum_bj k_bj^2 w_bj as a float64 scalar).
 
     ``row_weight`` (n,), Gaussian only: bank row j counts row_weight[j] times (sampled estimates).
-
     Gaussian: a = c = k^2 w on the raw rows; cosine: a = k w, c = k^2 w, the sum over unit rows. ``norm_x``,
     ``norm_y``: squared norms (Gaussian) or norms (cosine) of the bank rows, in x's dtype, or None to compute
     them chunk by chunk while the chunk is in cache (no extra pass over the bank). ``proj_x``: the bank rows
@@ -291,7 +290,7 @@ def order2_sums(
     lhs_x, lhs_y, q_sq, y_sq = _queries(x, y, kernel, proj_x, projection)
     search = bank_x if proj_x is None else proj_x
     square = kernel == "gaussian"
-    if half_gpu:
+    if half_gpu:  # the float32 queries as high and low half-precision parts (module doc)
         lhs_x = _split(
             lhs_x, bank_x.dtype, ws.scratch("lhs_x", (2 * b, lhs_x.shape[1]), bank_x.dtype, device)
         )
@@ -302,7 +301,6 @@ def order2_sums(
 
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
-        c = stop - start
         g = _product(lhs_x, search[start:stop], b, half_gpu, ws, ("g", "rows_s"), compute)
         nx = norm_x[start:stop] if norm_x is not None else _norms(search[start:stop], compute, square)
         h = ny = None
@@ -314,16 +312,23 @@ def order2_sums(
         weight_sum += terms.sum(1)
         cross += terms.sum(dtype=torch.float64)
 
-        if half_gpu:
-            # scale rows of the weights to max 1 so float16 neither underflows nor loses the small weights
-            scale = coef.amax(1, keepdim=True).clamp_min_(torch.finfo(torch.float32).tiny)
-            lhs_a = _split(coef / scale, bank_x.dtype, ws.scratch("lhs_a", (2 * b, c), bank_x.dtype, device))
-            w2 = _mm_f32(lhs_a, bank_x[start:stop])
-            weighted.addcmul_(w2[:b] + w2[b:], scale)
-        else:
-            rows = _chunk_rows(bank_x[start:stop], compute, ws, "rows_x")
-            weighted.addmm_(coef, rows)
+        _add_weighted_rows(weighted, coef, bank_x[start:stop], half_gpu, ws)
     return weight_sum, weighted, cross
+
+
+def _add_weighted_rows(
+    weighted: torch.Tensor, coef: torch.Tensor, rows: torch.Tensor, half_gpu: bool, ws: Workspace
+) -> None:
+    """weighted (B, d) += coef (B, c) @ rows (c, d), the rows read once in their storage type."""
+    b, c = coef.shape
+    if half_gpu:
+        # scale rows of the weights to max 1 so float16 neither underflows nor loses the small weights
+        scale = coef.amax(1, keepdim=True).clamp_min_(torch.finfo(torch.float32).tiny)
+        lhs_a = _split(coef / scale, rows.dtype, ws.scratch("lhs_a", (2 * b, c), rows.dtype, coef.device))
+        w2 = _mm_f32(lhs_a, rows)
+        weighted.addcmul_(w2[:b] + w2[b:], scale)
+    else:
+        weighted.addmm_(coef, _chunk_rows(rows, weighted.dtype, ws, "rows_x"))
 
 
 def order2_direction(
@@ -352,49 +357,21 @@ def order2_direction(
     ``finish_direction``.
     """
     ws = ws if ws is not None else Workspace()
-    compute = x.dtype
     if bank_x.shape[0]:
         weight_sum, weighted, cross = order2_sums(
-            x,
-            y,
-            bank_x,
-            bank_y,
-            norm_x,
-            norm_y,
-            spec=spec,
-            ws=ws,
-            proj_x=proj_x,
-            projection=projection,
+            x, y, bank_x, bank_y, norm_x, norm_y, spec=spec, ws=ws, proj_x=proj_x, projection=projection
         )
     else:
-        weight_sum = torch.zeros(x.shape[0], dtype=compute, device=x.device)
+        weight_sum = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         weighted = torch.zeros_like(x)
         cross = torch.zeros((), dtype=torch.float64, device=x.device)
     if sample is not None and sample[0].shape[0]:
         rows_x, rows_y, weight, s_norm_x, s_norm_y = sample
-        s_sum, s_rows, s_cross = order2_sums(
-            x,
-            y,
-            rows_x,
-            rows_y,
-            s_norm_x,
-            s_norm_y,
-            spec=spec,
-            ws=ws,
-        )
+        s_sum, s_rows, s_cross = order2_sums(x, y, rows_x, rows_y, s_norm_x, s_norm_y, spec=spec, ws=ws)
         weight_sum.add_(s_sum, alpha=weight)
         weighted.add_(s_rows, alpha=weight)
         cross = cross + s_cross * weight
-    return finish_direction(
-        x,
-        y,
-        weight_sum,
-        weighted,
-        cross,
-        pair_sum,
-        spec=spec,
-        keep=keep,
-    )
+    return finish_direction(x, y, weight_sum, weighted, cross, pair_sum, spec=spec, keep=keep)
 
 
 def order2_terms(x, y, rows_x, rows_y, kernel, sigma_image, sigma_prompt, same=False, mask=None):
@@ -498,32 +475,14 @@ def bank_direction(
     features.
     """
     spec = as_spec(spec, options)
-    objective, kernel, on_nonfinite = spec.objective, spec.kernel, spec.on_nonfinite
-    sigma_image, sigma_prompt = spec.sigma_image, spec.sigma_prompt
-    if not spec.order2:
-        raise ValueError(f"objective: the fast path computes 'rke' and 'cond-rke', not {objective!r}")
-    conditional = spec.conditional
+    kernel, on_nonfinite, conditional = spec.kernel, spec.on_nonfinite, spec.conditional
     home = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
-    x = as_features(x, "x", device=bank.device, check_finite=False)
+    x, y = _batch_for(bank, x, y, spec)
     n = len(bank)
-    if conditional:
-        if y is None:
-            raise ValueError(f"y: the {objective!r} objective needs prompt features for the batch")
-        y = as_features(y, "y", dtype=x.dtype, device=x.device, check_finite=False)
-        check_rows_match(x, y, "x", "y")
-        if n and bank.dim_y is None:
-            raise ValueError(f"objective: {objective!r} needs a bank with prompt features")
-    else:
-        y = None
-    if n and x.shape[1] != bank.dim_x:
-        raise ValueError(f"x: has {x.shape[1]} feature columns but the bank holds {bank.dim_x}")
-    if n and y is not None and y.shape[1] != bank.dim_y:
-        raise ValueError(f"y: has {y.shape[1]} feature columns but the bank holds {bank.dim_y}")
     ws = bank.workspace(project_dim)
     if n:
-        pair_sum = bank.pair_sum(
-            kernel=kernel, sigma_image=sigma_image, sigma_prompt=sigma_prompt, conditional=conditional
-        )
+        sigmas = dict(sigma_image=spec.sigma_image, sigma_prompt=spec.sigma_prompt)
+        pair_sum = bank.pair_sum(kernel=kernel, conditional=conditional, **sigmas)
         nx, ny, px = ws.bank_norms(bank, x.dtype, kernel)
         bank_x, bank_y = bank.x, bank.y if conditional else None
         projection = ws.projection if px is not None else None
@@ -537,22 +496,33 @@ def bank_direction(
             check_nonzero_rows(y, "y")
     if check_finite and not raising:  # "skip": bad rows are left out of the score, on the device
         x, y, keep = finite_rows(x, y, kernel)
-    result = order2_direction(
-        x,
-        y,
-        bank_x,
-        bank_y,
-        spec=spec,
-        pair_sum=pair_sum,
-        norm_x=nx,
-        norm_y=None if not conditional else ny,
-        ws=ws,
-        proj_x=px,
-        projection=projection,
-        keep=keep,
-    )
+    parts = dict(norm_x=nx, norm_y=ny if conditional else None, ws=ws, proj_x=px, projection=projection)
+    result = order2_direction(x, y, bank_x, bank_y, spec=spec, pair_sum=pair_sum, keep=keep, **parts)
     if raising:
         check_finite_result(result, {"x": x, "y": y, "bank_x": bank_x, "bank_y": bank_y}, kernel)
     elif check_finite:
         result = zero_nonfinite_rows(result, skipped, keep)
     return result.to(home)
+
+
+def _batch_for(bank: Any, x: Any, y: Any, spec: KernelSpec) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The batch (x (B, d), y (B, e) or None for an unconditional score) as features where the bank lives,
+    checked against the score and the bank's widths."""
+    objective, n = spec.objective, len(bank)
+    if not spec.order2:
+        raise ValueError(f"objective: the fast path computes 'rke' and 'cond-rke', not {objective!r}")
+    x = as_features(x, "x", device=bank.device, check_finite=False)
+    if spec.conditional:
+        if y is None:
+            raise ValueError(f"y: the {objective!r} objective needs prompt features for the batch")
+        y = as_features(y, "y", dtype=x.dtype, device=x.device, check_finite=False)
+        check_rows_match(x, y, "x", "y")
+        if n and bank.dim_y is None:
+            raise ValueError(f"objective: {objective!r} needs a bank with prompt features")
+    else:
+        y = None
+    if n and x.shape[1] != bank.dim_x:
+        raise ValueError(f"x: has {x.shape[1]} feature columns but the bank holds {bank.dim_x}")
+    if n and y is not None and y.shape[1] != bank.dim_y:
+        raise ValueError(f"y: has {y.shape[1]} feature columns but the bank holds {bank.dim_y}")
+    return x, y

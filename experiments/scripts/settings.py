@@ -1,16 +1,16 @@
 """One ``sparke bench --quick`` setting at a time, its images kept, then measured into a bench folder: so that
 ``none`` and the default are generated once per prompt set, not again beside every candidate.
 
-    python benchmarks/bench_settings.py generate 1 --label "motion 2" --scale 0.06 --set motion=2 --cache runs/cache
-    python benchmarks/bench_settings.py generate 1 --label none --cache runs/cache
-    python benchmarks/bench_settings.py measure 1 --cache runs/cache --out runs/round3-seed1
-    python benchmarks/bench_settings.py measure 5 --cache runs/cache --base runs/confirm-seed5 --out runs/round3-seed5
-    python benchmarks/bench_settings.py measure 1 --cache runs/cache --only "motion 2@0.06" --out runs/one-seed1
+    python experiments/scripts/settings.py generate 1 --label "motion 2" --scale 0.06 --set motion=2 --cache runs/cache
+    python experiments/scripts/settings.py generate 1 --label none --cache runs/cache
+    python experiments/scripts/settings.py measure 1 --cache runs/cache --out runs/round3-seed1
+    python experiments/scripts/settings.py measure 5 --cache runs/cache --base runs/confirm-seed5 --out runs/round3-seed5
+    python experiments/scripts/settings.py measure 1 --cache runs/cache --only "motion 2@0.06" --out runs/one-seed1
 
 ``generate`` runs one setting of the quick design (12 clusters x 8 prompts x 4 rounds, ``--seed``) exactly as
 ``sparke bench`` does (``sparke.bench.runner.generate_setting``: the same images) and writes its images to
 CACHE/seedS/LABEL@SCALE.npz. ``measure`` measures every cached setting of a seed like ``run_bench`` and writes a
-bench folder (results.json, replicates.npz, results.md) that ``issue20_tradeoff.py`` and ``sparke.bench.combine``
+bench folder (results.json, replicates.npz, results.md) that ``tradeoff.py`` and ``sparke.bench.combine``
 read. ``--base`` takes the ``none`` and ``sparke`` rows from an earlier bench folder of the same prompt set
 instead of cached images: the bootstrap resamples depend only on the prompt set, so its rows stay paired with
 the new ones (checked: a cached default measured beside such a folder gives its row to the last printed digit;
@@ -127,7 +127,9 @@ def measure(args: argparse.Namespace) -> None:
         print(
             f"seed {args.seed} {label} {float(scale):g}: fidelity {row['fidelity']:.3f} cond-vendi {row['cond_vendi']:.3f}"
         )
-    command = f"python benchmarks/bench_settings.py measure {args.seed} (cached settings of the quick design)"
+    command = (
+        f"python experiments/scripts/settings.py measure {args.seed} (cached settings of the quick design)"
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     meta = write_state(args.out, config, command, time.perf_counter(), rows, reps, intervals, complete=True)
     report.write_markdown(args.out, rows, meta, None)
