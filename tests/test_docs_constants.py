@@ -118,7 +118,7 @@ def test_docs_describe_the_product_not_its_history():
     """docs/ holds no run folder, no round plot and no issue- or round-named heading; benchmark.md stays short."""
     docs = ROOT / "docs"
     assert [p.name for p in docs.iterdir() if p.is_dir()] == []
-    assert [p.name for p in docs.glob("*.png")] == ["report.png"]
+    assert sorted(p.name for p in docs.glob("*.png")) == ["comfyui-nodes.png", "report.png"]
     history = re.compile(r"^#+ .*([Ii]ssue [0-9]+|[Rr]ounds? [a-z0-9]+)", re.M)
     for page in docs.glob("*.md"):
         assert not history.findall(page.read_text(encoding="utf-8")), page.name
