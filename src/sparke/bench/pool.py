@@ -47,7 +47,7 @@ def _pooled(sets: list[tuple[Rows, Replicates]], label: str, scale: float) -> di
     """Estimates and (B,) replicates of the pooled fidelity difference, gain and gap closed (see below)."""
     if not sets:
         raise ValueError("pooled_effect: no prompt sets")
-    parts: dict[str, list[Any]] = {k: [] for k in ("delta", "gain", "lift", "gap")}
+    parts: dict[str, list[Any]] = {k: [] for k in ("delta", "gain", "lift", "gap", "coverage", "matching")}
     reps_of: dict[str, list[np.ndarray]] = {k: [] for k in parts}
     n_boot = None
     for rows, reps in sets:
@@ -70,36 +70,57 @@ def _pooled(sets: list[tuple[Rows, Replicates]], label: str, scale: float) -> di
             out["gain"].append(a["cond_vendi"] / n["cond_vendi"] - 1)
             out["lift"].append(a["free_attribute_entropy"] - n["free_attribute_entropy"])
             out["gap"].append(w["free_attribute_entropy"] - n["free_attribute_entropy"])
+            out["coverage"].append(_difference(a, n, "free_attribute_coverage", relative=False))
+            out["matching"].append(_difference(a, n, "cond_vendi_matching", relative=True))
     with np.errstate(divide="ignore", invalid="ignore"):
         closed_reps = np.sum(reps_of["lift"], 0) / np.sum(reps_of["gap"], 0)
+    optional = {}  # sets run before a metric existed lack it: the pooled row then has none
+    for key in ("coverage", "matching"):
+        held = all(v is not None for v in parts[key] + reps_of[key])
+        optional[key] = (float(np.mean(parts[key])), np.mean(reps_of[key], 0)) if held else None
     return {
         "delta": (float(np.mean(parts["delta"])), np.mean(reps_of["delta"], 0)),
         "gain": (float(np.mean(parts["gain"])), np.mean(reps_of["gain"], 0)),
         "closed": (float(np.sum(parts["lift"]) / np.sum(parts["gap"])), closed_reps),
+        **optional,
         "per_set": [(100 * d, g) for d, g in zip(parts["delta"], parts["gain"], strict=True)],
     }
+
+
+def _difference(row: dict[str, Any], none: dict[str, Any], key: str, relative: bool) -> Any:
+    """row - none (``relative``: row / none - 1) of ``key``, on estimates or replicates; None where one lacks it."""
+    if row.get(key) is None or none.get(key) is None:
+        return None
+    return row[key] / none[key] - 1 if relative else row[key] - none[key]
 
 
 def pooled_effect(sets: list[tuple[Rows, Replicates]], label: str, scale: float) -> dict[str, Any]:
     """The row (label, scale) against ``none`` pooled over ``sets`` (each: a bench folder's rows and their
     bootstrap replicates, ``sparke.bench.combine.load``; every set must hold that row, ``none`` and the world).
 
-    Returns sets (their number), fidelity_delta (points, guided - none), gain (relative Cond-Vendi gain),
-    closed (share of the entropy gap closed), each with its 95% interval (``*_ci``), and per_set: the
-    per-set (fidelity_delta in points, gain) estimates.
+    Returns sets (their number), fidelity_delta (points, guided - none), closed (share of the entropy gap
+    closed), coverage_delta (free-attribute coverage, guided - none), gain (relative Cond-Vendi gain) and
+    gain_matching (the same among matching images), each with its 95% interval (``*_ci``; coverage_delta and
+    gain_matching None when a set lacks them), and per_set: the per-set (fidelity_delta in points, gain)
+    estimates. The world's row (label "world", scale 0) gives the world's own figures.
     """
     p = _pooled(sets, label, scale)
     (delta, delta_reps), (gain, gain_reps), (closed, closed_reps) = p["delta"], p["gain"], p["closed"]
-    return {
+    out = {
         "sets": len(sets),
         "fidelity_delta": 100 * delta,
         "fidelity_delta_ci": [100 * v for v in interval(delta, delta_reps)],
-        "gain": gain,
-        "gain_ci": interval(gain, gain_reps),
         "closed": closed,
         "closed_ci": interval(closed, closed_reps),
+        "gain": gain,
+        "gain_ci": interval(gain, gain_reps),
         "per_set": p["per_set"],
     }
+    for key, name in (("coverage", "coverage_delta"), ("matching", "gain_matching")):
+        value = p[key]
+        out[name] = None if value is None else value[0]
+        out[f"{name}_ci"] = None if value is None else interval(value[0], value[1])
+    return out
 
 
 def pooled_comparison(
@@ -150,20 +171,25 @@ def _with_ci(value: float, ci: list[float] | None, fmt: str, scale: float = 1.0)
     return f"{fmt.format(value * scale)} [{fmt.format(low * scale)}, {fmt.format(high * scale)}]"
 
 
-def pooled_markdown(rows: list[dict[str, Any]], seeds: list[int], left_out: list[str]) -> list[str]:
-    """``pooled_rows``' rows as a markdown table (lines)."""
+def pooled_markdown(
+    rows: list[dict[str, Any]], seeds: list[int], left_out: list[str], world: dict[str, Any] | None = None
+) -> list[str]:
+    """``pooled_rows``' rows as a markdown table (lines), under the world's own row (``pooled_effect`` of the
+    "world" row) when given: each column is read against it."""
     lines = [
         f"# Pooled over {len(seeds)} prompt sets (seeds {', '.join(map(str, seeds))})",
         "",
         "Each set weighs the same; 95% intervals from the stratified paired cluster bootstrap "
-        "(`sparke.bench.pool`). Gain: Cond-Vendi relative to `none`; gap closed: share of the free-attribute "
-        "entropy gap from `none` to the world; the last two columns: the row minus SPARKE's defaults, paired.",
+        "(`sparke.bench.pool`). Gap closed: share of the free-attribute entropy gap from `none` to the world; "
+        "Δ coverage: free-attribute coverage minus `none`'s; gains: Cond-Vendi (all images, then matching "
+        "images only) relative to `none`, read beside the world's; the last two columns: the row minus "
+        "SPARKE's defaults, paired.",
         "",
-        "| setting | scale | Cond-Vendi gain | Δ fidelity (points) | entropy gap closed | gain - default's "
-        "| Δ fidelity - default's | Δ fidelity per set |",
-        "|---|---|---|---|---|---|---|---|",
+        "| setting | scale | Δ fidelity (points) | entropy gap closed | Δ coverage | Cond-Vendi gain "
+        "| Cond-Vendi gain (matching) | gain - default's | Δ fidelity - default's | Δ fidelity per set |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    for r in ([] if world is None else [{**world, "label": "world", "versus_default": None}]) + rows:
         v = r["versus_default"]
         versus = (
             ["-", "-"]
@@ -174,14 +200,25 @@ def pooled_markdown(rows: list[dict[str, Any]], seeds: list[int], left_out: list
             ]
         )
         per_set = " / ".join(f"{d:+.1f}" for d, _ in r["per_set"])
-        lines.append(
-            f"| {r['label']} | {r['scale']:g} | {_with_ci(r['gain'], r['gain_ci'], '{:+.1f}%', 100)} "
-            f"| {_with_ci(r['fidelity_delta'], r['fidelity_delta_ci'], '{:+.1f}')} "
-            f"| {_with_ci(r['closed'], r['closed_ci'], '{:.0f}%', 100)} | {versus[0]} | {versus[1]} | {per_set} |"
-        )
+        cells = [
+            r["label"],
+            "" if r["label"] == "world" else f"{r['scale']:g}",
+            _with_ci(r["fidelity_delta"], r["fidelity_delta_ci"], "{:+.1f}"),
+            _with_ci(r["closed"], r["closed_ci"], "{:.0f}%", 100),
+            _optional(r.get("coverage_delta"), r.get("coverage_delta_ci"), "{:+.3f}", 1),
+            _with_ci(r["gain"], r["gain_ci"], "{:+.1f}%", 100),
+            _optional(r.get("gain_matching"), r.get("gain_matching_ci"), "{:+.1f}%", 100),
+            *versus,
+            per_set,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     if left_out:
         lines += ["", f"Not on every set, left out: {', '.join(left_out)}."]
     return lines + [""]
+
+
+def _optional(value: float | None, ci: list[float] | None, fmt: str, scale: float) -> str:
+    return "-" if value is None else _with_ci(value, ci, fmt, scale)
 
 
 # a pooled table needs sets of one design; only the prompt set (the seed) may differ
@@ -212,15 +249,22 @@ def pool_folders(out: str | Path, folders: list[str | Path]) -> list[dict[str, A
         seeds.append(config.get("seed"))
         sets.append((rows, reps))
     rows, left_out = pooled_rows(sets)
+    world = pooled_effect(sets, "world", 0.0)  # the reference every column is read against
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     report.write_json(
         out / "pooled.json",
-        {"seeds": seeds, "folders": [str(f) for f in folders], "rows": rows, "left_out": left_out},
+        {
+            "seeds": seeds,
+            "folders": [str(f) for f in folders],
+            "rows": rows,
+            "left_out": left_out,
+            "world": world,
+        },
     )
     from sparke.runs.folder import atomic_write
 
-    atomic_write(out / "pooled.md", "\n".join(pooled_markdown(rows, seeds, left_out)).encode())
+    atomic_write(out / "pooled.md", "\n".join(pooled_markdown(rows, seeds, left_out, world)).encode())
     return rows
 
 
