@@ -1,0 +1,129 @@
+"""The benchmark's ground-truth columns: Cond-Vendi among matching images, and the world's renders ranking first
+on every ground-truth column against the embedded model's unguided images and less diverse renders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sparke.bench.metrics import Evidence, _matching_cond_vendi_replicates, matching_cond_vendi
+from sparke.core import cond_vendi, vendi
+from sparke.core.defaults import SIGMA_IMAGE, SIGMA_PROMPT
+from sparke.metrics.bootstrap import Draws
+
+
+def _features(n: int, d: int, seed: int) -> torch.Tensor:
+    return torch.nn.functional.normalize(
+        torch.randn(n, d, generator=torch.Generator().manual_seed(seed)), dim=1
+    )
+
+
+def test_matching_cond_vendi_is_cond_vendi_of_the_matching_images_only():
+    x, y = _features(12, 16, 0).double(), _features(12, 8, 1).double()
+    ok = np.array([True, False, True, True, False, True, True, True, False, True, True, True])
+    keep = torch.from_numpy(ok)
+    expected = cond_vendi(x[keep], y[keep], sigma_image=SIGMA_IMAGE, sigma_prompt=SIGMA_PROMPT)
+    assert matching_cond_vendi(x, y, ok) == expected  # the same tensors through the same function
+    assert matching_cond_vendi(x, y, np.ones(12, bool)) == cond_vendi(
+        x, y, sigma_image=SIGMA_IMAGE, sigma_prompt=SIGMA_PROMPT
+    )
+    assert matching_cond_vendi(x, y, np.zeros(12, bool)) is None  # nothing matches: no score, not 0 or 1
+    assert matching_cond_vendi(x, y, np.eye(1, 12, 4, dtype=bool)[0]) == 1.0  # one image: one mode
+
+
+def test_clusters_weigh_by_their_matching_images_and_a_lone_match_counts_as_no_variety():
+    # three clusters with orthogonal prompt features (identical within a cluster): the prompt kernel is
+    # block-diagonal up to exp(-2 / (2 * 0.3^2)) = 1.5e-5 between clusters
+    prompts = torch.eye(3, 8, dtype=torch.float64)
+    cluster = np.repeat(np.arange(3), 6)
+    x = _features(18, 16, 2).double()
+    y = prompts[torch.from_numpy(cluster)]
+    ok = np.ones(18, bool)
+    ok[6:11] = False  # cluster 1 keeps one matching image
+    ok[12:] = False  # cluster 2 keeps none: it drops out
+    # the weighted geometric mean of each cluster's Vendi: cluster 0 (6 of 7 images), cluster 1 (1 of 7, Vendi 1)
+    by_hand = np.exp(6 / 7 * np.log(vendi(x[:6], sigma=SIGMA_IMAGE)) + 1 / 7 * np.log(1.0))
+    # tolerance: the 1.5e-5 off-block prompt kernel entries move the entropies by ~1e-5
+    assert matching_cond_vendi(x, y, ok) == pytest.approx(by_hand, rel=1e-4)
+
+
+def test_matching_replicates_restrict_each_resample_and_drop_those_without_a_match():
+    x, y = _features(8, 16, 3), _features(8, 8, 4)
+    cluster = np.repeat(np.arange(4), 2)
+    ok = np.array([True, True, False, False, True, False, True, True])
+    ev = Evidence(
+        ok=ok,
+        cluster=cluster,
+        round=np.zeros(8, np.int64),
+        feats=x,
+        prompt_feats=y,
+        coverage=np.zeros(4),
+        entropy=np.zeros(4),
+    )
+    weights = np.zeros((3, 4, 1), np.int64)
+    weights[0, :, 0] = 1  # every cluster once: the set itself
+    weights[1, 1, 0] = 4  # cluster 1 only: no matching image
+    weights[2, 3, 0], weights[2, 0, 0] = 3, 1  # cluster 3 three times, cluster 0 once
+    reps = _matching_cond_vendi_replicates(ev, Draws(weights).per_item(cluster, np.zeros(8, np.int64)))
+    # float32 eigendecompositions in the bootstrap (sparke.metrics.bootstrap): ~1e-6 relative
+    assert reps[0] == pytest.approx(matching_cond_vendi(x, y, ok), rel=1e-5)
+    assert np.isnan(reps[1])
+    assert 1.0 <= reps[2] <= 4.0  # 4 distinct matching images drawn (cluster 3's twice, cluster 0's)
+
+
+@pytest.fixture(scope="module")
+def measured_rows():
+    """Ground truth and scores of a small prompt set (4 clusters x 4 paraphrases x 2 rounds = 32 images,
+    10 steps): the world's renders, the embedded model unguided, and two less diverse sets of renders."""
+    from sparke.bench import BenchConfig
+    from sparke.bench.runner import Generated, Setting, generate_setting, measure, reference_images
+    from sparke.embedded import world as W
+    from sparke.embedded.encoder import load_encoder
+    from sparke.embedded.pipeline import load_pipeline
+    from sparke.encoders.minilm import encode_minilm
+
+    config = BenchConfig(clusters=4, prompts=4, seeds=2, steps=10, n_boot=0, mixture=False)
+    clusters = W.prompt_clusters(config.clusters, config.prompts, seed=config.seed)
+    texts = sorted({p for c in clusters for p in c.prompts})
+    prompt_features = dict(zip(texts, encode_minilm(texts).cpu(), strict=True))
+    encoder = load_encoder("cpu")
+    pipe = load_pipeline("cpu")
+    pipe.set_progress_bar_config(disable=True)
+    world = reference_images(clusters, config)
+
+    def renders(only_position_free: bool) -> Generated:
+        """The world's renders with the free attributes held at one scene's per cluster: all of them (the
+        same image throughout the cluster), or all but the position."""
+        rng = np.random.default_rng(7)
+        first = [
+            W.sample_scene(rng, c.shape, c.colour, background=c.background, count=c.count) for c in clusters
+        ]
+        images = []
+        for c in world.cluster:
+            scene, count = first[c], clusters[c].count
+            if only_position_free:
+                scene = W.sample_scene(rng, scene.shape, scene.colour, scene.size, scene.background, count)
+            images.append(W.render(scene))
+        return Generated(np.stack(images), world.cluster, world.prompts, 0.0, 0.0, world.round)
+
+    torch.manual_seed(config.seed)
+    unguided = generate_setting(pipe, clusters, Setting("none", "none", 0.0, {}), config)
+    sets = {
+        "world": world,
+        "none": unguided,
+        "world, only the position free": renders(only_position_free=True),
+        "world, one scene per cluster": renders(only_position_free=False),
+    }
+    return {name: measure(gen, clusters, encoder, prompt_features) for name, gen in sets.items()}
+
+
+@pytest.mark.slow  # about 20 s on one idle CPU core: 32 images at 10 steps, MiniLM and the encoder
+@pytest.mark.parametrize(
+    "column", ["free_attribute_entropy", "free_attribute_coverage", "cond_vendi_matching"]
+)
+def test_the_worlds_renders_rank_first_on_every_ground_truth_column(measured_rows, column):
+    world = measured_rows["world"][column]
+    others = {name: row[column] for name, row in measured_rows.items() if name != "world"}
+    assert all(world > value for value in others.values()), (world, others)
+    assert measured_rows["world"]["fidelity"] == 1.0
