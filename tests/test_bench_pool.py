@@ -74,7 +74,7 @@ def test_refuses_sets_it_cannot_pool():
     one = _set(0, {"sparke": (0.57, 2.3, 0.74)})
     with pytest.raises(ValueError, match="no prompt sets"):
         pooled_effect([], "sparke", 0.03)
-    with pytest.raises(ValueError, match=r"lacks \['row'\] with replicates for motion 2 0.03"):
+    with pytest.raises(ValueError, match=r"lacks \['row'\] for motion 2 0.03"):
         pooled_effect([one], "motion 2", 0.03)
     other = _set(1, {"sparke": (0.57, 2.3, 0.74)}, n_boot=100)
     with pytest.raises(ValueError, match="different numbers of bootstrap resamples"):
@@ -150,3 +150,32 @@ def test_sets_from_before_the_matching_only_score_still_pool():
     assert e["gain_matching"] is None and e["gain_matching_ci"] is None  # not on every set: not pooled
     assert e["coverage_delta"] == pytest.approx(0.1, abs=1e-12)
     assert e["fidelity_delta"] == pytest.approx(-2.0, abs=1e-9)
+
+
+def test_old_folders_without_replicates_pool_as_estimates_only(tmp_path):
+    """experiments/runs/heldout-seed{1,2}: results.json from before replicates.npz and the matching-only score."""
+    import json
+    from pathlib import Path
+
+    from sparke.bench.pool import pool_folders
+
+    folders = [Path(__file__).parents[1] / "experiments" / "runs" / f"heldout-seed{s}" for s in (1, 2)]
+    rows = pool_folders(tmp_path, folders)
+    by_set = [json.loads((f / "results.json").read_text()) for f in folders]
+
+    def value(rows_of_set, label, scale, key):
+        return next(r[key] for r in rows_of_set if r["label"] == label and r["scale"] == scale)
+
+    sparke = next(r for r in rows if r["label"] == "sparke" and r["scale"] == 0.03)
+    expected = np.mean(
+        [value(s, "sparke", 0.03, "fidelity") - value(s, "none", 0.0, "fidelity") for s in by_set]
+    )
+    assert sparke["fidelity_delta"] == pytest.approx(100 * expected, abs=1e-9)
+    coverage = [
+        value(s, "sparke", 0.03, "free_attribute_coverage") - value(s, "none", 0.0, "free_attribute_coverage")
+        for s in by_set
+    ]
+    assert sparke["coverage_delta"] == pytest.approx(np.mean(coverage), abs=1e-12)
+    assert sparke["fidelity_delta_ci"] is None and sparke["gain_matching"] is None
+    table = (tmp_path / "pooled.md").read_text()
+    assert "No intervals" in table and "| world |" in table

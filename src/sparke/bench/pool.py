@@ -15,7 +15,8 @@ of resamples), and the rows of one set stay paired with its ``none``.
     python -m sparke.bench.pool OUT DIR1 DIR2 ...    # bench folders of one design, one prompt set each
 
 writes OUT/pooled.json and OUT/pooled.md: every guided row held by all the sets, pooled, and its paired
-difference to SPARKE's defaults (``sparke bench --seed 5 --seed 6 ...`` writes them itself).
+difference to SPARKE's defaults (``sparke bench --seed 5 --seed 6 ...`` writes them itself). Folders without
+bootstrap replicates (written before replicates.npz existed, or with ``--n-boot 0``) pool as estimates only.
 """
 
 from __future__ import annotations
@@ -44,47 +45,60 @@ def _find(rows: Rows, label: str, scale: float | None = None) -> int | None:
 
 
 def _pooled(sets: list[tuple[Rows, Replicates]], label: str, scale: float) -> dict[str, Any]:
-    """Estimates and (B,) replicates of the pooled fidelity difference, gain and gap closed (see below)."""
+    """Estimates and (B,) replicates of the pooled fidelity difference, gain and gap closed (see below); the
+    replicates are None when a set has none (a folder written without replicates.npz): estimates only."""
     if not sets:
         raise ValueError("pooled_effect: no prompt sets")
     parts: dict[str, list[Any]] = {k: [] for k in ("delta", "gain", "lift", "gap", "coverage", "matching")}
-    reps_of: dict[str, list[np.ndarray]] = {k: [] for k in parts}
+    reps_of: dict[str, list[Any]] = {k: [] for k in parts}
     n_boot = None
+    picked = []  # per set: (row, replicates) of the row, none and the world
     for rows, reps in sets:
         found = {"row": _find(rows, label, scale), "none": _find(rows, "none")}
         found["world"] = next((i for i, r in enumerate(rows) if r["method"] == "world"), None)
-        missing = [name for name, i in found.items() if i is None or reps[i] is None]
+        missing = [name for name, i in found.items() if i is None]
         if missing:
-            raise ValueError(
-                f"pooled_effect: a prompt set lacks {missing} with replicates for {label} {scale:g}"
-            )
-        (row, r_row), (none, r_none), (world, r_world) = ((rows[found[k]], reps[found[k]]) for k in found)
-        n_boot = n_boot or len(r_none["fidelity"])
-        if len(r_none["fidelity"]) != n_boot:
-            raise ValueError("pooled_effect: the prompt sets have different numbers of bootstrap resamples")
-        for out, a, w, n in (
-            (parts, row, world, none),
-            (reps_of, r_row, r_world, r_none),
-        ):  # estimates, replicates
+            raise ValueError(f"pooled_effect: a prompt set lacks {missing} for {label} {scale:g}")
+        picked.append([(rows[i], reps[i]) for i in found.values()])
+    paired = all(r is not None for one in picked for _, r in one)
+    for (row, r_row), (none, r_none), (world, r_world) in picked:
+        sources = [(parts, row, world, none)]  # estimates, then replicates
+        if paired:
+            n_boot = n_boot or len(r_none["fidelity"])
+            if len(r_none["fidelity"]) != n_boot:
+                raise ValueError(
+                    "pooled_effect: the prompt sets have different numbers of bootstrap resamples"
+                )
+            sources.append((reps_of, r_row, r_world, r_none))
+        for out, a, w, n in sources:
             out["delta"].append(a["fidelity"] - n["fidelity"])
             out["gain"].append(a["cond_vendi"] / n["cond_vendi"] - 1)
             out["lift"].append(a["free_attribute_entropy"] - n["free_attribute_entropy"])
             out["gap"].append(w["free_attribute_entropy"] - n["free_attribute_entropy"])
             out["coverage"].append(_difference(a, n, "free_attribute_coverage", relative=False))
             out["matching"].append(_difference(a, n, "cond_vendi_matching", relative=True))
+
+    def mean_reps(key: str) -> np.ndarray | None:
+        held = paired and all(v is not None for v in reps_of[key])
+        return np.mean(reps_of[key], 0) if held else None
+
     with np.errstate(divide="ignore", invalid="ignore"):
-        closed_reps = np.sum(reps_of["lift"], 0) / np.sum(reps_of["gap"], 0)
-    optional = {}  # sets run before a metric existed lack it: the pooled row then has none
-    for key in ("coverage", "matching"):
-        held = all(v is not None for v in parts[key] + reps_of[key])
-        optional[key] = (float(np.mean(parts[key])), np.mean(reps_of[key], 0)) if held else None
-    return {
-        "delta": (float(np.mean(parts["delta"])), np.mean(reps_of["delta"], 0)),
-        "gain": (float(np.mean(parts["gain"])), np.mean(reps_of["gain"], 0)),
+        closed_reps = np.sum(reps_of["lift"], 0) / np.sum(reps_of["gap"], 0) if paired else None
+    out: dict[str, Any] = {
+        "delta": (float(np.mean(parts["delta"])), mean_reps("delta")),
+        "gain": (float(np.mean(parts["gain"])), mean_reps("gain")),
         "closed": (float(np.sum(parts["lift"]) / np.sum(parts["gap"])), closed_reps),
-        **optional,
         "per_set": [(100 * d, g) for d, g in zip(parts["delta"], parts["gain"], strict=True)],
     }
+    for key in ("coverage", "matching"):  # sets run before a metric existed lack it: the pooled row too
+        held = all(v is not None for v in parts[key])
+        out[key] = (float(np.mean(parts[key])), mean_reps(key)) if held else None
+    return out
+
+
+def _interval(value: float, reps: np.ndarray | None) -> list[float] | None:
+    """The 95% interval of a pooled figure, None without replicates."""
+    return None if reps is None else interval(value, reps)
 
 
 def _difference(row: dict[str, Any], none: dict[str, Any], key: str, relative: bool) -> Any:
@@ -106,20 +120,21 @@ def pooled_effect(sets: list[tuple[Rows, Replicates]], label: str, scale: float)
     """
     p = _pooled(sets, label, scale)
     (delta, delta_reps), (gain, gain_reps), (closed, closed_reps) = p["delta"], p["gain"], p["closed"]
+    delta_ci = _interval(delta, delta_reps)
     out = {
         "sets": len(sets),
         "fidelity_delta": 100 * delta,
-        "fidelity_delta_ci": [100 * v for v in interval(delta, delta_reps)],
+        "fidelity_delta_ci": None if delta_ci is None else [100 * v for v in delta_ci],
         "closed": closed,
-        "closed_ci": interval(closed, closed_reps),
+        "closed_ci": _interval(closed, closed_reps),
         "gain": gain,
-        "gain_ci": interval(gain, gain_reps),
+        "gain_ci": _interval(gain, gain_reps),
         "per_set": p["per_set"],
     }
     for key, name in (("coverage", "coverage_delta"), ("matching", "gain_matching")):
         value = p[key]
         out[name] = None if value is None else value[0]
-        out[f"{name}_ci"] = None if value is None else interval(value[0], value[1])
+        out[f"{name}_ci"] = None if value is None else _interval(*value)
     return out
 
 
@@ -133,7 +148,8 @@ def pooled_comparison(
     for key, name, unit in (("delta", "fidelity_delta", 100.0), ("gain", "gain", 1.0)):
         value = pa[key][0] - pb[key][0]
         out[name] = unit * value
-        out[f"{name}_ci"] = [unit * v for v in interval(value, pa[key][1] - pb[key][1])]
+        ci = None if pa[key][1] is None else _interval(value, pa[key][1] - pb[key][1])
+        out[f"{name}_ci"] = None if ci is None else [unit * v for v in ci]
     return out
 
 
@@ -214,6 +230,8 @@ def pooled_markdown(
         lines.append("| " + " | ".join(cells) + " |")
     if left_out:
         lines += ["", f"Not on every set, left out: {', '.join(left_out)}."]
+    if any(r["fidelity_delta_ci"] is None for r in rows):
+        lines += ["", "No intervals: a set has no bootstrap replicates (replicates.npz); estimates only."]
     return lines + [""]
 
 
@@ -244,8 +262,6 @@ def pool_folders(out: str | Path, folders: list[str | Path]) -> list[dict[str, A
             raise ValueError(f"{folder}: differs from {first[0]} in {differ}; pooled sets need one design")
         if config.get("seed") in seeds:
             raise ValueError(f"{folder}: prompt set seed {config.get('seed')} is already pooled")
-        if not config.get("n_boot"):
-            raise ValueError(f"{folder}: run without bootstrap resamples (--n-boot 0); nothing to pool")
         seeds.append(config.get("seed"))
         sets.append((rows, reps))
     rows, left_out = pooled_rows(sets)
