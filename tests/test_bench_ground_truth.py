@@ -127,3 +127,75 @@ def test_the_worlds_renders_rank_first_on_every_ground_truth_column(measured_row
     others = {name: row[column] for name, row in measured_rows.items() if name != "world"}
     assert all(world > value for value in others.values()), (world, others)
     assert measured_rows["world"]["fidelity"] == 1.0
+
+
+def _rows():
+    def row(label, method, scale, fidelity, entropy, coverage, cv, cvm):
+        return {
+            "label": label,
+            "method": method,
+            "scale": scale,
+            "fidelity": fidelity,
+            "free_attribute_entropy": entropy,
+            "free_attribute_coverage": coverage,
+            "cond_vendi": cv,
+            "cond_vendi_matching": cvm,
+        }
+
+    return [
+        row("world", "world", 0.0, 1.0, 0.9, 0.95, 2.4, 2.4),
+        row("none", "none", 0.0, 0.6, 0.5, 0.70, 2.5, 1.6),
+        row("sparke", "sparke", 0.03, 0.59, 0.7, 0.80, 2.9, 2.0),  # more of the gap, less Cond-Vendi
+        row("sparke", "sparke", 0.05, 0.59, 0.6, 0.75, 3.0, 1.9),
+        row("sparke", "sparke", 0.1, 0.50, 0.8, 0.85, 3.2, 2.1),  # loses fidelity
+    ]
+
+
+def test_best_rows_and_the_goal_check_lead_with_the_ground_truth():
+    from sparke.bench.report import best_rows, gap_closed, goal_check, goal_lines
+
+    rows = _rows()
+    assert (
+        best_rows(rows)["sparke"]["scale"] == 0.03
+    )  # the most entropy within 2 points, not the most Cond-Vendi
+    assert gap_closed(rows[2], rows) == pytest.approx(0.5, abs=1e-12)  # (0.7 - 0.5) / (0.9 - 0.5)
+    assert gap_closed(rows[0], rows) == 1.0 and gap_closed(rows[1], rows) == 0.0
+    goal = goal_check(rows)
+    assert goal["sparke_scale"] == 0.03
+    assert goal["world_cond_vendi_gain"] == pytest.approx(2.4 / 2.5 - 1, abs=1e-12)
+    assert goal["cond_vendi_matching_gain"] == pytest.approx(2.0 / 1.6 - 1, abs=1e-12)
+    assert goal["world_cond_vendi_matching_gain"] == pytest.approx(2.4 / 1.6 - 1, abs=1e-12)
+    assert goal["coverage_delta"] == pytest.approx(0.1, abs=1e-12)
+    lines = [line for line in goal_lines(goal) if line.startswith("- ")]
+    assert [line.split(":")[0] for line in lines] == [
+        "- fidelity vs none",
+        "- free-attribute entropy gap from none to the world closed",
+        "- free-attribute coverage vs none",
+        "- Cond-Vendi vs none",
+        "- Cond-Vendi among matching images vs none",
+        "- beats each baseline at matched fidelity (interval above 0)",
+    ]
+    assert "+16.0%; the world's: -4.0%" in lines[3] and "+25.0%; the world's: +50.0%" in lines[4]
+
+
+def test_tables_put_the_world_first_and_rows_without_the_matching_score_show_a_dash(tmp_path):
+    from sparke.bench.report import write_markdown
+
+    rows = _rows()
+    del rows[3]["cond_vendi_matching"]  # as a results.json from before the score existed
+    meta = {
+        "command": "test",
+        "config": {"clusters": 12, "prompts": 8, "seeds": 4, "steps": 10, "cfg": 4.0, "device": "cpu"},
+        "wall_seconds": 60.0,
+        "goal": {"met": False, "reason": "test"},
+    }
+    write_markdown(tmp_path, rows, meta, None)
+    text = (tmp_path / "results.md").read_text()
+    best = text.split("## Best scale per method")[1].split("\n\n")[1].splitlines()
+    assert best[0].startswith(
+        "| method | scale | fidelity | gap closed | free-attr. entropy | free-attr. coverage"
+    )
+    assert [line.split(" | ")[0] for line in best[2:]] == ["| world", "| none", "| sparke"]
+    assert best[4].startswith("| sparke | 0.03 | 0.590 | 50% | 0.700 | 0.800 | 2.00 | 2.90 |")
+    every = text.split("## All settings")[1]
+    assert "| sparke | 0.05 | 0.590 | 25% | 0.600 | 0.750 | - | 3.00 |" in every
