@@ -199,3 +199,24 @@ def test_tables_put_the_world_first_and_rows_without_the_matching_score_show_a_d
     assert best[4].startswith("| sparke | 0.03 | 0.590 | 50% | 0.700 | 0.800 | 2.00 | 2.90 |")
     every = text.split("## All settings")[1]
     assert "| sparke | 0.05 | 0.590 | 25% | 0.600 | 0.750 | - | 3.00 |" in every
+
+
+def test_the_console_reports_the_defaults_ground_truth_first(monkeypatch, tmp_path):
+    import sparke.bench as bench
+    from cli_helpers import cli
+    from sparke.bench.report import goal_check
+
+    rows = _rows()
+    meta = {"goal": goal_check(rows), "goal_at_default": goal_check(rows, fixed=("sparke", 0.05))}
+    monkeypatch.setattr(bench, "run_bench", lambda config, out, **kwargs: {**meta, "wall_seconds": 1.0})
+    result = cli("bench", "--quick", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())  # the console may break the line anywhere
+    fragments = [
+        "fidelity -1.0 points",
+        "gap closed 25%",
+        "coverage +0.050",
+        "Cond-Vendi +20.0% (the world's: -4.0%)",
+    ]
+    positions = [said.find(f) for f in fragments]
+    assert -1 not in positions and positions == sorted(positions), said

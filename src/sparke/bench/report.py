@@ -99,8 +99,7 @@ def goal_check(
     - each baseline (its best matched-fidelity row): the paired Cond-Vendi difference's interval above 0.
 
     ``fixed`` (label, scale): check that SPARKE row (a default chosen beforehand, as on held-out prompt sets)
-    instead of the best matched-fidelity one.
-    """
+    instead of the best matched-fidelity one."""
     none = _none_row(rows)
     best = best_rows(rows)
     reps = {id(r): p for r, p in zip(rows, replicates or [None] * len(rows), strict=True) if p is not None}
