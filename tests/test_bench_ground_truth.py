@@ -220,3 +220,17 @@ def test_the_console_reports_the_defaults_ground_truth_first(monkeypatch, tmp_pa
     ]
     positions = [said.find(f) for f in fragments]
     assert -1 not in positions and positions == sorted(positions), said
+
+
+def test_each_settings_progress_line_leads_with_the_ground_truth():
+    from sparke.bench import progress_line
+
+    rows = _rows()
+    rows[2]["sec_per_image"] = 0.5
+    line = progress_line(rows[2], rows, 12.0)
+    assert line == (
+        "sparke 0.03: fidelity 0.590, gap closed 50%, coverage 0.800; Cond-Vendi 2.90 (world 2.40), among "
+        "matching 2.00 (world 2.40); 0.50 s/image (12 s elapsed)"
+    )
+    del rows[2]["cond_vendi_matching"]
+    assert "among matching - (world 2.40)" in progress_line(rows[2], rows, 12.0)

@@ -86,14 +86,16 @@ def progress_line(row: dict[str, Any], rows: list[dict[str, Any]], elapsed: floa
     """One setting's console line: the ground truth first, then Cond-Vendi beside the world's."""
     from .report import gap_closed
 
-    closed = gap_closed(row, rows)
+    def number(value: float | None, fmt: str = "{:.2f}") -> str:
+        return "-" if value is None else fmt.format(value)
+
     world = rows[0]  # run_bench measures the world first
-    matching = row.get("cond_vendi_matching")
+    key = "cond_vendi_matching"
     return (
         f"{row['label']} {row['scale']:g}: fidelity {row['fidelity']:.3f}, gap closed "
-        f"{'-' if closed is None else f'{closed:.0%}'}, coverage {row['free_attribute_coverage']:.3f}; "
+        f"{number(gap_closed(row, rows), '{:.0%}')}, coverage {row['free_attribute_coverage']:.3f}; "
         f"Cond-Vendi {row['cond_vendi']:.2f} (world {world['cond_vendi']:.2f}), among matching "
-        f"{'-' if matching is None else f'{matching:.2f}'} (world {world['cond_vendi_matching']:.2f}); "
+        f"{number(row.get(key))} (world {number(world.get(key))}); "
         f"{row['sec_per_image']:.2f} s/image ({elapsed:.0f} s elapsed)"
     )
 

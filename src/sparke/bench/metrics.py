@@ -14,8 +14,8 @@ MiniLM prompt features (384-d, unit norm): Vendi and RKE over all images; Cond-V
 the prompts; Gaussian kernels with the paper's bandwidths sigma_image = 0.8, sigma_text = 0.3, fixed in
 advance (never tuned on results); Cond-Vendi among matching images (``matching_cond_vendi``: only the images
 the checker reads as showing every stated attribute, so an ignored word, a wrong count or an artefact does not
-count as diversity); Cond-Vendi with the cosine kernel too (no bandwidth at all), as a check
-that a conclusion does not hang on the bandwidth. In-batch similarity: mean pairwise cosine similarity of
+count as diversity); Cond-Vendi with the cosine kernel too (no bandwidth at all), as a check that a
+conclusion does not hang on the bandwidth. In-batch similarity: mean pairwise cosine similarity of
 the encoder features within each cluster (its 32 images in the quick run), averaged over clusters (0..1;
 the paper reports it x100).
 
@@ -24,8 +24,8 @@ Recall and coverage against the world (``world_scores``): the PRDC recall and co
 perfect reference the embedded model gives), in the encoder's feature space, averaged over clusters.
 
 Intervals (``replicates``): paired bootstrap over prompt clusters, each with all its seed rounds
-(``sparke.metrics.bootstrap``), for fidelity, Cond-Vendi (all images and matching ones only), Vendi, the free-attribute coverage and entropy and
-the recall and coverage against the world.
+(``sparke.metrics.bootstrap``), for fidelity, Cond-Vendi (all images and matching ones only), Vendi, the
+free-attribute coverage and entropy and the recall and coverage against the world.
 """
 
 from __future__ import annotations
