@@ -12,7 +12,8 @@ Per guided step (medians over the samples; the latents z = alpha_t x0 + sigma_t 
   rest of the run removes noise of about that size; a move well above it is not noise the model can undo;
 - move (x0 units): the move over alpha_t: how far it shifts the clean image (pixels in [-1, 1]);
 - x0 error: the RMS difference between the clean estimate the step is fitted on (the raw x0, as the guide
-  sees it) and the sample's final image, in pixels in [-1, 1] (a world render's RMS contrast about its mean: median 0.25);
+  sees it) and the sample's final image, in pixels in [-1, 1] (a world render's RMS contrast about its mean:
+  median 0.25);
 - x0 sharpness: the clean estimate's mean finite-difference gradient over the final image's (1: as sharp as
   the result; far above 1: amplified noise, not edges);
 - shift (px): move (x0 units) over the clean estimate's mean gradient: by how many pixels the move would shift
