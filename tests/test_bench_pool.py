@@ -74,7 +74,7 @@ def test_refuses_sets_it_cannot_pool():
     one = _set(0, {"sparke": (0.57, 2.3, 0.74)})
     with pytest.raises(ValueError, match="no prompt sets"):
         pooled_effect([], "sparke", 0.03)
-    with pytest.raises(ValueError, match=r"lacks \['row'\] with replicates for motion 2 0.03"):
+    with pytest.raises(ValueError, match=r"lacks \['row'\] for motion 2 0.03"):
         pooled_effect([one], "motion 2", 0.03)
     other = _set(1, {"sparke": (0.57, 2.3, 0.74)}, n_boot=100)
     with pytest.raises(ValueError, match="different numbers of bootstrap resamples"):
@@ -99,6 +99,83 @@ def test_pooled_rows_hold_every_guided_row_on_all_sets_with_its_difference_to_th
     rows, _ = pooled_rows([_set(0, {"other": (0.59, 2.40, 0.76)})])
     assert rows[0]["versus_default"] is None
     table = "\n".join(pooled_markdown(rows, [0], []))
-    assert "| other | 0.03 | +20.0% [" in table and "| -1.0 [" in table
+    # the ground truth leads: fidelity, gap closed, coverage (these sets have none: "-"), then Cond-Vendi
+    assert "| other | 0.03 | -1.0 [" in table and "% [" in table and "| - | +20.0% [" in table
     with pytest.raises(ValueError, match="no prompt sets"):
         pooled_rows([])
+
+
+def _with_ground_truth(rows_reps, coverage: dict[str, float], matching: dict[str, float] | None):
+    """``_set``'s rows and replicates with a free-attribute coverage and (unless None) a Cond-Vendi among
+    matching images per label; replicates: the estimate plus a label-independent offset per resample."""
+    rows, reps = rows_reps
+    offsets = np.linspace(-0.01, 0.01, len(reps[0]["fidelity"]))
+    for row, rep in zip(rows, reps, strict=True):
+        row["free_attribute_coverage"] = coverage[row["label"]]
+        rep["free_attribute_coverage"] = coverage[row["label"]] + offsets
+        if matching is not None:
+            row["cond_vendi_matching"] = matching[row["label"]]
+            rep["cond_vendi_matching"] = matching[row["label"]] * (1 + offsets)
+    return rows, reps
+
+
+def test_pooled_coverage_and_matching_gain_and_the_worlds_own_row():
+    coverage = {"world": 0.9, "none": 0.5, "sparke": 0.6}
+    matching = {"world": 2.4, "none": 1.6, "sparke": 2.0}
+    sets = [_with_ground_truth(_set(s, {"sparke": (0.58, 2.3, 0.74)}), coverage, matching) for s in range(2)]
+    e = pooled_effect(sets, "sparke", 0.03)
+    # same estimates on both sets: the pooled figures are theirs (float64 rounding only)
+    assert e["coverage_delta"] == pytest.approx(0.1, abs=1e-12)
+    assert e["gain_matching"] == pytest.approx(0.25, abs=1e-12)
+    # replicates moved together with none's: every resample has the same coverage difference
+    assert e["coverage_delta_ci"] == pytest.approx([0.1, 0.1], abs=1e-12)
+    world = pooled_effect(sets, "world", 0.0)
+    assert world["closed"] == pytest.approx(1.0, abs=1e-12) and world["gain_matching"] == pytest.approx(0.5)
+    from sparke.bench.pool import pooled_markdown, pooled_rows
+
+    rows, _ = pooled_rows(sets)
+    table = pooled_markdown(rows, [0, 1], [], world)
+    body = [line for line in table if line.startswith("| world") or line.startswith("| sparke")]
+    assert body[0].startswith("| world |  | +40.0 [") and "| 100% [" in body[0]  # the reference comes first
+    assert "| +0.100 [+0.100, +0.100] | +15.0% [" in body[1] and "| +25.0% [" in body[1]
+
+
+def test_sets_from_before_the_matching_only_score_still_pool():
+    coverage = {"world": 0.9, "none": 0.5, "sparke": 0.6}
+    old = _with_ground_truth(_set(0, {"sparke": (0.58, 2.3, 0.74)}), coverage, None)
+    new = _with_ground_truth(
+        _set(1, {"sparke": (0.58, 2.3, 0.74)}), coverage, {"world": 2.4, "none": 1.6, "sparke": 2.0}
+    )
+    e = pooled_effect([old, new], "sparke", 0.03)
+    assert e["gain_matching"] is None and e["gain_matching_ci"] is None  # not on every set: not pooled
+    assert e["coverage_delta"] == pytest.approx(0.1, abs=1e-12)
+    assert e["fidelity_delta"] == pytest.approx(-2.0, abs=1e-9)
+
+
+def test_old_folders_without_replicates_pool_as_estimates_only(tmp_path):
+    """experiments/runs/heldout-seed{1,2}: results.json from before replicates.npz and the matching-only score."""
+    import json
+    from pathlib import Path
+
+    from sparke.bench.pool import pool_folders
+
+    folders = [Path(__file__).parents[1] / "experiments" / "runs" / f"heldout-seed{s}" for s in (1, 2)]
+    rows = pool_folders(tmp_path, folders)
+    by_set = [json.loads((f / "results.json").read_text()) for f in folders]
+
+    def value(rows_of_set, label, scale, key):
+        return next(r[key] for r in rows_of_set if r["label"] == label and r["scale"] == scale)
+
+    sparke = next(r for r in rows if r["label"] == "sparke" and r["scale"] == 0.03)
+    expected = np.mean(
+        [value(s, "sparke", 0.03, "fidelity") - value(s, "none", 0.0, "fidelity") for s in by_set]
+    )
+    assert sparke["fidelity_delta"] == pytest.approx(100 * expected, abs=1e-9)
+    coverage = [
+        value(s, "sparke", 0.03, "free_attribute_coverage") - value(s, "none", 0.0, "free_attribute_coverage")
+        for s in by_set
+    ]
+    assert sparke["coverage_delta"] == pytest.approx(np.mean(coverage), abs=1e-12)
+    assert sparke["fidelity_delta_ci"] is None and sparke["gain_matching"] is None
+    table = (tmp_path / "pooled.md").read_text()
+    assert "No intervals" in table and "| world |" in table

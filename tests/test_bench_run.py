@@ -80,6 +80,10 @@ def test_run_bench_writes_rows_table_and_plots(tmp_path):
             if m.startswith("world_") and r["method"] == "world":  # measured against the world itself
                 assert m not in r and m not in r["ci"]
                 continue
+            if r[m] is None or rows[1][m] is None:  # no image (of this row, or of none) matches its prompt
+                assert m == "cond_vendi_matching" and m not in r["delta_vs_none"]
+                assert (r[m] is None) == (m not in r["ci"]) and (r[m] is None) == (r["fidelity"] == 0)
+                continue
             assert 0.0 <= r[m] <= 1.0 or not m.startswith("world_")
             low, high = r["ci"][m]
             assert low <= r[m] + 1e-9 and r[m] - 1e-9 <= high, (r["label"], m)
@@ -88,6 +92,8 @@ def test_run_bench_writes_rows_table_and_plots(tmp_path):
             assert d["ci"][0] <= d["value"] + 1e-9 <= d["ci"][1] + 2e-9
     assert rows[1]["delta_vs_none"]["fidelity"] == {"value": 0.0, "ci": [0.0, 0.0]}
     assert rows[0]["fidelity"] == 1.0  # the world's own renders match their prompts
+    # ... so its Cond-Vendi among matching images is its plain Cond-Vendi (the same images, same arithmetic)
+    assert rows[0]["cond_vendi_matching"] == pytest.approx(rows[0]["cond_vendi"], abs=1e-12)
     assert all(r["sec_per_image"] > 0 for r in rows[1:])
     for name in ("results.md", "tradeoff.png", "samples.png", "meta.json"):
         assert (tmp_path / name).stat().st_size > 0
@@ -410,6 +416,7 @@ def test_cli_bench_with_several_seeds_pools_them(monkeypatch, tmp_path):
                 "gain": 0.156,
                 "fidelity_delta": 0.3,
                 "fidelity_delta_ci": [-1.3, 2.0],
+                "closed": 0.42,
                 "sets": 2,
             }
         ]
@@ -418,10 +425,11 @@ def test_cli_bench_with_several_seeds_pools_them(monkeypatch, tmp_path):
     result = cli("bench", "--quick", "--seed", "5", "--seed", "6", "--out", tmp_path)
     assert result.exit_code == 0, result.output
     assert seen["seeds"] == [5, 6] and seen["config"].clusters == 12
-    assert (
-        "sparke 0.03: Cond-Vendi +15.6%, fidelity +0.3 points [-1.3, +2.0] (pooled over 2 sets)"
-        in result.output
-    )
+    # the ground truth first, Cond-Vendi after it (fragments: the console may break the line anywhere)
+    said = " ".join(result.output.split())
+    fragments = ["sparke 0.03: fidelity +0.3 points [-1.3, +2.0]", "gap closed 42%", "Cond-Vendi +15.6%"]
+    positions = [said.find(f) for f in fragments]
+    assert -1 not in positions and positions == sorted(positions), said
     result = cli("bench", "--seed", "5", "--seed", "5", "--out", tmp_path)
     assert result.exit_code != 0 and "each prompt set once" in result.output
     result = cli("bench", "--seed", "5", "--seed", "6", "--n-boot", "0", "--out", tmp_path)

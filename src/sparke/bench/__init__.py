@@ -70,11 +70,7 @@ def run_bench(
         rows.append(row)
         reps.append(intervals.add(row, evidence))
         samples[f"{setting.label} {setting.scale:g}"] = gen
-        say(
-            f"{setting.label} {setting.scale:g}: fidelity {row['fidelity']:.3f} cond-vendi {row['cond_vendi']:.2f} "
-            f"coverage {row['free_attribute_coverage']:.3f} {row['sec_per_image']:.2f} s/image "
-            f"({time.perf_counter() - start:.0f} s elapsed)"
-        )
+        say(progress_line(row, rows, time.perf_counter() - start))
         # after each setting: a run stopped midway leaves its finished rows, paired and combinable
         write_state(out, config, command, start, rows, reps, intervals, complete=False)
 
@@ -84,6 +80,24 @@ def run_bench(
     report.plot_samples(out, samples, clusters)
     report.write_markdown(out, rows, meta, mixture_rows)
     return meta
+
+
+def progress_line(row: dict[str, Any], rows: list[dict[str, Any]], elapsed: float) -> str:
+    """One setting's console line: the ground truth first, then Cond-Vendi beside the world's."""
+    from .report import gap_closed
+
+    def number(value: float | None, fmt: str = "{:.2f}") -> str:
+        return "-" if value is None else fmt.format(value)
+
+    world = rows[0]  # run_bench measures the world first
+    key = "cond_vendi_matching"
+    return (
+        f"{row['label']} {row['scale']:g}: fidelity {row['fidelity']:.3f}, gap closed "
+        f"{number(gap_closed(row, rows), '{:.0%}')}, coverage {row['free_attribute_coverage']:.3f}; "
+        f"Cond-Vendi {row['cond_vendi']:.2f} (world {world['cond_vendi']:.2f}), among matching "
+        f"{number(row.get(key))} (world {number(world.get(key))}); "
+        f"{row['sec_per_image']:.2f} s/image ({elapsed:.0f} s elapsed)"
+    )
 
 
 def run_bench_sets(
@@ -230,8 +244,12 @@ class Intervals:
                 gaussian_kernel(evidence.prompt_feats, SIGMA_PROMPT), item
             )
         r = replicates(evidence, self.draws, self.prompt_entropy)
-        n_items = int(evidence.feats.shape[0])
-        row["ci"] = {m: metric_interval(m, row[m], r[m], n_items) for m in CI_METRICS if m in r}
+        n_items = {"cond_vendi_matching": int(evidence.ok.sum())}  # its range: [1, n matching images]
+        row["ci"] = {
+            m: metric_interval(m, row[m], r[m], n_items.get(m, int(evidence.feats.shape[0])))
+            for m in CI_METRICS
+            if m in r and row.get(m) is not None
+        }
         self.pending.append((row, r))
         if row["method"] == "none" and self.none is None:
             self.none = (row, r)
@@ -241,7 +259,7 @@ class Intervals:
                 pending_row["delta_vs_none"] = {
                     m: delta(pending_row[m], pending_r[m], base[m], base_r[m])
                     for m in CI_METRICS
-                    if m in pending_r and m in base_r
+                    if m in pending_r and m in base_r and None not in (pending_row.get(m), base.get(m))
                 }
             self.pending = []
         return r

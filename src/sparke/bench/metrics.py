@@ -12,8 +12,10 @@ Ground truth (the embedded world's attribute checker, ``sparke.embedded.checker`
 The paper's scores in the embedded encoder's feature space (``load_encoder``: 128-d, unit norm) with
 MiniLM prompt features (384-d, unit norm): Vendi and RKE over all images; Cond-Vendi and Cond-RKE given
 the prompts; Gaussian kernels with the paper's bandwidths sigma_image = 0.8, sigma_text = 0.3, fixed in
-advance (never tuned on results); Cond-Vendi with the cosine kernel too (no bandwidth at all), as a check
-that a conclusion does not hang on the bandwidth. In-batch similarity: mean pairwise cosine similarity of
+advance (never tuned on results); Cond-Vendi among matching images (``matching_cond_vendi``: only the images
+the checker reads as showing every stated attribute, so an ignored word, a wrong count or an artefact does not
+count as diversity); Cond-Vendi with the cosine kernel too (no bandwidth at all), as a check that a
+conclusion does not hang on the bandwidth. In-batch similarity: mean pairwise cosine similarity of
 the encoder features within each cluster (its 32 images in the quick run), averaged over clusters (0..1;
 the paper reports it x100).
 
@@ -22,8 +24,8 @@ Recall and coverage against the world (``world_scores``): the PRDC recall and co
 perfect reference the embedded model gives), in the encoder's feature space, averaged over clusters.
 
 Intervals (``replicates``): paired bootstrap over prompt clusters, each with all its seed rounds
-(``sparke.metrics.bootstrap``), for fidelity, Cond-Vendi, Vendi, the free-attribute coverage and entropy and
-the recall and coverage against the world.
+(``sparke.metrics.bootstrap``), for fidelity, Cond-Vendi (all images and matching ones only), Vendi, the
+free-attribute coverage and entropy and the recall and coverage against the world.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ __all__ = [
     "attribute_values",
     "feature_scores",
     "free_attribute_scores",
+    "matching_cond_vendi",
     "replicates",
     "world_scores",
 ]
@@ -57,6 +60,7 @@ __all__ = [
 CI_METRICS = (
     "fidelity",
     "cond_vendi",
+    "cond_vendi_matching",
     "vendi",
     "free_attribute_coverage",
     "free_attribute_entropy",
@@ -123,6 +127,45 @@ def feature_scores(
     }
 
 
+def matching_cond_vendi(
+    feats: torch.Tensor, prompt_feats: torch.Tensor, ok: Sequence[bool] | np.ndarray
+) -> float | None:
+    """Cond-Vendi (Gaussian, the paper's bandwidths) of the matching images only: the rows of ``feats`` (N, d)
+    and ``prompt_feats`` (N, e) whose ``ok`` (N,) is true, i.e. the checker reads every attribute their
+    prompt states. None when no image matches.
+
+    When the clusters' prompts are far apart in the prompt kernel (block-diagonal), Cond-Vendi is the
+    geometric mean over clusters of each cluster's own conditional Vendi, weighted by its share of the matching
+    images. So a cluster with one matching image counts as one image for its prompt (a conditional Vendi of 1:
+    no variety) with its small weight, and a cluster with none drops out: its loss is fidelity's to report,
+    not a diversity of 0 or 1 to average in.
+    """
+    keep = torch.from_numpy(np.asarray(ok, bool))
+    if not bool(keep.any()):
+        return None
+    x, y = feats[keep].double(), prompt_feats[keep].double()
+    return cond_vendi(x, y, sigma_image=SIGMA_IMAGE, sigma_prompt=SIGMA_PROMPT)
+
+
+def _matching_cond_vendi_replicates(ev: Evidence, item: np.ndarray) -> np.ndarray:
+    """(B,) replicates of ``matching_cond_vendi``: each resample's multiset restricted to its matching images
+    (NaN for a resample that drew none, which the interval drops). The prompt kernel's entropy is computed on
+    the matching images of each setting, so it is not shared between settings as the plain Cond-Vendi's is."""
+    keep = np.asarray(ev.ok, bool)
+    out = np.full(item.shape[0], np.nan)
+    if not keep.any():
+        return out
+    weights = item[:, keep]
+    drawn = weights.sum(1) > 0
+    if drawn.any():
+        mask = torch.from_numpy(keep)
+        reps = cond_vendi_replicates(
+            ev.feats[mask], ev.prompt_feats[mask], SIGMA_IMAGE, SIGMA_PROMPT, weights[drawn]
+        )
+        out[drawn] = reps
+    return out
+
+
 @dataclass
 class Evidence:
     """What one setting's intervals need, per image: match flag, cluster, round, features; per cluster: the
@@ -180,6 +223,7 @@ def replicates(ev: Evidence, draws: Draws, prompt_entropy: np.ndarray | None = N
         "cond_vendi": cond_vendi_replicates(
             ev.feats, ev.prompt_feats, SIGMA_IMAGE, SIGMA_PROMPT, item, prompt_entropy
         ),
+        "cond_vendi_matching": _matching_cond_vendi_replicates(ev, item),
         "vendi": vendi_replicates(ev.feats, SIGMA_IMAGE, item),
         "free_attribute_coverage": cluster_weight @ ev.coverage,
         "free_attribute_entropy": cluster_weight @ ev.entropy,

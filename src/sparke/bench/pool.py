@@ -15,7 +15,8 @@ of resamples), and the rows of one set stay paired with its ``none``.
     python -m sparke.bench.pool OUT DIR1 DIR2 ...    # bench folders of one design, one prompt set each
 
 writes OUT/pooled.json and OUT/pooled.md: every guided row held by all the sets, pooled, and its paired
-difference to SPARKE's defaults (``sparke bench --seed 5 --seed 6 ...`` writes them itself).
+difference to SPARKE's defaults (``sparke bench --seed 5 --seed 6 ...`` writes them itself). Folders without
+bootstrap replicates (written before replicates.npz existed, or with ``--n-boot 0``) pool as estimates only.
 """
 
 from __future__ import annotations
@@ -44,62 +45,97 @@ def _find(rows: Rows, label: str, scale: float | None = None) -> int | None:
 
 
 def _pooled(sets: list[tuple[Rows, Replicates]], label: str, scale: float) -> dict[str, Any]:
-    """Estimates and (B,) replicates of the pooled fidelity difference, gain and gap closed (see below)."""
+    """Estimates and (B,) replicates of the pooled fidelity difference, gain and gap closed (see below); the
+    replicates are None when a set has none (a folder written without replicates.npz): estimates only."""
     if not sets:
         raise ValueError("pooled_effect: no prompt sets")
-    parts: dict[str, list[Any]] = {k: [] for k in ("delta", "gain", "lift", "gap")}
-    reps_of: dict[str, list[np.ndarray]] = {k: [] for k in parts}
+    parts: dict[str, list[Any]] = {k: [] for k in ("delta", "gain", "lift", "gap", "coverage", "matching")}
+    reps_of: dict[str, list[Any]] = {k: [] for k in parts}
     n_boot = None
+    picked = []  # per set: (row, replicates) of the row, none and the world
     for rows, reps in sets:
         found = {"row": _find(rows, label, scale), "none": _find(rows, "none")}
         found["world"] = next((i for i, r in enumerate(rows) if r["method"] == "world"), None)
-        missing = [name for name, i in found.items() if i is None or reps[i] is None]
+        missing = [name for name, i in found.items() if i is None]
         if missing:
-            raise ValueError(
-                f"pooled_effect: a prompt set lacks {missing} with replicates for {label} {scale:g}"
-            )
-        (row, r_row), (none, r_none), (world, r_world) = ((rows[found[k]], reps[found[k]]) for k in found)
-        n_boot = n_boot or len(r_none["fidelity"])
-        if len(r_none["fidelity"]) != n_boot:
-            raise ValueError("pooled_effect: the prompt sets have different numbers of bootstrap resamples")
-        for out, a, w, n in (
-            (parts, row, world, none),
-            (reps_of, r_row, r_world, r_none),
-        ):  # estimates, replicates
+            raise ValueError(f"pooled_effect: a prompt set lacks {missing} for {label} {scale:g}")
+        picked.append([(rows[i], reps[i]) for i in found.values()])
+    paired = all(r is not None for one in picked for _, r in one)
+    for (row, r_row), (none, r_none), (world, r_world) in picked:
+        sources = [(parts, row, world, none)]  # estimates, then replicates
+        if paired:
+            n_boot = n_boot or len(r_none["fidelity"])
+            if len(r_none["fidelity"]) != n_boot:
+                raise ValueError(
+                    "pooled_effect: the prompt sets have different numbers of bootstrap resamples"
+                )
+            sources.append((reps_of, r_row, r_world, r_none))
+        for out, a, w, n in sources:
             out["delta"].append(a["fidelity"] - n["fidelity"])
             out["gain"].append(a["cond_vendi"] / n["cond_vendi"] - 1)
             out["lift"].append(a["free_attribute_entropy"] - n["free_attribute_entropy"])
             out["gap"].append(w["free_attribute_entropy"] - n["free_attribute_entropy"])
+            out["coverage"].append(_difference(a, n, "free_attribute_coverage", relative=False))
+            out["matching"].append(_difference(a, n, "cond_vendi_matching", relative=True))
+
+    def mean_reps(key: str) -> np.ndarray | None:
+        held = paired and all(v is not None for v in reps_of[key])
+        return np.mean(reps_of[key], 0) if held else None
+
     with np.errstate(divide="ignore", invalid="ignore"):
-        closed_reps = np.sum(reps_of["lift"], 0) / np.sum(reps_of["gap"], 0)
-    return {
-        "delta": (float(np.mean(parts["delta"])), np.mean(reps_of["delta"], 0)),
-        "gain": (float(np.mean(parts["gain"])), np.mean(reps_of["gain"], 0)),
+        closed_reps = np.sum(reps_of["lift"], 0) / np.sum(reps_of["gap"], 0) if paired else None
+    out: dict[str, Any] = {
+        "delta": (float(np.mean(parts["delta"])), mean_reps("delta")),
+        "gain": (float(np.mean(parts["gain"])), mean_reps("gain")),
         "closed": (float(np.sum(parts["lift"]) / np.sum(parts["gap"])), closed_reps),
         "per_set": [(100 * d, g) for d, g in zip(parts["delta"], parts["gain"], strict=True)],
     }
+    for key in ("coverage", "matching"):  # sets run before a metric existed lack it: the pooled row too
+        held = all(v is not None for v in parts[key])
+        out[key] = (float(np.mean(parts[key])), mean_reps(key)) if held else None
+    return out
+
+
+def _interval(value: float, reps: np.ndarray | None) -> list[float] | None:
+    """The 95% interval of a pooled figure, None without replicates."""
+    return None if reps is None else interval(value, reps)
+
+
+def _difference(row: dict[str, Any], none: dict[str, Any], key: str, relative: bool) -> Any:
+    """row - none (``relative``: row / none - 1) of ``key``, on estimates or replicates; None where one lacks it."""
+    if row.get(key) is None or none.get(key) is None:
+        return None
+    return row[key] / none[key] - 1 if relative else row[key] - none[key]
 
 
 def pooled_effect(sets: list[tuple[Rows, Replicates]], label: str, scale: float) -> dict[str, Any]:
     """The row (label, scale) against ``none`` pooled over ``sets`` (each: a bench folder's rows and their
     bootstrap replicates, ``sparke.bench.combine.load``; every set must hold that row, ``none`` and the world).
 
-    Returns sets (their number), fidelity_delta (points, guided - none), gain (relative Cond-Vendi gain),
-    closed (share of the entropy gap closed), each with its 95% interval (``*_ci``), and per_set: the
-    per-set (fidelity_delta in points, gain) estimates.
+    Returns sets (their number), fidelity_delta (points, guided - none), closed (share of the entropy gap
+    closed), coverage_delta (free-attribute coverage, guided - none), gain (relative Cond-Vendi gain) and
+    gain_matching (the same among matching images), each with its 95% interval (``*_ci``; coverage_delta and
+    gain_matching None when a set lacks them), and per_set: the per-set (fidelity_delta in points, gain)
+    estimates. The world's row (label "world", scale 0) gives the world's own figures.
     """
     p = _pooled(sets, label, scale)
     (delta, delta_reps), (gain, gain_reps), (closed, closed_reps) = p["delta"], p["gain"], p["closed"]
-    return {
+    delta_ci = _interval(delta, delta_reps)
+    out = {
         "sets": len(sets),
         "fidelity_delta": 100 * delta,
-        "fidelity_delta_ci": [100 * v for v in interval(delta, delta_reps)],
-        "gain": gain,
-        "gain_ci": interval(gain, gain_reps),
+        "fidelity_delta_ci": None if delta_ci is None else [100 * v for v in delta_ci],
         "closed": closed,
-        "closed_ci": interval(closed, closed_reps),
+        "closed_ci": _interval(closed, closed_reps),
+        "gain": gain,
+        "gain_ci": _interval(gain, gain_reps),
         "per_set": p["per_set"],
     }
+    for key, name in (("coverage", "coverage_delta"), ("matching", "gain_matching")):
+        value = p[key]
+        out[name] = None if value is None else value[0]
+        out[f"{name}_ci"] = None if value is None else _interval(*value)
+    return out
 
 
 def pooled_comparison(
@@ -112,7 +148,8 @@ def pooled_comparison(
     for key, name, unit in (("delta", "fidelity_delta", 100.0), ("gain", "gain", 1.0)):
         value = pa[key][0] - pb[key][0]
         out[name] = unit * value
-        out[f"{name}_ci"] = [unit * v for v in interval(value, pa[key][1] - pb[key][1])]
+        ci = None if pa[key][1] is None else _interval(value, pa[key][1] - pb[key][1])
+        out[f"{name}_ci"] = None if ci is None else [unit * v for v in ci]
     return out
 
 
@@ -150,20 +187,25 @@ def _with_ci(value: float, ci: list[float] | None, fmt: str, scale: float = 1.0)
     return f"{fmt.format(value * scale)} [{fmt.format(low * scale)}, {fmt.format(high * scale)}]"
 
 
-def pooled_markdown(rows: list[dict[str, Any]], seeds: list[int], left_out: list[str]) -> list[str]:
-    """``pooled_rows``' rows as a markdown table (lines)."""
+def pooled_markdown(
+    rows: list[dict[str, Any]], seeds: list[int], left_out: list[str], world: dict[str, Any] | None = None
+) -> list[str]:
+    """``pooled_rows``' rows as a markdown table (lines), under the world's own row (``pooled_effect`` of the
+    "world" row) when given: each column is read against it."""
     lines = [
         f"# Pooled over {len(seeds)} prompt sets (seeds {', '.join(map(str, seeds))})",
         "",
         "Each set weighs the same; 95% intervals from the stratified paired cluster bootstrap "
-        "(`sparke.bench.pool`). Gain: Cond-Vendi relative to `none`; gap closed: share of the free-attribute "
-        "entropy gap from `none` to the world; the last two columns: the row minus SPARKE's defaults, paired.",
+        "(`sparke.bench.pool`). Gap closed: share of the free-attribute entropy gap from `none` to the world; "
+        "Δ coverage: free-attribute coverage minus `none`'s; gains: Cond-Vendi (all images, then matching "
+        "images only) relative to `none`, read beside the world's; the last two columns: the row minus "
+        "SPARKE's defaults, paired.",
         "",
-        "| setting | scale | Cond-Vendi gain | Δ fidelity (points) | entropy gap closed | gain - default's "
-        "| Δ fidelity - default's | Δ fidelity per set |",
-        "|---|---|---|---|---|---|---|---|",
+        "| setting | scale | Δ fidelity (points) | entropy gap closed | Δ coverage | Cond-Vendi gain "
+        "| Cond-Vendi gain (matching) | gain - default's | Δ fidelity - default's | Δ fidelity per set |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    for r in ([] if world is None else [{**world, "label": "world", "versus_default": None}]) + rows:
         v = r["versus_default"]
         versus = (
             ["-", "-"]
@@ -174,14 +216,27 @@ def pooled_markdown(rows: list[dict[str, Any]], seeds: list[int], left_out: list
             ]
         )
         per_set = " / ".join(f"{d:+.1f}" for d, _ in r["per_set"])
-        lines.append(
-            f"| {r['label']} | {r['scale']:g} | {_with_ci(r['gain'], r['gain_ci'], '{:+.1f}%', 100)} "
-            f"| {_with_ci(r['fidelity_delta'], r['fidelity_delta_ci'], '{:+.1f}')} "
-            f"| {_with_ci(r['closed'], r['closed_ci'], '{:.0f}%', 100)} | {versus[0]} | {versus[1]} | {per_set} |"
-        )
+        cells = [
+            r["label"],
+            "" if r["label"] == "world" else f"{r['scale']:g}",
+            _with_ci(r["fidelity_delta"], r["fidelity_delta_ci"], "{:+.1f}"),
+            _with_ci(r["closed"], r["closed_ci"], "{:.0f}%", 100),
+            _optional(r.get("coverage_delta"), r.get("coverage_delta_ci"), "{:+.3f}", 1),
+            _with_ci(r["gain"], r["gain_ci"], "{:+.1f}%", 100),
+            _optional(r.get("gain_matching"), r.get("gain_matching_ci"), "{:+.1f}%", 100),
+            *versus,
+            per_set,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     if left_out:
         lines += ["", f"Not on every set, left out: {', '.join(left_out)}."]
+    if any(r["fidelity_delta_ci"] is None for r in rows):
+        lines += ["", "No intervals: a set has no bootstrap replicates (replicates.npz); estimates only."]
     return lines + [""]
+
+
+def _optional(value: float | None, ci: list[float] | None, fmt: str, scale: float) -> str:
+    return "-" if value is None else _with_ci(value, ci, fmt, scale)
 
 
 # a pooled table needs sets of one design; only the prompt set (the seed) may differ
@@ -207,20 +262,25 @@ def pool_folders(out: str | Path, folders: list[str | Path]) -> list[dict[str, A
             raise ValueError(f"{folder}: differs from {first[0]} in {differ}; pooled sets need one design")
         if config.get("seed") in seeds:
             raise ValueError(f"{folder}: prompt set seed {config.get('seed')} is already pooled")
-        if not config.get("n_boot"):
-            raise ValueError(f"{folder}: run without bootstrap resamples (--n-boot 0); nothing to pool")
         seeds.append(config.get("seed"))
         sets.append((rows, reps))
     rows, left_out = pooled_rows(sets)
+    world = pooled_effect(sets, "world", 0.0)  # the reference every column is read against
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     report.write_json(
         out / "pooled.json",
-        {"seeds": seeds, "folders": [str(f) for f in folders], "rows": rows, "left_out": left_out},
+        {
+            "seeds": seeds,
+            "folders": [str(f) for f in folders],
+            "rows": rows,
+            "left_out": left_out,
+            "world": world,
+        },
     )
     from sparke.runs.folder import atomic_write
 
-    atomic_write(out / "pooled.md", "\n".join(pooled_markdown(rows, seeds, left_out)).encode())
+    atomic_write(out / "pooled.md", "\n".join(pooled_markdown(rows, seeds, left_out, world)).encode())
     return rows
 
 

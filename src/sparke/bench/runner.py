@@ -22,7 +22,7 @@ import torch
 from sparke.methods import make
 
 from .config import BenchConfig, guide_options
-from .metrics import Evidence, feature_scores, free_attribute_scores, world_scores
+from .metrics import Evidence, feature_scores, free_attribute_scores, matching_cond_vendi, world_scores
 
 __all__ = [
     "Generated",
@@ -207,6 +207,7 @@ def measure_with_evidence(
         "free_attribute_coverage": float(np.mean(cov)),
         "free_attribute_entropy": float(np.mean(ent)),
         **feature_scores(feats, y, gen.cluster),
+        "cond_vendi_matching": matching_cond_vendi(feats, y, ok),
         "sec_per_image": gen.seconds / n if gen.seconds else 0.0,
         "peak_mem_mb": gen.peak_mem_mb,
         "n_images": n,

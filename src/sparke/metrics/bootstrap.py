@@ -66,7 +66,8 @@ RATE_METRICS = frozenset(
         "world_coverage",
     }
 )
-SET_METRICS = frozenset({"vendi", "cond_vendi"})
+# set-level scores; cond_vendi_matching (matching images only) lies in [1, n matching images]
+SET_METRICS = frozenset({"vendi", "cond_vendi", "cond_vendi_matching"})
 
 
 @dataclass(frozen=True)
