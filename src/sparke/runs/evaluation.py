@@ -36,18 +36,12 @@ import numpy as np
 import torch
 
 from sparke.core.defaults import SIGMA_IMAGE, SIGMA_PROMPT
+from sparke.core.scores import MAX_DENSE_ROWS
 
 from .config import RunError, file_error
+from .extractors import FeatureExtractor, load_features
 from .folder import MANIFEST_FILE, RunFolder, atomic_write, file_sha256, repair_command
-from .imagefolder import ImageRecords, image_groups
-from .pixels import (
-    CLIP_MEAN,
-    CLIP_STD,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    preprocessor_settings,
-    resize_center_crop,
-)
+from .imagefolder import ImageRecords, to_unit_range
 
 __all__ = [
     "METRICS_FILE",
@@ -79,111 +73,6 @@ METRICS: dict[str, tuple[str, bool]] = {
     "coverage": ("Coverage", True),
     "frechet": ("Fréchet", False),
 }
-
-
-# -- image features ---------------------------------------------------------------------------------------------
-@dataclass
-class FeatureExtractor:
-    """``extractor(images)`` with images (N, 3, H, W) float in [-1, 1] -> unit-norm features (N, dim)."""
-
-    name: str
-    encode: Callable[[torch.Tensor], torch.Tensor]
-    device: str = "cpu"
-    batch_size: int = 64
-
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        out = []
-        for start in range(0, images.shape[0], self.batch_size):
-            chunk = images[start : start + self.batch_size].to(self.device)
-            out.append(torch.nn.functional.normalize(self.encode(chunk).float().flatten(1), dim=1).cpu())
-        return torch.cat(out) if out else torch.zeros(0, 0)
-
-
-def load_features(spec: str = "embedded", device: str = "cpu", batch_size: int = 64) -> FeatureExtractor:
-    """The image feature extractor named by ``spec`` (see the module docstring); ``RunError`` if unavailable."""
-    from .model import quiet_loading
-
-    quiet_loading()
-    if spec == "embedded":
-        from sparke.embedded.encoder import load_encoder
-
-        try:
-            encoder = load_encoder(device)
-        except FileNotFoundError as error:
-            raise RunError(
-                f"--features embedded: the shapes encoder's weights are missing ({error})"
-            ) from None
-
-        def encode(x: torch.Tensor) -> torch.Tensor:
-            if x.shape[-2:] != (32, 32):  # the encoder was trained on 32x32 renders
-                x = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", antialias=True)
-            return encoder(x)
-
-        return FeatureExtractor("embedded", encode, device, batch_size)
-    return _hf_features(spec, device, batch_size)
-
-
-def _hf_features(spec: str, device: str, batch_size: int) -> FeatureExtractor:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if (Path(spec) / "model_index.json").is_file():
-        raise RunError(
-            f"--features {spec}: a diffusers pipeline folder, not an image model; give 'embedded', a CLIP or "
-            "DINOv2 model folder, or a hub id such as openai/clip-vit-base-patch32"
-        )
-    try:
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(spec)
-    except (OSError, ValueError) as error:
-        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        where = (
-            "a folder without an image model (no config.json)"
-            if Path(spec).is_dir()
-            else ("not a local model folder nor in the Hugging Face cache")
-        )
-        raise RunError(f"--features {spec}: {where} ({first})") from None
-    from sparke.encoders.quiet import quiet_transformers
-
-    kind = getattr(config, "model_type", "")
-    arch = (getattr(config, "architectures", None) or [""])[0]
-    try:
-        if kind in ("clip", "clip_vision_model"):
-            from transformers import CLIPVisionModel, CLIPVisionModelWithProjection
-
-            with_projection = arch in ("CLIPVisionModelWithProjection", "CLIPModel")
-            cls = CLIPVisionModelWithProjection if with_projection else CLIPVisionModel
-            with quiet_transformers():
-                model = cls.from_pretrained(spec)
-            vision = config.vision_config if kind == "clip" else config
-            mean, std = CLIP_MEAN, CLIP_STD
-        else:
-            from transformers import AutoModel
-
-            with quiet_transformers():
-                model = AutoModel.from_pretrained(spec)
-            vision, with_projection = config, False
-            mean, std = IMAGENET_MEAN, IMAGENET_STD
-    except (OSError, ValueError) as error:
-        raise RunError(
-            f"--features {spec}: cannot load the model ({str(error).splitlines()[0][:200]})"
-        ) from None
-    model.to(device).eval().requires_grad_(False)
-    size = int(getattr(vision, "image_size", 224) or 224)
-    size, mean, std = preprocessor_settings(spec, size, mean, std)
-    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
-
-    def encode(x: torch.Tensor) -> torch.Tensor:
-        x = (x.float() + 1) / 2  # [-1, 1] -> [0, 1]
-        x = resize_center_crop(x, size)
-        out = model(pixel_values=((x - mean_t) / std_t).to(model.dtype))
-        if with_projection:
-            return out.image_embeds
-        pooled = getattr(out, "pooler_output", None)
-        return pooled if pooled is not None else out.last_hidden_state.mean(1)
-
-    return FeatureExtractor(str(spec), encode, device, batch_size)
 
 
 # -- reading a run ----------------------------------------------------------------------------------------------
@@ -272,15 +161,24 @@ def is_embedded_run(run: RunImages) -> bool:
     return False
 
 
-def match_flags(run: RunImages, images: torch.Tensor) -> list[tuple[bool, bool] | None]:
+def match_flags(run: RunImages, batch_size: int = 256) -> list[tuple[bool, bool] | None]:
     """Per image: (all required attributes found, shape + colour + count found) by the checker, or None
-    when the prompt's requirements are unknown."""
-    from sparke.embedded.checker import check, matches
-
-    pixels = ((images.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+    when the prompt's requirements are unknown (images streamed ``batch_size`` at a time)."""
     flags: list[tuple[bool, bool] | None] = []
     cache: dict[str, dict | None] = {}
-    for record, image in zip(run.records, pixels, strict=True):
+    for rows, images in run.iter_batches(batch_size):
+        pixels = images.permute(0, 2, 3, 1).numpy()
+        flags.extend(_batch_flags([run.records[i] for i in rows], pixels, cache))
+    return flags
+
+
+def _batch_flags(
+    records: Sequence[dict[str, Any]], pixels: np.ndarray, cache: dict[str, dict | None]
+) -> list[tuple[bool, bool] | None]:
+    from sparke.embedded.checker import check, matches
+
+    flags: list[tuple[bool, bool] | None] = []
+    for record, image in zip(records, pixels, strict=True):
         required = record.get("required")
         if required is None:
             prompt = record["prompt"]
@@ -317,19 +215,18 @@ def group_metrics(
     n = x.shape[0]
     out: dict[str, Any] = {"n_images": n, "n_prompts": len(set(prompts))}
     kw = dict(kernel=kernel)
-    for name, fn in (("vendi", vendi), ("rke", rke)):
+    bandwidths = dict(sigma_image=sigma_image, sigma_prompt=sigma_prompt)
+    for name, fn in (("vendi", vendi), ("rke", rke), ("cond_vendi", cond_vendi), ("cond_rke", cond_rke)):
         try:
-            out[name] = _finite(fn(x, sigma=sigma_image, **kw))
-        except ValueError:
-            out[name] = None  # beyond the exact limit (n > MAX_DENSE_ROWS = 8,192, sparke.core.scores)
-    for name, fn in (("cond_vendi", cond_vendi), ("cond_rke", cond_rke)):
-        try:
-            out[name] = _finite(fn(x, y, sigma_image=sigma_image, sigma_prompt=sigma_prompt, **kw))
-        except ValueError:
-            out[name] = None
+            args = (x,) if name in ("vendi", "rke") else (x, y)
+            opts = {"sigma": sigma_image} if name in ("vendi", "rke") else bandwidths
+            out[name] = _finite(fn(*args, **opts, **kw))
+        except ValueError:  # beyond the exact limit (n > MAX_DENSE_ROWS = 8,192, sparke.core.scores)
+            out[name] = _rff_score(name, x, y, kernel, sigma_image, sigma_prompt)
+            if out[name] is not None:
+                out.setdefault("estimated", {})[name] = f"random Fourier features (D = {RFF_FEATURES[name]})"
     sims = []
-    for prompt in dict.fromkeys(prompts):
-        rows = [i for i, p in enumerate(prompts) if p == prompt]
+    for rows in _rows_by_value(prompts).values():
         if len(rows) > 1:
             sims.append(in_batch_similarity(x[rows]))
     out["in_batch_similarity"] = float(np.mean(sims)) if sims else None
@@ -339,6 +236,35 @@ def group_metrics(
         out["match_shape_colour"] = float(np.mean([f[1] for f in known])) if known else None
         out["match_n"] = len(known)
     return out
+
+
+RFF_FEATURES = {"vendi": 2048, "cond_vendi": 2048, "rke": 8192, "cond_rke": 8192}
+
+
+def _rff_score(
+    name: str, x: torch.Tensor, y: torch.Tensor, kernel: str, sigma_image: float, sigma_prompt: float
+) -> float | None:
+    """A kernel score past the exact limit, from its bounded-memory random-Fourier-feature estimate
+    (``sparke.metrics.rff``; Gaussian kernel only: None for the cosine one), rows fed in chunks."""
+    if kernel != "gaussian":
+        return None
+    from sparke import metrics as M
+
+    classes = {"vendi": M.RFFVendi, "rke": M.RFFRKE, "cond_vendi": M.RFFCondVendi, "cond_rke": M.RFFCondRKE}
+    conditional = name.startswith("cond_")
+    bw = dict(sigma_image=sigma_image, sigma_prompt=sigma_prompt) if conditional else dict(sigma=sigma_image)
+    metric = classes[name](features=RFF_FEATURES[name], **bw)
+    for start in range(0, x.shape[0], 4096):
+        metric.update(x[start : start + 4096], y[start : start + 4096] if conditional else None)
+    return _finite(metric.compute())
+
+
+def _rows_by_value(values: Sequence[Any]) -> dict[Any, list[int]]:
+    """Each distinct value's row indices, in order of first appearance (one pass)."""
+    rows: dict[Any, list[int]] = {}
+    for i, value in enumerate(values):
+        rows.setdefault(value, []).append(i)
+    return rows
 
 
 def evaluate_run(
@@ -352,17 +278,20 @@ def evaluate_run(
     out: str | os.PathLike | None = None,
     reference: Any = None,
     clip: Any = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Metrics of a run folder (path or ``RunImages``; or a ``FolderImages``), overall and per cluster, written to
     ``out`` (default ``DIR/metrics.json``) when ``write``, with the features cached beside it; ``reference``: a
-    ``runs.reference.Reference`` (PRDC, Fréchet), ``clip``: a ``runs.alignment.ClipScorer`` (CLIPScore)."""
+    ``runs.reference.Reference`` (PRDC, Fréchet), ``clip``: a ``runs.alignment.ClipScorer`` (CLIPScore).
+    Images are streamed a batch at a time (``runs.feature_cache.image_features``); ``progress(what, done,
+    total)`` is told the images done after each batch (``what``: "images" or "reference")."""
     from .feature_cache import image_features
 
     _check_kernel_settings(kernel, sigma_image, sigma_prompt)
     run = load_run(path) if isinstance(path, (str, os.PathLike)) else path
     target = Path(out) if out is not None else run.path / METRICS_FILE
     cache_dir = target.parent if write else None
-    x, size = image_features(run, extractor, cache_dir)
+    x, size = image_features(run, extractor, cache_dir, _labelled(progress, "images"))
     prompts, y = _prompt_features(run.records)
     flags, notes = _checker_flags(run, extractor.name, size)
     opts = dict(kernel=kernel, sigma_image=sigma_image, sigma_prompt=sigma_prompt)
@@ -378,7 +307,8 @@ def evaluate_run(
     if reference is not None:
         from .reference import reference_metrics
 
-        overall.update(reference_metrics(x, reference.features(extractor, cache_dir)))
+        rows = reference.features(extractor, cache_dir, _labelled(progress, "reference"))
+        overall.update(reference_metrics(x, rows))
     alignment = None if clip is None else clip_scores(run, clip)
     if alignment is not None:
         overall["clip_score"] = float(alignment.mean())
@@ -407,6 +337,7 @@ def evaluate_run(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "manifest": manifest_stamp(run.path) if (run.path / MANIFEST_FILE).is_file() else None,
     }
+    notes += estimate_notes(overall) + singleton_notes(clusters)
     if notes:
         result["notes"] = notes
     if write:
@@ -417,13 +348,46 @@ def evaluate_run(
     return result
 
 
+def _labelled(
+    progress: Callable[[str, int, int], None] | None, what: str
+) -> Callable[[int, int], None] | None:
+    return None if progress is None else (lambda done, total: progress(what, done, total))
+
+
+def estimate_notes(overall: dict[str, Any]) -> list[str]:
+    """Which overall scores are estimates (past the exact limit), said in the output."""
+    return [
+        f"{METRICS[name][0]}: {len_rows(overall)} images are past the exact limit ({MAX_DENSE_ROWS:,}); "
+        f"estimated with {how}"
+        for name, how in (overall.get("estimated") or {}).items()
+    ]
+
+
+def len_rows(overall: dict[str, Any]) -> str:
+    return f"{overall['n_images']:,}"
+
+
+def singleton_notes(clusters: Sequence[dict[str, Any]]) -> list[str]:
+    """A note when prompt clusters hold a single image: their Cond-Vendi is 1 and their in-batch similarity
+    undefined by construction, and the overall Cond-Vendi then says nothing about diversity per prompt."""
+    single = sum(1 for c in clusters if c["n_images"] == 1)
+    if not single:
+        return []
+    every = single == len(clusters)
+    which = "every prompt cluster holds" if every else f"{single:,} of {len(clusters):,} prompt clusters hold"
+    return [
+        f"{which} a single image: Cond-Vendi is 1 by construction there (diversity within a prompt needs two "
+        "images or more of it; generate several per prompt, or group prompts with a cluster column)"
+    ]
+
+
 def _prompt_features(records: list[dict[str, Any]]) -> tuple[list[str], torch.Tensor]:
     """(each record's prompt, their MiniLM features (n, 384)), each distinct prompt encoded once."""
     from sparke.encoders.minilm import encode_minilm
 
     prompts = [r["prompt"] for r in records]
-    unique = list(dict.fromkeys(prompts))
-    return prompts, encode_minilm(unique)[[unique.index(p) for p in prompts]]
+    position = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
+    return prompts, encode_minilm(list(position))[[position[p] for p in prompts]]
 
 
 def _check_kernel_settings(kernel: str, sigma_image: float, sigma_prompt: float) -> None:
@@ -444,7 +408,7 @@ def _checker_flags(
         notes.append(mismatch)
     if is_embedded_run(run):
         try:
-            flags = match_flags(run, run.load_images())
+            flags = match_flags(run)
         except ImportError as error:  # the checker needs scipy, which a minimal install may lack
             notes.append(
                 f"no prompt-match rate: the shapes checker needs {error.name or 'scipy'} (pip install scipy)"
@@ -464,8 +428,7 @@ def cluster_metrics(
     prompts = [r["prompt"] for r in run.records]
     names = [r.get("cluster") or r["prompt"] for r in run.records]
     clusters = []
-    for name in dict.fromkeys(names):
-        rows = [i for i, c in enumerate(names) if c == name]
+    for name, rows in _rows_by_value(names).items():
         sub_flags = None if flags is None else [flags[i] for i in rows]
         metrics = group_metrics(x[rows], y[rows], [prompts[i] for i in rows], flags=sub_flags, **opts)
         if alignment is not None:
@@ -478,8 +441,11 @@ def clip_scores(run: RunImages, clip: Any) -> torch.Tensor:
     """CLIPScore of each image of the run with its prompt: (n,) float64, in record order."""
 
     scores = torch.empty(len(run.records), dtype=torch.float64)
-    for rows, images in image_groups(run):
-        scores[rows] = clip(images, [run.records[i]["prompt"] for i in rows])
+    for rows, images in run.iter_batches(clip.batch_size):
+        for start in range(0, len(rows), clip.batch_size):
+            part = rows[start : start + clip.batch_size]
+            pixels = to_unit_range(images[start : start + clip.batch_size])
+            scores[part] = clip(pixels, [run.records[i]["prompt"] for i in part])
     return scores
 
 
