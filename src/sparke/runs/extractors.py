@@ -32,7 +32,7 @@ from .pixels import (
 
 __all__ = ["MAX_CHUNK_PIXELS", "FeatureExtractor", "load_features"]
 
-MAX_CHUNK_PIXELS = 1 << 24  # pixels of one encoder call: bounds the float copy of a batch of large images
+MAX_CHUNK_PIXELS = 1 << 23  # pixels of one encoder call: bounds the float copy of a batch of large images
 
 
 @dataclass
@@ -57,7 +57,7 @@ class FeatureExtractor:
 
     def chunk_rows(self, size: Sequence[int]) -> int:
         """Images per encoder call at (height, width): ``batch_size``, fewer when the float copy of that many
-        would pass ``MAX_CHUNK_PIXELS`` (16 images of 1024 x 1024: 200 MB of float32)."""
+        would pass ``MAX_CHUNK_PIXELS`` (8 images of 1024 x 1024: 100 MB of float32)."""
         pixels = max(1, int(size[0]) * int(size[1]))
         return max(1, min(self.batch_size, MAX_CHUNK_PIXELS // pixels))
 

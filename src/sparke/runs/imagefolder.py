@@ -140,18 +140,28 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
     """uint8 images -> float32 in [-1, 1] (float input is returned as it is)."""
     if images.dtype != torch.uint8:
         return images
-    return images.float() / 127.5 - 1.0
+    return images.float().div_(127.5).sub_(1.0)  # in place: one float copy of the batch, not three
 
 
 def _same_size_runs(rows: list[int], futures: list[Future]) -> Iterator[tuple[list[int], torch.Tensor]]:
-    """A decoded batch as runs of consecutive same-size images: (record indices, (b, 3, H, W) uint8)."""
-    arrays = [future.result() for future in futures]
+    """A decoded batch as runs of consecutive same-size images: (record indices, (b, 3, H, W) uint8, a view
+    of channels-last memory). Each image is copied into the batch and dropped at once, so that a batch is
+    held once, not as a list of images plus their stack."""
     start = 0
-    for stop in range(1, len(arrays) + 1):
-        if stop == len(arrays) or arrays[stop].shape != arrays[start].shape:
-            stacked = torch.from_numpy(np.stack(arrays[start:stop])).permute(0, 3, 1, 2).contiguous()
-            yield rows[start:stop], stacked
-            start = stop
+    while start < len(futures):
+        first = futures[start].result()
+        stop = start + 1
+        while stop < len(futures) and futures[stop].result().shape == first.shape:
+            stop += 1
+        batch = np.empty((stop - start, *first.shape), np.uint8)
+        for k in range(start, stop):
+            batch[k - start] = futures[k].result()
+            futures[k] = _DONE  # the decoded image is freed once copied
+        yield rows[start:stop], torch.from_numpy(batch).permute(0, 3, 1, 2)
+        start = stop
+
+
+_DONE: Future = Future()
 
 
 def pixels_rgb8(im: Any) -> np.ndarray:
