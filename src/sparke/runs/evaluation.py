@@ -26,7 +26,6 @@ import datetime as _dt
 import json
 import math
 import os
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ import torch
 
 from sparke.core.defaults import SIGMA_IMAGE, SIGMA_PROMPT
 from sparke.core.scores import MAX_DENSE_ROWS
+from sparke.embedded.requirements import is_embedded_model, required_from_prompt, unreadable_prompts
 
 from .config import RunError, file_error
 from .extractors import FeatureExtractor, load_features
@@ -50,6 +50,7 @@ __all__ = [
     "evaluate_run",
     "load_features",
     "load_run",
+    "open_images",
     "required_from_prompt",
 ]
 
@@ -108,57 +109,10 @@ def load_run(path: str | os.PathLike) -> RunImages:
 
 
 # -- the embedded model's checker -------------------------------------------------------------------------------
-def required_from_prompt(prompt: str) -> dict[str, Any] | None:
-    """Attributes a shapes-world prompt requires (shape, colour, count; size, background, position if stated),
-    read with the world's vocabulary; None when it names no known shape or colour."""
-    from sparke.embedded import world as W
-
-    text = " " + re.sub(r"\s+", " ", prompt.lower()) + " "
-
-    def find(table: dict[str, Sequence[str]]) -> str | None:
-        best: tuple[int, int, str] | None = None  # (-length, position) of the longest, earliest phrase
-        for name, words in table.items():
-            for word in words:
-                m = re.search(rf"(?<![\w-]){re.escape(word)}(?![\w-])", text)
-                if m and (best is None or (-len(word), m.start()) < best[:2]):
-                    best = (-len(word), m.start(), name)
-        return None if best is None else best[2]
-
-    shapes = {s: [w for pair in pairs for w in pair] for s, pairs in W.SHAPE_WORDS.items()}
-    shape, colour = find(shapes), find(W.COLOUR_WORDS)
-    if shape is None or colour is None:
-        return None
-    two = re.search(r"(?<!\w)(two|2|a pair of)(?!\w)", text) is not None
-    required: dict[str, Any] = {"shape": shape, "colour": colour, "count": 2 if two else 1}
-    size = find(W.SIZE_WORDS)
-    if size is not None:
-        required["size"] = size
-    for name, words in W.BACKGROUND_WORDS.items():
-        if any(re.search(rf"(?<!\w){re.escape(w)} (background|backdrop)(?!\w)", text) for w in words):
-            required["background"] = name
-            break
-    m = re.search(
-        r"(?<!\w)(?:in|at|on) the (top left|top right|bottom left|bottom right|top|bottom|left|right|centre|"
-        r"center|middle)(?!\w)",
-        text,
-    )
-    if m is not None:
-        required["position"] = {"center": "centre", "middle": "centre"}.get(m.group(1), m.group(1))
-    return required
-
-
 def is_embedded_run(run: RunImages) -> bool:
     """Whether the run's model is the embedded shapes model (shipped, or a saved ShapesPipeline folder)."""
     model = run.config.get("model") or (run.records[0].get("model") if run.records else None)
-    if model == "embedded":
-        return True
-    index = Path(str(model)) / "model_index.json" if model else None
-    if index is not None and index.is_file():
-        try:
-            return json.loads(index.read_text()).get("_class_name") == "ShapesPipeline"
-        except (OSError, ValueError):
-            return False
-    return False
+    return is_embedded_model(model)
 
 
 def match_flags(run: RunImages, batch_size: int = 256) -> list[tuple[bool, bool] | None]:
@@ -235,6 +189,7 @@ def group_metrics(
         out["match_rate"] = float(np.mean([f[0] for f in known])) if known else None
         out["match_shape_colour"] = float(np.mean([f[1] for f in known])) if known else None
         out["match_n"] = len(known)
+        out["match_unread"] = len(flags) - len(known)
     return out
 
 
@@ -413,7 +368,24 @@ def _checker_flags(
             notes.append(
                 f"no prompt-match rate: the shapes checker needs {error.name or 'scipy'} (pip install scipy)"
             )
+    if flags is not None:
+        notes += unread_notes([r for r, f in zip(run.records, flags, strict=True) if f is None], len(flags))
     return flags, notes
+
+
+def unread_notes(unread: Sequence[dict[str, Any]], total: int) -> list[str]:
+    """A warning naming the prompts whose requirements the checker cannot read: their images are left out
+    of Match, which then describes the other images only (or is absent when none is left)."""
+    if not unread:
+        return []
+    reasons = unreadable_prompts([r["prompt"] for r in unread if "required" not in r])
+    example = next(iter(reasons.items()), None)
+    why = f" (e.g. {example[0]!r}: {example[1]})" if example else ""
+    left = "Match is not given" if len(unread) == total else f"Match counts the other {total - len(unread):,}"
+    return [
+        f"{len(unread):,} of {total:,} images have prompts the shapes checker cannot read{why}: they are left "
+        f"out of Match; {left}"
+    ]
 
 
 def cluster_metrics(
@@ -473,6 +445,8 @@ def metrics_stale(path: str | os.PathLike, metrics: dict[str, Any] | None = None
     metrics = read_metrics(path) if metrics is None else metrics
     if metrics is None:
         return None
+    if not (path / MANIFEST_FILE).is_file():
+        return _image_folder_stale(path, metrics)
     folder = RunFolder(path)
     try:
         now = len(folder.read_manifest())
@@ -496,6 +470,33 @@ def metrics_stale(path: str | os.PathLike, metrics: dict[str, Any] | None = None
     except OSError:
         pass
     return None
+
+
+def _image_folder_stale(path: Path, metrics: dict[str, Any]) -> str | None:
+    """``metrics_stale`` of a plain image folder: its metadata lists another number of images, or changed
+    after the metrics were made."""
+    from .imagefolder import METADATA_FILES
+
+    for name in METADATA_FILES:
+        file = path / name
+        if not file.is_file():
+            continue
+        try:
+            if file.stat().st_mtime > (path / METRICS_FILE).stat().st_mtime:
+                return f"{name} changed since it was made"
+        except OSError:
+            return None
+    return None
+
+
+def open_images(path: str | os.PathLike, prompt_column: str = "prompt") -> ImageRecords:
+    """A run folder (``load_run``) when it has a manifest, else a plain image folder with imagefolder
+    metadata (``runs.imagefolder.read_image_folder``): what ``sparke evaluate`` and ``sparke report`` accept."""
+    from .imagefolder import read_image_folder
+
+    if (Path(path) / MANIFEST_FILE).is_file():
+        return load_run(path)
+    return read_image_folder(path, prompt_column)
 
 
 def encoder_mismatch(run: RunImages, features: str, size: tuple[int, int]) -> str | None:
