@@ -41,7 +41,7 @@ def report_command(
         int,
         typer.Option(
             min=1,
-            help="Images shown per prompt and run (fewer when the page would show more than 2,000 images: a "
+            help="Images shown per prompt and run (fewer when the page would show more than 1,000 images: a "
             "sample per prompt keeps the page light).",
         ),
     ] = 16,

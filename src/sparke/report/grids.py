@@ -14,9 +14,9 @@ from .markup import esc as _e
 __all__ = ["MAX_THUMBNAILS", "grid_figure", "grid_image", "thumbs_per_prompt"]
 
 
-MAX_THUMBNAILS = 2_000  # images on one page, all runs together: keeps a page of 50,000 images light
+MAX_THUMBNAILS = 1_000  # images on one page, all runs together: keeps a page of 50,000 images light
 JPEG_FROM = 64  # cells at least this many pixels are photographs: JPEG thumbnails (PNG keeps pixel art exact)
-JPEG_QUALITY = 85
+JPEG_QUALITY = 80
 
 
 def thumbs_per_prompt(max_images: int, grids: int, max_thumbnails: int = MAX_THUMBNAILS) -> int:
