@@ -87,6 +87,9 @@ def load_features(spec: str = "embedded", device: str = "cpu", batch_size: int =
 
 
 def _hf_features(spec: str, device: str, batch_size: int) -> FeatureExtractor:
+    from .model import missing_folder
+
+    missing_folder("--features", spec)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if (Path(spec) / "model_index.json").is_file():
         raise RunError(
