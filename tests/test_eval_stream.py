@@ -16,7 +16,7 @@ from cli_helpers import cli, one_error_line, one_thread
 from sparke.runs import RunError
 from sparke.runs.evaluation import FeatureExtractor, evaluate_run, group_metrics
 from sparke.runs.feature_cache import image_features
-from sparke.runs.imagefolder import pixels_rgb8, read_image_folder
+from sparke.runs.imagefolder import read_image_folder
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -139,6 +139,8 @@ def test_past_the_exact_limit_vendi_is_estimated_and_said(monkeypatch):
 def test_16_bit_greyscale_keeps_its_levels():
     from PIL import Image
 
+    from sparke.runs.imagefolder import pixels_rgb8
+
     ramp = (np.arange(16 * 16, dtype=np.uint32).reshape(16, 16) * 256).astype(np.uint16)  # 0 .. 65280
     im = Image.fromarray(ramp)  # mode I;16
     rgb = pixels_rgb8(im)
@@ -149,17 +151,25 @@ def test_16_bit_greyscale_keeps_its_levels():
     assert rgb.mean() == pytest.approx(expected.mean()) and rgb.mean() < 140
 
 
-def test_16_bit_png_read_from_a_file_is_not_white(tmp_path):
+def test_16_bit_and_rgba_pngs_read_from_a_folder(tmp_path):
+    """What evaluate reads: a 16-bit grey PNG keeps its level (not white), an RGBA one is composited on white."""
     from PIL import Image
 
-    grey = np.full((8, 8), 16384, np.uint16)  # a quarter of full scale
-    Image.fromarray(grey).save(tmp_path / "g.png")
-    with Image.open(tmp_path / "g.png") as im:
-        assert np.all(pixels_rgb8(im) == 64)  # 16384 / 65535 * 255 = 63.75 -> 64
+    Image.fromarray(np.full((8, 8), 16384, np.uint16)).save(tmp_path / "grey16.png")  # a quarter of 65535
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 2] = 255  # blue, fully transparent: a viewer shows white
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "clear.png")
+    lines = [json.dumps({"file_name": n, "prompt": "p"}) for n in ("grey16.png", "clear.png")]
+    (tmp_path / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    folder = read_image_folder(tmp_path)
+    assert np.all(folder.read_image(folder.records[0]) == 64)  # 16384 / 65535 * 255 = 63.75 -> 64
+    assert np.all(folder.read_image(folder.records[1]) == 255)
 
 
 def test_transparency_is_composited_over_white():
     from PIL import Image
+
+    from sparke.runs.imagefolder import pixels_rgb8
 
     rgba = np.zeros((4, 4, 4), np.uint8)
     rgba[..., 0] = 255  # red

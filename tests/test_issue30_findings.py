@@ -14,11 +14,12 @@ import torch
 
 from cli_helpers import cli, one_error_line
 from sparke.core import Bank
-from sparke.core.compat import bank_mismatch
 
 
 def test_a_bank_from_another_space_of_the_same_width_is_named():
     """Finding 3: rows of the same width from another space are refused on what the bank says it holds."""
+    from sparke.core.compat import bank_mismatch
+
     meta = {"pipeline": "ShapesPipeline", "space": "latent", "prompt_encoder": "pipeline"}
     assert bank_mismatch(meta, space="latent", pipeline="ShapesPipeline", prompt_encoder="pipeline") is None
     assert bank_mismatch(meta, space="x0", pipeline="ShapesPipeline") == (
