@@ -101,7 +101,9 @@ if len(sys.argv) > 2:
 """
 
 
-def run_size(count: int, size: int, work: Path, reference: bool, researcher: bool) -> list[dict]:
+def run_size(
+    count: int, size: int, work: Path, reference: bool, researcher: bool, report: bool = False
+) -> list[dict]:
     folder = work / f"gen-{count}-{size}"
     ref = work / f"ref-{count}-{size}"
     start = time.perf_counter()
@@ -125,6 +127,15 @@ def run_size(count: int, size: int, work: Path, reference: bool, researcher: boo
             command = [sys.executable, str(script), str(folder)] + ([str(ref)] if with_ref else [])
             rows.append(_row("researcher script", count, size, with_ref, measure(command), {}))
         print(json.dumps(rows[-1]), file=sys.stderr)
+    if report:  # `sparke report` on the evaluated folder (its metrics.json from the run without --reference)
+        shutil.copy(work / f"out-{count}-{size}-0" / "metrics.json", folder / "metrics.json")
+        page = work / f"report-{count}-{size}.html"
+        command = [sys.executable, "-m", "sparke", "report", str(folder), "--out", str(page), "--no-evaluate"]
+        result = measure(command)
+        row = _row("sparke report", count, size, False, result, {})
+        row["page_mb"] = round(page.stat().st_size / 1e6, 2) if result["status"] == 0 else None
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr)
     shutil.rmtree(folder)
     shutil.rmtree(ref, ignore_errors=True)
     return rows
@@ -149,10 +160,11 @@ def _row(tool: str, count: int, size: int, with_ref: bool, result: dict, metrics
 
 
 def markdown(rows: list[dict]) -> str:
-    head = "| tool | images | px | --reference | seconds | images/s | peak RSS (MB) |\n|---|---|---|---|---|---|---|\n"
+    head = "| tool | images | px | --reference | seconds | images/s | peak RSS (MB) | page (MB) |\n"
+    head += "|---|---|---|---|---|---|---|---|\n"
     body = "".join(
         f"| {r['tool']} | {r['images']:,} | {r['px']} | {'yes' if r['reference'] else 'no'} | {r['seconds']} "
-        f"| {r['images_per_s']} | {r['peak_mb']:,}{'' if r['ok'] else ' (failed)'} |\n"
+        f"| {r['images_per_s']} | {r['peak_mb']:,}{'' if r['ok'] else ' (failed)'} | {r.get('page_mb') or ''} |\n"
         for r in rows
     )
     return head + body
@@ -163,6 +175,9 @@ def main() -> None:
     parser.add_argument("--sizes", default="300x1024", help="COUNTxPX, comma-separated")
     parser.add_argument("--reference", action="store_true", help="also with a reference folder as large")
     parser.add_argument("--researcher", action="store_true", help="also the researcher's script")
+    parser.add_argument(
+        "--report", action="store_true", help="also `sparke report` on each folder (page size)"
+    )
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one in /tmp)")
     parser.add_argument("--json", default=None, help="append the rows to this JSON file")
     args = parser.parse_args()
@@ -171,7 +186,7 @@ def main() -> None:
     try:
         for spec in args.sizes.split(","):
             count, size = (int(v) for v in spec.lower().split("x"))
-            rows += run_size(count, size, work, args.reference, args.researcher)
+            rows += run_size(count, size, work, args.reference, args.researcher, args.report)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores")
