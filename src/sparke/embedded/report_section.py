@@ -24,12 +24,9 @@ def free_attributes_section(
     """Per run, the positions, sizes and backgrounds (the attributes the prompts leave free) that occur among
     the cluster's images that match their prompt, read by the embedded world's checker ('' for other models)."""
     try:
-        from sparke.embedded.checker import check, matches
-    except ImportError:  # the checker needs scipy
+        import scipy  # noqa: F401 (the checker needs it)
+    except ImportError:
         return ""
-    import numpy as np
-    from PIL import Image
-
     from sparke.embedded.requirements import is_embedded_model, required_from_prompt
 
     rows = []
@@ -41,24 +38,7 @@ def free_attributes_section(
             continue
         required = records[0].get("required") or required_from_prompt(records[0]["prompt"]) or {}
         free = [a for a in FREE_ATTRIBUTES if required.get(a[0]) is None]
-        counts: dict[str, dict[str, int]] = {a[0]: {} for a in free}
-        good = 0
-        for rec in records:
-            req = rec.get("required") or required_from_prompt(rec["prompt"])
-            if req is None:
-                continue
-            try:
-                with Image.open(info["run"].path / rec["file"]) as im:
-                    detected = check(np.asarray(im.convert("RGB")))
-            except OSError:
-                continue
-            if not matches(detected, req):
-                continue
-            good += 1
-            for name, *_ in free:
-                value = detected["objects"][0]["position"] if name == "position" else detected.get(name)
-                if value is not None:
-                    counts[name][value] = counts[name].get(value, 0) + 1
+        good, counts = _free_counts(info["run"].path, records, [a[0] for a in free])
         cells = []
         for name, _plural, possible in free:
             if name == "size" and int(required.get("count", 1)) == 2:
@@ -81,3 +61,33 @@ def free_attributes_section(
         + "".join(rows)
         + "</tbody></table></div></details>"
     )
+
+
+def _free_counts(folder: Any, records: Sequence[dict[str, Any]], names: Sequence[str]) -> tuple[int, dict]:
+    """(how many of ``records``' images match their prompt, and among them each free attribute's values
+    with their counts), read by the checker."""
+    import numpy as np
+    from PIL import Image
+
+    from sparke.embedded.checker import check, matches
+    from sparke.embedded.requirements import required_from_prompt
+
+    counts: dict[str, dict[str, int]] = {name: {} for name in names}
+    good = 0
+    for rec in records:
+        req = rec.get("required") or required_from_prompt(rec["prompt"])
+        if req is None:
+            continue
+        try:
+            with Image.open(folder / rec["file"]) as im:
+                detected = check(np.asarray(im.convert("RGB")))
+        except OSError:
+            continue
+        if not matches(detected, req):
+            continue
+        good += 1
+        for name in names:
+            value = detected["objects"][0]["position"] if name == "position" else detected.get(name)
+            if value is not None:
+                counts[name][value] = counts[name].get(value, 0) + 1
+    return good, counts

@@ -128,17 +128,9 @@ def build_report(
         for run, label, given in zip(loaded, labels, runs, strict=True)
     ]
     prompt_cluster, by_run_prompt = _prompt_groups(loaded)
-    prompts = list(prompt_cluster)
-    notes = []
-    if len(prompts) > max_prompts:
-        notes.append(f"Showing the first {max_prompts:,} of {len(prompts):,} prompts.")
-        prompts = prompts[:max_prompts]
-    per_prompt = thumbs_per_prompt(max_images, len(prompts) * len(loaded), max_thumbnails)
-    if per_prompt < max_images:
-        notes.append(
-            f"Showing a sample of at most {per_prompt} image{'s' if per_prompt != 1 else ''} per prompt and run "
-            f"(the first ones; at most {max_thumbnails:,} images on the page)."
-        )
+    prompts, per_prompt, notes = _shown(
+        list(prompt_cluster), len(loaded), max_prompts, max_images, max_thumbnails
+    )
     clusters: dict[str, list[str]] = {}
     for p in prompts:
         clusters.setdefault(prompt_cluster[p], []).append(p)
@@ -166,6 +158,23 @@ def build_report(
     except OSError as error:
         raise RunError(f"{target}: cannot write the report ({error.strerror or error})") from None
     return target
+
+
+def _shown(
+    prompts: list[str], n_runs: int, max_prompts: int, max_images: int, max_thumbnails: int
+) -> tuple[list[str], int, list[str]]:
+    """(the prompts shown, images per prompt and run, the notes that say what is left out)."""
+    notes = []
+    if len(prompts) > max_prompts:
+        notes.append(f"Showing the first {max_prompts:,} of {len(prompts):,} prompts.")
+        prompts = prompts[:max_prompts]
+    per_prompt = thumbs_per_prompt(max_images, len(prompts) * n_runs, max_thumbnails)
+    if per_prompt < max_images:
+        notes.append(
+            f"Showing a sample of at most {per_prompt} image{'s' if per_prompt != 1 else ''} per prompt and run "
+            f"(the first ones; at most {max_thumbnails:,} images on the page)."
+        )
+    return prompts, per_prompt, notes
 
 
 def _subtitle(n_runs: int, prompt_cluster: dict[str, str]) -> str:

@@ -268,30 +268,10 @@ def evaluate_run(
     if alignment is not None:
         overall["clip_score"] = float(alignment.mean())
     clusters = cluster_metrics(run, x, y, flags, alignment, opts)
-    first = run.records[0]
-    result = {
-        "format": "sparke.metrics",
-        "format_version": 1,
-        "run": run.name,
-        "method": run.config.get("method", first.get("method")),
-        "scale": run.config.get("scale", first.get("scale")),
-        "model": run.config.get("model", first.get("model")),
-        "settings": run.config.get("settings", first.get("settings")),
-        "n_images": len(run.records),
-        "features": {"image": extractor.name, "image_dim": int(x.shape[1]), "prompt": "all-MiniLM-L6-v2"},
-        "reference": None if reference is None else reference.describe(),
-        "alignment": None if clip is None else {"metric": "clip_score", "model": clip.name},
-        "kernels": {
-            "kernel": kernel,
-            "sigma_image": sigma_image if kernel == "gaussian" else None,
-            "sigma_prompt": sigma_prompt if kernel == "gaussian" else None,
-            "note": "features L2-normalised; gaussian k = exp(-|a-b|^2 / (2 sigma^2))",
-        },
-        "overall": overall,
-        "clusters": clusters,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "manifest": manifest_stamp(run.path) if (run.path / MANIFEST_FILE).is_file() else None,
-    }
+    result = _record(run, extractor.name, int(x.shape[1]), opts, reference, clip)
+    result.update(overall=overall, clusters=clusters)
+    result["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    result["manifest"] = manifest_stamp(run.path) if (run.path / MANIFEST_FILE).is_file() else None
     notes += estimate_notes(overall) + singleton_notes(clusters)
     if notes:
         result["notes"] = notes
@@ -301,6 +281,33 @@ def evaluate_run(
         except OSError as error:
             raise file_error(target, error, "write") from None
     return result
+
+
+def _record(
+    run: ImageRecords, encoder: str, dim: int, opts: dict[str, Any], reference: Any, clip: Any
+) -> dict[str, Any]:
+    """metrics.json's description of what was measured: the run's settings, features, kernels, reference."""
+    first = run.records[0]
+    kernel = opts["kernel"]
+    return {
+        "format": "sparke.metrics",
+        "format_version": 1,
+        "run": run.name,
+        "method": run.config.get("method", first.get("method")),
+        "scale": run.config.get("scale", first.get("scale")),
+        "model": run.config.get("model", first.get("model")),
+        "settings": run.config.get("settings", first.get("settings")),
+        "n_images": len(run.records),
+        "features": {"image": encoder, "image_dim": dim, "prompt": "all-MiniLM-L6-v2"},
+        "reference": None if reference is None else reference.describe(),
+        "alignment": None if clip is None else {"metric": "clip_score", "model": clip.name},
+        "kernels": {
+            "kernel": kernel,
+            "sigma_image": opts["sigma_image"] if kernel == "gaussian" else None,
+            "sigma_prompt": opts["sigma_prompt"] if kernel == "gaussian" else None,
+            "note": "features L2-normalised; gaussian k = exp(-|a-b|^2 / (2 sigma^2))",
+        },
+    }
 
 
 def _labelled(
