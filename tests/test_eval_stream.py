@@ -123,17 +123,19 @@ def test_progress_is_told_each_batch(tmp_path):
 def test_past_the_exact_limit_vendi_is_estimated_and_said(monkeypatch):
     """Past MAX_DENSE_ROWS the exact scores refuse; the RFF estimates take over and metrics.json says so.
     The limit is lowered to 40 rows here so that the estimate can be compared with the exact value."""
-    from sparke.core import scores, vendi
+    from sparke.core import rke, scores, vendi
 
     rng = np.random.default_rng(0)
     x = torch.nn.functional.normalize(torch.from_numpy(rng.standard_normal((60, 8))).float(), dim=1)
     y = torch.nn.functional.normalize(torch.ones(60, 4), dim=1)
     exact = vendi(x, sigma=0.3)
     monkeypatch.setattr(scores, "MAX_DENSE_ROWS", 40)
+    monkeypatch.setattr("sparke.runs.evaluation.MAX_DENSE_ROWS", 40)
     out = group_metrics(x, y, ["p"] * 60, kernel="gaussian", sigma_image=0.3, sigma_prompt=0.3)
-    assert set(out["estimated"]) == {"vendi", "cond_vendi"}  # RKE has no dense limit: exact at any size
+    assert set(out["estimated"]) == {"vendi", "rke", "cond_vendi", "cond_rke"}  # bounded memory, all four
     # RFF with D = 2048 on 60 rows: within 10% of the exact score (tests/test_metrics.py measures the error)
     assert out["vendi"] == pytest.approx(exact, rel=0.1)
+    assert out["rke"] == pytest.approx(rke(x, sigma=0.3), rel=0.1)  # D = 8192: unbiased pair sums
 
 
 def test_16_bit_greyscale_keeps_its_levels():

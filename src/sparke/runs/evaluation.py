@@ -170,12 +170,17 @@ def group_metrics(
     out: dict[str, Any] = {"n_images": n, "n_prompts": len(set(prompts))}
     kw = dict(kernel=kernel)
     bandwidths = dict(sigma_image=sigma_image, sigma_prompt=sigma_prompt)
+    # past the exact limit (MAX_DENSE_ROWS, sparke.core.scores) the Gaussian scores are RFF estimates, all four:
+    # Vendi's eigendecomposition is refused there, and exact RKE's memory grows with n (n x chunk blocks)
+    estimate = n > MAX_DENSE_ROWS and kernel == "gaussian"
     for name, fn in (("vendi", vendi), ("rke", rke), ("cond_vendi", cond_vendi), ("cond_rke", cond_rke)):
         try:
+            if estimate:
+                raise ValueError(name)
             args = (x,) if name in ("vendi", "rke") else (x, y)
             opts = {"sigma": sigma_image} if name in ("vendi", "rke") else bandwidths
             out[name] = _finite(fn(*args, **opts, **kw))
-        except ValueError:  # beyond the exact limit (n > MAX_DENSE_ROWS = 8,192, sparke.core.scores)
+        except ValueError:
             out[name] = _rff_score(name, x, y, kernel, sigma_image, sigma_prompt)
             if out[name] is not None:
                 out.setdefault("estimated", {})[name] = f"random Fourier features (D = {RFF_FEATURES[name]})"
@@ -194,6 +199,7 @@ def group_metrics(
 
 
 RFF_FEATURES = {"vendi": 2048, "cond_vendi": 2048, "rke": 8192, "cond_rke": 8192}
+RFF_CHUNK = 1024  # rows per RFF update: a (1024, D) block of features, 32 MB at D = 8192
 
 
 def _rff_score(
@@ -209,8 +215,8 @@ def _rff_score(
     conditional = name.startswith("cond_")
     bw = dict(sigma_image=sigma_image, sigma_prompt=sigma_prompt) if conditional else dict(sigma=sigma_image)
     metric = classes[name](features=RFF_FEATURES[name], **bw)
-    for start in range(0, x.shape[0], 4096):
-        metric.update(x[start : start + 4096], y[start : start + 4096] if conditional else None)
+    for start in range(0, x.shape[0], RFF_CHUNK):
+        metric.update(x[start : start + RFF_CHUNK], y[start : start + RFF_CHUNK] if conditional else None)
     return _finite(metric.compute())
 
 
