@@ -74,12 +74,14 @@ class IntervalGuidance(Guide):
 
     def end(self, pipe: Any, run: Any) -> None:
         """Warn when the call had no classifier-free guidance to limit (so the method changed nothing)."""
-        if self.scale == 0 or self.stats.guided or run.step_calls == 0:
-            return
         cfg = self._cfg
+        no_cfg = isinstance(cfg, (int, float)) and cfg <= 1
+        outside = any(not self.inside(sigma) for sigma in self.sigmas)  # steps where it had work to do
+        if self.scale == 0 or self.stats.guided or run.step_calls == 0 or not (no_cfg or outside):
+            return
         why = (
             f"the guidance scale (cfg) is {cfg:g} <= 1, so the pipeline runs no classifier-free guidance"
-            if isinstance(cfg, (int, float)) and cfg <= 1
+            if no_cfg
             else "the pipeline ran no unconditional batch (a distilled or guidance-embedded model)"
         )
         warnings.warn(
