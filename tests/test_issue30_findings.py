@@ -68,13 +68,15 @@ def test_interval_with_cfg_one_warns():
     from tiny_pipelines import build, call_kwargs
 
     pipe = build("sd")
-    for cfg, expected in ((1.0, 1), (5.0, 0)):
-        guide = IntervalGuidance()
+    # cfg 1: nothing to limit, said; cfg 5: limited outside the interval; an interval holding every step:
+    # nothing to do, and nothing wrong to say
+    for cfg, hi, expected in ((1.0, 5.42, 1), (5.0, 5.42, 0), (5.0, 1e9, 0)):
+        guide = IntervalGuidance(lo=0.0, hi=hi)
         with warnings.catch_warnings(record=True) as caught, attach(pipe):
             warnings.simplefilter("always")
             guide(pipe, **call_kwargs(pipe, ["a cat"], steps=3, guidance_scale=cfg))
         said = [str(w.message) for w in caught if "interval:" in str(w.message)]
-        assert len(said) == expected, (cfg, said)
+        assert len(said) == expected, (cfg, hi, said)
 
 
 def test_interval_cfg_one_warning_text():
