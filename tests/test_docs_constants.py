@@ -18,9 +18,15 @@ def _doc(name: str) -> str:
 def test_evaluation_limits():
     from sparke.core.scores import MAX_DENSE_ROWS
     from sparke.metrics.bootstrap import MAX_KERNEL_ROWS
+    from sparke.report.grids import MAX_THUMBNAILS
+    from sparke.runs.evaluation import RFF_FEATURES
+    from sparke.runs.feature_cache import CHECKPOINT_ROWS
 
     cli = _doc("docs/cli.md")
-    assert f"left out (`-`) above {MAX_DENSE_ROWS:,} images" in cli
+    assert f"above {MAX_DENSE_ROWS:,} images (`sparke.core.scores.MAX_DENSE_ROWS`) they are estimated" in cli
+    assert f"D = {RFF_FEATURES['vendi']:,}, bounded memory" in cli
+    assert f"saved every {CHECKPOINT_ROWS:,} images" in cli
+    assert f"at most {MAX_THUMBNAILS:,} images in all" in cli
     assert f"stop at {MAX_KERNEL_ROWS:,} images" in cli
     assert "16,384 images" not in cli
 

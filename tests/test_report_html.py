@@ -138,7 +138,7 @@ def test_intervals_and_small_run_note(runs, tmp_path):
 
 def test_bad_input(tmp_path, runs):
     line = one_error_line(cli("report", tmp_path / "nowhere", "--out", tmp_path / "r.html"))
-    assert "no such run folder" in line
+    assert line.endswith("nowhere: no such folder")
     blocker = tmp_path / "file"
     blocker.write_text("x")
     line = one_error_line(cli("report", runs[0], "--out", blocker / "r.html", "--no-evaluate"))

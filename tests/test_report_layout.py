@@ -16,7 +16,8 @@ import pytest
 
 from cli_helpers import cli, fake_run
 from sparke.report import line_plot
-from sparke.report.builder import COLUMN_HELP, relative_scale
+from sparke.report.plots import relative_scale
+from sparke.report.tables import COLUMN_HELP
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # the issue's wide case: six methods (cads' noise std beside step sizes), chips of free attributes

@@ -1,27 +1,20 @@
 """sparke: prompt-aware diversity guidance (SPARKE) for diffusers pipelines, and diversity metrics.
 
-The core (scores, bank, direction) imports only torch, numpy and safetensors; the diffusers plug-in and the
-other adapters load on first use, so ``import sparke`` stays light.
+Every public name loads on first use (the core imports only torch, numpy and safetensors; the diffusers
+plug-in and the other adapters more), so ``import sparke`` and ``sparke --help`` import no torch.
 """
 
 from importlib import import_module
-
-from .core import (
-    Bank,
-    BankFileError,
-    cond_rke,
-    cond_vendi,
-    diversity_direction,
-    in_batch_similarity,
-    novelty_direction,
-    rke,
-    vendi,
-)
 
 __version__ = "0.1.0"
 
 # public name -> module that defines it, imported on first access
 _LAZY = {
+    **dict.fromkeys(
+        ["Bank", "BankFileError", "cond_rke", "cond_vendi", "diversity_direction", "in_batch_similarity"],
+        "sparke.core",
+    ),
+    **dict.fromkeys(["novelty_direction", "rke", "vendi"], "sparke.core"),
     "SPARKE": "sparke.guidance",
     "Update": "sparke.guidance",
     "IndexedBank": "sparke.core.indexed",

@@ -16,14 +16,60 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from .bench import bench_command
-from .evaluate import evaluate_command
-from .generate import generate_command
-from .methods import methods_command
-from .repair import repair_command
-from .report import report_command
+__all__ = ["COMMANDS", "app", "main"]
 
-__all__ = ["app", "main"]
+# name -> (module, function, typer options, the summary `sparke --help` lists). Each command's module is
+# imported only when that command runs or shows its own help, so `sparke --help` imports no torch;
+# tests/test_cli_startup.py checks that each summary is its function's docstring's first paragraph.
+COMMANDS: dict[str, tuple[str, str, dict[str, Any], str]] = {
+    # bare `sparke generate` says which options it needs (an error line) rather than dumping the whole help
+    "generate": (
+        "generate",
+        "generate_command",
+        {},
+        "Generate images for a prompt set into a run folder; rerun the same command to resume it.",
+    ),
+    "evaluate": (
+        "evaluate",
+        "evaluate_command",
+        {"no_args_is_help": True},
+        "Diversity of runs or image folders: Vendi, RKE, Cond-Vendi, Cond-RKE, in-batch similarity (overall "
+        "and per cluster); with --reference, precision, recall, density, coverage and Fréchet distance; with "
+        "--clip, CLIPScore.",
+    ),
+    "report": (
+        "report",
+        "report_command",
+        {"no_args_is_help": True},
+        "Write one self-contained HTML page comparing runs or image folders: image grids per prompt, "
+        "metrics, scale plot.",
+    ),
+    "repair": (
+        "repair",
+        "repair_command",
+        {"no_args_is_help": True},
+        "Rebuild DIR/manifest.jsonl from the images and DIR/run.json, dropping damaged lines and images.",
+    ),
+    "shield": (
+        "shield",
+        "shield_command",
+        {"no_args_is_help": True},
+        "Make a SPELL shield from images: their x0 rows in the model's own space, for `sparke generate "
+        "--method spell --shield FILE`.",
+    ),
+    "methods": (
+        "methods",
+        "methods_command",
+        {},
+        "List the generation methods: what each does, its paper, its default scale and settings.",
+    ),
+    "bench": (
+        "bench",
+        "bench_command",
+        {"no_args_is_help": True},
+        "Benchmark SPARKE against the baselines on the embedded model, with ground truth.",
+    ),
+}
 
 
 @contextlib.contextmanager
@@ -51,6 +97,10 @@ def _no_leading_blank_line() -> Iterator[None]:
             for column in self.columns[:-2]:
                 column.no_wrap = True
             self.columns[-1].overflow = "fold"  # a word longer than the help column breaks, never "…"
+            if renderables:  # the help cell: typer's Columns of Text pieces, each with its own overflow
+                for piece in getattr(renderables[-1], "renderables", [renderables[-1]]):
+                    if hasattr(piece, "overflow"):
+                        piece.overflow = "fold"
 
     rich_utils.Padding = padding  # type: ignore[assignment]
     rich_utils.Table = Table  # type: ignore[misc]
@@ -95,9 +145,31 @@ def _one_line_usage_errors() -> Iterator[None]:
 
 
 class _Group(TyperGroup):
+    """The ``sparke`` group: commands built on first use from ``COMMANDS``; its own help lists their summaries
+    without importing them."""
+
+    _listing = False
+    _built: dict[str, Any] = {}
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: Any, name: str) -> Any:
+        if name not in COMMANDS:
+            return None
+        if self._listing:
+            return TyperCommand(name=name, help=COMMANDS[name][3])
+        if name not in self._built:
+            self._built[name] = _build(name)
+        return self._built[name]
+
     def format_help(self, ctx: Any, formatter: Any) -> None:
-        with _no_leading_blank_line():
-            return super().format_help(ctx, formatter)
+        self._listing = True
+        try:
+            with _no_leading_blank_line():
+                return super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         with _one_line_usage_errors():
@@ -156,17 +228,17 @@ def _help(command: Any) -> str:
     return "\n\n".join(" ".join(p.split()) for p in paragraphs)
 
 
-def _add(name: str, command: Any, **kwargs: Any) -> None:
-    app.command(name, cls=_Command, help=_help(command), **kwargs)(command)
+def _build(name: str) -> Any:
+    """The click command of ``name``: its module imported, its function wrapped by typer."""
+    from importlib import import_module
 
-
-# bare `sparke generate` says which options it needs (an error line) rather than dumping the whole help
-_add("generate", generate_command)
-_add("evaluate", evaluate_command, no_args_is_help=True)
-_add("report", report_command, no_args_is_help=True)
-_add("repair", repair_command, no_args_is_help=True)
-_add("methods", methods_command)
-_add("bench", bench_command, no_args_is_help=True)
+    module, function, options, _ = COMMANDS[name]
+    command = getattr(import_module(f"sparke.cli.{module}"), function)
+    single = typer.Typer(rich_markup_mode="rich", add_completion=False, pretty_exceptions_show_locals=False)
+    single.command(name, cls=_Command, help=_help(command), **options)(command)
+    built = typer.main.get_command(single)
+    built.context_settings = {"help_option_names": ["-h", "--help"], **(built.context_settings or {})}
+    return built
 
 
 def main() -> None:

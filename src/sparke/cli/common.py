@@ -143,3 +143,36 @@ def human_size(size: int) -> str:
             value = size / scale
             return f"{value:.1f} {unit}" if value < 100 else f"{value:.0f} {unit}"
     return f"{size} bytes"
+
+
+@contextlib.contextmanager
+def image_progress(label: str) -> Iterator[Any]:
+    """A progress bar on stderr for streamed images: ``callback(what, done, total)`` draws one bar per
+    ``what`` ("images", "reference"), with images per second; hidden when stderr is not a terminal."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text("" if speed is None else f"{speed:,.1f} images/s")
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate())
+    tasks: dict[str, Any] = {}
+    with Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True) as bar:
+
+        def callback(what: str, done: int, total: int) -> None:
+            if what not in tasks:  # a resumed count starts the bar there, without counting as speed
+                tasks[what] = bar.add_task(f"{label} {what}", total=total, completed=done)
+            else:
+                bar.update(tasks[what], completed=done)
+
+        yield callback

@@ -9,7 +9,7 @@ import typer
 
 from sparke.core.defaults import SIGMA_IMAGE, SIGMA_PROMPT
 
-from .common import err, say, user_errors, user_warnings
+from .common import err, image_progress, say, user_errors, user_warnings
 from .common import out as console
 
 
@@ -69,7 +69,7 @@ def evaluate_command(
 
     from .report import check_distinct
 
-    with user_errors(), user_warnings():
+    with user_errors("the features done so far are kept; run the same command to resume"), user_warnings():
         check_distinct(runs)
         folders, ref = _check_inputs(runs, prompt_column, out, reference, features)  # before any model
         with err.status(f"loading features {features} ..."):
@@ -82,7 +82,7 @@ def evaluate_command(
                 scorer = load_clip_scorer(clip, resolve_device(device), batch_size)
         results = []
         for run, folder in zip(runs, folders, strict=True):
-            with err.status(f"evaluating {run} ..."):
+            with image_progress(str(run)) as progress:
                 results.append(
                     evaluate_run(
                         folder,
@@ -93,6 +93,7 @@ def evaluate_command(
                         out=out,
                         reference=ref,
                         clip=scorer,
+                        progress=progress,
                     )
                 )
     console.print(metrics_table(results, title="Diversity"))

@@ -111,9 +111,30 @@ def generate_command(
         device_name = resolve_device(device)
         config, notes = build_config(request, device_name)
         print_notes(notes)
+        for warning in checker_warnings(config):
+            say(warning, "warning")
         summary = run_with_progress(config, out_dir, device=device_name)
     if _is_main_process():
         print_summary(summary)
+
+
+def checker_warnings(config: Any) -> list[str]:
+    """For the embedded model: a warning naming the prompts whose shape or colour the shapes world does not
+    know, said before any image is made (`sparke evaluate` leaves their images out of the checker's Match)."""
+    from sparke.embedded.requirements import is_embedded_model, unreadable_prompts
+
+    if not is_embedded_model(config.model):
+        return []
+    unread = unreadable_prompts([entry.prompt for entry in config.prompts])
+    if not unread:
+        return []
+    prompt, why = next(iter(unread.items()))
+    total = len({entry.prompt for entry in config.prompts})
+    return [
+        f"{len(unread)} of {total} prompts name no shape or colour the embedded shapes world knows (e.g. "
+        f"{prompt!r}: {why}): the model draws something else, and `sparke evaluate` leaves their images out "
+        "of the checker's Match (the words it knows: sparke.embedded.world)"
+    ]
 
 
 def build_config(request: GenerateRequest, device: str = "cpu") -> tuple[Any, list[str]]:

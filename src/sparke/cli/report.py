@@ -12,7 +12,12 @@ from .common import err, human_size, out, say, user_errors, user_warnings
 
 def report_command(
     runs: Annotated[
-        list[Path], typer.Argument(help="Run folders made by `sparke generate`.", show_default=False)
+        list[Path],
+        typer.Argument(
+            help="Run folders made by `sparke generate`, or image folders that `sparke evaluate` accepts "
+            "(metadata.jsonl or metadata.csv with file_name and prompt).",
+            show_default=False,
+        ),
     ],
     out_file: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write.")] = Path(
         "report.html"
@@ -32,14 +37,21 @@ def report_command(
     features: Annotated[
         str, typer.Option(help="Features for --evaluate (see `sparke evaluate`).")
     ] = "embedded",
-    max_images: Annotated[int, typer.Option(min=1, help="Images shown per prompt and run.")] = 16,
+    max_images: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Images shown per prompt and run (fewer when the page would show more than 1,000 images: a "
+            "sample per prompt keeps the page light).",
+        ),
+    ] = 16,
     max_prompts: Annotated[int, typer.Option(min=1, help="Prompts shown.")] = 200,
     thumb: Annotated[int, typer.Option(min=16, help="Longest side of an image in the grids, pixels.")] = 128,
     device: Annotated[str, typer.Option(help="Device for --evaluate.")] = "auto",
 ) -> None:
-    """Write one self-contained HTML page comparing runs: image grids per prompt, metrics, scale plot.
+    """Write one self-contained HTML page comparing runs or image folders: image grids per prompt, metrics, scale plot.
 
-    Per prompt, the image grids of each run side by side; the metrics table; a plot of diversity against guidance scale when the runs have several scales. The page is self-contained (images inlined as PNG, CSS and a small prompt filter inline, plots as SVG) and makes no network request.
+    Per prompt, the image grids of each run side by side; the metrics table; a plot of diversity against guidance scale when the runs have several scales. The page is self-contained (images inlined as PNG or JPEG thumbnails, CSS and a small prompt filter inline, plots as SVG) and makes no network request.
     """
     from sparke.report import build_report
     from sparke.runs import RunError
@@ -48,8 +60,8 @@ def report_command(
         DEFAULT_SIGMA_PROMPT,
         evaluate_run,
         load_features,
-        load_run,
         metrics_stale,
+        open_images,
         read_metrics,
     )
     from sparke.runs.generation import resolve_device
@@ -57,7 +69,7 @@ def report_command(
     with user_errors(), user_warnings():
         _check_out_file(out_file)
         check_distinct(runs)
-        loaded = {run: load_run(run) for run in runs}  # each run read (and checked) once
+        loaded = {run: open_images(run) for run in runs}  # each run or image folder read (and checked) once
         # run -> (features, evaluate_run options) to evaluate it with: new runs the defaults, stale ones their own
         # (kernels, and the reference set and CLIP model they were evaluated with)
         todo: dict[Path, tuple[str, dict]] = {}

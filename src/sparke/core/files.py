@@ -17,7 +17,10 @@ def atomic_write(path: str | os.PathLike, data: bytes | Callable[[str], None]) -
     ``.NAME.*.tmp``). ``data``: the bytes, or a function that writes the file at the path it is given (for
     writers that take a file name, as safetensors' does)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:  # a missing or read-only folder: name the user's path, not the temporary one
+        raise _about(error, path) from None
     os.close(fd)
     try:
         if callable(data):
@@ -28,9 +31,19 @@ def atomic_write(path: str | os.PathLike, data: bytes | Callable[[str], None]) -
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        raise _about(error, path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _about(error: OSError, path: Path) -> OSError:
+    """The same error, about ``path``: ``[Errno 2] No such file or directory: 'out/bank.safetensors'``."""
+    if error.errno is None:
+        return error
+    return type(error)(error.errno, error.strerror, str(path))
 
 
 def process_umask() -> int:

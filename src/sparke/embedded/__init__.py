@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sparke.core.extensions import register_cluster_section
+
 __all__ = ["load_pipeline", "load_encoder", "ShapesPipeline", "check", "matches", "prompt_clusters"]
 
 _LAZY = {
@@ -26,3 +28,13 @@ def __getattr__(name: str) -> Any:
 
         return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'sparke.embedded' has no attribute {name!r}")
+
+
+def _free_attributes_section(*args: Any) -> str:
+    """The report's free-attributes block (``report_section``), imported when the report first asks for it."""
+    from .report_section import free_attributes_section
+
+    return free_attributes_section(*args)
+
+
+register_cluster_section("shapes-world free attributes", _free_attributes_section)

@@ -25,6 +25,7 @@ this does not save the unconditional evaluations outside the interval. A call wi
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -62,12 +63,32 @@ class IntervalGuidance(Guide):
             raise ValueError(f"lo, hi: need 0 <= lo < hi (EDM noise levels), got {lo!r}, {hi!r}")
         self.lo, self.hi = float(lo), float(hi)
         self.sigmas: list[float] = []  # the noise level of each model call of the last call (for tests)
+        self._cfg: Any = None  # the guidance scale of the current call
 
     def __repr__(self) -> str:
         return f"IntervalGuidance(scale={self.scale}, lo={self.lo}, hi={self.hi})"
 
     def begin(self, pipe: Any, kwargs: dict[str, Any]) -> None:
         self.sigmas = []
+        self._cfg = kwargs.get("guidance_scale")
+
+    def end(self, pipe: Any, run: Any) -> None:
+        """Warn when the call had no classifier-free guidance to limit (so the method changed nothing)."""
+        cfg = self._cfg
+        no_cfg = isinstance(cfg, (int, float)) and cfg <= 1
+        outside = any(not self.inside(sigma) for sigma in self.sigmas)  # steps where it had work to do
+        if self.scale == 0 or self.stats.guided or run.step_calls == 0 or not (no_cfg or outside):
+            return
+        why = (
+            f"the guidance scale (cfg) is {cfg:g} <= 1, so the pipeline runs no classifier-free guidance"
+            if no_cfg
+            else "the pipeline ran no unconditional batch (a distilled or guidance-embedded model)"
+        )
+        warnings.warn(
+            f"interval: {why}; there is nothing to limit and the images are the unguided ones (use cfg > 1)",
+            UserWarning,
+            stacklevel=2,
+        )
 
     def inside(self, sigma: float) -> bool:
         """True where the pipeline's guidance applies: lo < sigma <= hi."""

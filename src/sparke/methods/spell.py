@@ -12,8 +12,9 @@ then puts x0 at distance r + (lambda - 1)(r - d), past the ball's edge, so that 
 for good (overcompensation lambda = 1.6, the paper's). The references are:
 - dynamic: the other samples of the batch (their x0 at the same step) and every earlier image (the guide's
   ``bank`` of final latents, which grows after each call and is saved and resumed by ``sparke generate``);
-- static: an optional ``shield``, a saved sparke bank file of rows in the same space (``encode_images``
-  makes one from real images).
+- static: an optional ``shield``, a saved bank file of rows in the same space: a spell run's bank, or one made
+  from images by ``SpellGuidance.encode_images(pipe, images)`` (``sparke shield FOLDER --model ...`` on the
+  command line: a folder of images, or a run folder's images).
 Bank and shield neighbours come from ``sparke.core.repel.nearest_rows`` (an exact scan, or an
 ``IndexedBank``'s own index), and for an exact shield of ``PROJECTED_FROM`` rows or more from a
 ``ProjectedSearch`` built once (64-column random projection, exact re-ranking): only the ``neighbors`` nearest
@@ -63,8 +64,9 @@ def load_shield(path: str | os.PathLike) -> Any:
     shield = IndexedBank.load(path) if bank_file_kind(path) == "indexed" else Bank.load(path)
     if len(shield) and torch.allclose(shield.x[:64].float().norm(dim=1), torch.ones(1), atol=1e-3):
         raise ValueError(
-            f"shield: {path} holds unit-norm features (a SPARKE bank); SPELL's shield needs raw x0 rows in the "
-            "model's own space (a spell run's bank, or SpellGuidance.encode_images)"
+            f"shield: {path} holds unit-norm features (the bank of a sparke or none run: directions, not the "
+            "images' x0 rows); SPELL's shield needs raw x0 rows in the model's own space: a spell run's bank, "
+            "SpellGuidance.encode_images(pipe, images), or `sparke shield RUN_OR_IMAGE_FOLDER --model ...`"
         )
     return shield
 
@@ -118,6 +120,24 @@ class SpellGuidance(Guide):
             f"SpellGuidance(scale={self.scale}, overcompensation={self.overcompensation}, "
             f"shield={shield} rows, bank={len(self.bank)} rows)"
         )
+
+    @staticmethod
+    @torch.no_grad()
+    def encode_images(pipe: Any, images: Any, batch_size: int = 8, metadata: dict | None = None) -> Bank:
+        """A shield: images as the model's x0 rows (N, d), in a bank to save (``bank.save(path)``) or pass as
+        ``shield``. ``images``: (N, 3, H, W) float in [-1, 1] or uint8, or a sequence of PIL images or
+        (H, W, 3) uint8 arrays, at the size the pipeline generates (their rows must have the x0 dimension of
+        its calls). Latent pipelines encode them with ``pipe.vae`` (the posterior mean, scaled and packed as
+        the pipeline's latents); pixel-space pipelines (``vae=None``) take the pixels as they are."""
+        from sparke.guidance.spaces import encode_to_latents
+
+        pixels = _as_image_tensor(images)
+        bank = Bank(metadata={"kind": "spell-shield", "space": "x0-raw", **(metadata or {})})
+        device = getattr(pipe, "device", "cpu")
+        for start in range(0, pixels.shape[0], batch_size):
+            chunk = pixels[start : start + batch_size].to(device)
+            bank.add(encode_to_latents(pipe, chunk).flatten(1).float().cpu())
+        return bank
 
     def radius(self, dim: int) -> float:
         """The ball radius r for d-dimensional x0 rows."""
@@ -180,6 +200,26 @@ class SpellGuidance(Guide):
             return
         b, _ = split_batch(final, self.batch)
         self.bank.add(final[:b].detach().flatten(1).float().to(self.bank.device))
+
+
+def _as_image_tensor(images: Any) -> torch.Tensor:
+    """Images as (N, 3, H, W) float32 in [-1, 1]: from such a tensor, a uint8 one, or PIL images / arrays."""
+    import numpy as np
+
+    if isinstance(images, torch.Tensor):
+        x = images
+    else:
+        arrays = [np.asarray(im.convert("RGB") if hasattr(im, "convert") else im) for im in images]
+        if not arrays:
+            raise ValueError("images: none given")
+        if len({a.shape for a in arrays}) > 1:
+            raise ValueError(
+                f"images: of different sizes {sorted({a.shape[:2] for a in arrays})}; give one size"
+            )
+        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"images: expected (N, 3, H, W), got {tuple(x.shape)}")
+    return x.float() / 127.5 - 1.0 if x.dtype == torch.uint8 else x.float()
 
 
 def _build(scale: float, settings: dict[str, Any]) -> SpellGuidance:

@@ -210,8 +210,14 @@ def spectral_entropy_replicates(
         torch.set_num_threads(threads)
 
 
+REPLICATE_BYTES = 1 << 26  # float64 kernel blocks of one chunk of replicates: 64 MB, whatever n
+
+
 def _entropies(k: torch.Tensor, w_all: np.ndarray, chunk: int) -> np.ndarray:
     out = np.empty(w_all.shape[0])
+    # replicates per chunk: (chunk, m, m) float64 blocks, m <= n, within REPLICATE_BYTES (at n = 1,000 the
+    # 50 of a chunk held 400 MB twice over; at 2,048, 1.7 GB)
+    chunk = max(1, min(chunk, REPLICATE_BYTES // (8 * k.shape[0] * k.shape[0])))
     for start in range(0, w_all.shape[0], chunk):
         w = w_all[start : start + chunk]
         m = int((w > 0).sum(1).max())
@@ -224,7 +230,7 @@ def _entropies(k: torch.Tensor, w_all: np.ndarray, chunk: int) -> np.ndarray:
         idx_t = torch.from_numpy(idx)
         sub = k[idx_t[:, :, None], idx_t[:, None, :]]  # (b, m, m)
         s = torch.from_numpy(np.sqrt(wt))
-        mat = (s[:, :, None] * sub * s[:, None, :]).to(torch.float32)
+        mat = sub.mul_(s[:, :, None]).mul_(s[:, None, :]).to(torch.float32)  # in place: one float64 block
         eig = torch.linalg.eigvalsh(mat).to(torch.float64).clamp_min(0)
         h = -(torch.where(eig > 0, eig * torch.log(eig.clamp_min(1e-300)), torch.zeros_like(eig))).sum(1)
         out[start : start + w.shape[0]] = h.numpy()

@@ -64,7 +64,9 @@ class ClipScorer:
 def load_clip_scorer(spec: str, device: str = "cpu", batch_size: int = 64) -> ClipScorer:
     """A CLIPScore scorer from a CLIP model folder or hub id (model and tokenizer); ``RunError`` if unusable."""
     from .generation import quiet_loading
+    from .model import missing_folder
 
+    missing_folder("--clip", spec)
     quiet_loading()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:

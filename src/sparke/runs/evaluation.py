@@ -26,7 +26,6 @@ import datetime as _dt
 import json
 import math
 import os
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,18 +35,13 @@ import numpy as np
 import torch
 
 from sparke.core.defaults import SIGMA_IMAGE, SIGMA_PROMPT
+from sparke.core.scores import MAX_DENSE_ROWS
+from sparke.embedded.requirements import is_embedded_model, required_from_prompt, unreadable_prompts
 
 from .config import RunError, file_error
+from .extractors import FeatureExtractor, load_features
 from .folder import MANIFEST_FILE, RunFolder, atomic_write, file_sha256, repair_command
-from .imagefolder import ImageRecords, image_groups
-from .pixels import (
-    CLIP_MEAN,
-    CLIP_STD,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    preprocessor_settings,
-    resize_center_crop,
-)
+from .imagefolder import ImageRecords, to_unit_range
 
 __all__ = [
     "METRICS_FILE",
@@ -56,6 +50,7 @@ __all__ = [
     "evaluate_run",
     "load_features",
     "load_run",
+    "open_images",
     "required_from_prompt",
 ]
 
@@ -79,111 +74,6 @@ METRICS: dict[str, tuple[str, bool]] = {
     "coverage": ("Coverage", True),
     "frechet": ("Fréchet", False),
 }
-
-
-# -- image features ---------------------------------------------------------------------------------------------
-@dataclass
-class FeatureExtractor:
-    """``extractor(images)`` with images (N, 3, H, W) float in [-1, 1] -> unit-norm features (N, dim)."""
-
-    name: str
-    encode: Callable[[torch.Tensor], torch.Tensor]
-    device: str = "cpu"
-    batch_size: int = 64
-
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        out = []
-        for start in range(0, images.shape[0], self.batch_size):
-            chunk = images[start : start + self.batch_size].to(self.device)
-            out.append(torch.nn.functional.normalize(self.encode(chunk).float().flatten(1), dim=1).cpu())
-        return torch.cat(out) if out else torch.zeros(0, 0)
-
-
-def load_features(spec: str = "embedded", device: str = "cpu", batch_size: int = 64) -> FeatureExtractor:
-    """The image feature extractor named by ``spec`` (see the module docstring); ``RunError`` if unavailable."""
-    from .model import quiet_loading
-
-    quiet_loading()
-    if spec == "embedded":
-        from sparke.embedded.encoder import load_encoder
-
-        try:
-            encoder = load_encoder(device)
-        except FileNotFoundError as error:
-            raise RunError(
-                f"--features embedded: the shapes encoder's weights are missing ({error})"
-            ) from None
-
-        def encode(x: torch.Tensor) -> torch.Tensor:
-            if x.shape[-2:] != (32, 32):  # the encoder was trained on 32x32 renders
-                x = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", antialias=True)
-            return encoder(x)
-
-        return FeatureExtractor("embedded", encode, device, batch_size)
-    return _hf_features(spec, device, batch_size)
-
-
-def _hf_features(spec: str, device: str, batch_size: int) -> FeatureExtractor:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if (Path(spec) / "model_index.json").is_file():
-        raise RunError(
-            f"--features {spec}: a diffusers pipeline folder, not an image model; give 'embedded', a CLIP or "
-            "DINOv2 model folder, or a hub id such as openai/clip-vit-base-patch32"
-        )
-    try:
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(spec)
-    except (OSError, ValueError) as error:
-        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        where = (
-            "a folder without an image model (no config.json)"
-            if Path(spec).is_dir()
-            else ("not a local model folder nor in the Hugging Face cache")
-        )
-        raise RunError(f"--features {spec}: {where} ({first})") from None
-    from sparke.encoders.quiet import quiet_transformers
-
-    kind = getattr(config, "model_type", "")
-    arch = (getattr(config, "architectures", None) or [""])[0]
-    try:
-        if kind in ("clip", "clip_vision_model"):
-            from transformers import CLIPVisionModel, CLIPVisionModelWithProjection
-
-            with_projection = arch in ("CLIPVisionModelWithProjection", "CLIPModel")
-            cls = CLIPVisionModelWithProjection if with_projection else CLIPVisionModel
-            with quiet_transformers():
-                model = cls.from_pretrained(spec)
-            vision = config.vision_config if kind == "clip" else config
-            mean, std = CLIP_MEAN, CLIP_STD
-        else:
-            from transformers import AutoModel
-
-            with quiet_transformers():
-                model = AutoModel.from_pretrained(spec)
-            vision, with_projection = config, False
-            mean, std = IMAGENET_MEAN, IMAGENET_STD
-    except (OSError, ValueError) as error:
-        raise RunError(
-            f"--features {spec}: cannot load the model ({str(error).splitlines()[0][:200]})"
-        ) from None
-    model.to(device).eval().requires_grad_(False)
-    size = int(getattr(vision, "image_size", 224) or 224)
-    size, mean, std = preprocessor_settings(spec, size, mean, std)
-    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
-
-    def encode(x: torch.Tensor) -> torch.Tensor:
-        x = (x.float() + 1) / 2  # [-1, 1] -> [0, 1]
-        x = resize_center_crop(x, size)
-        out = model(pixel_values=((x - mean_t) / std_t).to(model.dtype))
-        if with_projection:
-            return out.image_embeds
-        pooled = getattr(out, "pooler_output", None)
-        return pooled if pooled is not None else out.last_hidden_state.mean(1)
-
-    return FeatureExtractor(str(spec), encode, device, batch_size)
 
 
 # -- reading a run ----------------------------------------------------------------------------------------------
@@ -219,68 +109,30 @@ def load_run(path: str | os.PathLike) -> RunImages:
 
 
 # -- the embedded model's checker -------------------------------------------------------------------------------
-def required_from_prompt(prompt: str) -> dict[str, Any] | None:
-    """Attributes a shapes-world prompt requires (shape, colour, count; size, background, position if stated),
-    read with the world's vocabulary; None when it names no known shape or colour."""
-    from sparke.embedded import world as W
-
-    text = " " + re.sub(r"\s+", " ", prompt.lower()) + " "
-
-    def find(table: dict[str, Sequence[str]]) -> str | None:
-        best: tuple[int, int, str] | None = None  # (-length, position) of the longest, earliest phrase
-        for name, words in table.items():
-            for word in words:
-                m = re.search(rf"(?<![\w-]){re.escape(word)}(?![\w-])", text)
-                if m and (best is None or (-len(word), m.start()) < best[:2]):
-                    best = (-len(word), m.start(), name)
-        return None if best is None else best[2]
-
-    shapes = {s: [w for pair in pairs for w in pair] for s, pairs in W.SHAPE_WORDS.items()}
-    shape, colour = find(shapes), find(W.COLOUR_WORDS)
-    if shape is None or colour is None:
-        return None
-    two = re.search(r"(?<!\w)(two|2|a pair of)(?!\w)", text) is not None
-    required: dict[str, Any] = {"shape": shape, "colour": colour, "count": 2 if two else 1}
-    size = find(W.SIZE_WORDS)
-    if size is not None:
-        required["size"] = size
-    for name, words in W.BACKGROUND_WORDS.items():
-        if any(re.search(rf"(?<!\w){re.escape(w)} (background|backdrop)(?!\w)", text) for w in words):
-            required["background"] = name
-            break
-    m = re.search(
-        r"(?<!\w)(?:in|at|on) the (top left|top right|bottom left|bottom right|top|bottom|left|right|centre|"
-        r"center|middle)(?!\w)",
-        text,
-    )
-    if m is not None:
-        required["position"] = {"center": "centre", "middle": "centre"}.get(m.group(1), m.group(1))
-    return required
-
-
 def is_embedded_run(run: RunImages) -> bool:
     """Whether the run's model is the embedded shapes model (shipped, or a saved ShapesPipeline folder)."""
     model = run.config.get("model") or (run.records[0].get("model") if run.records else None)
-    if model == "embedded":
-        return True
-    index = Path(str(model)) / "model_index.json" if model else None
-    if index is not None and index.is_file():
-        try:
-            return json.loads(index.read_text()).get("_class_name") == "ShapesPipeline"
-        except (OSError, ValueError):
-            return False
-    return False
+    return is_embedded_model(model)
 
 
-def match_flags(run: RunImages, images: torch.Tensor) -> list[tuple[bool, bool] | None]:
+def match_flags(run: RunImages, batch_size: int = 256) -> list[tuple[bool, bool] | None]:
     """Per image: (all required attributes found, shape + colour + count found) by the checker, or None
-    when the prompt's requirements are unknown."""
-    from sparke.embedded.checker import check, matches
-
-    pixels = ((images.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+    when the prompt's requirements are unknown (images streamed ``batch_size`` at a time)."""
     flags: list[tuple[bool, bool] | None] = []
     cache: dict[str, dict | None] = {}
-    for record, image in zip(run.records, pixels, strict=True):
+    for rows, images in run.iter_batches(batch_size):
+        pixels = images.permute(0, 2, 3, 1).numpy()
+        flags.extend(_batch_flags([run.records[i] for i in rows], pixels, cache))
+    return flags
+
+
+def _batch_flags(
+    records: Sequence[dict[str, Any]], pixels: np.ndarray, cache: dict[str, dict | None]
+) -> list[tuple[bool, bool] | None]:
+    from sparke.embedded.checker import check, matches
+
+    flags: list[tuple[bool, bool] | None] = []
+    for record, image in zip(records, pixels, strict=True):
         required = record.get("required")
         if required is None:
             prompt = record["prompt"]
@@ -317,19 +169,23 @@ def group_metrics(
     n = x.shape[0]
     out: dict[str, Any] = {"n_images": n, "n_prompts": len(set(prompts))}
     kw = dict(kernel=kernel)
-    for name, fn in (("vendi", vendi), ("rke", rke)):
+    bandwidths = dict(sigma_image=sigma_image, sigma_prompt=sigma_prompt)
+    # past the exact limit (MAX_DENSE_ROWS, sparke.core.scores) the Gaussian scores are RFF estimates, all four:
+    # Vendi's eigendecomposition is refused there, and exact RKE's memory grows with n (n x chunk blocks)
+    estimate = n > MAX_DENSE_ROWS and kernel == "gaussian"
+    for name, fn in (("vendi", vendi), ("rke", rke), ("cond_vendi", cond_vendi), ("cond_rke", cond_rke)):
         try:
-            out[name] = _finite(fn(x, sigma=sigma_image, **kw))
+            if estimate:
+                raise ValueError(name)
+            args = (x,) if name in ("vendi", "rke") else (x, y)
+            opts = {"sigma": sigma_image} if name in ("vendi", "rke") else bandwidths
+            out[name] = _finite(fn(*args, **opts, **kw))
         except ValueError:
-            out[name] = None  # beyond the exact limit (n > MAX_DENSE_ROWS = 8,192, sparke.core.scores)
-    for name, fn in (("cond_vendi", cond_vendi), ("cond_rke", cond_rke)):
-        try:
-            out[name] = _finite(fn(x, y, sigma_image=sigma_image, sigma_prompt=sigma_prompt, **kw))
-        except ValueError:
-            out[name] = None
+            out[name] = _rff_score(name, x, y, kernel, sigma_image, sigma_prompt)
+            if out[name] is not None:
+                out.setdefault("estimated", {})[name] = f"random Fourier features (D = {RFF_FEATURES[name]})"
     sims = []
-    for prompt in dict.fromkeys(prompts):
-        rows = [i for i, p in enumerate(prompts) if p == prompt]
+    for rows in _rows_by_value(prompts).values():
         if len(rows) > 1:
             sims.append(in_batch_similarity(x[rows]))
     out["in_batch_similarity"] = float(np.mean(sims)) if sims else None
@@ -338,7 +194,38 @@ def group_metrics(
         out["match_rate"] = float(np.mean([f[0] for f in known])) if known else None
         out["match_shape_colour"] = float(np.mean([f[1] for f in known])) if known else None
         out["match_n"] = len(known)
+        out["match_unread"] = len(flags) - len(known)
     return out
+
+
+RFF_FEATURES = {"vendi": 2048, "cond_vendi": 2048, "rke": 8192, "cond_rke": 8192}
+RFF_CHUNK = 1024  # rows per RFF update: a (1024, D) block of features, 32 MB at D = 8192
+
+
+def _rff_score(
+    name: str, x: torch.Tensor, y: torch.Tensor, kernel: str, sigma_image: float, sigma_prompt: float
+) -> float | None:
+    """A kernel score past the exact limit, from its bounded-memory random-Fourier-feature estimate
+    (``sparke.metrics.rff``; Gaussian kernel only: None for the cosine one), rows fed in chunks."""
+    if kernel != "gaussian":
+        return None
+    from sparke import metrics as M
+
+    classes = {"vendi": M.RFFVendi, "rke": M.RFFRKE, "cond_vendi": M.RFFCondVendi, "cond_rke": M.RFFCondRKE}
+    conditional = name.startswith("cond_")
+    bw = dict(sigma_image=sigma_image, sigma_prompt=sigma_prompt) if conditional else dict(sigma=sigma_image)
+    metric = classes[name](features=RFF_FEATURES[name], **bw)
+    for start in range(0, x.shape[0], RFF_CHUNK):
+        metric.update(x[start : start + RFF_CHUNK], y[start : start + RFF_CHUNK] if conditional else None)
+    return _finite(metric.compute())
+
+
+def _rows_by_value(values: Sequence[Any]) -> dict[Any, list[int]]:
+    """Each distinct value's row indices, in order of first appearance (one pass)."""
+    rows: dict[Any, list[int]] = {}
+    for i, value in enumerate(values):
+        rows.setdefault(value, []).append(i)
+    return rows
 
 
 def evaluate_run(
@@ -352,17 +239,20 @@ def evaluate_run(
     out: str | os.PathLike | None = None,
     reference: Any = None,
     clip: Any = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Metrics of a run folder (path or ``RunImages``; or a ``FolderImages``), overall and per cluster, written to
     ``out`` (default ``DIR/metrics.json``) when ``write``, with the features cached beside it; ``reference``: a
-    ``runs.reference.Reference`` (PRDC, Fréchet), ``clip``: a ``runs.alignment.ClipScorer`` (CLIPScore)."""
+    ``runs.reference.Reference`` (PRDC, Fréchet), ``clip``: a ``runs.alignment.ClipScorer`` (CLIPScore).
+    Images are streamed a batch at a time (``runs.feature_cache.image_features``); ``progress(what, done,
+    total)`` is told the images done after each batch (``what``: "images" or "reference")."""
     from .feature_cache import image_features
 
     _check_kernel_settings(kernel, sigma_image, sigma_prompt)
     run = load_run(path) if isinstance(path, (str, os.PathLike)) else path
     target = Path(out) if out is not None else run.path / METRICS_FILE
     cache_dir = target.parent if write else None
-    x, size = image_features(run, extractor, cache_dir)
+    x, size = image_features(run, extractor, cache_dir, _labelled(progress, "images"))
     prompts, y = _prompt_features(run.records)
     flags, notes = _checker_flags(run, extractor.name, size)
     opts = dict(kernel=kernel, sigma_image=sigma_image, sigma_prompt=sigma_prompt)
@@ -378,35 +268,17 @@ def evaluate_run(
     if reference is not None:
         from .reference import reference_metrics
 
-        overall.update(reference_metrics(x, reference.features(extractor, cache_dir)))
+        rows = reference.features(extractor, cache_dir, _labelled(progress, "reference"))
+        overall.update(reference_metrics(x, rows))
     alignment = None if clip is None else clip_scores(run, clip)
     if alignment is not None:
         overall["clip_score"] = float(alignment.mean())
     clusters = cluster_metrics(run, x, y, flags, alignment, opts)
-    first = run.records[0]
-    result = {
-        "format": "sparke.metrics",
-        "format_version": 1,
-        "run": run.name,
-        "method": run.config.get("method", first.get("method")),
-        "scale": run.config.get("scale", first.get("scale")),
-        "model": run.config.get("model", first.get("model")),
-        "settings": run.config.get("settings", first.get("settings")),
-        "n_images": len(run.records),
-        "features": {"image": extractor.name, "image_dim": int(x.shape[1]), "prompt": "all-MiniLM-L6-v2"},
-        "reference": None if reference is None else reference.describe(),
-        "alignment": None if clip is None else {"metric": "clip_score", "model": clip.name},
-        "kernels": {
-            "kernel": kernel,
-            "sigma_image": sigma_image if kernel == "gaussian" else None,
-            "sigma_prompt": sigma_prompt if kernel == "gaussian" else None,
-            "note": "features L2-normalised; gaussian k = exp(-|a-b|^2 / (2 sigma^2))",
-        },
-        "overall": overall,
-        "clusters": clusters,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "manifest": manifest_stamp(run.path) if (run.path / MANIFEST_FILE).is_file() else None,
-    }
+    result = _record(run, extractor.name, int(x.shape[1]), opts, reference, clip)
+    result.update(overall=overall, clusters=clusters)
+    result["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    result["manifest"] = manifest_stamp(run.path) if (run.path / MANIFEST_FILE).is_file() else None
+    notes += estimate_notes(overall) + singleton_notes(clusters)
     if notes:
         result["notes"] = notes
     if write:
@@ -417,13 +289,73 @@ def evaluate_run(
     return result
 
 
+def _record(
+    run: ImageRecords, encoder: str, dim: int, opts: dict[str, Any], reference: Any, clip: Any
+) -> dict[str, Any]:
+    """metrics.json's description of what was measured: the run's settings, features, kernels, reference."""
+    first = run.records[0]
+    kernel = opts["kernel"]
+    return {
+        "format": "sparke.metrics",
+        "format_version": 1,
+        "run": run.name,
+        "method": run.config.get("method", first.get("method")),
+        "scale": run.config.get("scale", first.get("scale")),
+        "model": run.config.get("model", first.get("model")),
+        "settings": run.config.get("settings", first.get("settings")),
+        "n_images": len(run.records),
+        "features": {"image": encoder, "image_dim": dim, "prompt": "all-MiniLM-L6-v2"},
+        "reference": None if reference is None else reference.describe(),
+        "alignment": None if clip is None else {"metric": "clip_score", "model": clip.name},
+        "kernels": {
+            "kernel": kernel,
+            "sigma_image": opts["sigma_image"] if kernel == "gaussian" else None,
+            "sigma_prompt": opts["sigma_prompt"] if kernel == "gaussian" else None,
+            "note": "features L2-normalised; gaussian k = exp(-|a-b|^2 / (2 sigma^2))",
+        },
+    }
+
+
+def _labelled(
+    progress: Callable[[str, int, int], None] | None, what: str
+) -> Callable[[int, int], None] | None:
+    return None if progress is None else (lambda done, total: progress(what, done, total))
+
+
+def estimate_notes(overall: dict[str, Any]) -> list[str]:
+    """Which overall scores are estimates (past the exact limit), said in the output."""
+    return [
+        f"{METRICS[name][0]}: {len_rows(overall)} images are past the exact limit ({MAX_DENSE_ROWS:,}); "
+        f"estimated with {how}"
+        for name, how in (overall.get("estimated") or {}).items()
+    ]
+
+
+def len_rows(overall: dict[str, Any]) -> str:
+    return f"{overall['n_images']:,}"
+
+
+def singleton_notes(clusters: Sequence[dict[str, Any]]) -> list[str]:
+    """A note when prompt clusters hold a single image: their Cond-Vendi is 1 and their in-batch similarity
+    undefined by construction, and the overall Cond-Vendi then says nothing about diversity per prompt."""
+    single = sum(1 for c in clusters if c["n_images"] == 1)
+    if not single:
+        return []
+    every = single == len(clusters)
+    which = "every prompt cluster holds" if every else f"{single:,} of {len(clusters):,} prompt clusters hold"
+    return [
+        f"{which} a single image: Cond-Vendi is 1 by construction there (diversity within a prompt needs two "
+        "images or more of it; generate several per prompt, or group prompts with a cluster column)"
+    ]
+
+
 def _prompt_features(records: list[dict[str, Any]]) -> tuple[list[str], torch.Tensor]:
     """(each record's prompt, their MiniLM features (n, 384)), each distinct prompt encoded once."""
     from sparke.encoders.minilm import encode_minilm
 
     prompts = [r["prompt"] for r in records]
-    unique = list(dict.fromkeys(prompts))
-    return prompts, encode_minilm(unique)[[unique.index(p) for p in prompts]]
+    position = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
+    return prompts, encode_minilm(list(position))[[position[p] for p in prompts]]
 
 
 def _check_kernel_settings(kernel: str, sigma_image: float, sigma_prompt: float) -> None:
@@ -444,12 +376,29 @@ def _checker_flags(
         notes.append(mismatch)
     if is_embedded_run(run):
         try:
-            flags = match_flags(run, run.load_images())
+            flags = match_flags(run)
         except ImportError as error:  # the checker needs scipy, which a minimal install may lack
             notes.append(
                 f"no prompt-match rate: the shapes checker needs {error.name or 'scipy'} (pip install scipy)"
             )
+    if flags is not None:
+        notes += unread_notes([r for r, f in zip(run.records, flags, strict=True) if f is None], len(flags))
     return flags, notes
+
+
+def unread_notes(unread: Sequence[dict[str, Any]], total: int) -> list[str]:
+    """A warning naming the prompts whose requirements the checker cannot read: their images are left out
+    of Match, which then describes the other images only (or is absent when none is left)."""
+    if not unread:
+        return []
+    reasons = unreadable_prompts([r["prompt"] for r in unread if "required" not in r])
+    example = next(iter(reasons.items()), None)
+    why = f" (e.g. {example[0]!r}: {example[1]})" if example else ""
+    left = "Match is not given" if len(unread) == total else f"Match counts the other {total - len(unread):,}"
+    return [
+        f"{len(unread):,} of {total:,} images have prompts the shapes checker cannot read{why}: they are left "
+        f"out of Match; {left}"
+    ]
 
 
 def cluster_metrics(
@@ -464,8 +413,7 @@ def cluster_metrics(
     prompts = [r["prompt"] for r in run.records]
     names = [r.get("cluster") or r["prompt"] for r in run.records]
     clusters = []
-    for name in dict.fromkeys(names):
-        rows = [i for i, c in enumerate(names) if c == name]
+    for name, rows in _rows_by_value(names).items():
         sub_flags = None if flags is None else [flags[i] for i in rows]
         metrics = group_metrics(x[rows], y[rows], [prompts[i] for i in rows], flags=sub_flags, **opts)
         if alignment is not None:
@@ -478,8 +426,11 @@ def clip_scores(run: RunImages, clip: Any) -> torch.Tensor:
     """CLIPScore of each image of the run with its prompt: (n,) float64, in record order."""
 
     scores = torch.empty(len(run.records), dtype=torch.float64)
-    for rows, images in image_groups(run):
-        scores[rows] = clip(images, [run.records[i]["prompt"] for i in rows])
+    for rows, images in run.iter_batches(clip.batch_size):
+        for start in range(0, len(rows), clip.batch_size):
+            part = rows[start : start + clip.batch_size]
+            pixels = to_unit_range(images[start : start + clip.batch_size])
+            scores[part] = clip(pixels, [run.records[i]["prompt"] for i in part])
     return scores
 
 
@@ -507,6 +458,8 @@ def metrics_stale(path: str | os.PathLike, metrics: dict[str, Any] | None = None
     metrics = read_metrics(path) if metrics is None else metrics
     if metrics is None:
         return None
+    if not (path / MANIFEST_FILE).is_file():
+        return _image_folder_stale(path, metrics)
     folder = RunFolder(path)
     try:
         now = len(folder.read_manifest())
@@ -530,6 +483,33 @@ def metrics_stale(path: str | os.PathLike, metrics: dict[str, Any] | None = None
     except OSError:
         pass
     return None
+
+
+def _image_folder_stale(path: Path, metrics: dict[str, Any]) -> str | None:
+    """``metrics_stale`` of a plain image folder: its metadata lists another number of images, or changed
+    after the metrics were made."""
+    from .imagefolder import METADATA_FILES
+
+    for name in METADATA_FILES:
+        file = path / name
+        if not file.is_file():
+            continue
+        try:
+            if file.stat().st_mtime > (path / METRICS_FILE).stat().st_mtime:
+                return f"{name} changed since it was made"
+        except OSError:
+            return None
+    return None
+
+
+def open_images(path: str | os.PathLike, prompt_column: str = "prompt") -> ImageRecords:
+    """A run folder (``load_run``) when it has a manifest, else a plain image folder with imagefolder
+    metadata (``runs.imagefolder.read_image_folder``): what ``sparke evaluate`` and ``sparke report`` accept."""
+    from .imagefolder import read_image_folder
+
+    if (Path(path) / MANIFEST_FILE).is_file():
+        return load_run(path)
+    return read_image_folder(path, prompt_column)
 
 
 def encoder_mismatch(run: RunImages, features: str, size: tuple[int, int]) -> str | None:

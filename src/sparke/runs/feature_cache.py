@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,13 @@ from sparke.core.files import atomic_write
 
 from .config import RunError
 from .folder import file_sha256
-from .imagefolder import image_groups
 
 __all__ = ["FEATURES_FORMAT", "image_features", "read_features_file"]
 
 FEATURES_FORMAT = "sparke.features"
+PARTIAL_FORMAT = "sparke.features.partial"  # the rows done before an interrupt (``done`` of them, in order)
+PARTIAL_SUFFIX = ".partial.safetensors"
+CHECKPOINT_ROWS = 4096  # rows between two saves of the partial file (a crash loses at most these)
 
 
 def _encoder_fingerprint(name: str) -> list[list[str | int]]:
@@ -78,39 +81,106 @@ def _read(file: Path, encoder: str | None, key: str | None) -> tuple[torch.Tenso
 
 
 def image_features(
-    run: Any, extractor: Any, cache_dir: str | os.PathLike | None = None
+    run: Any,
+    extractor: Any,
+    cache_dir: str | os.PathLike | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[torch.Tensor, tuple[int, int]]:
     """Unit feature rows (n, d) of a ``RunImages``' or ``FolderImages``' images (by ``extractor``, a
-    ``runs.evaluation.FeatureExtractor``) in record order and the first image's (height, width);
-    read back from, or else written to, the cache file in ``cache_dir`` when given."""
-    from safetensors.torch import save
+    ``runs.evaluation.FeatureExtractor``) in record order and the first image's (height, width); read back
+    from, or else written to, the cache file in ``cache_dir`` when given.
 
+    The images are streamed ``extractor.batch_size`` at a time (decoded by threads while the model runs), so
+    memory is set by the batch, not the folder. With ``cache_dir``, the rows done so far are kept in
+    ``features-...partial.safetensors`` every ``CHECKPOINT_ROWS`` images and when the work stops on an error
+    or an interrupt; the next call resumes after them. ``progress(done, total)`` is called after each batch.
+    """
     key = cache_key(run, extractor.name) if cache_dir is not None else ""
     file = cache_file(Path(cache_dir), extractor.name, key) if cache_dir is not None else None
     if file is not None and file.is_file():
         try:
             rows, meta = _read(file, extractor.name, key)
-            return rows, (int(meta.get("height", 0)), int(meta.get("width", 0)))
+            if rows.shape[0] == len(run.records):
+                if progress is not None:
+                    progress(len(run.records), len(run.records))
+                return rows, (int(meta.get("height", 0)), int(meta.get("width", 0)))
         except (RunError, ValueError):
             pass  # damaged or foreign: computed again and replaced
-    features: torch.Tensor | None = None
-    size = (0, 0)
-    for rows, images in image_groups(run):
-        batch = extractor(images)
-        if features is None:
-            features = torch.empty(len(run.records), batch.shape[1])
-            size = tuple(images.shape[-2:])
-        features[rows] = batch
+    partial = None if file is None else file.with_name(file.name.replace(".safetensors", PARTIAL_SUFFIX))
+    features, size, done = _resume(partial, extractor.name, key, len(run.records))
+    total = len(run.records)
+    if progress is not None:
+        progress(done, total)
+    saved = done
+    try:
+        for rows, images in run.iter_batches(extractor.batch_size, range(done, total)):
+            batch = extractor(images)
+            if features is None:
+                features = torch.empty(total, batch.shape[1])
+                size = (int(images.shape[-2]), int(images.shape[-1]))
+            features[rows] = batch
+            done = rows[-1] + 1
+            if progress is not None:
+                progress(done, total)
+            if partial is not None and done - saved >= CHECKPOINT_ROWS and done < total:
+                _write(partial, features[:done], _meta(run, extractor, key, size, done, PARTIAL_FORMAT))
+                saved = done
+    except BaseException:
+        if partial is not None and features is not None and done > saved:
+            _write(partial, features[:done], _meta(run, extractor, key, size, done, PARTIAL_FORMAT))
+        raise
     assert features is not None  # a run has at least one image
     if file is not None:
-        meta = {"format": FEATURES_FORMAT, "encoder": extractor.name, "key": key, "folder": str(run.path)}
-        meta.update(height=str(size[0]), width=str(size[1]))
-        try:
-            atomic_write(file, save({"features": features.contiguous()}, metadata=meta))
-        except OSError as error:
-            raise RunError(f"{file}: cannot write ({error.strerror or error})") from None
+        meta = _meta(run, extractor, key, size, total, FEATURES_FORMAT)
+        _write(file, features, meta)
+        if partial is not None:
+            partial.unlink(missing_ok=True)
         _remove_superseded(file, meta)
     return features, size
+
+
+def _meta(run: Any, extractor: Any, key: str, size: tuple[int, int], done: int, fmt: str) -> dict[str, str]:
+    meta = {"format": fmt, "encoder": extractor.name, "key": key, "folder": str(run.path)}
+    meta.update(height=str(size[0]), width=str(size[1]), done=str(done))
+    return meta
+
+
+def _write(file: Path, rows: torch.Tensor, meta: dict[str, str]) -> None:
+    from safetensors.torch import save
+
+    try:
+        atomic_write(file, save({"features": rows.contiguous()}, metadata=meta))
+    except OSError as error:
+        raise RunError(f"{file}: cannot write ({error.strerror or error})") from None
+
+
+def _resume(
+    partial: Path | None, encoder: str, key: str, total: int
+) -> tuple[torch.Tensor | None, tuple[int, int], int]:
+    """(features (total, d) with the first rows filled from an interrupted call's partial file, its image
+    size, the rows done), or (None, (0, 0), 0) when there is none for these images and this encoder."""
+    nothing = None, (0, 0), 0
+    if partial is None or not partial.is_file():
+        return nothing
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(partial), "pt") as handle:
+            meta = handle.metadata() or {}
+            rows = handle.get_tensor("features").float()
+    except (OSError, SafetensorError):
+        return nothing
+    fits = meta.get("format") == PARTIAL_FORMAT and meta.get("encoder") == encoder and meta.get("key") == key
+    if (
+        not fits
+        or rows.ndim != 2
+        or not 0 < rows.shape[0] < total
+        or int(meta.get("done", -1)) != rows.shape[0]
+    ):
+        return nothing
+    features = torch.empty(total, rows.shape[1])
+    features[: rows.shape[0]] = rows
+    return features, (int(meta.get("height", 0)), int(meta.get("width", 0))), rows.shape[0]
 
 
 def _remove_superseded(kept: Path, meta: dict[str, str]) -> None:
@@ -118,9 +188,19 @@ def _remove_superseded(kept: Path, meta: dict[str, str]) -> None:
     for other in kept.parent.glob(kept.name.rsplit("-", 1)[0] + "-*.safetensors"):
         if other == kept:
             continue
-        try:
-            old = _read(other, meta["encoder"], None)[1]
-        except RunError:
-            continue  # not ours, or another encoder's
-        if old.get("folder") == meta["folder"]:
+        old = _metadata(other)
+        ours = (
+            old.get("format") in (FEATURES_FORMAT, PARTIAL_FORMAT) and old.get("encoder") == meta["encoder"]
+        )
+        if ours and old.get("folder") == meta["folder"]:  # not another encoder's, nor a foreign file
             other.unlink(missing_ok=True)
+
+
+def _metadata(file: Path) -> dict[str, str]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), "pt") as handle:
+            return handle.metadata() or {}
+    except (OSError, SafetensorError):
+        return {}

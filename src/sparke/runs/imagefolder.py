@@ -13,6 +13,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,8 @@ __all__ = [
     "image_groups",
     "read_image_folder",
     "load_reference_folder",
+    "pixels_rgb8",
+    "to_unit_range",
 ]
 
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
@@ -54,33 +59,72 @@ class ImageRecords:
         return ""
 
     def read_image(self, record: dict[str, Any]) -> np.ndarray:
-        """One image as (H, W, 3) uint8; ``RunError`` naming the file when it cannot be decoded."""
+        """One image as (H, W, 3) uint8 (see ``pixels_rgb8``); ``RunError`` naming the file when it cannot be
+        decoded, or is larger than PIL's decompression-bomb limit."""
         from PIL import Image
 
         file = self.path / record["file"]
         try:
             with Image.open(file) as im:
-                return np.asarray(im.convert("RGB"))
+                return pixels_rgb8(im)
+        except Image.DecompressionBombError as error:
+            raise RunError(f"{file}: {_first_line(error)}{self._unreadable_hint()}") from None
         except (OSError, ValueError, SyntaxError) as error:
             raise RunError(
                 f"{file}: unreadable image ({_first_line(error)}){self._unreadable_hint()}"
             ) from None
 
     def verify(self) -> None:
-        """Decode every image once, so that a bad one is refused before anything is computed or written."""
+        """Open every image's header (format, size; not its pixels), so that a file that is no image, or one
+        past the decompression-bomb limit, is refused before anything is computed. A file damaged further in
+        is named when its pixels are read (the feature cache keeps what was done before it)."""
+        from PIL import Image
+
         for record in self.records:
-            self.read_image(record)
+            file = self.path / record["file"]
+            try:
+                with Image.open(file) as im:
+                    im.size  # noqa: B018 (the header is read by open; size makes the intent plain)
+            except Image.DecompressionBombError as error:
+                raise RunError(f"{file}: {_first_line(error)}{self._unreadable_hint()}") from None
+            except (OSError, ValueError, SyntaxError) as error:
+                raise RunError(
+                    f"{file}: unreadable image ({_first_line(error)}){self._unreadable_hint()}"
+                ) from None
+
+    def iter_batches(
+        self, batch_size: int, rows: Sequence[int] | None = None, workers: int | None = None
+    ) -> Iterator[tuple[list[int], torch.Tensor]]:
+        """The images of ``rows`` (default: all) in order, ``batch_size`` at a time: (record indices, images
+        (b, 3, H, W) uint8), one item per run of same-size images. Threads decode the next batch while the
+        caller works on this one, so at most two batches of decoded images are held at once."""
+        rows = list(range(len(self.records))) if rows is None else list(rows)
+        chunks = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+        workers = workers or min(8, os.cpu_count() or 1)
+        with ThreadPoolExecutor(workers, thread_name_prefix="sparke-decode") as pool:
+            pending: deque[tuple[list[int], list[Future]]] = deque()
+            try:
+                for chunk in chunks:
+                    pending.append((chunk, [pool.submit(self.read_image, self.records[i]) for i in chunk]))
+                    if len(pending) > 1:
+                        yield from _same_size_runs(*pending.popleft())
+                while pending:
+                    yield from _same_size_runs(*pending.popleft())
+            finally:
+                for _, futures in pending:
+                    for future in futures:
+                        future.cancel()
 
     def load_groups(self) -> list[tuple[list[int], torch.Tensor]]:
-        """The images grouped by size: (record indices, images (n, 3, H, W) float in [-1, 1]) per size."""
-        by_shape: dict[tuple[int, ...], list[int]] = {}
-        arrays = [self.read_image(record) for record in self.records]
-        for index, array in enumerate(arrays):
-            by_shape.setdefault(array.shape, []).append(index)
+        """The images grouped by size: (record indices, images (n, 3, H, W) float in [-1, 1]) per size. Holds
+        every image in memory: for a few images (tests, the checker); ``iter_batches`` streams."""
+        by_shape: dict[tuple[int, ...], list[tuple[list[int], torch.Tensor]]] = {}
+        for rows, images in self.iter_batches(256):
+            by_shape.setdefault(tuple(images.shape), []).append((rows, images))
         groups = []
-        for rows in by_shape.values():
-            stacked = np.stack([arrays[i] for i in rows]).astype(np.float32) / 127.5 - 1.0
-            groups.append((rows, torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous()))
+        for parts in by_shape.values():
+            rows = [i for part_rows, _ in parts for i in part_rows]
+            groups.append((rows, to_unit_range(torch.cat([images for _, images in parts]))))
         return groups
 
     def load_images(self) -> torch.Tensor:
@@ -92,16 +136,64 @@ class ImageRecords:
         return groups[0][1]
 
 
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float32 in [-1, 1] (float input is returned as it is)."""
+    if images.dtype != torch.uint8:
+        return images
+    return images.float().div_(127.5).sub_(1.0)  # in place: one float copy of the batch, not three
+
+
+def _same_size_runs(rows: list[int], futures: list[Future]) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """A decoded batch as runs of consecutive same-size images: (record indices, (b, 3, H, W) uint8, a view
+    of channels-last memory). Each image is copied into the batch and dropped at once, so that a batch is
+    held once, not as a list of images plus their stack."""
+    start = 0
+    while start < len(futures):
+        first = futures[start].result()
+        stop = start + 1
+        while stop < len(futures) and futures[stop].result().shape == first.shape:
+            stop += 1
+        batch = np.empty((stop - start, *first.shape), np.uint8)
+        for k in range(start, stop):
+            batch[k - start] = futures[k].result()
+            futures[k] = _DONE  # the decoded image is freed once copied
+        yield rows[start:stop], torch.from_numpy(batch).permute(0, 3, 1, 2)
+        start = stop
+
+
+_DONE: Future = Future()
+
+
+def pixels_rgb8(im: Any) -> np.ndarray:
+    """A PIL image as (H, W, 3) uint8 RGB. 16-bit and 32-bit greyscale (modes I;16, I, F) are scaled from their
+    full range (65535, or 1.0 for float) instead of clipped to 255; images with an alpha channel (RGBA, LA,
+    PA, or a palette with a transparent colour) are composited over white, as a viewer shows them."""
+    from PIL import Image
+
+    mode = im.mode
+    if mode.startswith("I;16") or mode == "I":
+        grey = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or grey.max(initial=0) > 255 else 255.0
+        grey = np.clip(np.rint(grey / top * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if mode == "F":
+        grey = np.clip(np.rint(np.asarray(im, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+    return np.asarray(im.convert("RGB"))
+
+
 @dataclass
 class FolderImages(ImageRecords):
     """A plain image folder: records ``{"file", "prompt"[, "cluster"]}`` in metadata order, config {}."""
 
 
 def image_groups(run: Any) -> list[tuple[list[int], torch.Tensor]]:
-    """A ``FolderImages``' or a ``RunImages``' images by size (a run folder's are all one size)."""
-    if isinstance(run, FolderImages):
-        return run.load_groups()
-    return [(list(range(len(run.records))), run.load_images())]
+    """A ``FolderImages``' or a ``RunImages``' images by size, all in memory (see ``ImageRecords.load_groups``)."""
+    return run.load_groups()
 
 
 def _first_line(error: BaseException) -> str:

@@ -70,6 +70,19 @@ def model_record(model: str) -> str:
     return str(path.resolve()) if path.exists() else model
 
 
+def missing_folder(option: str, spec: str) -> None:
+    """``RunError`` "--clip /x/y: no such folder" when ``spec`` is meant as a local folder (``looks_like_path``)
+    and none is there, rather than the hub's message about repository ids."""
+    path = Path(spec).expanduser()
+    if looks_like_path(spec) and not path.exists():
+        raise RunError(f"{option} {spec}: no such folder")
+
+
+def looks_like_path(model: str) -> bool:
+    """Whether ``model`` names a local path rather than a hub id ("name" or "org/name")."""
+    return _looks_like_path(model)
+
+
 def _looks_like_path(model: str) -> bool:
     # hub ids are "name" or "org/name"; anything else with a separator or a leading ./ ~ / is meant as a folder
     return model.startswith((".", "/", "~")) or model.count("/") > 1 or os.sep != "/" and os.sep in model
@@ -95,6 +108,8 @@ def load_model(model: str, device: str = "cpu", dtype: str = "float32") -> Any:
         pipe.set_progress_bar_config(disable=True)
         return pipe
     path = Path(model).expanduser()
+    if path.is_file():
+        raise RunError(single_file_message(model))
     if path.exists() or _looks_like_path(model):
         if not path.is_dir():
             raise RunError(f"--model {model}: no such folder")
@@ -123,6 +138,21 @@ def load_model(model: str, device: str = "cpu", dtype: str = "float32") -> Any:
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def single_file_message(model: str) -> str:
+    """What to do with a single-file checkpoint (``x.safetensors``, ``x.ckpt``): sparke loads diffusers
+    pipeline folders, and diffusers reads a single file only with the config of its pipeline, which needs the
+    hub when it is not local; so the file is converted once into a folder."""
+    name = Path(model).name
+    kind = "a single-file checkpoint" if Path(model).suffix in (".safetensors", ".ckpt", ".bin") else "a file"
+    return (
+        f"--model {model}: {kind}, not a pipeline folder; convert it once with diffusers "
+        f'(`python -c "from diffusers import StableDiffusionPipeline as P; '
+        f"P.from_single_file('{name}', config='CONFIG_FOLDER').save_pretrained('{Path(name).stem}')\"`, "
+        "the pipeline class of its family, CONFIG_FOLDER a local folder of that model's configs) and give "
+        f"--model {Path(name).stem}"
+    )
 
 
 def _from_pretrained(model: str, path: Path, class_name: str | None, torch_dtype: torch.dtype) -> Any:

@@ -34,10 +34,12 @@ class Reference:
         anywhere when the run changes)."""
         return {"source": str(self.source.absolute()), "n_images": self.n_images, "nearest_k": NEAREST_K}
 
-    def features(self, extractor: Any, cache_dir: str | os.PathLike | None) -> torch.Tensor:
+    def features(
+        self, extractor: Any, cache_dir: str | os.PathLike | None, progress: Any = None
+    ) -> torch.Tensor:
         """Unit feature rows (n, d), from the file or the folder's images (through the feature cache)."""
         if self.rows is None:
-            self.rows = image_features(self.folder, extractor, cache_dir)[0]
+            self.rows = image_features(self.folder, extractor, cache_dir, progress)[0]
         return self.rows
 
 

@@ -95,20 +95,19 @@ def _bank_metadata(config: RunConfig) -> dict[str, Any]:
 
 
 def check_bank_compatible(meta: dict[str, Any], config: RunConfig, pipe: Any, where: str) -> None:
-    """``RunError`` when a bank's metadata says another model, feature space or prompt encoder."""
-    model = meta.get("model")
-    if model is not None and model != config.model:
-        raise RunError(f"{where}: bank of model {model!r}, but this run uses {config.model!r}")
-    pipeline = meta.get("pipeline")
-    if model is None and pipeline is not None and pipeline != type(pipe).__name__:
-        raise RunError(f"{where}: bank of a {pipeline}, but this run uses a {type(pipe).__name__}")
-    space = meta.get("space")
-    if space is not None and space != _space(config):
-        raise RunError(f"{where}: bank in feature space {space!r}, but this run guides in {_space(config)!r}")
-    encoder = meta.get("prompt_encoder")
-    wanted = config.settings.get("prompt_encoder", "pipeline")
-    if encoder is not None and encoder != wanted:
-        raise RunError(f"{where}: bank with prompt encoder {encoder!r}, but this run uses {wanted!r}")
+    """``RunError`` when a bank's metadata says another model, feature space or prompt encoder
+    (``sparke.core.compat.bank_mismatch``, the check the library makes too)."""
+    from sparke.core.compat import bank_mismatch
+
+    problem = bank_mismatch(
+        meta,
+        model=config.model,
+        pipeline=type(pipe).__name__,
+        space=_space(config),
+        prompt_encoder=config.settings.get("prompt_encoder", "pipeline"),
+    )
+    if problem:
+        raise RunError(f"{where}: {problem}")
 
 
 def _load_bank(path: Path, where: str, like: Any = None) -> Any:
