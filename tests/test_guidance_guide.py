@@ -186,3 +186,19 @@ def test_sparsity_gate_limits_guidance_to_samples_near_a_similar_image():
     assert torch.equal(runs["shut"][1], vanilla) and not torch.equal(runs["off"][1], vanilla)
     with pytest.raises(ValueError, match="^gate:"):
         SPARKE(update=Update(gate=-1.0))
+
+
+def test_a_bank_from_another_feature_space_of_the_same_width_is_refused():
+    """The latents and x0 of one model have the same width: the bank's own record of its space decides."""
+    pipe = _sd()
+    latent = SPARKE(scale=0.1, every=1, space="latent", update=Update.paper())
+    latent(pipe, **call_kwargs(pipe))
+    assert latent.bank.metadata["space"] == "latent"
+    guide = SPARKE(scale=0.1, every=1, bank=latent.bank)  # x0, centred
+    with pytest.raises(
+        ValueError, match=r"^bank: bank in feature space 'latent', but this run guides in 'x0-centred'"
+    ):
+        guide(pipe, **call_kwargs(pipe, seed=1))
+    same = SPARKE(scale=0.1, every=1, space="latent", update=Update.paper(), bank=latent.bank)
+    same(pipe, **call_kwargs(pipe, seed=1))
+    assert len(latent.bank) == 4

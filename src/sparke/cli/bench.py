@@ -110,23 +110,7 @@ def bench_command(
             raise fail("--n-boot 0 with several --seed: pooling needs the bootstrap resamples")
         with user_errors():
             rows = run_bench_sets(config, prompt_sets, out_dir, command=command, progress=say)
-        say(
-            f"wrote {out_dir}/seed{{S}}/ for S in {prompt_sets}, and {out_dir}/pooled.md, pooled.json",
-            console=out,
-        )
-        for r in rows:
-            say(
-                f"{r['label']} {r['scale']:g}: fidelity {r['fidelity_delta']:+.1f} points "
-                f"[{r['fidelity_delta_ci'][0]:+.1f}, {r['fidelity_delta_ci'][1]:+.1f}], gap closed "
-                f"{100 * r['closed']:.0f}%, Cond-Vendi {100 * r['gain']:+.1f}% (pooled over {r['sets']} sets)",
-                console=out,
-            )
-        import json
-
-        pooled = Path(out_dir) / "pooled.json"
-        world = json.loads(pooled.read_text()).get("world") if pooled.is_file() else None
-        if world:
-            say(f"world (the reference): Cond-Vendi {100 * world['gain']:+.1f}% over none", console=out)
+        say_pooled(rows, prompt_sets, Path(out_dir))
         return
     with user_errors():
         meta = run_bench(config, out_dir, command=command, progress=say)
@@ -134,6 +118,27 @@ def bench_command(
     say(f"wrote {out_dir}/results.json, results.md, tradeoff.png, samples.png", console=out)
     say(f"goal met: {goal['met']}; wall time {meta['wall_seconds'] / 60:.1f} min", console=out)
     say_defaults(meta.get("goal_at_default") or {"reason": "not checked"})
+
+
+def say_pooled(rows: list[dict], prompt_sets: list[int], out_dir: Path) -> None:
+    """The console's lines on a run over several prompt sets: each pooled row, the ground truth first."""
+    import json
+
+    say(
+        f"wrote {out_dir}/seed{{S}}/ for S in {prompt_sets}, and {out_dir}/pooled.md, pooled.json",
+        console=out,
+    )
+    for r in rows:
+        say(
+            f"{r['label']} {r['scale']:g}: fidelity {r['fidelity_delta']:+.1f} points "
+            f"[{r['fidelity_delta_ci'][0]:+.1f}, {r['fidelity_delta_ci'][1]:+.1f}], gap closed "
+            f"{100 * r['closed']:.0f}%, Cond-Vendi {100 * r['gain']:+.1f}% (pooled over {r['sets']} sets)",
+            console=out,
+        )
+    pooled = out_dir / "pooled.json"
+    world = json.loads(pooled.read_text()).get("world") if pooled.is_file() else None
+    if world:
+        say(f"world (the reference): Cond-Vendi {100 * world['gain']:+.1f}% over none", console=out)
 
 
 def say_defaults(fixed: dict) -> None:

@@ -55,52 +55,14 @@ def report_command(
     """
     from sparke.report import build_report
     from sparke.runs import RunError
-    from sparke.runs.evaluation import (
-        DEFAULT_SIGMA_IMAGE,
-        DEFAULT_SIGMA_PROMPT,
-        evaluate_run,
-        load_features,
-        metrics_stale,
-        open_images,
-        read_metrics,
-    )
+    from sparke.runs.evaluation import evaluate_run, load_features, open_images
     from sparke.runs.generation import resolve_device
 
     with user_errors(), user_warnings():
         _check_out_file(out_file)
         check_distinct(runs)
         loaded = {run: open_images(run) for run in runs}  # each run or image folder read (and checked) once
-        # run -> (features, evaluate_run options) to evaluate it with: new runs the defaults, stale ones their own
-        # (kernels, and the reference set and CLIP model they were evaluated with)
-        todo: dict[Path, tuple[str, dict]] = {}
-        opened: dict = {}  # reference sets and CLIP models of stale runs, shared by the runs that used them
-        for run in runs:
-            metrics = read_metrics(run)
-            if metrics is None:
-                todo[run] = (features, {})
-                continue
-            reason = metrics_stale(run, metrics)
-            if reason is None:
-                continue
-            if not evaluate:
-                say(
-                    f"{run / 'metrics.json'} is stale ({reason}); the report shows its old numbers: "
-                    f"run `sparke evaluate {run}` first",
-                    "warning",
-                )
-                continue
-            k = metrics.get("kernels") or {}
-            opts = {
-                "kernel": k.get("kernel") or "gaussian",
-                "sigma_image": k.get("sigma_image") or DEFAULT_SIGMA_IMAGE,
-                "sigma_prompt": k.get("sigma_prompt") or DEFAULT_SIGMA_PROMPT,
-            }
-            spec = (metrics.get("features") or {}).get("image") or features
-            say(f"{run / 'metrics.json'} is stale ({reason}): evaluating again", "note")
-            extras = _recorded_extras(
-                run, len(loaded[run].records), metrics, spec, resolve_device(device), opened
-            )
-            todo[run] = (spec, opts | extras)
+        todo = _to_evaluate(runs, loaded, features, evaluate, device)
         if evaluate and todo:
             extractors: dict[str, object] = {}
             for run, (spec, opts) in todo.items():
@@ -119,6 +81,45 @@ def report_command(
             except OSError as error:
                 raise RunError(f"{out_file}: cannot write ({error.strerror or error})") from None
     say(f"{path} ({human_size(path.stat().st_size)})", "report", console=out)
+
+
+def _to_evaluate(runs: list[Path], loaded: dict, features: str, evaluate: bool, device: str) -> dict:
+    """run -> (features, evaluate_run options) to evaluate it with: a run without metrics the defaults, a stale
+    one its own (kernels, and the reference set and CLIP model it was evaluated with); with ``evaluate`` off a
+    stale run keeps its old numbers, with a warning."""
+    from sparke.runs.evaluation import DEFAULT_SIGMA_IMAGE, DEFAULT_SIGMA_PROMPT, metrics_stale, read_metrics
+    from sparke.runs.generation import resolve_device
+
+    todo: dict[Path, tuple[str, dict]] = {}
+    opened: dict = {}  # reference sets and CLIP models of stale runs, shared by the runs that used them
+    for run in runs:
+        metrics = read_metrics(run)
+        if metrics is None:
+            todo[run] = (features, {})
+            continue
+        reason = metrics_stale(run, metrics)
+        if reason is None:
+            continue
+        if not evaluate:
+            say(
+                f"{run / 'metrics.json'} is stale ({reason}); the report shows its old numbers: "
+                f"run `sparke evaluate {run}` first",
+                "warning",
+            )
+            continue
+        k = metrics.get("kernels") or {}
+        opts = {
+            "kernel": k.get("kernel") or "gaussian",
+            "sigma_image": k.get("sigma_image") or DEFAULT_SIGMA_IMAGE,
+            "sigma_prompt": k.get("sigma_prompt") or DEFAULT_SIGMA_PROMPT,
+        }
+        spec = (metrics.get("features") or {}).get("image") or features
+        say(f"{run / 'metrics.json'} is stale ({reason}): evaluating again", "note")
+        extras = _recorded_extras(
+            run, len(loaded[run].records), metrics, spec, resolve_device(device), opened
+        )
+        todo[run] = (spec, opts | extras)
+    return todo
 
 
 def _recorded_extras(

@@ -103,13 +103,11 @@ class SparkeDiversity:
 class SparkeBank:
     """A named bank that lives across queue runs; optionally read from and written to a file."""
 
-    CATEGORY = CATEGORY
-    RETURN_TYPES = (BANK_TYPE,)
-    FUNCTION = "bank"
     DESCRIPTION = (
         "The images SPARKE remembers, under a name that lives across queue runs. file: a .safetensors bank "
         "file inside ComfyUI's user or output directory (sparke's own format)."
     )
+    CATEGORY, FUNCTION, RETURN_TYPES = CATEGORY, "bank", (BANK_TYPE,)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:

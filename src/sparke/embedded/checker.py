@@ -46,6 +46,39 @@ def _size_of(half_extent: float) -> str:
     return "medium" if half_extent < 6.25 else "large"
 
 
+def _object(img: np.ndarray, alpha: np.ndarray, component: np.ndarray) -> dict[str, Any] | None:
+    """The attributes of one connected component (H, W bool) of the object mask; None when it is too small."""
+    h, w = img.shape[:2]
+    # grow the component by one pixel so its anti-aliased rim counts too
+    region = ndimage.binary_dilation(component, structure=_STRUCT8)
+    a = np.where(region, alpha, 0.0)
+    area = float(a.sum())
+    if area < MIN_AREA:
+        return None
+    colp, rowp = a.max(0), a.max(1)  # (W,), (H,)
+    width, height = float(colp.sum()), float(rowp.sum())
+    cx = float((colp * (np.arange(w) + 0.5)).sum() / max(colp.sum(), 1e-6))
+    cy = float((rowp * (np.arange(h) + 0.5)).sum() / max(rowp.sum(), 1e-6))
+    fill = area / max(width * height, 1e-6)
+    ys = np.arange(h, dtype=np.float64)[:, None] + 0.5
+    skew = (float((a * ys).sum()) / area - cy) / max(height, 1e-6)
+    core = region & (alpha > 0.8)
+    rgb = np.median(img[core], axis=0) if core.any() else np.median(img[region], axis=0)
+    half = max(width, height) / 2
+    return {
+        "shape": _shape_of(fill, skew),
+        "colour": W.COLOURS[_nearest(rgb, _PAL)],
+        "size": _size_of(half),
+        "position": W.cell_name(*W.cell_of(cx, cy, w)),
+        "cx": cx,
+        "cy": cy,
+        "half_extent": half,
+        "fill": fill,
+        "skew": skew,
+        "area": area,
+    }
+
+
 def check(image: np.ndarray) -> dict[str, Any]:
     """Detected attributes of an (H, W, 3) uint8 (or float in [0, 1]) image.
 
@@ -77,38 +110,7 @@ def check(image: np.ndarray) -> dict[str, Any]:
     alpha = np.clip((diff @ axis) / float(axis @ axis), 0.0, 1.0)
 
     labels, n = ndimage.label(alpha > 0.5, structure=_STRUCT8)
-    objects = []
-    for k in range(1, n + 1):
-        # grow the component by one pixel so its anti-aliased rim counts too
-        region = ndimage.binary_dilation(labels == k, structure=_STRUCT8)
-        a = np.where(region, alpha, 0.0)
-        area = float(a.sum())
-        if area < MIN_AREA:
-            continue
-        colp, rowp = a.max(0), a.max(1)  # (W,), (H,)
-        width, height = float(colp.sum()), float(rowp.sum())
-        cx = float((colp * (np.arange(w) + 0.5)).sum() / max(colp.sum(), 1e-6))
-        cy = float((rowp * (np.arange(h) + 0.5)).sum() / max(rowp.sum(), 1e-6))
-        fill = area / max(width * height, 1e-6)
-        ys = np.arange(h, dtype=np.float64)[:, None] + 0.5
-        skew = (float((a * ys).sum()) / area - cy) / max(height, 1e-6)
-        core = region & (alpha > 0.8)
-        rgb = np.median(img[core], axis=0) if core.any() else np.median(img[region], axis=0)
-        half = max(width, height) / 2
-        objects.append(
-            {
-                "shape": _shape_of(fill, skew),
-                "colour": W.COLOURS[_nearest(rgb, _PAL)],
-                "size": _size_of(half),
-                "position": W.cell_name(*W.cell_of(cx, cy, w)),
-                "cx": cx,
-                "cy": cy,
-                "half_extent": half,
-                "fill": fill,
-                "skew": skew,
-                "area": area,
-            }
-        )
+    objects = [obj for k in range(1, n + 1) if (obj := _object(img, alpha, labels == k)) is not None]
     objects.sort(key=lambda o: -o["area"])
     result["objects"] = objects
     result["count"] = len(objects)

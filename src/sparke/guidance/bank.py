@@ -14,11 +14,20 @@ import torch
 
 from sparke.core import Bank
 from sparke.core.auto import KINDS, make_bank
+from sparke.core.compat import bank_mismatch
 from sparke.core.spec import MEDIAN, KernelSpec
 
 from .spaces import centred, encode_images, encode_to_latents, unit_rows
 
-__all__ = ["bank_placement", "check_bank", "check_dims", "execution_device", "own_bank", "reference_bank"]
+__all__ = [
+    "bank_placement",
+    "check_bank",
+    "check_dims",
+    "check_metadata",
+    "execution_device",
+    "own_bank",
+    "reference_bank",
+]
 
 # what a guide calls on a bank (``sparke.core.protocol.BankLike`` in full)
 CONTRACT = ("__len__", "x", "y", "add", "direction")
@@ -83,6 +92,16 @@ def check_dims(banks: dict[str, Any], dim_x: int, dim_y: int | None, space: str,
                 f"{label} holds prompt features of dim {bank_dim_y}, but the prompt encoder gives dim "
                 f"{dim_y}: use the same prompt_encoder as the bank was made with"
             )
+
+
+def check_metadata(banks: dict[str, Any], space: str, prompt_encoder: str) -> None:
+    """Refuse a bank (label -> bank or None) that says it holds another feature space (``space_label``'s text)
+    or another prompt encoder's features: rows of the same width from elsewhere would be compared as if alike.
+    The pipeline class is not compared (one model serves several pipelines)."""
+    for label, bank in banks.items():
+        problem = bank_mismatch(getattr(bank, "metadata", None), space=space, prompt_encoder=prompt_encoder)
+        if bank is not None and problem:
+            raise ValueError(f"{label}: {problem}")
 
 
 def reference_bank(pipe: Any, images: Any, space: Any, centre: bool | float, y: torch.Tensor | None) -> Bank:

@@ -30,7 +30,7 @@ from sparke.core.repel import any_within
 from sparke.core.spec import MEDIAN, KernelSpec
 
 from .attach import Attachment, Step, denoiser_of, split_batch
-from .bank import bank_placement, check_bank, check_dims, own_bank, reference_bank
+from .bank import bank_placement, check_bank, check_dims, check_metadata, own_bank, reference_bank
 from .filters import displacement, first_order_warp, lowpass, warp
 from .guide import Guide, Schedule, check_scale
 from .options import DEFAULTS, PAPER, PAPER_SCALE, names
@@ -536,9 +536,16 @@ class SPARKE(Guide):
         return open_
 
     def _check_dims(self, dim_x: int, y: torch.Tensor | None, name: str) -> None:
+        """Refuse a bank or reference whose widths, feature space or prompt encoder differ from this guide's."""
         space = self.space if isinstance(self.space, str) else "image-encoder"
         dim_y = None if y is None else y.shape[1]
-        check_dims({"bank": self.bank, "reference": self.reference}, dim_x, dim_y, space, name)
+        banks = {"bank": self.bank, "reference": self.reference}
+        check_dims(banks, dim_x, dim_y, space, name)
+        check_metadata(banks, space_label(space, self.update.centre), self._encoder_name)
+
+    @property
+    def _encoder_name(self) -> str:
+        return self.prompt_encoder if isinstance(self.prompt_encoder, str) else "callable"
 
     # -- the bank --------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -552,8 +559,9 @@ class SPARKE(Guide):
             space = space_label(
                 self.space if isinstance(self.space, str) else "image-encoder", self.update.centre
             )
-            encoder = self.prompt_encoder if isinstance(self.prompt_encoder, str) else "callable"
-            for key, value in dict(pipeline=host.name, space=space, prompt_encoder=encoder).items():
+            for key, value in dict(
+                pipeline=host.name, space=space, prompt_encoder=self._encoder_name
+            ).items():
                 bank.metadata.setdefault(key, value)
         device = getattr(bank, "device", None) or x.device
         bank.add(x.to(device), None if y is None else y.to(device))

@@ -91,6 +91,36 @@ def _frame(
     return lines
 
 
+def _series_marks(
+    s: dict[str, Any], colour: str, sx: Any, sy: Any, place: dict[str, tuple[float, float]]
+) -> list[str]:
+    """The SVG elements of one series of ``line_plot``: its line, error bars, points and legend entry."""
+    points = sorted((x, y) for x, y in s["points"] if y is not None)
+    if not points:
+        return []
+    out = []
+    dash = ' stroke-dasharray="5 4"' if s.get("dashed") else ""
+    if len(points) > 1:
+        path = " ".join(f"{'M' if i == 0 else 'L'}{sx(x):.1f},{sy(y):.1f}" for i, (x, y) in enumerate(points))
+        out.append(f'<path d="{path}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>')
+    for x, (low, high) in (s.get("ci") or {}).items():  # 95% intervals as error bars
+        out.append(
+            f'<line x1="{sx(x):.1f}" x2="{sx(x):.1f}" y1="{sy(low):.1f}" y2="{sy(high):.1f}" '
+            f'stroke="{colour}" stroke-width="1.2" opacity="0.6"/>'
+        )
+    for x, y in [] if s.get("dashed") else points:  # a dashed reference line has no data points
+        out.append(
+            f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3.5" fill="{colour}"><title>{_e(s["label"])}: '
+            f"scale {x:g}, {y:.3g}</title></circle>"
+        )
+    lx, ly = place[str(s["label"])]
+    out.append(
+        f'<line x1="{lx}" x2="{lx + 16}" y1="{ly}" y2="{ly}" stroke="{colour}" stroke-width="2"{dash}/>'
+        f'<text x="{lx + 20}" y="{ly + 4}" fill="#1d2330">{_e(s["label"])}</text>'
+    )
+    return out
+
+
 def line_plot(
     series: Sequence[dict[str, Any]],
     *,
@@ -142,31 +172,7 @@ def line_plot(
     out += _frame(xt, yt, sx, sy, (left, top, pw, ph, height), (x0, x1), (x_label, y_label))
     place = {label: (x, 29 + 14 * r) for r, row in enumerate(legend) for x, label in row}
     for k, s in enumerate(series):
-        colour = s.get("colour") or PALETTE[k % len(PALETTE)]
-        points = sorted((x, y) for x, y in s["points"] if y is not None)
-        if not points:
-            continue
-        dash = ' stroke-dasharray="5 4"' if s.get("dashed") else ""
-        if len(points) > 1:
-            path = " ".join(
-                f"{'M' if i == 0 else 'L'}{sx(x):.1f},{sy(y):.1f}" for i, (x, y) in enumerate(points)
-            )
-            out.append(f'<path d="{path}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>')
-        for x, (low, high) in (s.get("ci") or {}).items():  # 95% intervals as error bars
-            out.append(
-                f'<line x1="{sx(x):.1f}" x2="{sx(x):.1f}" y1="{sy(low):.1f}" y2="{sy(high):.1f}" '
-                f'stroke="{colour}" stroke-width="1.2" opacity="0.6"/>'
-            )
-        for x, y in [] if s.get("dashed") else points:  # a dashed reference line has no data points
-            out.append(
-                f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3.5" fill="{colour}"><title>{_e(s["label"])}: '
-                f"scale {x:g}, {y:.3g}</title></circle>"
-            )
-        lx, ly = place[str(s["label"])]
-        out.append(
-            f'<line x1="{lx}" x2="{lx + 16}" y1="{ly}" y2="{ly}" stroke="{colour}" stroke-width="2"{dash}/>'
-            f'<text x="{lx + 20}" y="{ly + 4}" fill="#1d2330">{_e(s["label"])}</text>'
-        )
+        out += _series_marks(s, s.get("colour") or PALETTE[k % len(PALETTE)], sx, sy, place)
     out.append("</svg>")
     return "\n".join(out)
 

@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -86,6 +87,23 @@ def load_features(spec: str = "embedded", device: str = "cpu", batch_size: int =
     return _hf_features(spec, device, batch_size)
 
 
+def _model_config(spec: str) -> Any:
+    """The transformers config of the image model ``spec`` (a folder or a cached hub id); ``RunError`` naming
+    what is there instead."""
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(spec)
+    except (OSError, ValueError) as error:
+        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        where = (
+            "a folder without an image model (no config.json)"
+            if Path(spec).is_dir()
+            else "not a local model folder nor in the Hugging Face cache"
+        )
+        raise RunError(f"--features {spec}: {where} ({first})") from None
+
+
 def _hf_features(spec: str, device: str, batch_size: int) -> FeatureExtractor:
     from .model import missing_folder
 
@@ -96,18 +114,7 @@ def _hf_features(spec: str, device: str, batch_size: int) -> FeatureExtractor:
             f"--features {spec}: a diffusers pipeline folder, not an image model; give 'embedded', a CLIP or "
             "DINOv2 model folder, or a hub id such as openai/clip-vit-base-patch32"
         )
-    try:
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(spec)
-    except (OSError, ValueError) as error:
-        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        where = (
-            "a folder without an image model (no config.json)"
-            if Path(spec).is_dir()
-            else ("not a local model folder nor in the Hugging Face cache")
-        )
-        raise RunError(f"--features {spec}: {where} ({first})") from None
+    config = _model_config(spec)
     from sparke.encoders.quiet import quiet_transformers
 
     kind = getattr(config, "model_type", "")

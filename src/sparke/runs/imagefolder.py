@@ -10,6 +10,7 @@ folder needs no prompts: without metadata, every image in it (and below it) coun
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -58,15 +59,15 @@ class ImageRecords:
         """What to add to the message about an unreadable image (a fix the folder's kind offers)."""
         return ""
 
-    def read_image(self, record: dict[str, Any]) -> np.ndarray:
-        """One image as (H, W, 3) uint8 (see ``pixels_rgb8``); ``RunError`` naming the file when it cannot be
-        decoded, or is larger than PIL's decompression-bomb limit."""
+    @contextlib.contextmanager
+    def _opened(self, file: Path) -> Iterator[Any]:
+        """The PIL image of ``file``; ``RunError`` naming the file when it cannot be decoded, or is larger than
+        PIL's decompression-bomb limit (also when that shows while the block reads it)."""
         from PIL import Image
 
-        file = self.path / record["file"]
         try:
             with Image.open(file) as im:
-                return pixels_rgb8(im)
+                yield im
         except Image.DecompressionBombError as error:
             raise RunError(f"{file}: {_first_line(error)}{self._unreadable_hint()}") from None
         except (OSError, ValueError, SyntaxError) as error:
@@ -74,23 +75,19 @@ class ImageRecords:
                 f"{file}: unreadable image ({_first_line(error)}){self._unreadable_hint()}"
             ) from None
 
+    def read_image(self, record: dict[str, Any]) -> np.ndarray:
+        """One image as (H, W, 3) uint8 (see ``pixels_rgb8``); ``RunError`` naming the file when it cannot be
+        decoded, or is larger than PIL's decompression-bomb limit."""
+        with self._opened(self.path / record["file"]) as im:
+            return pixels_rgb8(im)
+
     def verify(self) -> None:
         """Open every image's header (format, size; not its pixels), so that a file that is no image, or one
         past the decompression-bomb limit, is refused before anything is computed. A file damaged further in
         is named when its pixels are read (the feature cache keeps what was done before it)."""
-        from PIL import Image
-
         for record in self.records:
-            file = self.path / record["file"]
-            try:
-                with Image.open(file) as im:
-                    im.size  # noqa: B018 (the header is read by open; size makes the intent plain)
-            except Image.DecompressionBombError as error:
-                raise RunError(f"{file}: {_first_line(error)}{self._unreadable_hint()}") from None
-            except (OSError, ValueError, SyntaxError) as error:
-                raise RunError(
-                    f"{file}: unreadable image ({_first_line(error)}){self._unreadable_hint()}"
-                ) from None
+            with self._opened(self.path / record["file"]) as im:
+                im.size  # noqa: B018 (the header is read by open; size makes the intent plain)
 
     def iter_batches(
         self, batch_size: int, rows: Sequence[int] | None = None, workers: int | None = None
