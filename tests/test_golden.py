@@ -1,6 +1,6 @@
 """What sparke wrote before the ``Update`` refactor still loads, resumes and parses (tests/golden).
 
-tests/golden was made by the code of commit dfd9a41 (``/tmp/make_golden.py`` in the closing note of issue 28):
+tests/golden was made by the code of commit dfd9a41 (``tests/golden/make_golden.py``, run with that commit's code):
 an exact and an indexed bank file with the directions that code computed from them, four run folders of the
 embedded model (SPARKE at its defaults, SPARKE with the paper's step, rke, none) and, for old ``--set`` and
 ``--variant`` strings, what the guide built from each held then.
