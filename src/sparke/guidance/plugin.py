@@ -76,7 +76,7 @@ class Host:
     to_image: Callable[[torch.Tensor], torch.Tensor] | None = None
     noise_share: float = 1.0
     cfg: torch.Tensor | None = None
-    name: str = "the sampler"
+    name: str = ""  # the pipeline class, recorded in a new bank's metadata; "" outside diffusers
 
 
 @dataclass
@@ -411,11 +411,12 @@ class SPARKE(Guide):
         update = self.update
         with torch.enable_grad():
             zg = z.detach().float().requires_grad_(True)
-            clean = x0_of(zg) if (self.space != "latent" or update.motion) else None  # x0 once a step
+            # x0 once a step; in the latent space only the motion fit reads it, outside the gradient's graph
+            clean = x0_of(zg) if self.space != "latent" else (x0_of(zg.detach()) if update.motion else None)
             x = self._features(zg, clean, host)
             xd = x.detach()
             if call.due == 0:
-                self._check_dims(xd.shape[1], y, host.name)
+                self._check_dims(xd.shape[1], y, host.name or "the sampler")
             spec = self.step_spec(xd)
             yy = None if y is None or not spec.conditional else y.to(xd.device)
             d = self.bank.direction(xd, yy, spec=spec).to(xd.device, torch.float32)
@@ -481,7 +482,9 @@ class SPARKE(Guide):
             centre = self.update.centre
             return unit_rows(centred(source, float(centre)) if centre else source)
         if host.to_image is None:
-            raise ValueError(f"space: an image encoder needs the pipeline's decoder, which {host.name} lacks")
+            raise ValueError(
+                f"space: an image encoder needs the pipeline's decoder, which {host.name or 'the sampler'} lacks"
+            )
         return unit_rows(encode_images(self.space, host.to_image(source)))
 
     def _motion(
@@ -553,16 +556,16 @@ class SPARKE(Guide):
         """Add finished images to the bank: their clean latents ``final`` (B, ...) and prompt features y (B, e)."""
         host = host or Host()
         x = self._features(final.float(), final.float(), host)
-        self._check_dims(x.shape[1], y, host.name)
+        self._check_dims(x.shape[1], y, host.name or "the sampler")
         bank = self.bank
         if not len(bank) and isinstance(getattr(bank, "metadata", None), dict):
             space = space_label(
                 self.space if isinstance(self.space, str) else "image-encoder", self.update.centre
             )
-            for key, value in dict(
-                pipeline=host.name, space=space, prompt_encoder=self._encoder_name
-            ).items():
-                bank.metadata.setdefault(key, value)
+            record = dict(pipeline=host.name, space=space, prompt_encoder=self._encoder_name)
+            for key, value in record.items():
+                if value:  # outside diffusers there is no pipeline class to record
+                    bank.metadata.setdefault(key, value)
         device = getattr(bank, "device", None) or x.device
         bank.add(x.to(device), None if y is None else y.to(device))
 
