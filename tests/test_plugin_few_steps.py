@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from sparke.guidance import SPARKE, attach
-from sparke.guidance.guide import Schedule, auto_every
+from sparke.guidance.schedule import Schedule, auto_every
 from tiny_pipelines import build, call_kwargs, final_latents
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

@@ -142,10 +142,15 @@ def pooled_comparison(
     sets: list[tuple[Rows, Replicates]], a: tuple[str, float], b: tuple[str, float]
 ) -> dict[str, Any]:
     """Row a minus row b, pooled over ``sets`` (both rows on every set, paired within each): the differences
-    of their fidelity differences to none (points) and of their Cond-Vendi gains, with 95% intervals."""
+    of their fidelity differences to none (points), of their Cond-Vendi gains and of their shares of the
+    entropy gap closed (``closed``), with 95% intervals."""
     pa, pb = _pooled(sets, *a), _pooled(sets, *b)
     out: dict[str, Any] = {"sets": len(sets)}
-    for key, name, unit in (("delta", "fidelity_delta", 100.0), ("gain", "gain", 1.0)):
+    for key, name, unit in (
+        ("delta", "fidelity_delta", 100.0),
+        ("gain", "gain", 1.0),
+        ("closed", "closed", 1.0),
+    ):
         value = pa[key][0] - pb[key][0]
         out[name] = unit * value
         ci = None if pa[key][1] is None else _interval(value, pa[key][1] - pb[key][1])

@@ -5,8 +5,9 @@ diffusers pipeline (a ``scheduler`` with ``step``, optional ``vae`` and text enc
 """
 
 from .attach import Attachment, Step, attach
-from .guide import Guide, GuideStats, Schedule
+from .guide import Guide, GuideStats
 from .plugin import SPARKE, Host
+from .schedule import Schedule
 from .spec import MethodSpec
 from .update import Update
 

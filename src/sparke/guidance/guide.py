@@ -17,7 +17,7 @@ import torch
 from .attach import Attachment, Step, attach, num_steps_of
 from .prompts import batch_prompts
 
-__all__ = ["Guide", "GuideStats", "Schedule", "auto_every", "call_batch", "check_scale"]
+__all__ = ["Guide", "GuideStats", "call_batch", "check_scale"]
 
 
 @dataclass
@@ -28,61 +28,6 @@ class GuideStats:
     steps: int = 0  # denoising steps
     guided: int = 0  # steps (or model calls, for conditioning methods) that the method changed
     skipped: int = 0  # guided steps skipped for a non-finite update
-
-
-AUTO_EVERY_LONG = 20  # from this many denoising steps on, "auto" guides every 10th step (the paper's rule)
-
-
-def auto_every(num_steps: int) -> int:
-    """The step interval of ``every="auto"`` for a run of ``num_steps`` denoising steps.
-
-    10 from 20 steps on (the paper's every 10th step; what ``every=10`` always did), else ceil(num_steps / 5):
-    about 5 guided steps, i.e. every step of a 1-5 step distilled run (LCM, turbo, lightning, schnell), every
-    2nd of 6-10 steps. A fixed ``every=10`` would guide only step 0 of such runs.
-    """
-    if num_steps >= AUTO_EVERY_LONG:
-        return 10
-    return max(1, math.ceil(num_steps / 5))
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """Which denoising steps a per-step method acts on: indices 0, every, 2 * every, ... inside ``window``.
-
-    ``window`` is (start, end) as fractions of the trajectory: 0 = first step, 1 = last. ``every="auto"``
-    takes the interval from the call's step count (``auto_every``).
-    """
-
-    every: int | str = 10
-    window: tuple[float, float] = (0.0, 1.0)
-
-    def __post_init__(self) -> None:
-        every = self.every
-        if every != "auto" and not (isinstance(every, int) and not isinstance(every, bool) and every >= 1):
-            raise ValueError(f"every: must be an integer >= 1 or 'auto', got {every!r}")
-        try:
-            lo, hi = (float(v) for v in self.window)
-        except (TypeError, ValueError):
-            raise ValueError(f"window: must be (start, end) fractions, got {self.window!r}") from None
-        if not 0.0 <= lo <= hi <= 1.0:
-            raise ValueError(f"window: must be (start, end) with 0 <= start <= end <= 1, got {self.window!r}")
-        object.__setattr__(self, "window", (lo, hi))
-
-    def interval(self, num_steps: int) -> int:
-        """The step interval for a call of ``num_steps`` denoising steps."""
-        return auto_every(num_steps) if self.every == "auto" else int(self.every)
-
-    def due(self, step: Step) -> bool:
-        return step.index % self.interval(step.num_steps) == 0 and self._inside(step.fraction)
-
-    def count(self, num_steps: int) -> int:
-        """How many of ``num_steps`` denoising steps are due (fractions as ``attach`` computes them)."""
-        last = max(num_steps - 1, 1)
-        return sum(1 for i in range(0, num_steps, self.interval(num_steps)) if self._inside(i / last))
-
-    def _inside(self, fraction: float) -> bool:
-        lo, hi = self.window
-        return lo - 1e-9 <= fraction <= hi + 1e-9
 
 
 def check_scale(scale: Any) -> float:

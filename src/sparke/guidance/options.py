@@ -51,7 +51,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "every",
         "auto",
-        "guide at denoising steps 0, every, 2*every, ...; auto: 10 from 20 steps on, else ceil(steps/5)",
+        "guide at denoising steps 0, every, 2*every, ...; auto: 10 from 20 steps on, else ceil(steps/5); span: "
+        "up to 5 steps spread over the noise levels, each moving its share of 5 steps of scale",
         "guide",
     ),
     Option("window", (0.0, 1.0), "(start, end) fractions of the trajectory where guidance acts", "guide"),

@@ -32,9 +32,10 @@ from sparke.core.spec import MEDIAN, KernelSpec
 from .attach import Attachment, Step, denoiser_of, split_batch
 from .bank import bank_placement, check_bank, check_dims, check_metadata, own_bank, reference_bank
 from .filters import displacement, first_order_warp, lowpass, warp
-from .guide import Guide, Schedule, check_scale
+from .guide import Guide, check_scale
 from .options import DEFAULTS, PAPER, PAPER_SCALE, names
 from .prompts import PromptEncoder, batch_prompts, encode_prompts
+from .schedule import Schedule
 from .spaces import (
     Space,
     centred,
@@ -69,7 +70,8 @@ class Host:
 
     unpack / pack: packed latents (Flux: (B, seq, c)) to (B, C, H, W) and back, for ``motion``; to_image: the
     clean estimate to pixels (B, 3, H, W) in [-1, 1], for an image-encoder space; noise_share: sigma_t /
-    sqrt(alpha_t^2 + sigma_t^2) (``step_schedule="noise"``); cfg: (B, D) cond - uncond (``orthogonal``)."""
+    sqrt(alpha_t^2 + sigma_t^2) (``step_schedule="noise"``); cfg: (B, D) cond - uncond (``orthogonal``);
+    step_factor: this step's share of a full step of ``scale`` (the schedule's, ``Schedule.factor``)."""
 
     unpack: Callable[[torch.Tensor], torch.Tensor] | None = None
     pack: Callable[[torch.Tensor], torch.Tensor] | None = None
@@ -77,6 +79,7 @@ class Host:
     noise_share: float = 1.0
     cfg: torch.Tensor | None = None
     name: str = ""  # the pipeline class, recorded in a new bank's metadata; "" outside diffusers
+    step_factor: float = 1.0
 
 
 @dataclass
@@ -126,7 +129,10 @@ class SPARKE(Guide):
             ``images (B, 3, H, W) in [-1, 1] -> (B, ...)``.
         update: how a guided step moves the latents (``sparke.Update``; ``Update.paper()``: the authors' step).
         every: guide at denoising steps 0, every, 2 * every, ...; "auto": 10 from 20 steps on, else
-            ceil(steps / 5), so that a 1-8 step distilled run is guided at about 5 of its steps or all of them.
+            ceil(steps / 5); "span": by noise level (``sparke.guidance.schedule.span_factors``), up to 5 steps
+            spread over the log signal-to-noise band where the clean estimate shows the layout forming, each
+            moving its share of 5 steps of ``scale`` (the number of guided steps and their total move change
+            smoothly with the step count).
         window: (start, end) fractions of the trajectory in which to guide; 0 = first step, 1 = last.
         prompt_encoder: "pipeline", "minilm" or a callable ``list[str] -> Tensor (N, e)``.
         bank: "auto" (a new bank that follows the pipeline's device, fp16 on CUDA), "exact", "indexed", or a bank
@@ -293,7 +299,9 @@ class SPARKE(Guide):
         steps = kwargs.get("num_inference_steps")
         if self.scale > 0 and isinstance(steps, int) and steps > 0:
             due = self.schedule.count(steps)
-            if due < min(2, steps):  # a one-step run guided at its one step is all there is
+            if due is not None and due < min(
+                2, steps
+            ):  # a one-step run guided at its one step is all there is
                 self._warn_once(
                     "weak",
                     f"SPARKE guides only {due} of {steps} denoising steps (every={self.every!r}, "
@@ -366,7 +374,8 @@ class SPARKE(Guide):
     # -- one denoising step ----------------------------------------------------------------------------------
     def on_step(self, step: Step) -> torch.Tensor | None:
         call = self._call
-        if call is None or not self.schedule.due(step):
+        factor = self.schedule.factor(step) if call is not None else 0.0
+        if factor == 0:
             return None
         b, dup = split_batch(step.latents, self.batch)
         out = step.model_output[:b].float()
@@ -375,6 +384,7 @@ class SPARKE(Guide):
             return x0_estimate(step.scheduler, z, out, step.timestep)
 
         host = self._host(step.pipe, call, step)
+        host.step_factor = factor
         if self.update.orthogonal:
             host.cfg = cfg_direction(self._denoised, step.latents[:b])
         new = self.step_latents(step.latents[:b], x0_of, call.y, host)
@@ -447,7 +457,7 @@ class SPARKE(Guide):
         if update.smooth > 0:
             g = lowpass(g, update.smooth)
         g = without_component(g.flatten(1), host.cfg) if update.orthogonal else g.flatten(1)
-        scale: float | torch.Tensor = self.scale
+        scale: float | torch.Tensor = self.scale * host.step_factor
         if update.step_schedule == "noise":
             scale = scale * host.noise_share
         if update.crowding > 0:

@@ -260,7 +260,7 @@ def _settings_differences(a: dict[str, Any], b: dict[str, Any], steps: Any) -> l
 def _same_every(a: Any, b: Any, steps: Any) -> bool:
     """``every="auto"`` is the interval it resolves to for the run's steps: a folder made with every=10 before
     "auto" became the default (10 from 20 steps on) resumes unchanged."""
-    from sparke.guidance.guide import auto_every
+    from sparke.guidance.schedule import auto_every
 
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         return False
