@@ -60,8 +60,8 @@ def test_span_has_no_cliff_where_auto_has_one():
         f = span_factors(_dpm(n))
         counts.append(sum(v > 0 for v in f))
         totals.append(sum(f))
-    assert max(abs(a - b) for a, b in zip(counts, counts[1:])) <= 1
-    assert max(abs(a - b) for a, b in zip(totals, totals[1:])) <= 1.0
+    assert max(abs(a - b) for a, b in zip(counts, counts[1:], strict=False)) <= 1
+    assert max(abs(a - b) for a, b in zip(totals, totals[1:], strict=False)) <= 1.0
     assert max(counts) == SPAN_BINS and totals[-1] > 4.5
     auto = [sum(_auto_factors(n)) for n in (19, 20)]
     assert auto == [5.0, 2.0]
