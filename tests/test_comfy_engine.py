@@ -210,3 +210,31 @@ def test_the_pack_loads_through_comfyuis_own_loader(engine):
         sys.modules[str(comfy_harness.REPO).replace(".", "_x_")].NODE_CLASS_MAPPINGS["SparkeDiversity"]
         is node
     )
+
+
+@pytest.mark.parametrize("family", ["sd15", "sd3"])
+def test_span_guides_the_steps_its_factors_name_on_the_samplers_sigmas(engine, pack, family):
+    """``every="span"`` in ComfyUI reads the sampler's whole schedule: the steps guided are those whose factor
+    (``span_factors`` of the sigmas' log signal-to-noise ratios) is above 0, each moved by its factor."""
+    import comfy.samplers
+
+    from sparke.comfy.patch import SparkePatch, log_snr_of_sigma
+    from sparke.guidance import SPARKE
+    from sparke.guidance.schedule import span_factors
+
+    model = model_of(family)
+    steps = 6
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", steps)
+    ms = model.get_model_object("model_sampling")
+    factors = span_factors([log_snr_of_sigma(ms, float(s)) for s in sigmas[:-1]])
+    expected = sum(f > 0 for f in factors)
+    assert 0 < expected < steps  # low-noise steps past the band (and SD3's first, sigma 1) are left alone
+    bank = fresh_bank(pack, f"span {family}")
+    patch = SparkePatch(SPARKE(every="span", bank=bank.bank), bank, 0.0, 1.0)
+    diverse = patch.apply(model)
+    pos, neg = comfy_models.conditioning(family, seed=1), comfy_models.conditioning(family, seed=2)
+    with torch.inference_mode():
+        for seed in (0, 1):
+            latent = comfy_models.empty_latent(family, 2)
+            engine.common_ksampler(diverse, seed, steps, 5.0, "euler", "normal", pos, neg, latent)
+    assert patch.guided_steps == 2 * expected

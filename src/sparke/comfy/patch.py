@@ -11,10 +11,14 @@ clean estimate by the same delta (``x0_of(z) = denoised + (z - x)``), so the pat
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from sparke.guidance import Host
+from sparke.guidance.schedule import span_factors
 
 from .banks import NamedBank
 from .features import prompt_rows
@@ -70,8 +74,12 @@ class SparkePatch(_Shared):
         if self.guide.scale == 0:
             return denoised
         sigma = float(torch.as_tensor(args["sigma"]).flatten()[0])
-        low, high = guided_window(args["model"].model_sampling, self.start_percent, self.end_percent)
+        model_sampling = args["model"].model_sampling
+        low, high = guided_window(model_sampling, self.start_percent, self.end_percent)
         if not low - 1e-6 * abs(low) <= sigma <= high + 1e-6 * abs(high):
+            return denoised
+        factor = self._factor(args, model_sampling, sigma)
+        if factor == 0:
             return denoised
         # ComfyUI samples under torch.inference_mode(); the step needs autograd on ordinary tensors
         with torch.inference_mode(False), torch.enable_grad():
@@ -79,10 +87,26 @@ class SparkePatch(_Shared):
             fixed = denoised.detach().clone()
             y = prompt_rows(args.get("cond"), x.shape[0])
             self._place_bank(x.device)
-            moved = _guard(lambda: self.guide.step_latents(x, lambda z: fixed + (z - x), y))
+            host = Host(step_factor=factor)
+            moved = _guard(lambda: self.guide.step_latents(x, lambda z: fixed + (z - x), y, host))
             delta = (moved - x).to(denoised.dtype)
         self.guided_steps += 1
         return denoised + delta
+
+    def _factor(self, args: dict[str, Any], model_sampling: Any, sigma: float) -> float:
+        """The step-length factor of the guide's schedule at ``sigma``: 1 unless it is ``every="span"``, which
+        reads the sampler's whole schedule (``sample_sigmas``); 0 at a sigma not on it (a second-order
+        sampler's intermediate call)."""
+        if self.guide.schedule.every != "span":
+            return 1.0
+        sigmas = args.get("model_options", {}).get("transformer_options", {}).get("sample_sigmas")
+        if sigmas is None:
+            return 1.0
+        levels = [float(v) for v in torch.as_tensor(sigmas).flatten()[:-1]]  # the last is the end, 0
+        matches = [i for i, v in enumerate(levels) if abs(v - sigma) <= 1e-4 * max(abs(v), 1e-8)]
+        if not matches:
+            return 0.0
+        return span_factors([log_snr_of_sigma(model_sampling, v) for v in levels])[matches[0]]
 
     def record(self, executor: Callable[..., torch.Tensor], guider: Any, *args: Any, **kwargs: Any) -> Any:
         """The sampler wrapper: run the sampler, then add the finished latents (the model's own latent space,
@@ -118,6 +142,16 @@ class _RecordWrapper(_Shared):
 
     def __call__(self, executor: Any, *args: Any, **kwargs: Any) -> Any:
         return self.patch.record(executor, *args, **kwargs)
+
+
+def log_snr_of_sigma(model_sampling: Any, sigma: float) -> float:
+    """lambda = log(alpha / sigma) of a ComfyUI sigma: flow models (``CONST``) mix (1 - s) x0 + s eps, the
+    others x0 + sigma eps."""
+    from comfy.model_sampling import CONST
+
+    if isinstance(model_sampling, CONST):
+        return -math.inf if sigma >= 1 else (math.inf if sigma <= 0 else math.log((1 - sigma) / sigma))
+    return math.inf if sigma <= 0 else -math.log(sigma)
 
 
 def _guard(run: Callable[[], Any]) -> Any:
