@@ -252,9 +252,26 @@ def _settings_differences(a: dict[str, Any], b: dict[str, Any], steps: Any) -> l
             if name in ADDED_SETTINGS and b[name] == ADDED_SETTINGS[name]:
                 continue  # a folder from before the setting existed ran with this value
             diffs.append(f"{name} was not set, now {b[name]!r}")
-        elif a[name] != b[name] and not (name == "every" and _same_every(a[name], b[name], steps)):
+        elif a[name] != b[name] and not (
+            (name == "every" and _same_every(a[name], b[name], steps)) or _made_with_old_default(name, a, b)
+        ):
             diffs.append(f"{name} was {a[name]!r}, now {b[name]!r}")
     return diffs
+
+
+# Settings whose default changed, and their default before (CHANGELOG.md): a folder made with the old default
+# resumes as it was made when the command now asks for the new one.
+OLD_DEFAULTS: dict[str, Any] = {"every": "auto"}
+
+
+def _made_with_old_default(name: str, stored: dict[str, Any], current: dict[str, Any]) -> bool:
+    from sparke.guidance.options import DEFAULTS
+
+    return (
+        name in OLD_DEFAULTS
+        and stored[name] == OLD_DEFAULTS[name]
+        and current[name] == DEFAULTS.get(name) != OLD_DEFAULTS[name]
+    )
 
 
 def _same_every(a: Any, b: Any, steps: Any) -> bool:

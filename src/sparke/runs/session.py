@@ -159,6 +159,7 @@ def open_session(
         skip = ["init_bank"] if config.init_bank is None else []
         _refuse_if_different(folder, stored, config.to_json(), skip)
         config = RunConfig.from_json(stored)  # the folder's own record (it keeps init_bank)
+        guide = spec.build(config.scale, dict(config.settings))  # as recorded (an old default included)
 
     items = plan(config)
     session = Session(config, folder, pipe, guide, items, [], {})
