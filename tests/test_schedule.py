@@ -123,3 +123,14 @@ def test_span_guides_the_steps_its_factors_name_on_a_pipeline(steps):
     expected = span_factors(log_snr(pipe.scheduler, steps))
     assert guide.stats.guided == sum(v > 0 for v in expected)
     assert guide.stats.guided == (3 if steps == 4 else 5)
+
+
+def test_span_warns_when_no_step_lies_in_its_band():
+    from diffusers import DPMSolverMultistepScheduler
+
+    pipe = build("sd", DPMSolverMultistepScheduler(beta_schedule="linear"))
+    guide = SPARKE(every="span")
+    kw = call_kwargs(pipe, ["a red circle"], steps=1, seed=0, guidance_scale=2.0)  # lambda -5.06 only
+    with pytest.warns(UserWarning, match="guided none of the 1 denoising steps"):
+        guide(pipe, **kw)
+    assert guide.stats.guided == 0 and len(guide.bank) == 1

@@ -28,7 +28,7 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("scale", 0.05, "step size eta; 0 gives exactly the unguided output", "guide"),
+    Option("scale", 0.03, "step size eta; 0 gives exactly the unguided output", "guide"),
     Option(
         "objective",
         "cond-rke",
@@ -50,7 +50,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "every",
-        "auto",
+        "span",
         "guide at denoising steps 0, every, 2*every, ...; auto: 10 from 20 steps on, else ceil(steps/5); span: "
         "up to 5 steps spread over the noise levels, each moving its share of 5 steps of scale",
         "guide",

@@ -35,7 +35,7 @@ from .filters import displacement, first_order_warp, lowpass, warp
 from .guide import Guide, check_scale
 from .options import DEFAULTS, PAPER, PAPER_SCALE, names
 from .prompts import PromptEncoder, batch_prompts, encode_prompts
-from .schedule import Schedule
+from .schedule import SPAN_BAND, Schedule
 from .spaces import (
     Space,
     centred,
@@ -327,6 +327,13 @@ class SPARKE(Guide):
                 "unguided at those steps",
                 RuntimeWarning,
                 stacklevel=3,
+            )
+        if self.scale > 0 and call.due == 0 and self.schedule.every == "span":
+            self._warn_once(
+                "span-none",
+                f"SPARKE guided none of the {run.steps} denoising steps: every='span' guides the steps whose log "
+                f"signal-to-noise ratio lies in {SPAN_BAND} and none of this schedule's does; pass every=1 to "
+                "guide every step anyway",
             )
         b, _ = split_batch(run.final_latents, self.batch)
         self.add_to_bank(run.final_latents[:b].float(), call.y, self._host(pipe, call))

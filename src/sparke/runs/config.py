@@ -236,6 +236,8 @@ def config_differences(
                 diffs.append(f"prompt {i + 1} was {a[i]['prompt']!r}, now {b[i]['prompt']!r}")
         elif key == "settings" and isinstance(a, dict) and isinstance(b, dict):
             diffs += _settings_differences(a, b, stored.get("steps"))
+        elif key == "scale" and stored.get("method") == "sparke" and _made_with_old_default("scale", a, b):
+            continue
         elif key == "init_bank":
             diffs.append(f"bank was {_bank_name(a)}, now {_bank_name(b)}")
         else:
@@ -253,25 +255,22 @@ def _settings_differences(a: dict[str, Any], b: dict[str, Any], steps: Any) -> l
                 continue  # a folder from before the setting existed ran with this value
             diffs.append(f"{name} was not set, now {b[name]!r}")
         elif a[name] != b[name] and not (
-            (name == "every" and _same_every(a[name], b[name], steps)) or _made_with_old_default(name, a, b)
+            (name == "every" and _same_every(a[name], b[name], steps))
+            or _made_with_old_default(name, a[name], b[name])
         ):
             diffs.append(f"{name} was {a[name]!r}, now {b[name]!r}")
     return diffs
 
 
-# Settings whose default changed, and their default before (CHANGELOG.md): a folder made with the old default
-# resumes as it was made when the command now asks for the new one.
-OLD_DEFAULTS: dict[str, Any] = {"every": "auto"}
+# SPARKE's settings whose default changed, and their default before (CHANGELOG.md, 0.2): a folder made with the
+# old default resumes as it was made when the command now gets the new one (the run keeps its recorded settings).
+OLD_DEFAULTS: dict[str, Any] = {"every": "auto", "scale": 0.05}
 
 
-def _made_with_old_default(name: str, stored: dict[str, Any], current: dict[str, Any]) -> bool:
+def _made_with_old_default(name: str, stored: Any, current: Any) -> bool:
     from sparke.guidance.options import DEFAULTS
 
-    return (
-        name in OLD_DEFAULTS
-        and stored[name] == OLD_DEFAULTS[name]
-        and current[name] == DEFAULTS.get(name) != OLD_DEFAULTS[name]
-    )
+    return name in OLD_DEFAULTS and stored == OLD_DEFAULTS[name] and current == DEFAULTS[name] != stored
 
 
 def _same_every(a: Any, b: Any, steps: Any) -> bool:
