@@ -267,6 +267,8 @@ def _overrides(
         value = options.get(name)
         if value is None:
             continue
+        if name == "every":
+            value = int(value) if str(value).strip().isdigit() else str(value).strip()
         if name == "window":
             try:
                 lo, hi = (float(v) for v in str(value).split(","))

@@ -148,7 +148,7 @@ Scale = Annotated[
         help="Guidance strength (0 = unguided).  \\[default: the method's own]", rich_help_panel=GUIDANCE
     ),
 ]
-Every = Annotated[int | None, _guide("every")]
+Every = Annotated[str | None, _guide("every", metavar="N|span|auto")]
 SigmaImage = Annotated[float | None, _guide("sigma_image")]
 SigmaPrompt = Annotated[float | None, _guide("sigma_prompt")]
 Space = Annotated[str | None, _guide("space")]
