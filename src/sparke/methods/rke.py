@@ -3,7 +3,7 @@ baseline of its tables).
 
 The same plug-in as SPARKE with ``objective="rke"``: each new sample is pushed away from every earlier sample
 in the bank, whatever its prompt (no prompt kernel), so a red circle is also pushed away from blue squares.
-Defaults are the plug-in's (every 10th step, sigma 0.8, whole-history bank) at scale 0.03, with the paper's step:
+Defaults are the plug-in's (its step schedule, sigma 0.8, whole-history bank) at scale 0.03, with the paper's step:
 the latents as they are (``space="latent"``, ``centre=False``) and the plain gradient step (``motion=0``),
 whatever SPARKE's own defaults.
 """

@@ -10,7 +10,7 @@ unconditional: prompts are ignored (c-VSG's "contextualisation" with real exempl
 is no exemplar set here).
 
 Built on the SPARKE plug-in (same attachment, step rule and feature spaces). Defaults: memory 150 rows, the
-Gaussian kernel with sigma 0.8 on unit features, every 10th step, relative step, ``scale`` = 0.03, in the
+Gaussian kernel with sigma 0.8 on unit features, the plug-in's step schedule, relative step, ``scale`` = 0.03, in the
 latent space with the plain step, as c-VSG and the SPARKE paper run it (``space="latent"``, ``centre=False``,
 ``motion=0``, whatever SPARKE's own defaults).
 """
