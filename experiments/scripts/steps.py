@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sparke.bench.combine import load
-from sparke.bench.pool import pooled_rows
+from sparke.bench.pool import pooled_effect, pooled_rows
 
 DEFAULT = ("sparke", 0.05)
 BOUND = {4: -3.0, 8: -3.0, 10: -2.0}  # fidelity points: the eligibility bound of the rule, per step count
@@ -30,7 +30,16 @@ def pooled_by_steps(folders: list[Path]) -> dict[int, list[dict[str, Any]]]:
     for folder in folders:
         rows, meta, reps = load(folder)
         sets.setdefault(int(meta["config"]["steps"]), []).append((rows, reps))
-    return {n: pooled_rows(sets[n], default=DEFAULT)[0] for n in sorted(sets)}
+    out = {}
+    for n in sorted(sets):
+        world = {
+            "label": "world",
+            "scale": 0.0,
+            "versus_default": None,
+            **pooled_effect(sets[n], "world", 0.0),
+        }
+        out[n] = [world, *pooled_rows(sets[n], default=DEFAULT)[0]]
+    return out
 
 
 def _ci(value: float | None, ci: list[float] | None, fmt: str, unit: float = 1.0) -> str:
@@ -71,7 +80,7 @@ def choose(by_steps: dict[int, list[dict[str, Any]]]) -> list[str]:
             settings.setdefault((r["label"], r["scale"]), {})[n] = r
     ranked = []
     for key, at in settings.items():
-        if set(at) != set(by_steps):
+        if key[0] == "world" or set(at) != set(by_steps):
             continue  # not run at every step count
         eligible = [n for n in at if at[n]["fidelity_delta"] >= BOUND.get(n, -2.0)]
         mean_closed = sum(at[n]["closed"] for n in at) / len(at)
@@ -94,12 +103,14 @@ def plot(by_steps: dict[int, list[dict[str, Any]]], path: Path, title: str) -> N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = list(dict.fromkeys(f"{r['label']} {r['scale']:g}" for rows in by_steps.values() for r in rows))
+    labels = list(
+        dict.fromkeys(f"{r['label']} {r['scale']:g}" for rows in by_steps.values() for r in rows[1:])
+    )
     colours = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(labels)}
     fig, axes = plt.subplots(1, len(by_steps), figsize=(4.6 * len(by_steps), 4.4), squeeze=False, sharey=True)
     for ax, (n, rows) in zip(axes.flat, by_steps.items(), strict=True):
         ax.axvspan(BOUND.get(n, -2.0), 50, color="0.93", zorder=0)
-        for r in rows:
+        for r in rows[1:]:  # the world (first) is off the plot: +40 to +60 points
             name = f"{r['label']} {r['scale']:g}"
             x, y = r["fidelity_delta"], 100 * r["closed"]
             xe = (
@@ -115,8 +126,8 @@ def plot(by_steps: dict[int, list[dict[str, Any]]], path: Path, title: str) -> N
             ax.errorbar(
                 x, y, xerr=xe, yerr=ye, fmt="o", color=colours[name], alpha=0.9, lw=1, ms=6, label=name
             )
-        lo = min(-6.0, *(r["fidelity_delta"] - 2 for r in rows))
-        ax.set_xlim(lo, max(3.0, *(r["fidelity_delta"] + 2 for r in rows)))
+        lo = min(-6.0, *(r["fidelity_delta"] - 2 for r in rows[1:]))
+        ax.set_xlim(lo, max(3.0, *(r["fidelity_delta"] + 2 for r in rows[1:])))
         ax.axhline(0, color="0.6", lw=0.8)
         ax.set_title(f"{n} steps")
         ax.set_xlabel(f"Δ fidelity vs none (points; shaded: >= {BOUND.get(n, -2.0):g})")
