@@ -134,3 +134,24 @@ def test_span_warns_when_no_step_lies_in_its_band():
     with pytest.warns(UserWarning, match="guided none of the 1 denoising steps"):
         guide(pipe, **kw)
     assert guide.stats.guided == 0 and len(guide.bank) == 1
+
+
+def test_span_factors_follow_a_new_schedule_of_the_same_scheduler():
+    """Schedule.factor computes a call's factors once; a new set_timesteps (another step count, or img2img's
+    later start) gives that schedule's factors, not the cached ones."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    from sparke.guidance.attach import Step
+
+    scheduler, schedule = DPMSolverMultistepScheduler(beta_schedule="linear"), Schedule("span")
+
+    def factors(steps: int) -> list[float]:
+        scheduler.set_timesteps(steps)
+        return [
+            schedule.factor(Step(i, i / max(steps - 1, 1), steps, None, None, t, scheduler, None))
+            for i, t in enumerate(scheduler.timesteps)
+        ]
+
+    for steps in (10, 4, 10, 50):
+        assert factors(steps) == span_factors(log_snr(scheduler, steps))
+    assert schedule == Schedule("span")  # the cache is not part of the schedule's value

@@ -120,8 +120,20 @@ class Schedule:
         if not self._inside(step.fraction):
             return 0.0
         if self.every == "span":
-            return span_factors(log_snr(step.scheduler, step.num_steps))[step.index]
+            return self._span_factors(step)[step.index]
         return 1.0 if step.index % self.interval(step.num_steps) == 0 else 0.0
+
+    def _span_factors(self, step: Step) -> list[float]:
+        """``span_factors`` of the call's schedule, computed once per call (each step would repeat O(steps) work):
+        kept until the scheduler or its timesteps change (``set_timesteps`` makes a new tensor)."""
+        scheduler, timesteps = step.scheduler, getattr(step.scheduler, "timesteps", None)
+        ends = () if timesteps is None or not len(timesteps) else (float(timesteps[0]), float(timesteps[-1]))
+        key = (id(scheduler), id(timesteps), ends, step.num_steps, getattr(scheduler, "_begin_index", None))
+        cached = self.__dict__.get("_span_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, span_factors(log_snr(scheduler, step.num_steps)))
+            object.__setattr__(self, "_span_cache", cached)  # a cache, not a field: equality is unchanged
+        return cached[1]
 
     def due(self, step: Step) -> bool:
         return self.factor(step) > 0
