@@ -298,10 +298,9 @@ class SPARKE(Guide):
             )
         steps = kwargs.get("num_inference_steps")
         if self.scale > 0 and isinstance(steps, int) and steps > 0:
-            due = self.schedule.count(steps)
-            if due is not None and due < min(
-                2, steps
-            ):  # a one-step run guided at its one step is all there is
+            due = self.schedule.count(steps)  # None for "span": it warns after the call if it guided nothing
+            # a one-step run guided at its one step is all there is
+            if due is not None and due < min(2, steps):
                 self._warn_once(
                     "weak",
                     f"SPARKE guides only {due} of {steps} denoising steps (every={self.every!r}, "
