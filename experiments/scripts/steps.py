@@ -6,7 +6,7 @@
 Folders: ``settings.py measure`` output (one prompt set and step count each; the step count is read from
 meta.json). For each step count, every guided row held by all its prompt sets is pooled (``sparke.bench.pool``:
 each set weighs the same, paired 95% intervals) and printed with its paired difference to today's default
-(``sparke`` at 0.05). ``--choose`` applies round eleven's choice rule (experiments/results/
+(``sparke`` at 0.05; ``--default LABEL@SCALE``: another). ``--choose`` applies round eleven's choice rule (experiments/results/
 cpu-2core-2026-12-06-steps.md); ``--png`` draws the frontier: gap closed against the fidelity difference, one
 panel per step count.
 """
@@ -24,8 +24,11 @@ DEFAULT = ("sparke", 0.05)
 BOUND = {4: -3.0, 8: -3.0, 10: -2.0}  # fidelity points: the eligibility bound of the rule, per step count
 
 
-def pooled_by_steps(folders: list[Path]) -> dict[int, list[dict[str, Any]]]:
-    """steps -> pooled rows (``pooled_rows``) over the prompt sets run at that step count."""
+def pooled_by_steps(
+    folders: list[Path], default: tuple[str, float] = DEFAULT
+) -> dict[int, list[dict[str, Any]]]:
+    """steps -> pooled rows (``pooled_rows``) over the prompt sets run at that step count, each with its paired
+    difference to ``default`` (label, scale)."""
     sets: dict[int, list[Any]] = {}
     for folder in folders:
         rows, meta, reps = load(folder)
@@ -38,7 +41,7 @@ def pooled_by_steps(folders: list[Path]) -> dict[int, list[dict[str, Any]]]:
             "versus_default": None,
             **pooled_effect(sets[n], "world", 0.0),
         }
-        out[n] = [world, *pooled_rows(sets[n], default=DEFAULT)[0]]
+        out[n] = [world, *pooled_rows(sets[n], default=default)[0]]
     return out
 
 
@@ -146,9 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folders", nargs="+", type=Path, help="settings.py measure folders")
     parser.add_argument("--choose", action="store_true", help="apply round eleven's choice rule")
     parser.add_argument("--png", type=Path, help="write the frontier plot here")
+    parser.add_argument(
+        "--default", default="sparke@0.05", help="LABEL@SCALE the last two columns compare against"
+    )
     parser.add_argument("--title", default="gap closed against fidelity, pooled", help="the plot's title")
     args = parser.parse_args(argv)
-    by_steps = pooled_by_steps(args.folders)
+    label, scale = args.default.rsplit("@", 1)
+    by_steps = pooled_by_steps(args.folders, (label, float(scale)))
     print("\n".join(table(by_steps)))
     if args.choose:
         print("\n" + "\n".join(choose(by_steps)))
