@@ -233,9 +233,11 @@ def test_span_guides_the_steps_its_factors_name_on_the_samplers_sigmas(engine, p
     assert 0 < expected < steps  # low-noise steps past the band (and SD3's first, sigma 1) are left alone
     bank = fresh_bank(pack, f"span {family}")
     guide = SPARKE(every="span", bank=bank.bank)
-    hosts = []  # each guided call's Host: its step factor and the sampler's step count (motion="auto")
+    factors_used = []  # each guided call's step factor, as the node passes it
     step_latents = guide.step_latents
-    guide.step_latents = lambda z, x0_of, y, host: hosts.append(host) or step_latents(z, x0_of, y, host)
+    guide.step_latents = lambda z, x0_of, y, host: (
+        factors_used.append(host.step_factor) or step_latents(z, x0_of, y, host)
+    )
     patch = SparkePatch(guide, bank, 0.0, 1.0)
     diverse = patch.apply(model)
     pos, neg = comfy_models.conditioning(family, seed=1), comfy_models.conditioning(family, seed=2)
@@ -244,5 +246,4 @@ def test_span_guides_the_steps_its_factors_name_on_the_samplers_sigmas(engine, p
             latent = comfy_models.empty_latent(family, 2)
             engine.common_ksampler(diverse, seed, steps, 5.0, "euler", "normal", pos, neg, latent)
     assert patch.guided_steps == 2 * expected
-    assert [h.num_steps for h in hosts] == [steps] * (2 * expected)
-    assert [h.step_factor for h in hosts] == 2 * [f for f in factors if f > 0]
+    assert factors_used == 2 * [f for f in factors if f > 0]

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
-from sparke import Update
 from sparke.guidance import SPARKE, Host, Schedule
 from sparke.guidance.schedule import SPAN_BAND, SPAN_BINS, auto_every, log_snr, span_factors
 from tiny_pipelines import build, call_kwargs
@@ -157,78 +155,3 @@ def test_span_factors_follow_a_new_schedule_of_the_same_scheduler():
     for steps in (10, 4, 10, 50):
         assert factors(steps) == span_factors(log_snr(scheduler, steps))
     assert schedule == Schedule("span")  # the cache is not part of the schedule's value
-
-
-def test_auto_motion_fields_by_step_count():
-    """motion="auto": the global field at 4 steps or fewer, the 2-pixel field from 8 on, a linear blend between."""
-    from sparke.guidance.update import motion_fields
-
-    for n in (1, 2, 3, 4):
-        assert motion_fields("auto", n) == [(1.0, "global")]
-    assert motion_fields("auto", 5) == [(0.75, "global"), (0.25, 2.0)]
-    assert motion_fields("auto", 6) == [(0.5, "global"), (0.5, 2.0)]
-    assert motion_fields("auto", 7) == [(0.25, "global"), (0.75, 2.0)]
-    for n in (8, 10, 25, 50, None):  # None: a caller that does not say (step_latents without a Host)
-        assert motion_fields("auto", n) == [(1.0, 2.0)]
-    assert motion_fields(1.5, 4) == [(1.0, 1.5)] and motion_fields("global", 50) == [(1.0, "global")]
-    weights = [sum(w for w, f in motion_fields("auto", n) if f == "global") for n in range(1, 12)]
-    assert all(0 <= a - b <= 0.25 for a, b in zip(weights, weights[1:], strict=False)), (
-        weights
-    )  # no jump between counts
-
-
-def _auto_step(motion, num_steps):
-    """One guided step of three Gaussian blobs pushed from shifted copies of themselves, in the x0 space."""
-    torch.manual_seed(0)
-    yy, xx = torch.meshgrid(torch.arange(12.0), torch.arange(12.0), indexing="ij")
-    blobs = [torch.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 8) for cx, cy in ((4, 5), (7, 6), (5, 8))]
-    z = torch.stack([b.expand(3, 12, 12) for b in blobs]) + 0.05 * torch.randn(3, 3, 12, 12)
-    y = torch.nn.functional.normalize(torch.randn(3, 6), dim=-1)
-    guide = SPARKE(scale=0.05, prompt_encoder="minilm", update=Update(motion=motion))
-    guide.add_to_bank(torch.roll(z, 2, dims=-1) + 0.05 * torch.randn(3, 3, 12, 12), y)
-    return guide.step_latents(z, lambda t: t, y, Host(num_steps=num_steps))
-
-
-def test_auto_motion_is_global_at_few_steps_and_local_at_many_bit_for_bit():
-    assert torch.equal(_auto_step("auto", 4), _auto_step("global", 4))
-    assert torch.equal(_auto_step("auto", 2), _auto_step("global", 2))
-    assert torch.equal(_auto_step("auto", 10), _auto_step(2.0, 10))
-    assert torch.equal(_auto_step("auto", None), _auto_step(2.0, None))
-    assert not torch.equal(_auto_step("global", 4), _auto_step(2.0, 4))  # the two fields differ here
-
-
-def test_auto_motion_between_moves_by_the_blended_field(monkeypatch):
-    """At 6 steps the step is warped along 0.5 v_global + 0.5 v_local, the fields ``displacement`` gives."""
-    import sparke.guidance.plugin as plugin
-
-    fields, used = {}, []
-    displacement, first_order_warp = plugin.displacement, plugin.first_order_warp
-
-    def recording_displacement(g, image, motion):
-        fields[motion] = displacement(g, image, motion)
-        return fields[motion]
-
-    def recording_first_order_warp(image, v):
-        used.append(v)
-        return first_order_warp(image, v)
-
-    monkeypatch.setattr(plugin, "displacement", recording_displacement)
-    monkeypatch.setattr(plugin, "first_order_warp", recording_first_order_warp)
-    _auto_step("auto", 6)
-    assert set(fields) == {"global", 2.0} and len(used) == 1
-    assert torch.equal(used[0], 0.5 * fields["global"] + 0.5 * fields[2.0])  # the same float operations
-
-
-@pytest.mark.parametrize(("steps", "same_as"), [(4, "global"), (10, 2.0)])
-def test_auto_motion_on_a_pipeline_follows_the_calls_step_count(steps, same_as):
-    from diffusers import DPMSolverMultistepScheduler
-
-    images = []
-    for motion in ("auto", same_as):
-        pipe = build("sd", DPMSolverMultistepScheduler(beta_schedule="linear"))
-        guide = SPARKE(update=Update(motion=motion))
-        kw = call_kwargs(pipe, ["a red circle", "a blue square"], steps=steps, seed=0, guidance_scale=2.0)
-        guide(pipe, **kw)
-        images.append(guide(pipe, **{**kw, "generator": torch.Generator().manual_seed(1)}).images)
-        assert guide.stats.guided >= 1
-    assert np.array_equal(np.asarray(images[0]), np.asarray(images[1]))

@@ -87,7 +87,7 @@ class SparkePatch(_Shared):
             fixed = denoised.detach().clone()
             y = prompt_rows(args.get("cond"), x.shape[0])
             self._place_bank(x.device)
-            host = Host(step_factor=factor, num_steps=_num_steps(args))
+            host = Host(step_factor=factor)
             moved = _guard(lambda: self.guide.step_latents(x, lambda z: fixed + (z - x), y, host))
             delta = (moved - x).to(denoised.dtype)
         self.guided_steps += 1
@@ -99,7 +99,7 @@ class SparkePatch(_Shared):
         sampler's intermediate call)."""
         if self.guide.schedule.every != "span":
             return 1.0
-        sigmas = _sample_sigmas(args)
+        sigmas = args.get("model_options", {}).get("transformer_options", {}).get("sample_sigmas")
         if sigmas is None:
             return 1.0
         levels = [float(v) for v in torch.as_tensor(sigmas).flatten()[:-1]]  # the last is the end, 0
@@ -142,17 +142,6 @@ class _RecordWrapper(_Shared):
 
     def __call__(self, executor: Any, *args: Any, **kwargs: Any) -> Any:
         return self.patch.record(executor, *args, **kwargs)
-
-
-def _sample_sigmas(args: dict[str, Any]) -> Any:
-    """The sampler's whole schedule (n + 1 sigmas, the last 0) from a post-CFG call's args, or None."""
-    return args.get("model_options", {}).get("transformer_options", {}).get("sample_sigmas")
-
-
-def _num_steps(args: dict[str, Any]) -> int | None:
-    """The sampler's number of steps (``motion="auto"`` reads it), or None when the args do not say."""
-    sigmas = _sample_sigmas(args)
-    return None if sigmas is None else max(len(torch.as_tensor(sigmas).flatten()) - 1, 1)
 
 
 def log_snr_of_sigma(model_sampling: Any, sigma: float) -> float:

@@ -71,8 +71,7 @@ OPTIONS: tuple[Option, ...] = (
         "motion",
         2.0,
         "keep only the part of the step that moves what the clean estimate shows (displacement field over "
-        "this many latent pixels); global: one shift and zoom per image; auto: global at 4 steps or fewer, 2 "
-        "pixels from 8 on, blended between; 0: the plain gradient step",
+        "this many latent pixels); global: one shift and zoom per image; 0: the plain gradient step",
         "update",
     ),
     Option(

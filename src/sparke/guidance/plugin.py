@@ -54,7 +54,6 @@ from .update import (
     cfg_direction,
     crowding_factor,
     median_distance,
-    motion_fields,
     relative_factor,
     relative_step,
     without_component,
@@ -72,8 +71,7 @@ class Host:
     unpack / pack: packed latents (Flux: (B, seq, c)) to (B, C, H, W) and back, for ``motion``; to_image: the
     clean estimate to pixels (B, 3, H, W) in [-1, 1], for an image-encoder space; noise_share: sigma_t /
     sqrt(alpha_t^2 + sigma_t^2) (``step_schedule="noise"``); cfg: (B, D) cond - uncond (``orthogonal``);
-    step_factor: this step's share of a full step of ``scale`` (the schedule's, ``Schedule.factor``);
-    num_steps: the call's denoising steps (``motion="auto"``; None: unknown)."""
+    step_factor: this step's share of a full step of ``scale`` (the schedule's, ``Schedule.factor``)."""
 
     unpack: Callable[[torch.Tensor], torch.Tensor] | None = None
     pack: Callable[[torch.Tensor], torch.Tensor] | None = None
@@ -82,7 +80,6 @@ class Host:
     cfg: torch.Tensor | None = None
     name: str = ""  # the pipeline class, recorded in a new bank's metadata; "" outside diffusers
     step_factor: float = 1.0
-    num_steps: int | None = None
 
 
 @dataclass
@@ -394,7 +391,6 @@ class SPARKE(Guide):
 
         host = self._host(step.pipe, call, step)
         host.step_factor = factor
-        host.num_steps = step.num_steps
         if self.update.orthogonal:
             host.cfg = cfg_direction(self._denoised, step.latents[:b])
         new = self.step_latents(step.latents[:b], x0_of, call.y, host)
@@ -516,12 +512,7 @@ class SPARKE(Guide):
         unpack = host.unpack or (lambda t: t)
         pack = host.pack or (lambda t: t)
         image4 = unpack(image)
-        g4 = unpack(g)
-        fields = motion_fields(self.update.motion, host.num_steps)
-        if len(fields) == 1:  # one field as it is: "auto" at 8+ steps is bit-identical to motion=2
-            v = displacement(g4, image4, fields[0][1])
-        else:
-            v = sum(w * displacement(g4, image4, field) for w, field in fields)
+        v = displacement(unpack(g), image4, self.update.motion)
         moved = pack(first_order_warp(image4, v)).view_as(g)
         if not self.update.warps:
             return moved, None

@@ -25,41 +25,14 @@ from sparke.core.defaults import SIGMA_IMAGE
 from .options import DEFAULTS, PAPER
 
 __all__ = [
-    "AUTO_LOCAL_WIDTH",
-    "AUTO_MOTION_STEPS",
     "Update",
     "cfg_direction",
     "crowding_factor",
     "median_distance",
-    "motion_fields",
     "relative_factor",
     "relative_step",
     "without_component",
 ]
-
-
-# motion="auto": the one-shift-and-zoom field at AUTO_MOTION_STEPS[0] denoising steps or fewer, the local field of
-# AUTO_LOCAL_WIDTH latent pixels from AUTO_MOTION_STEPS[1] on, a linear blend of the two fields between. A few-step
-# run has too few model calls left to mend a local warp's seams; a longer one makes use of the finer moves.
-# Chosen and confirmed in experiments/ (round twelve).
-AUTO_MOTION_STEPS = (4, 8)
-AUTO_LOCAL_WIDTH = 2.0
-
-
-def motion_fields(motion: float | str, num_steps: int | None) -> list[tuple[float, float | str]]:
-    """The displacement fields a step of ``motion`` adds up, as (weight, field) pairs; field: a window width
-    (latent pixels) or "global" (``sparke.guidance.filters.displacement``).
-
-    "auto" for a call of ``num_steps`` denoising steps: weight a = clamp((8 - n) / 4, 0, 1) on "global" and
-    1 - a on the 2-pixel field, the pairs of zero weight left out (None: the step count is unknown, the local
-    field). Any other motion is itself, weight 1.
-    """
-    if motion != "auto":
-        return [(1.0, motion)]
-    few, many = AUTO_MOTION_STEPS
-    share = 0.0 if num_steps is None else min(max((many - num_steps) / (many - few), 0.0), 1.0)
-    pairs: list[tuple[float, float | str]] = [(share, "global"), (1.0 - share, AUTO_LOCAL_WIDTH)]
-    return [(w, field) for w, field in pairs if w > 0]
 
 
 def _number(value: Any, name: str, what: str) -> float:
@@ -75,8 +48,7 @@ class Update:
     centre: in the latent and x0 spaces, compare the latents minus each channel's spatial mean (True), or that
         fraction of it; the step then moves layout, not global colour.
     motion: window width (latent pixels) of the displacement field the step is fitted by; "global": one shift
-        and one zoom per image; "auto": global in few-step calls, 2 pixels in longer ones (``motion_fields``);
-        0: the plain gradient step.
+        and one zoom per image; 0: the plain gradient step.
     warp: with motion, move the clean estimate by the field for real; "auto": wherever motion is on and neither
         smooth nor orthogonal is set.
     step: "relative" (``scale * |z| * g / |g|``) or "raw" (``scale * g``).
@@ -103,8 +75,8 @@ class Update:
         centre = self.centre
         if not (isinstance(centre, bool) or (isinstance(centre, (int, float)) and 0 <= centre <= 1)):
             raise ValueError(f"centre: must be True, False or a fraction in [0, 1], got {centre!r}")
-        if self.motion not in ("global", "auto"):
-            what = "a window width >= 0 (latent pixels; 0: off), 'global' or 'auto'"
+        if self.motion != "global":
+            what = "a window width >= 0 (latent pixels; 0: off) or 'global'"
             object.__setattr__(self, "motion", _number(self.motion, "motion", what))
         if not (isinstance(self.warp, bool) or self.warp == "auto"):
             raise ValueError(f"warp: must be True, False or 'auto', got {self.warp!r}")
@@ -126,7 +98,7 @@ class Update:
             raise ValueError(f"orthogonal: must be True or False, got {self.orthogonal!r}")
         if self.warp is True and (not self.motion or self.smooth > 0 or self.orthogonal):
             raise ValueError(
-                "warp: moves by the fitted displacement of `motion`: needs motion > 0, 'global' or 'auto', and neither "
+                "warp: moves by the fitted displacement of `motion`: needs motion > 0 or 'global', and neither "
                 f"smooth nor orthogonal (got motion={self.motion!r}, smooth={self.smooth!r}, "
                 f"orthogonal={self.orthogonal!r})"
             )
