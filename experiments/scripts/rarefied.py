@@ -20,13 +20,12 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from reachable import cluster_entropy  # noqa: E402  (a sibling script)
 
 from sparke.bench.config import QUICK, BenchConfig
 from sparke.bench.runner import reference_images
 from sparke.embedded import world as W
 from sparke.embedded.checker import check, matches
-
-from reachable import cluster_entropy  # noqa: E402  (a sibling script)
 
 
 def matching_by_cluster(images: np.ndarray, cluster: np.ndarray, clusters: list) -> list[list[dict]]:
@@ -58,7 +57,9 @@ def main() -> None:
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     labels = args.labels.split(",")
-    per_set: dict[str, list[np.ndarray]] = {label: [] for label in labels}  # (clusters, 2): H_s - H_n, H_w - H_n
+    per_set: dict[str, list[np.ndarray]] = {
+        label: [] for label in labels
+    }  # (clusters, 2): H_s - H_n, H_w - H_n
     for seed in (int(s) for s in args.seeds.split(",")):
         config = BenchConfig(
             **{**QUICK.to_dict(), "seed": seed, "mixture": False, "seeds": args.rounds, "steps": args.steps}
@@ -93,7 +94,9 @@ def main() -> None:
         boot = [closed([p[rng.integers(0, len(p), len(p))] for p in sets]) for _ in range(args.boot)]
         lo, hi = np.percentile(boot, [2.5, 97.5])
         kept = "+".join(str(len(p)) for p in sets)
-        print(f"| {label} | {len(sets)} | {100 * closed(sets):.0f}% [{100 * lo:.0f}%, {100 * hi:.0f}%] | {kept} |")
+        print(
+            f"| {label} | {len(sets)} | {100 * closed(sets):.0f}% [{100 * lo:.0f}%, {100 * hi:.0f}%] | {kept} |"
+        )
 
 
 if __name__ == "__main__":
