@@ -13,18 +13,13 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
+from reachable import value  # a sibling script: the bench's reading of a free attribute
 
 from sparke.bench.config import QUICK, BenchConfig
 from sparke.bench.metrics import attribute_values
 from sparke.bench.runner import reference_images
 from sparke.embedded import world as W
 from sparke.embedded.checker import check, matches
-
-
-def value(detection: dict, attribute: str) -> object:
-    if attribute == "position":
-        return detection["objects"][0]["position"] if detection["objects"] else None
-    return detection.get(attribute)
 
 
 def attribute_entropies(images: np.ndarray, cluster: np.ndarray, clusters: list) -> tuple[float, dict]:
