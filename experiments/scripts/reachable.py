@@ -13,36 +13,25 @@ Prints, per prompt set: the world's entropy, the world's at the unguided run's m
 from __future__ import annotations
 
 import argparse
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from sparke.bench.config import QUICK, BenchConfig
-from sparke.bench.metrics import attribute_values
+from sparke.bench.metrics import _value, free_attribute_scores
 from sparke.bench.runner import reference_images
 from sparke.embedded import world as W
 from sparke.embedded.checker import check, matches
 
 
 def value(detection: dict, attribute: str) -> object:
-    if attribute == "position":
-        return detection["objects"][0]["position"] if detection["objects"] else None
-    return detection.get(attribute)
+    """A detection's value of a free attribute, as the bench reads it (``sparke.bench.metrics``)."""
+    return _value(detection, attribute)
 
 
 def cluster_entropy(detections: list[dict], cluster: object) -> float:
     """The bench's normalised free-attribute entropy of one cluster over these (matching) detections."""
-    if not detections:
-        return 0.0
-    out = []
-    for attribute in cluster.free:
-        counts = Counter(value(d, attribute) for d in detections)
-        counts.pop(None, None)
-        p = np.array(list(counts.values()), float)
-        h = float(-(p / p.sum() * np.log(p / p.sum())).sum()) if p.sum() else 0.0
-        out.append(h / np.log(attribute_values(attribute, cluster.count)))
-    return float(np.mean(out))
+    return free_attribute_scores(detections, [True] * len(detections), cluster)[1]
 
 
 def main() -> None:
