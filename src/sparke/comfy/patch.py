@@ -56,6 +56,7 @@ class SparkePatch(_Shared):
         self.start_percent = start_percent
         self.end_percent = end_percent
         self.guided_steps = 0  # post-CFG calls that moved the estimate (tests, logs)
+        self._span_cache: tuple[Any, tuple[list[float], list[float]]] | None = None  # _span_factors' last run
         self.post_cfg = _PostCfg(self)
         self.wrapper = _RecordWrapper(self)
 
@@ -102,11 +103,19 @@ class SparkePatch(_Shared):
         sigmas = args.get("model_options", {}).get("transformer_options", {}).get("sample_sigmas")
         if sigmas is None:
             return 1.0
-        levels = [float(v) for v in torch.as_tensor(sigmas).flatten()[:-1]]  # the last is the end, 0
+        levels, factors = self._span_factors(sigmas, model_sampling)
         matches = [i for i, v in enumerate(levels) if abs(v - sigma) <= 1e-4 * max(abs(v), 1e-8)]
-        if not matches:
-            return 0.0
-        return span_factors([log_snr_of_sigma(model_sampling, v) for v in levels])[matches[0]]
+        return factors[matches[0]] if matches else 0.0
+
+    def _span_factors(self, sigmas: Any, model_sampling: Any) -> tuple[list[float], list[float]]:
+        """The sampler's step sigmas (the last, the end, left out) and their ``span_factors``, computed once per
+        sampling run (every guided call of a run passes the same ``sample_sigmas``), as the plug-in does."""
+        levels = [float(v) for v in torch.as_tensor(sigmas).flatten()[:-1]]
+        key = (tuple(levels), type(model_sampling))  # values, not ids: a freed tensor's id can come back
+        if self._span_cache is None or self._span_cache[0] != key:
+            factors = span_factors([log_snr_of_sigma(model_sampling, v) for v in levels])
+            self._span_cache = (key, (levels, factors))
+        return self._span_cache[1]
 
     def record(self, executor: Callable[..., torch.Tensor], guider: Any, *args: Any, **kwargs: Any) -> Any:
         """The sampler wrapper: run the sampler, then add the finished latents (the model's own latent space,
